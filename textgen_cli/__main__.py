@@ -1,0 +1,3 @@
+from textgen_cli.cli import main
+
+main()

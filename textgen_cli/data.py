@@ -1,0 +1,194 @@
+"""Read the user's local data files through `datasets`, with a clear error for every malformed input.
+
+Three shapes of data: plain text (pretraining), {source, target} pairs, and dialogues (a list of
+{role, content} turns). Pairs become one-turn chats for `chatgpt`, and every assistant turn of a
+dialogue becomes a (history -> response) example for `sora`, so both families learn from the same
+records.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from textgen_cli.errors import UserError
+
+if TYPE_CHECKING:
+    import datasets
+
+FORMATS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class Pair:
+    id: str
+    source: str
+    target: str
+
+
+@dataclass
+class Dialogue:
+    id: str
+    messages: list[dict[str, str]]
+
+
+def file_format(path: Path) -> str:
+    try:
+        return FORMATS[path.suffix.lower()]
+    except KeyError:
+        raise UserError(f"{path}: unknown data format '{path.suffix}'; expected one of {', '.join(FORMATS)}") from None
+
+
+def load_rows(path: str | Path, max_rows: int | None = None) -> "datasets.Dataset":
+    """Load a local data file with `datasets` (cached as Arrow); the reader follows the file extension."""
+    import datasets
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"data file '{path}' does not exist")
+    if not path.is_file():
+        raise UserError(f"data file '{path}' is not a file")
+    fmt = file_format(path)
+    if path.stat().st_size == 0:
+        raise UserError(f"data file '{path}' is empty")
+    datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity_error()
+    try:
+        rows = datasets.load_dataset(fmt, data_files=str(path), split="train")
+    except Exception as exc:  # the readers raise many types; find the exact culprit for the message
+        raise UserError(_explain_load_failure(path, fmt, exc)) from exc
+    if fmt == "text":
+        rows = rows.filter(lambda row: bool(row["text"].strip()))
+    if len(rows) == 0:
+        raise UserError(f"data file '{path}' holds no records")
+    if max_rows is not None and len(rows) > max_rows:
+        rows = rows.select(range(max_rows))
+    return rows
+
+
+def _explain_load_failure(path: Path, fmt: str, exc: Exception) -> str:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        return f"{path}:{line}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start}); expected UTF-8 text"
+    if fmt == "json" and path.suffix.lower() == ".jsonl":
+        first_type: dict[str, tuple[str, int]] = {}  # field -> (type name, line) where first seen
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as err:
+                return f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno}); expected one JSON object per line"
+            if not isinstance(value, dict):
+                return f"{path}:{number}: expected a JSON object, got {type(value).__name__}"
+            for field, item in value.items():
+                if item is None:
+                    continue
+                seen = first_type.setdefault(field, (type(item).__name__, number))
+                if seen[0] != type(item).__name__:
+                    return (
+                        f"{path}:{number}: field '{field}' is a {type(item).__name__}, but line {seen[1]} has a {seen[0]}; "
+                        "expected the same type on every line"
+                    )
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause):
+        detail += f" ({str(cause).splitlines()[0]})"
+    return f"{path}: cannot read as {fmt}: {detail}"
+
+
+def _line_of_row(path: Path, row: int) -> str:
+    """'file:line' for a JSONL row (blank lines are skipped by the reader), else 'file, record N'."""
+    if path.suffix.lower() == ".jsonl":
+        seen = -1
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    seen += 1
+                    if seen == row:
+                        return f"{path}:{number}"
+    return f"{path}, record {row + 1}"
+
+
+def _require_column(rows: "datasets.Dataset", path: Path, field: str, key: str) -> None:
+    if field not in rows.column_names:
+        raise UserError(f"{path}: records have no field '{field}' (set by {key}); fields found: {', '.join(rows.column_names)}")
+
+
+def read_texts(path: str, text_field: str, max_rows: int | None = None) -> list[str]:
+    path = Path(path)
+    rows = load_rows(path, max_rows)
+    field = "text" if file_format(path) == "text" else text_field
+    _require_column(rows, path, field, "data.pretrain.text_field")
+    texts = rows[field]
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise UserError(f"{_line_of_row(path, index)}: field '{field}' must be a string, got {type(text).__name__}")
+    return [text for text in texts if text.strip()]
+
+
+def read_pairs(path: str, source_field: str, target_field: str, max_rows: int | None = None) -> list[Pair]:
+    path = Path(path)
+    rows = load_rows(path, max_rows)
+    _require_column(rows, path, source_field, "data.finetune.source_field")
+    _require_column(rows, path, target_field, "data.finetune.target_field")
+    ids = rows["id"] if "id" in rows.column_names else [None] * len(rows)
+    pairs = []
+    for index, (id_, source, target) in enumerate(zip(ids, rows[source_field], rows[target_field])):
+        for field, value in ((source_field, source), (target_field, target)):
+            if not isinstance(value, str) or not value.strip():
+                got = "an empty string" if isinstance(value, str) else type(value).__name__
+                raise UserError(f"{_line_of_row(path, index)}: field '{field}' must be a non-empty string, got {got}")
+        pairs.append(Pair(id=str(id_ if id_ is not None else index), source=source, target=target))
+    return pairs
+
+
+def read_dialogues(path: str, messages_field: str, max_rows: int | None = None) -> list[Dialogue]:
+    path = Path(path)
+    rows = load_rows(path, max_rows)
+    _require_column(rows, path, messages_field, "data.finetune.messages_field")
+    ids = rows["id"] if "id" in rows.column_names else [None] * len(rows)
+    dialogues = []
+    for index, (id_, messages) in enumerate(zip(ids, rows[messages_field])):
+        where = _line_of_row(path, index) if not isinstance(messages, list) else None
+        if where:
+            raise UserError(f"{where}: field '{messages_field}' must be a list of {{role, content}} turns")
+        turns = [_check_turn(path, index, turn) for turn in messages]
+        if not any(turn["role"] == "assistant" for turn in turns):
+            raise UserError(f"{_line_of_row(path, index)}: dialogue has no assistant turn; expected at least one to learn from")
+        dialogues.append(Dialogue(id=str(id_ if id_ is not None else index), messages=turns))
+    return dialogues
+
+
+def _check_turn(path: Path, index: int, turn: Any) -> dict[str, str]:
+    if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or not isinstance(turn.get("content"), str):
+        raise UserError(f"{_line_of_row(path, index)}: each turn must be an object with string fields 'role' and 'content', got {turn!r}")
+    if turn["role"] not in ROLES:
+        raise UserError(f"{_line_of_row(path, index)}: unknown role '{turn['role']}'; expected one of {', '.join(ROLES)}")
+    return {"role": turn["role"], "content": turn["content"]}
+
+
+def pair_to_chat(pair: Pair) -> Dialogue:
+    """A pairs task cast as a one-turn chat, so `chatgpt` trains on exactly `sora`'s examples."""
+    return Dialogue(id=pair.id, messages=[{"role": "user", "content": pair.source}, {"role": "assistant", "content": pair.target}])
+
+
+def with_system_prompt(dialogue: Dialogue, system: str) -> list[dict[str, str]]:
+    """The recipe's system prompt goes first, unless the data brings its own."""
+    if not system or (dialogue.messages and dialogue.messages[0]["role"] == "system"):
+        return list(dialogue.messages)
+    return [{"role": "system", "content": system}, *dialogue.messages]
+
+
+def read_finetune_examples(section, split: str, max_rows: int | None) -> list[Dialogue]:
+    """A finetuning split as dialogues (pairs are cast to one-turn chats)."""
+    path = getattr(section, split)
+    if section.task == "pairs":
+        return [pair_to_chat(p) for p in read_pairs(path, section.source_field, section.target_field, max_rows)]
+    return read_dialogues(path, section.messages_field, max_rows)

@@ -1,0 +1,13 @@
+"""Errors a user can cause. The CLI prints their message and exits with code 2, no traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem in something the user gave us: a recipe, a data file, a checkpoint, a path."""
+
+    exit_code = 2
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss or gradient. Not the user's input, so the exit code is 1."""

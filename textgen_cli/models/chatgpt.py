@@ -1,0 +1,36 @@
+"""`chatgpt`: a decoder-only Transformer (GPT-2 layout) for multi-turn dialogue.
+
+GPT-2 rather than Llama because its blocks match BART's (learned positions, GELU, LayerNorm, the
+same dropout everywhere): a `sora` vs `chatgpt` comparison then measures encoder-decoder against
+decoder-only, not two different block designs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from textgen_cli.schema import ModelSection
+
+
+def build_chatgpt(section: "ModelSection", tokenizer: "PreTrainedTokenizerFast") -> "GPT2LMHeadModel":
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=section.context,
+        n_embd=section.hidden,
+        n_layer=section.layers,
+        n_head=section.heads,
+        n_inner=section.ffn,
+        resid_pdrop=section.dropout,
+        embd_pdrop=section.dropout,
+        attn_pdrop=section.dropout,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    return GPT2LMHeadModel(config)

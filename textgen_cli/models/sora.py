@@ -1,0 +1,35 @@
+"""`sora`: an encoder-decoder Transformer (BART) for conditional generation, pretrained by text infilling."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import BartForConditionalGeneration, PreTrainedTokenizerFast
+
+    from textgen_cli.schema import ModelSection
+
+
+def build_sora(section: "ModelSection", tokenizer: "PreTrainedTokenizerFast") -> "BartForConditionalGeneration":
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    config = BartConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=section.context,
+        d_model=section.hidden,
+        encoder_layers=section.layers,
+        decoder_layers=section.layers,
+        encoder_attention_heads=section.heads,
+        decoder_attention_heads=section.heads,
+        encoder_ffn_dim=section.ffn,
+        decoder_ffn_dim=section.ffn,
+        dropout=section.dropout,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        # The decoder starts from bos and its labels are target + eos (see objectives.encode_pair).
+        decoder_start_token_id=tokenizer.bos_token_id,
+        forced_eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    return BartForConditionalGeneration(config)

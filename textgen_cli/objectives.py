@@ -1,0 +1,281 @@
+"""Training objectives: token ids in, batches of tensors out.
+
+- `chatgpt` pretraining: causal LM over packed blocks (documents joined by eos, no padding).
+- `sora` pretraining: BART text infilling; spans with Poisson lengths cover `mask_ratio` of the
+  tokens, each span becomes one <mask>, and the decoder reconstructs the original block.
+- finetuning: chat sequences with loss on assistant tokens only (eos included) for `chatgpt`;
+  source -> target for `sora`.
+
+Every batch is a pure function of (example indices, epoch, seed), which keeps runs reproducible and
+lets a resumed run see exactly the batches the interrupted one would have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from textgen_cli.errors import UserError
+from textgen_cli.tokenizer import END_OF_TURN, ROLE_TOKENS
+
+if TYPE_CHECKING:
+    import torch
+
+IGNORE_INDEX = -100
+
+
+def encode_texts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Batch-encode in the Rust tokenizer; no special tokens (the objectives add their own)."""
+    if not texts:
+        return []
+    return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+
+def pack_blocks(token_lists: Sequence[Sequence[int]], block_size: int, eos_id: int) -> np.ndarray:
+    """Join documents with eos and cut into full blocks; the ragged tail is dropped."""
+    total = sum(len(ids) + 1 for ids in token_lists)
+    stream = np.empty(total, dtype=np.int64)
+    position = 0
+    for ids in token_lists:
+        stream[position : position + len(ids)] = ids
+        stream[position + len(ids)] = eos_id
+        position += len(ids) + 1
+    n_blocks = total // block_size
+    return stream[: n_blocks * block_size].reshape(n_blocks, block_size)
+
+
+def infilling_mask(length: int, mask_ratio: float, poisson_lambda: float, rng: np.random.Generator) -> np.ndarray:
+    """Boolean mask over `length` tokens: spans with Poisson(lambda) lengths (at least 1) until
+    exactly round(mask_ratio * length) tokens are covered."""
+    target = int(round(mask_ratio * length))
+    masked = np.zeros(length, dtype=bool)
+    covered = 0
+    while covered < target:
+        span = min(max(1, int(rng.poisson(poisson_lambda))), target - covered)
+        start = int(rng.integers(0, length - span + 1))
+        masked[start : start + span] = True
+        covered = int(masked.sum())
+    return masked
+
+
+def collapse_spans(ids: np.ndarray, masked: np.ndarray, mask_id: int) -> list[int]:
+    """Replace every run of masked tokens by a single <mask> (BART text infilling)."""
+    out: list[int] = []
+    previous = False
+    for token, is_masked in zip(ids.tolist(), masked.tolist()):
+        if is_masked:
+            if not previous:
+                out.append(mask_id)
+        else:
+            out.append(token)
+        previous = is_masked
+    return out
+
+
+def _pad(rows: Sequence[Sequence[int]], value: int) -> "torch.Tensor":
+    import torch
+
+    width = max(len(row) for row in rows)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+    return out
+
+
+def shift_right(labels: "torch.Tensor", start_id: int, pad_id: int) -> "torch.Tensor":
+    """Decoder inputs: the labels shifted one step right, starting from `start_id`."""
+    inputs = labels.new_full(labels.shape, pad_id)
+    inputs[:, 1:] = labels[:, :-1]
+    inputs[:, 0] = start_id
+    return inputs.masked_fill(inputs == IGNORE_INDEX, pad_id)
+
+
+@dataclass
+class CausalBlocks:
+    """`chatgpt` pretraining: packed blocks, every token a label."""
+
+    blocks: np.ndarray
+    causal: bool = True
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def collate(self, indices: Sequence[int], epoch: int) -> dict[str, "torch.Tensor"]:
+        import torch
+
+        ids = torch.from_numpy(self.blocks[list(indices)])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+
+@dataclass
+class InfillingBlocks:
+    """`sora` pretraining: noised block -> original block. Noise is seeded by (seed, epoch, index)."""
+
+    blocks: np.ndarray
+    mask_ratio: float
+    poisson_lambda: float
+    seed: int
+    bos_id: int
+    eos_id: int
+    pad_id: int
+    mask_id: int
+    causal: bool = False
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def example(self, index: int, epoch: int) -> tuple[list[int], list[int]]:
+        rng = np.random.default_rng([self.seed, epoch, index])
+        block = self.blocks[index]
+        masked = infilling_mask(len(block), self.mask_ratio, self.poisson_lambda, rng)
+        source = [self.bos_id, *collapse_spans(block, masked, self.mask_id), self.eos_id]
+        return source, [*block.tolist(), self.eos_id]
+
+    def collate(self, indices: Sequence[int], epoch: int) -> dict[str, "torch.Tensor"]:
+        pairs = [self.example(i, epoch) for i in indices]
+        return seq2seq_batch(pairs, self.pad_id, self.bos_id)
+
+
+def seq2seq_batch(pairs: Sequence[tuple[list[int], list[int]]], pad_id: int, start_id: int) -> dict[str, "torch.Tensor"]:
+    input_ids = _pad([source for source, _ in pairs], pad_id)
+    labels = _pad([target for _, target in pairs], IGNORE_INDEX)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": (input_ids != pad_id).long(),
+        "decoder_input_ids": shift_right(labels, start_id, pad_id),
+        "labels": labels,
+    }
+
+
+@dataclass
+class Seq2SeqExamples:
+    """`sora` finetuning: (source ids, target ids + eos) pairs."""
+
+    pairs: list[tuple[list[int], list[int]]]
+    pad_id: int
+    bos_id: int
+    causal: bool = False
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def collate(self, indices: Sequence[int], epoch: int) -> dict[str, "torch.Tensor"]:
+        return seq2seq_batch([self.pairs[i] for i in indices], self.pad_id, self.bos_id)
+
+
+@dataclass
+class ChatExamples:
+    """`chatgpt` finetuning: chat-template ids, labels only on assistant tokens (eos included)."""
+
+    sequences: list[tuple[list[int], list[int]]]
+    pad_id: int
+    causal: bool = True
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def collate(self, indices: Sequence[int], epoch: int) -> dict[str, "torch.Tensor"]:
+        chosen = [self.sequences[i] for i in indices]
+        input_ids = _pad([ids for ids, _ in chosen], self.pad_id)
+        attention_mask = _pad([[1] * len(ids) for ids, _ in chosen], 0)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": _pad([labels for _, labels in chosen], IGNORE_INDEX)}
+
+
+@dataclass
+class TruncationCount:
+    """How many examples were cut to fit the context (reported once, as a warning)."""
+
+    truncated: int = 0
+    dropped: int = 0
+    ids: list[str] = field(default_factory=list)
+
+
+class ChatEncoder:
+    """Builds chat ids turn by turn: the same ids `tokenizer.apply_chat_template` gives (tested)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.bos = tokenizer.bos_token_id
+        self.eos = tokenizer.eos_token_id
+        self.end = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+        self.role = {role: tokenizer.convert_tokens_to_ids(token) for role, token in ROLE_TOKENS.items()}
+
+    def turn(self, message: dict[str, str], content_ids: list[int]) -> tuple[list[int], list[int]]:
+        if message["role"] == "assistant":
+            ids = [self.role["assistant"], *content_ids, self.eos]
+            return ids, [IGNORE_INDEX, *content_ids, self.eos]
+        ids = [self.role[message["role"]], *content_ids, self.end]
+        return ids, [IGNORE_INDEX] * len(ids)
+
+    def encode(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+        contents = encode_texts(self.tokenizer, [m["content"] for m in messages])
+        ids, labels = [self.bos], [IGNORE_INDEX]
+        for message, content_ids in zip(messages, contents):
+            turn_ids, turn_labels = self.turn(message, content_ids)
+            ids += turn_ids
+            labels += turn_labels
+        if add_generation_prompt:
+            ids.append(self.role["assistant"])
+            labels.append(IGNORE_INDEX)
+        return ids, labels
+
+    def encode_history(self, messages: list[dict[str, str]]) -> list[int]:
+        """A `sora` source: the role-tagged history between bos and eos."""
+        ids, _ = self.encode(messages)
+        return [*ids, self.eos]
+
+
+def fit_chat(encoder: ChatEncoder, example_id: str, messages: list[dict[str, str]], context: int, policy: str, count: TruncationCount) -> tuple[list[int], list[int]] | None:
+    """Encode a chat within `context` tokens: drop the oldest turns first, then cut the tail."""
+    ids, labels = encoder.encode(messages)
+    if len(ids) <= context:
+        return ids, labels
+    if policy == "error":
+        raise UserError(f"example '{example_id}' is {len(ids)} tokens, longer than model.context={context} (data.too_long=error)")
+    turns = list(messages)
+    system = [turns.pop(0)] if turns and turns[0]["role"] == "system" else []
+    # Keep at least the last user -> assistant exchange when dropping whole turns.
+    while len(ids) > context and sum(t["role"] == "assistant" for t in turns[1:]) >= 1 and len(turns) > 2:
+        turns.pop(0)
+        ids, labels = encoder.encode(system + turns)
+    ids, labels = ids[:context], labels[:context]
+    count.truncated += 1
+    if all(label == IGNORE_INDEX for label in labels):
+        count.dropped += 1
+        return None
+    return ids, labels
+
+
+def fit_seq2seq(source: list[int], target: list[int], eos_id: int, context: int, keep: str, example_id: str, policy: str, count: TruncationCount) -> tuple[list[int], list[int]]:
+    """Fit a (source, target) pair in `context`: keep the newest history (keep='end') or the start."""
+    if len(source) <= context and len(target) <= context:
+        return source, target
+    if policy == "error":
+        raise UserError(f"example '{example_id}' is longer than model.context={context} (data.too_long=error)")
+    count.truncated += 1
+    if len(source) > context:
+        # keep bos, then the most recent tokens for dialogue histories; the beginning for pairs
+        source = [source[0], *source[-(context - 1) :]] if keep == "end" else [*source[: context - 1], source[-1]]
+    if len(target) > context:
+        target = [*target[: context - 1], eos_id]
+    return source, target
+
+
+def token_loss_sum(model, batch: dict[str, "torch.Tensor"], causal: bool) -> tuple["torch.Tensor", int]:
+    """Summed cross-entropy over label tokens and their count.
+
+    Summing (instead of the model's per-batch mean) lets gradient accumulation and validation weigh
+    every token equally, however the tokens are spread over batches.
+    """
+    import torch.nn.functional as F
+
+    labels = batch["labels"]
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    logits = model(**inputs).logits
+    if causal:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    n_tokens = int((labels != IGNORE_INDEX).sum())
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss, n_tokens

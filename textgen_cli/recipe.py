@@ -1,0 +1,295 @@
+"""Load a recipe file, apply command-line overrides and validate everything against `schema.py`.
+
+Every error names the recipe file (or the command line) and the dotted key, says what was
+expected, and suggests the closest valid key for a typo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf import errors as oc_errors
+
+from textgen_cli.errors import UserError
+from textgen_cli.schema import CHOICES, PATH_KEYS, STAGES, Recipe
+
+
+def shipped_recipes_dir() -> Path:
+    """The shipped `recipes/` folder: packaged inside the wheel, or beside the package in a checkout."""
+    packaged = Path(__file__).parent / "recipes"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "recipes"
+
+
+def shipped_recipes() -> list[Path]:
+    return sorted(shipped_recipes_dir().glob("*.yaml"))
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A path that exists wins; a bare name falls back to the shipped recipes (`sora` or `sora.yaml`)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path.resolve()
+    if path.is_dir():
+        raise UserError(f"recipe '{name_or_path}' is a directory; expected a .yaml file")
+    if len(path.parts) == 1:
+        for candidate in (shipped_recipes_dir() / name_or_path, shipped_recipes_dir() / f"{name_or_path}.yaml"):
+            if candidate.is_file():
+                return candidate.resolve()
+    shipped = ", ".join(p.name for p in shipped_recipes()) or "none"
+    raise UserError(f"recipe '{name_or_path}' not found: no such file, and no shipped recipe of that name (shipped: {shipped})")
+
+
+@dataclass
+class LoadedRecipe:
+    """A validated recipe, with where it came from."""
+
+    recipe: Recipe
+    path: Path
+    overrides: list[str]
+
+    @property
+    def name(self) -> str:
+        return self.recipe.run.name or self.path.stem
+
+    def to_yaml(self) -> str:
+        return OmegaConf.to_yaml(OmegaConf.structured(self.recipe))
+
+    def to_dict(self) -> dict[str, Any]:
+        return OmegaConf.to_container(OmegaConf.structured(self.recipe))  # type: ignore[return-value]
+
+    def settings_hash(self) -> str:
+        """Hash of the resolved settings: equal hashes mean the same experiment."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def run_dir(self, stage: str) -> Path:
+        return Path(self.recipe.run.root) / self.name / stage
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> LoadedRecipe:
+    path = find_recipe(name_or_path)
+    overrides = list(overrides or [])
+    file_values = _read_yaml(path)
+    check_keys(OmegaConf.to_container(file_values), Recipe, source=str(path))
+    override_values = _parse_overrides(overrides)
+    check_keys(OmegaConf.to_container(override_values), Recipe, source="command line override")
+
+    # Untyped merge first, so that an override can fix a bad value in the file.
+    combined = OmegaConf.merge(file_values, override_values)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Recipe), combined)
+    except oc_errors.ValidationError as exc:
+        in_overrides = OmegaConf.select(override_values, _full_key(exc), default=None) is not None
+        raise UserError(_type_error_message("command line override" if in_overrides else str(path), exc)) from exc
+    try:
+        OmegaConf.resolve(merged)
+    except (oc_errors.InterpolationResolutionError, oc_errors.InterpolationKeyError, oc_errors.GrammarParseError) as exc:
+        raise UserError(f"{path}: key '{_full_key(exc)}': interpolation failed: {str(exc).splitlines()[0]}") from exc
+    missing = sorted(OmegaConf.missing_keys(merged))
+    if missing:
+        raise UserError(f"{path}: key '{missing[0]}' is required but has no value")
+
+    recipe: Recipe = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    override_keys = {item.split("=", 1)[0] for item in overrides}
+    validate_values(recipe, source=str(path), override_keys=override_keys)
+    _resolve_paths(recipe, base=path.parent)
+    return LoadedRecipe(recipe=recipe, path=path, overrides=overrides)
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    try:
+        # safe_load: a recipe is data, never code.
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise UserError(f"{path}: YAML syntax error at {where}: {problem}") from exc
+    if values is None:
+        raise UserError(f"{path}: the recipe is empty; expected a mapping with at least `model.family`")
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: expected a mapping of keys at the top level, got {type(values).__name__}")
+    return OmegaConf.create(values)
+
+
+def _parse_overrides(overrides: list[str]) -> DictConfig:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise UserError(f"command line override '{item}': expected key=value, e.g. train.lr=3e-4")
+    try:
+        return OmegaConf.from_dotlist(overrides)
+    except Exception as exc:  # omegaconf raises several grammar errors here
+        raise UserError(f"command line override: cannot parse {overrides}: {exc}") from exc
+
+
+def check_keys(values: Any, schema: type, source: str, prefix: str = "") -> None:
+    """Unknown keys are errors, with the closest valid key suggested."""
+    if not isinstance(values, dict):
+        return
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            candidates = [f"{prefix}{name}" for name in fields] + list(all_keys())
+            close = difflib.get_close_matches(dotted, candidates, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys here: {', '.join(fields)}"
+            raise UserError(f"{source}: unknown key '{dotted}'{hint}")
+        field_type = _field_type(schema, key)
+        if dataclasses.is_dataclass(field_type):
+            if not isinstance(value, dict):
+                raise UserError(f"{source}: key '{dotted}' is a section; expected a mapping of keys, got {value!r}")
+            check_keys(value, field_type, source, prefix=f"{dotted}.")
+
+
+def _field_type(schema: type, name: str) -> Any:
+    return typing.get_type_hints(schema)[name]
+
+
+def iter_schema(schema: type = Recipe, prefix: str = "") -> Iterator[tuple[str, Any, Any, str]]:
+    """Yield (dotted key, type, default, help) for every leaf key of the schema."""
+    hints = typing.get_type_hints(schema)
+    instance = schema()
+    for f in dataclasses.fields(schema):
+        dotted = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from iter_schema(hints[f.name], prefix=f"{dotted}.")
+        else:
+            yield dotted, hints[f.name], getattr(instance, f.name), f.metadata.get("help", "")
+
+
+def all_keys() -> list[str]:
+    return [key for key, *_ in iter_schema()]
+
+
+def _full_key(exc: Exception) -> str:
+    return str(getattr(exc, "full_key", "") or "?")
+
+
+def _type_error_message(source: str, exc: oc_errors.ValidationError) -> str:
+    key = _full_key(exc)
+    expected = _expected_type(key)
+    value = getattr(exc, "value", None)
+    return f"{source}: key '{key}': expected {expected}, got {value!r}"
+
+
+def _expected_type(dotted: str) -> str:
+    for key, type_, _, _ in iter_schema():
+        if key == dotted:
+            return type_name(type_)
+    return "a value of the schema's type"
+
+
+def type_name(type_: Any) -> str:
+    origin = typing.get_origin(type_)
+    args = [a for a in typing.get_args(type_) if a is not type(None)]
+    if origin in (list, typing.List):
+        return f"a list of {type_name(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    if args and len(args) < len(typing.get_args(type_)):  # Optional[X]
+        return f"{type_name(args[0])} or null"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(type_, str(type_))
+
+
+def validate_values(recipe: Recipe, source: str, override_keys: set[str] = frozenset()) -> None:
+    """Range and cross-key checks the type system cannot express."""
+
+    def fail(key: str, expected: str, value: Any) -> None:
+        where = "command line override" if key in override_keys else source
+        raise UserError(f"{where}: key '{key}': expected {expected}, got {value!r}")
+
+    for key, choices in CHOICES.items():
+        value = _get(recipe, key)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), choices, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            fail(key, "one of " + ", ".join(choices) + hint, value)
+    for stage in recipe.stages:
+        if stage not in STAGES:
+            fail("stages", "a list drawn from " + ", ".join(STAGES), list(recipe.stages))
+    m = recipe.model
+    for key in ("layers", "hidden", "heads", "ffn"):
+        if getattr(m, key) < 1:
+            fail(f"model.{key}", "a positive integer", getattr(m, key))
+    if m.hidden % m.heads:
+        fail("model.heads", f"a divisor of model.hidden ({m.hidden})", m.heads)
+    if m.context < 8:
+        fail("model.context", "at least 8 tokens", m.context)
+    if not 0 <= m.dropout < 1:
+        fail("model.dropout", "a probability in [0, 1)", m.dropout)
+    if recipe.tokenizer.vocab_size < 300:
+        fail("tokenizer.vocab_size", "at least 300 (256 bytes plus special tokens)", recipe.tokenizer.vocab_size)
+    t = recipe.train
+    for key in ("batch_size", "grad_accum", "log_every", "eval_every"):
+        if getattr(t, key) < 1:
+            fail(f"train.{key}", "a positive integer", getattr(t, key))
+    if t.eval_batches is not None and t.eval_batches < 1:
+        fail("train.eval_batches", "a positive integer or null", t.eval_batches)
+    for key, value in (("train.lr", t.lr), ("pretrain.lr", recipe.pretrain.lr), ("finetune.lr", recipe.finetune.lr)):
+        if value is not None and not value > 0:
+            fail(key, "a positive learning rate", value)
+    if not 0 <= t.min_lr_ratio <= 1:
+        fail("train.min_lr_ratio", "a fraction in [0, 1]", t.min_lr_ratio)
+    for key, value in (("train.warmup_steps", t.warmup_steps), ("train.weight_decay", t.weight_decay), ("train.clip_grad", t.clip_grad)):
+        if value < 0:
+            fail(key, "a value >= 0", value)
+    for stage in STAGES:
+        if getattr(recipe, stage).steps < 1:
+            fail(f"{stage}.steps", "a positive integer", getattr(recipe, stage).steps)
+    if not 0 < recipe.pretrain.mask_ratio < 1:
+        fail("pretrain.mask_ratio", "a fraction in (0, 1)", recipe.pretrain.mask_ratio)
+    if recipe.pretrain.poisson_lambda <= 0:
+        fail("pretrain.poisson_lambda", "a positive number", recipe.pretrain.poisson_lambda)
+    if recipe.data.max_examples is not None and recipe.data.max_examples < 1:
+        fail("data.max_examples", "a positive integer or null", recipe.data.max_examples)
+    if "pretrain" in recipe.stages and not recipe.data.pretrain.train:
+        raise UserError(f"{source}: key 'data.pretrain.train' is required when stages include pretrain")
+    if "finetune" in recipe.stages and not recipe.data.finetune.train:
+        raise UserError(f"{source}: key 'data.finetune.train' is required when stages include finetune")
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _resolve_paths(recipe: Recipe, base: Path) -> None:
+    """Input paths are relative to the recipe file, so a run works from any folder."""
+    for dotted in PATH_KEYS:
+        *parents, leaf = dotted.split(".")
+        owner = _get(recipe, ".".join(parents)) if parents else recipe
+        value = getattr(owner, leaf)
+        if value:
+            setattr(owner, leaf, str((base / Path(value).expanduser()).resolve()))
+
+
+def describe(path: Path) -> str:
+    """The recipe's own one-line description, without validating it."""
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return str(values.get("description", "")) if isinstance(values, dict) else ""
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return "(unreadable)"
+
+
+def schema_markdown() -> str:
+    """`docs/recipes.md`'s key reference, generated from the schema (a test keeps the file in sync)."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, type_, default, help_ in iter_schema():
+        shown = "required" if default == "???" else json.dumps(default)
+        if key in CHOICES:
+            help_ += " Choices: " + ", ".join(f"`{c}`" for c in CHOICES[key]) + "."
+        lines.append(f"| `{key}` | {type_name(type_)} | `{shown}` | {help_} |")
+    return "\n".join(lines) + "\n"
