@@ -1,0 +1,36 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# torch is installed first, pinned to the CPU build that lies on this machine's disk; an unpinned
+# torch would pull a multi-GB CUDA build. pyproject.toml keeps a range (torch>=2.4) for other setups.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo data bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
+
+demo: install
+	$(BIN)/textgen pretrain --recipe sora.yaml
+	$(BIN)/textgen finetune --recipe sora.yaml
+	$(BIN)/textgen pretrain --recipe chatgpt.yaml
+	$(BIN)/textgen finetune --recipe chatgpt.yaml
+
+data: install
+	$(BIN)/python scripts/prepare_data.py --out recipes/data
+
+bench: install
+	$(BIN)/python benchmarks/bench_generate.py
+
+clean:
+	rm -rf runs reports .pytest_cache
