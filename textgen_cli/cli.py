@@ -15,7 +15,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from textgen_cli import __version__
-from textgen_cli.errors import TrainingDiverged, UserError
+from textgen_cli.errors import Interrupted, TrainingDiverged, UserError
 
 # textgen never talks to a hub: models, tokenizers, data and metrics are all local.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -39,6 +39,7 @@ Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value overri
 PrintRecipe = Annotated[bool, typer.Option("--print-recipe", help="Print the fully resolved recipe and exit.")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (logs stay on stderr).")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its newest valid checkpoint (same as resume=auto).")]
 
 
 def guarded(debug: bool, action: Callable[[], Any]) -> Any:
@@ -50,6 +51,9 @@ def guarded(debug: bool, action: Callable[[], Any]) -> Any:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
+    except Interrupted as exc:
+        print(f"{exc}", file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None
     except TrainingDiverged as exc:
         if debug:
             traceback.print_exc()
@@ -65,11 +69,11 @@ def guarded(debug: bool, action: Callable[[], Any]) -> Any:
         raise typer.Exit(1) from None
 
 
-def _stage_command(stage: str, recipe: str, overrides: list[str] | None, print_recipe: bool, json_output: bool, debug: bool) -> None:
+def _stage_command(stage: str, recipe: str, overrides: list[str] | None, print_recipe: bool, json_output: bool, debug: bool, resume: bool) -> None:
     from textgen_cli.recipe import load_recipe
 
     def action() -> None:
-        loaded = load_recipe(recipe, overrides)
+        loaded = load_recipe(recipe, [*(overrides or []), *(["resume=auto"] if resume else [])])
         if print_recipe:
             sys.stdout.write(loaded.to_yaml())
             return
@@ -101,15 +105,29 @@ def print_summary(summary: dict[str, Any], json_output: bool) -> None:
 
 
 @app.command()
-def pretrain(recipe: RecipeOption, overrides: Overrides = None, print_recipe: PrintRecipe = False, json_output: JsonOutput = False, debug: Debug = False) -> None:
+def pretrain(
+    recipe: RecipeOption,
+    overrides: Overrides = None,
+    resume: Resume = False,
+    print_recipe: PrintRecipe = False,
+    json_output: JsonOutput = False,
+    debug: Debug = False,
+) -> None:
     """Train a tokenizer and a model from scratch on the recipe's prose corpus (causal LM for chatgpt, text infilling for sora)."""
-    _stage_command("pretrain", recipe, overrides, print_recipe, json_output, debug)
+    _stage_command("pretrain", recipe, overrides, print_recipe, json_output, debug, resume)
 
 
 @app.command()
-def finetune(recipe: RecipeOption, overrides: Overrides = None, print_recipe: PrintRecipe = False, json_output: JsonOutput = False, debug: Debug = False) -> None:
+def finetune(
+    recipe: RecipeOption,
+    overrides: Overrides = None,
+    resume: Resume = False,
+    print_recipe: PrintRecipe = False,
+    json_output: JsonOutput = False,
+    debug: Debug = False,
+) -> None:
     """Finetune the recipe's pretrained model on its source -> target or dialogue data."""
-    _stage_command("finetune", recipe, overrides, print_recipe, json_output, debug)
+    _stage_command("finetune", recipe, overrides, print_recipe, json_output, debug, resume)
 
 
 @recipes_app.callback(invoke_without_command=True)

@@ -11,3 +11,11 @@ class UserError(Exception):
 
 class TrainingDiverged(RuntimeError):
     """A non-finite loss or gradient. Not the user's input, so the exit code is 1."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM: a checkpoint was saved; exit with 128 + the signal number (130 / 143)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -239,6 +239,12 @@ def validate_values(recipe: Recipe, source: str, override_keys: set[str] = froze
     for key, value in (("train.lr", t.lr), ("pretrain.lr", recipe.pretrain.lr), ("finetune.lr", recipe.finetune.lr)):
         if value is not None and not value > 0:
             fail(key, "a positive learning rate", value)
+    if t.max_skips < 0:
+        fail("train.max_skips", "a value >= 0", t.max_skips)
+    if recipe.checkpoint.every < 0:
+        fail("checkpoint.every", "a value >= 0 (0: only on interruption)", recipe.checkpoint.every)
+    if recipe.checkpoint.keep_last < 1:
+        fail("checkpoint.keep_last", "at least 1", recipe.checkpoint.keep_last)
     if not 0 <= t.min_lr_ratio <= 1:
         fail("train.min_lr_ratio", "a fraction in [0, 1]", t.min_lr_ratio)
     for key, value in (("train.warmup_steps", t.warmup_steps), ("train.weight_decay", t.weight_decay), ("train.clip_grad", t.clip_grad)):

@@ -2,7 +2,8 @@
 
 A stage writes into `<stage>.partial/` and only a finished stage is renamed to `<stage>/`, so a
 failed or interrupted run never leaves a half-written result where a finished one is expected, and
-never destroys the earlier finished result until the new one is complete.
+never destroys the earlier finished result until the new one is complete. An interrupted stage
+keeps its `.partial/` with checkpoints, for `--resume`.
 """
 
 from __future__ import annotations
@@ -26,29 +27,87 @@ FINAL_DIR = "final"
 
 
 class RunDir:
+    """One stage's output: `<stage>/` when finished, `<stage>.partial/` while running (checkpoints
+    live there), and `<stage>.lock` while a process owns it."""
+
     def __init__(self, path: Path):
         self.path = path
         self.work = path.with_name(path.name + ".partial")
+        self.lock_file = path.with_name(path.name + ".lock")
+        self.metrics_lines = 0
+        self._locked = False
 
-    def begin(self) -> None:
+    def begin(self, resume: bool) -> Path | None:
+        """Lock the run and prepare the work directory; returns the checkpoint to resume from."""
+        from textgen_cli import checkpoint
+        from textgen_cli.progress import log
+
         for parent in (self.path.parent, *self.path.parent.parents):
             if parent.exists() and not parent.is_dir():
                 raise UserError(f"run directory '{self.path}': '{parent}' is a file, expected a directory")
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"run directory '{self.path}' is a file, expected a directory")
-        if self.work.exists():
-            shutil.rmtree(self.work)  # what an earlier crashed attempt left; the finished result is elsewhere
-        self.work.mkdir(parents=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            found = checkpoint.latest(self.work) if self.work.is_dir() else None
+            if resume and found is not None:
+                log(f"resuming from {found}")
+                return found
+            if resume:
+                log(f"nothing to resume in {self.work}; starting afresh")
+            elif found is not None:
+                log(f"discarding the interrupted run in {self.work} (newest checkpoint {found.name}); use --resume to continue it instead")
+            if self.work.exists():
+                shutil.rmtree(self.work)
+            self.work.mkdir(parents=True)
+            return None
+        except BaseException:
+            self.release()
+            raise
+
+    def _lock(self) -> None:
+        from textgen_cli.progress import log
+
+        for _ in range(2):
+            try:
+                fd = os.open(self.lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = _lock_owner(self.lock_file)
+                if owner is not None and _alive(owner):
+                    raise UserError(f"run directory '{self.path}' is in use by process {owner} (lock file {self.lock_file}); wait for it or stop it") from None
+                log(f"taking over the stale lock {self.lock_file} (process {owner} is gone)")
+                self.lock_file.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(json.dumps({"pid": os.getpid(), "host": platform.node()}))
+            self._locked = True
+            return
+        raise UserError(f"cannot lock run directory '{self.path}' ({self.lock_file})")
+
+    def release(self) -> None:
+        if self._locked:
+            self.lock_file.unlink(missing_ok=True)
+            self._locked = False
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         with (self.work / METRICS_FILE).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+        self.metrics_lines += 1
+
+    def truncate_metrics(self, lines: int) -> None:
+        """On resume: keep exactly the lines written before the checkpoint."""
+        path = self.work / METRICS_FILE
+        kept = path.read_text(encoding="utf-8").splitlines(keepends=True)[:lines] if path.exists() else []
+        write_text_atomic(path, "".join(kept))
+        self.metrics_lines = len(kept)
 
     def write_json(self, name: str, value: Any) -> None:
         write_text_atomic(self.work / name, json.dumps(value, indent=2) + "\n")
 
     def commit(self) -> None:
-        """Swap the finished work in place of any previous result."""
+        """Swap the finished work in place of any previous result; checkpoints are not kept."""
+        shutil.rmtree(self.work / "checkpoints", ignore_errors=True)
         previous = self.path.with_name(self.path.name + ".previous")
         if previous.exists():
             shutil.rmtree(previous)
@@ -56,9 +115,32 @@ class RunDir:
             os.replace(self.path, previous)
         os.replace(self.work, self.path)
         shutil.rmtree(previous, ignore_errors=True)
+        self.release()
 
     def abort(self) -> None:
-        shutil.rmtree(self.work, ignore_errors=True)
+        """A failed stage: keep the work directory only if it holds a checkpoint to resume from."""
+        from textgen_cli import checkpoint
+
+        if checkpoint.latest(self.work) is None:
+            shutil.rmtree(self.work, ignore_errors=True)
+        self.release()
+
+
+def _lock_owner(lock_file: Path) -> int | None:
+    try:
+        return int(json.loads(lock_file.read_text(encoding="utf-8"))["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_text_atomic(path: Path, text: str) -> None:

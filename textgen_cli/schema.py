@@ -90,6 +90,14 @@ class TrainSection:
     log_every: int = _key(10, "Log a metrics line every N optimizer steps.")
     eval_every: int = _key(100, "Validation pass every N optimizer steps (and always at the start and the end).")
     eval_batches: Optional[int] = _key(None, "Cap on validation batches per pass (null: the whole split).")
+    on_nonfinite: str = _key("stop", "A non-finite loss or gradient: `stop` the run (keeping the last good checkpoint) or `skip` the step.")
+    max_skips: int = _key(3, "With on_nonfinite=skip: stop after this many skipped steps.")
+
+
+@dataclass
+class CheckpointSection:
+    every: int = _key(100, "Save a resumable checkpoint every N optimizer steps (0: only on interruption).")
+    keep_last: int = _key(2, "Checkpoints kept; older ones are deleted, never the newest valid one.")
 
 
 @dataclass
@@ -104,6 +112,26 @@ class PretrainSection:
 class FinetuneSection:
     steps: int = _key(200, "Optimizer steps.")
     lr: Optional[float] = _key(None, "Peak learning rate for this stage (null: `train.lr`).")
+
+
+@dataclass
+class GenerateSection:
+    max_new_tokens: int = _key(64, "Most tokens generated per reply; prompts are fitted to the model's context minus this (for `chatgpt`).")
+    min_new_tokens: int = _key(0, "Fewest tokens generated per reply (eos is suppressed until then).")
+    do_sample: bool = _key(False, "Sample from the distribution (true) or decode greedily / by beam search (false).")
+    temperature: float = _key(1.0, "Sampling temperature (with do_sample=true): below 1 sharper, above 1 flatter.")
+    top_k: int = _key(50, "Sample only among the k most likely tokens (with do_sample=true; 0 disables).")
+    top_p: float = _key(1.0, "Nucleus sampling: the smallest set of tokens whose probability reaches p (with do_sample=true; 1.0 disables).")
+    num_beams: int = _key(1, "Beam search width (1: no beam search). Beam search is not streamed.")
+    length_penalty: float = _key(1.0, "Beam search: exponent on the length that divides a beam's log-probability (above 1 favours longer outputs).")
+    repetition_penalty: float = _key(1.0, "Penalty on tokens already present (1.0 disables; 1.1-1.3 is typical).")
+    no_repeat_ngram_size: int = _key(0, "Never repeat an n-gram of this size (0 disables).")
+    stop: List[str] = _key([], "Stop strings: generation ends once one appears; the output is cut before it.")
+    seed: int = _key(1234, "Random seed for sampling: the same seed, settings and prompts give the same outputs.")
+    batch_size: int = _key(16, "Prompts decoded together in batch mode (--input or stdin).")
+    too_long: str = _key("truncate", "A prompt whose last message alone is longer than the context (older turns are always dropped first): `truncate` keeps its beginning (for `chatgpt` plain text, its end), `error` stops.")
+    prompt_format: str = _key("auto", "How prompts are encoded: `chat` (chat template for `chatgpt`, role-tagged history for `sora`), `text` (plain text; `sora`: [bos] text [eos]) or `auto` (what the model was trained on: `text` for a pretrain checkpoint and for `sora` pairs tasks, else `chat`).")
+    device: str = _key("auto", "`auto` (CUDA when available), `cpu` or `cuda`.")
 
 
 @dataclass
@@ -123,7 +151,10 @@ class Recipe:
     train: TrainSection = _section(TrainSection, "The training loop shared by every stage.")
     pretrain: PretrainSection = _section(PretrainSection, "The `pretrain` stage.")
     finetune: FinetuneSection = _section(FinetuneSection, "The `finetune` stage.")
+    generate: GenerateSection = _section(GenerateSection, "Decoding settings for `textgen generate` (each overridable on the command line).")
     run: RunSection = _section(RunSection, "Where results are written.")
+    checkpoint: CheckpointSection = _section(CheckpointSection, "Resumable checkpoints (model, optimizer, scheduler, RNG states, data position).")
+    resume: str = _key("never", "`auto`: continue an interrupted stage from its newest valid checkpoint (same as --resume); `never`: start afresh.")
 
 
 # Allowed values of string keys (dotted key -> choices). Checked by recipe.validate_values.
@@ -133,6 +164,8 @@ CHOICES = {
     "data.too_long": ("truncate", "error"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "fp32", "bf16"),
+    "train.on_nonfinite": ("stop", "skip"),
+    "resume": ("never", "auto"),
 }
 STAGES = ("pretrain", "finetune")
 # Keys holding input paths, resolved relative to the recipe file.

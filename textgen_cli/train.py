@@ -8,13 +8,17 @@ by the tokens of the whole optimizer step, so accumulation does not change what 
 from __future__ import annotations
 
 import math
+import os
+import signal
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 
-from textgen_cli.errors import TrainingDiverged, UserError
+from textgen_cli.errors import Interrupted, TrainingDiverged, UserError
 from textgen_cli.objectives import IGNORE_INDEX, token_loss_sum
 from textgen_cli.progress import Reporter, log
 from textgen_cli.runs import FINAL_DIR, RECIPE_FILE, SUMMARY_FILE, RunDir, peak_memory_mb, versions
@@ -115,133 +119,220 @@ def check_split_sizes(train_set: Examples, val_set: Examples, batch_size: int, w
         raise UserError(f"{what}: the validation split gives no examples")
 
 
+@dataclass
+class LoopState:
+    """Everything the loop carries from step to step; saved in checkpoints so a resumed run logs
+    exactly what the uninterrupted run would have."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    train_time: float = 0.0
+    elapsed: float = 0.0
+    window_tokens: int = 0
+    window_time: float = 0.0
+    window_loss: float = 0.0
+    window_steps: int = 0
+    skipped: int = 0
+    metrics_lines: int = 0
+    settings_hash: str = ""
+    first_val: dict[str, float] = field(default_factory=dict)
+    last_val: dict[str, float] = field(default_factory=dict)
+    last_loss: float | None = None
+
+
+class StopSignals:
+    """The first SIGINT / SIGTERM asks the loop to checkpoint at the next step boundary and exit
+    with 128 + signal; a second one exits at once (checkpoint writes are atomic, so nothing breaks)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            os._exit(128 + signum)
+        self.received = signum
+        log(f"{signal.Signals(signum).name}: saving a checkpoint at the end of this step (send it again to exit at once)")
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
 def train_stage(loaded: "LoadedRecipe", stage: str, model, tokenizer, train_set: Examples, val_set: Examples, extra: dict[str, Any]) -> dict[str, Any]:
     """Train `model` for one stage and write the run directory. Returns the summary."""
+    recipe = loaded.recipe
+    check_split_sizes(train_set, val_set, recipe.train.batch_size, f"{stage} data")
+    accelerator = make_accelerator(recipe.train)
+    run = RunDir(loaded.run_dir(stage))
+    resume_from = run.begin(resume=recipe.resume == "auto")
+    try:
+        with StopSignals() as signals:
+            summary = _train(loaded, stage, model, tokenizer, train_set, val_set, extra, accelerator, run, resume_from, signals)
+    except BaseException:
+        run.abort()
+        raise
+    run.commit()
+    return summary
+
+
+def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, accelerator, run: RunDir, resume_from, signals: StopSignals) -> dict[str, Any]:
     import torch
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    from textgen_cli import checkpoint
 
     recipe = loaded.recipe
     section = recipe.train
     stage_section = getattr(recipe, stage)
     steps = stage_section.steps
     lr = stage_section.lr if stage_section.lr is not None else section.lr
-    check_split_sizes(train_set, val_set, section.batch_size, f"{stage} data")
-
-    accelerator = make_accelerator(section)
     device = accelerator.device
-    run = RunDir(loaded.run_dir(stage))
-    run.begin()
+
+    (run.work / RECIPE_FILE).write_text(loaded.to_yaml(), encoding="utf-8")
+    model.to(device)
+    model.train()
+    optimizer = torch.optim.AdamW(param_groups(model, section.weight_decay), lr=lr, betas=(0.9, 0.95), eps=1e-8)
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, num_warmup_steps=min(section.warmup_steps, steps), num_training_steps=steps, min_lr_rate=section.min_lr_ratio
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    sampler = EpochSampler(len(train_set), section.batch_size, section.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(
+        f"{stage}: {recipe.model.family} model, {n_params:,} parameters, {len(train_set):,} training examples, "
+        f"{steps} steps of {section.batch_size}x{section.grad_accum} sequences on {device}"
+    )
+
+    state = LoopState(settings_hash=loaded.settings_hash())
+    if resume_from is not None:
+        saved = checkpoint.load(resume_from, accelerator.unwrap_model(model), optimizer, scheduler)
+        state = LoopState(**saved)
+        if state.settings_hash != loaded.settings_hash():
+            log(f"warning: the recipe's settings differ from those of the interrupted run ({resume_from})")
+            state.settings_hash = loaded.settings_hash()
+        run.truncate_metrics(state.metrics_lines)
+        log(f"{stage}: resumed at step {state.step}/{steps}")
+    else:
+        state.first_val = state.last_val = evaluate_loss(model, val_set, section.batch_size, section.eval_batches, device)
+        run.append_metrics({"step": 0, **state.first_val})
+        log(f"{stage}: validation loss before training {state.first_val['val_loss']:.4f}")
+
+    def save_checkpoint() -> Path:
+        state.metrics_lines = run.metrics_lines
+        return checkpoint.save(run.work, state.step, accelerator.unwrap_model(model), optimizer, scheduler, asdict(state), recipe.checkpoint.keep_last)
+
+    reporter = Reporter(stage, steps, start_step=state.step)
+    clock = time.perf_counter() - state.elapsed
     try:
-        (run.work / RECIPE_FILE).write_text(loaded.to_yaml(), encoding="utf-8")
-        model.to(device)
-        model.train()
-        optimizer = torch.optim.AdamW(param_groups(model, section.weight_decay), lr=lr, betas=(0.9, 0.95), eps=1e-8)
-        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-            optimizer, num_warmup_steps=min(section.warmup_steps, steps), num_training_steps=steps, min_lr_rate=section.min_lr_ratio
-        )
-        model, optimizer = accelerator.prepare(model, optimizer)
-        sampler = EpochSampler(len(train_set), section.batch_size, section.seed)
-        n_params = sum(p.numel() for p in model.parameters())
-        log(
-            f"{stage}: {recipe.model.family} model, {n_params:,} parameters, {len(train_set):,} training examples, "
-            f"{steps} steps of {section.batch_size}x{section.grad_accum} sequences on {device}"
-        )
-
-        first_val = evaluate_loss(model, val_set, section.batch_size, section.eval_batches, device)
-        run.append_metrics({"step": 0, **first_val})
-        log(f"{stage}: validation loss before training {first_val['val_loss']:.4f}")
-        reporter = Reporter(stage, steps)
-        tokens_seen, train_time, last_val = 0, 0.0, first_val
-        window_tokens, window_time, window_loss, window_steps = 0, 0.0, 0.0, 0
-        started = time.perf_counter()
-        try:
-            for step in range(1, steps + 1):
-                step_start = time.perf_counter()
-                batches = [sampler.batch((step - 1) * section.grad_accum + m) for m in range(section.grad_accum)]
-                micro = [{k: v.to(device) for k, v in train_set.collate(idx, epoch).items()} for idx, epoch in batches]
-                step_label_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro)
-                step_loss = 0.0
-                for batch in micro:
-                    with accelerator.autocast():
-                        loss_sum, _ = token_loss_sum(model, batch, train_set.causal)
-                    accelerator.backward(loss_sum / max(step_label_tokens, 1))
-                    step_loss += float(loss_sum.detach())
-                step_loss /= max(step_label_tokens, 1)
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), section.clip_grad if section.clip_grad > 0 else float("inf"))
-                if not math.isfinite(step_loss) or not math.isfinite(float(grad_norm)):
-                    raise TrainingDiverged(f"{stage}: non-finite {'loss' if not math.isfinite(step_loss) else 'gradient'} at step {step}; stopping")
-                current_lr = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
+        while state.step < steps:
+            step = state.step + 1
+            step_start = time.perf_counter()
+            batches = [sampler.batch((step - 1) * section.grad_accum + m) for m in range(section.grad_accum)]
+            micro = [{k: v.to(device) for k, v in train_set.collate(idx, epoch).items()} for idx, epoch in batches]
+            step_label_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro)
+            step_loss = 0.0
+            for batch in micro:
+                with accelerator.autocast():
+                    loss_sum, _ = token_loss_sum(model, batch, train_set.causal)
+                accelerator.backward(loss_sum / max(step_label_tokens, 1))
+                step_loss += float(loss_sum.detach())
+            step_loss /= max(step_label_tokens, 1)
+            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), section.clip_grad if section.clip_grad > 0 else float("inf")))
+            current_lr = scheduler.get_last_lr()[0]
+            state.step = step
+            if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
+                what = "loss" if not math.isfinite(step_loss) else "gradient"
                 optimizer.zero_grad(set_to_none=True)
+                state.skipped += 1
+                if section.on_nonfinite == "stop" or state.skipped > section.max_skips:
+                    found = checkpoint.latest(run.work)
+                    kept = f"; the last good checkpoint is {found} (resume with --resume, e.g. with a lower train.lr)" if found else ""
+                    raise TrainingDiverged(f"{stage}: non-finite {what} at step {step}{' after ' + str(state.skipped - 1) + ' skipped steps' if state.skipped > 1 else ''}; stopping{kept}")
+                reporter.message(f"{stage} step {step}: non-finite {what}, step skipped ({state.skipped}/{section.max_skips})")
+            else:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
 
-                step_tokens = sum(count_tokens(b) for b in micro)
-                elapsed_step = time.perf_counter() - step_start
-                tokens_seen += step_tokens
-                train_time += elapsed_step
-                window_tokens += step_tokens
-                window_time += elapsed_step
-                window_loss += step_loss
-                window_steps += 1
-                metrics = None
-                if step % section.log_every == 0 or step == steps:
-                    metrics = {
-                        "step": step,
-                        "loss": window_loss / window_steps,
-                        "lr": current_lr,
-                        "grad_norm": float(grad_norm),
-                        "tokens": tokens_seen,
-                        "tokens_per_s": window_tokens / max(window_time, 1e-9),
-                        "elapsed_s": time.perf_counter() - started,
-                    }
-                    run.append_metrics(metrics)
-                    window_tokens, window_time, window_loss, window_steps = 0, 0.0, 0.0, 0
-                reporter.step(step, metrics)
-                if step % section.eval_every == 0 or step == steps:
-                    last_val = evaluate_loss(model, val_set, section.batch_size, section.eval_batches, device)
-                    run.append_metrics({"step": step, "tokens": tokens_seen, **last_val})
-                    reporter.message(f"{stage} step {step}: validation loss {last_val['val_loss']:.4f} (ppl {last_val['val_ppl']:.2f})")
-        finally:
-            reporter.close()
-        wall = time.perf_counter() - started
+            step_tokens = sum(count_tokens(b) for b in micro)
+            elapsed_step = time.perf_counter() - step_start
+            state.tokens_seen += step_tokens
+            state.train_time += elapsed_step
+            state.window_tokens += step_tokens
+            state.window_time += elapsed_step
+            if math.isfinite(step_loss):
+                state.window_loss += step_loss
+                state.window_steps += 1
+            metrics = None
+            if (step % section.log_every == 0 or step == steps) and state.window_steps:
+                metrics = {
+                    "step": step,
+                    "loss": state.window_loss / state.window_steps,
+                    "lr": current_lr,
+                    "grad_norm": grad_norm,
+                    "tokens": state.tokens_seen,
+                    "tokens_per_s": state.window_tokens / max(state.window_time, 1e-9),
+                    "elapsed_s": time.perf_counter() - clock,
+                }
+                run.append_metrics(metrics)
+                state.last_loss = metrics["loss"]
+                state.window_tokens, state.window_time, state.window_loss, state.window_steps = 0, 0.0, 0.0, 0
+            reporter.step(step, metrics)
+            if step % section.eval_every == 0 or step == steps:
+                state.last_val = evaluate_loss(model, val_set, section.batch_size, section.eval_batches, device)
+                run.append_metrics({"step": step, "tokens": state.tokens_seen, **state.last_val})
+                reporter.message(f"{stage} step {step}: validation loss {state.last_val['val_loss']:.4f} (ppl {state.last_val['val_ppl']:.2f})")
+            state.elapsed = time.perf_counter() - clock
+            if signals.received is not None:
+                saved_at = save_checkpoint()
+                raise Interrupted(f"{stage} interrupted at step {step}; checkpoint saved to {saved_at}; continue with --resume", 128 + signals.received)
+            if recipe.checkpoint.every and step % recipe.checkpoint.every == 0 and step < steps:
+                save_checkpoint()
+    finally:
+        reporter.close()
 
-        final_dir = run.work / FINAL_DIR
-        model = accelerator.unwrap_model(model)
-        configure_generation(model, tokenizer, recipe.model.context)
-        model.save_pretrained(final_dir)
-        tokenizer.save_pretrained(final_dir)
-        summary = {
-            "stage": stage,
-            "recipe": str(loaded.path),
-            "recipe_name": loaded.name,
-            "settings_hash": loaded.settings_hash(),
-            "family": recipe.model.family,
-            "parameters": n_params,
-            "steps": steps,
-            "batch_size": section.batch_size,
-            "grad_accum": section.grad_accum,
-            "train_examples": len(train_set),
-            "tokens": tokens_seen,
-            "wall_time_s": wall,
-            "train_time_s": train_time,
-            "tokens_per_s": tokens_seen / max(train_time, 1e-9),
-            "final_train_loss": metrics["loss"] if metrics else None,
-            "initial_val_loss": first_val["val_loss"],
-            "final_val_loss": last_val["val_loss"],
-            "final_val_ppl": last_val["val_ppl"],
-            "peak_memory_mb": peak_memory_mb(device.type),
-            "device": str(device),
-            "seed": section.seed,
-            "versions": versions(),
-            "run_dir": str(run.path),
-            "final_dir": str(run.path / FINAL_DIR),
-            **extra,
-        }
-        run.write_json(SUMMARY_FILE, summary)
-    except BaseException:
-        run.abort()
-        raise
-    run.commit()
+    final_dir = run.work / FINAL_DIR
+    model = accelerator.unwrap_model(model)
+    configure_generation(model, tokenizer, recipe.model.context)
+    model.save_pretrained(final_dir)
+    tokenizer.save_pretrained(final_dir)
+    summary = {
+        "stage": stage,
+        "recipe": str(loaded.path),
+        "recipe_name": loaded.name,
+        "settings_hash": loaded.settings_hash(),
+        "family": recipe.model.family,
+        "parameters": n_params,
+        "steps": steps,
+        "batch_size": section.batch_size,
+        "grad_accum": section.grad_accum,
+        "train_examples": len(train_set),
+        "tokens": state.tokens_seen,
+        "wall_time_s": state.elapsed,
+        "train_time_s": state.train_time,
+        "tokens_per_s": state.tokens_seen / max(state.train_time, 1e-9),
+        "final_train_loss": state.last_loss,
+        "initial_val_loss": state.first_val["val_loss"],
+        "final_val_loss": state.last_val["val_loss"],
+        "final_val_ppl": state.last_val["val_ppl"],
+        "skipped_steps": state.skipped,
+        "resumed": resume_from is not None,
+        "peak_memory_mb": peak_memory_mb(device.type),
+        "device": str(device),
+        "seed": section.seed,
+        "versions": versions(),
+        "run_dir": str(run.path),
+        "final_dir": str(run.path / FINAL_DIR),
+        **extra,
+    }
+    run.write_json(SUMMARY_FILE, summary)
     return summary
 
 

@@ -1,0 +1,139 @@
+"""Resumable checkpoints, written atomically.
+
+A checkpoint is a directory `checkpoints/step-NNNNNNN/` holding the model weights (safetensors),
+the optimizer and scheduler states, the RNG states and the loop state (data position, counters).
+It is written to a temporary directory, every file fsync'ed, then renamed into place; only then
+does the `latest` pointer move to it. A crash at any point leaves either the previous checkpoint or
+the new one, never a half-written one under a real name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from textgen_cli.errors import UserError
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+PREFIX = "step-"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def host_rng_state() -> dict[str, Any]:
+    """Python's and numpy's global RNG states as JSON (no pickle: a checkpoint must not run code)."""
+    version, internal, gauss = random.getstate()
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {"python": [version, list(internal), gauss], "numpy": [name, keys.tolist(), position, has_gauss, cached]}
+
+
+def set_host_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+
+
+def save(root: Path, step: int, model, optimizer, scheduler, loop_state: dict[str, Any], keep_last: int) -> Path:
+    """Write checkpoint `step` under `root/checkpoints/` atomically, then prune old ones."""
+    import torch
+    from safetensors.torch import save_model
+
+    folder = root / CHECKPOINTS
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{PREFIX}{step:07d}"
+    tmp = folder / f".tmp-{PREFIX}{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        save_model(model, str(tmp / "model.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        torch.save({"torch": torch.get_rng_state(), "cuda": cuda}, tmp / "rng.pt")
+        state = {"step": step, **loop_state, "rng": host_rng_state()}
+        (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
+        for file in tmp.iterdir():
+            _fsync_file(file)
+        _fsync_dir(tmp)
+        if final.exists():  # a checkpoint of this step from an earlier attempt: replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(folder)
+        pointer_tmp = folder / f".{LATEST}.tmp"
+        pointer_tmp.write_text(final.name, encoding="utf-8")
+        _fsync_file(pointer_tmp)
+        os.replace(pointer_tmp, folder / LATEST)
+        _fsync_dir(folder)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest(root)
+        kept = f"; the previous checkpoint is kept: {previous}" if previous else ""
+        raise UserError(f"cannot write checkpoint {final}: {exc.strerror or exc}{kept}") from exc
+    prune(folder, keep_last, newest=final)
+    return final
+
+
+def prune(folder: Path, keep_last: int, newest: Path) -> None:
+    steps = sorted(p for p in folder.glob(f"{PREFIX}*") if p.is_dir())
+    for old in steps[:-keep_last]:
+        if old != newest:
+            shutil.rmtree(old, ignore_errors=True)
+    for leftover in folder.glob(f".tmp-{PREFIX}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def latest(root: Path) -> Path | None:
+    """The newest complete checkpoint: the pointer's target, else the highest step directory."""
+    folder = root / CHECKPOINTS
+    if not folder.is_dir():
+        return None
+    pointer = folder / LATEST
+    if pointer.is_file():
+        target = folder / pointer.read_text(encoding="utf-8").strip()
+        if _complete(target):
+            return target
+    candidates = sorted((p for p in folder.glob(f"{PREFIX}*") if _complete(p)), reverse=True)
+    return candidates[0] if candidates else None
+
+
+def _complete(path: Path) -> bool:
+    return all((path / name).is_file() for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json"))
+
+
+def load(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
+    """Restore everything saved by `save`; returns the loop state."""
+    import torch
+    from safetensors.torch import load_model
+
+    try:
+        load_model(model, str(path / "model.safetensors"))
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        rng = torch.load(path / "rng.pt", weights_only=True)
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except Exception as exc:  # a damaged checkpoint can fail in many ways
+        raise UserError(f"checkpoint '{path}' cannot be loaded: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    set_host_rng_state(state.pop("rng"))
+    return state
