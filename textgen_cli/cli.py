@@ -82,8 +82,10 @@ def _stage_command(stage: str, recipe: str, overrides: list[str] | None, print_r
         quiet_libraries()
         if stage == "pretrain":
             from textgen_cli.pretrain import run_pretrain as run
-        else:
+        elif stage == "finetune":
             from textgen_cli.finetune import run_finetune as run
+        else:
+            from textgen_cli.adv_train import run_adv_train as run
         summary = run(loaded)
         print_summary(summary, json_output)
 
@@ -128,6 +130,126 @@ def finetune(
 ) -> None:
     """Finetune the recipe's pretrained model on its source -> target or dialogue data."""
     _stage_command("finetune", recipe, overrides, print_recipe, json_output, debug, resume)
+
+
+GenRecipe = Annotated[Optional[str], typer.Option("--recipe", "-r", help="Recipe file or shipped recipe name: its latest trained model (finetune, else pretrain) and its `generate:` settings.")]
+GenModel = Annotated[Optional[str], typer.Option("--model", "-m", help="Generate from this local checkpoint directory instead (settings: --recipe, else the recipe saved beside it, else defaults).")]
+GenStage = Annotated[Optional[str], typer.Option("--stage", help="Which of the recipe's models: pretrain or finetune (default: finetune if trained, else pretrain).")]
+GenPrompt = Annotated[Optional[str], typer.Option("--prompt", "-p", help="One prompt; the reply is streamed to stdout.")]
+GenChat = Annotated[bool, typer.Option("--chat", help="Interactive multi-turn chat, one message per line on stdin (/reset, /system TEXT, /save FILE, /exit).")]
+GenInput = Annotated[Optional[str], typer.Option("--input", "-i", help="Batch mode: prompts from a .txt (one per line) or .jsonl file ('-': stdin).")]
+GenOutput = Annotated[Optional[str], typer.Option("--output", "-o", help="Batch mode: write JSON lines here (default: stdout).")]
+
+
+@app.command()
+def generate(
+    recipe: GenRecipe = None,
+    overrides: Overrides = None,
+    model: GenModel = None,
+    stage: GenStage = None,
+    prompt: GenPrompt = None,
+    chat: GenChat = False,
+    input_file: GenInput = None,
+    output: GenOutput = None,
+    print_recipe: PrintRecipe = False,
+    json_output: JsonOutput = False,
+    debug: Debug = False,
+) -> None:
+    """Generate text: one streamed prompt, a multi-turn chat, or a batch of prompts (file or stdin) to JSON lines.
+
+    Decoding settings come from the recipe's `generate:` section; override any of them with
+    key=value arguments, e.g. generate.do_sample=true generate.temperature=0.7.
+    """
+
+    def action() -> None:
+        from textgen_cli import generate as gen
+
+        if print_recipe:
+            sys.stdout.write(gen.load_generate_recipe(recipe, model, overrides).to_yaml())
+            return
+        chosen = [name for name, given in (("--prompt", prompt is not None), ("--chat", chat), ("--input", input_file is not None)) if given]
+        if len(chosen) > 1:
+            raise UserError(f"{' and '.join(chosen)} cannot be combined; choose one mode")
+        batch = input_file is not None or (not chosen and not sys.stdin.isatty())
+        if not chosen and not batch:
+            raise UserError("nothing to generate from: give --prompt TEXT, --chat, --input FILE, or pipe prompts on stdin")
+        if output is not None and not batch:
+            raise UserError("--output is for batch mode (--input FILE or prompts on stdin)")
+        if chat and json_output:
+            raise UserError("--json applies to --prompt and batch mode, not to --chat")
+        if batch:
+            _generate_batch(gen, recipe, model, stage, overrides, input_file or "-", output)
+            return
+        if prompt is not None:
+            gen.check_input(prompt, "--prompt")  # before the model loads
+        generator = gen.load_generator(recipe, model, stage, overrides)
+        if chat:
+            stats = gen.run_chat(generator, sys.stdin, sys.stdout, sys.stderr, interactive=sys.stdin.isatty())
+            if stats.prompts:
+                print(stats.line(mean_first_token=True), file=sys.stderr)
+            return
+        stats = gen.GenerationStats()
+        built = generator.prompt(gen.check_input(prompt, "--prompt"), where="--prompt")
+        if built.truncated or built.dropped_turns:
+            print(f"warning: the prompt is longer than the model's context allows ({generator.budget} tokens with generate.max_new_tokens="
+                  f"{generator.settings.max_new_tokens}); it was truncated", file=sys.stderr)
+        if json_output:
+            result = gen.generate_stream(generator.model, generator.tokenizer, built, generator.settings, lambda _: None, stats)
+            record = gen.output_record(gen.InputRecord(prompt, "--prompt"), result, generator.settings, generator.path)
+            print(json.dumps({**record, "tokens_per_s": stats.tokens_per_s, "time_to_first_token_s": stats.first_token_s}, ensure_ascii=False))
+        else:
+            gen.generate_stream(generator.model, generator.tokenizer, built, generator.settings, lambda text: (sys.stdout.write(text), sys.stdout.flush()), stats)
+            print()
+        print(stats.line(), file=sys.stderr)
+
+    guarded(debug, action)
+
+
+def _generate_batch(gen, recipe: str | None, model: str | None, stage: str | None, overrides: list[str] | None, source: str, output: str | None) -> None:
+    """Batch mode: every input line becomes one JSON line, in input order."""
+    from pathlib import Path
+
+    from textgen_cli.progress import Reporter
+
+    if output is not None and output != "-" and not Path(output).expanduser().resolve().parent.is_dir():
+        raise UserError(f"--output '{output}': the folder '{Path(output).expanduser().parent}' does not exist")
+    loaded = gen.load_generate_recipe(recipe, model, overrides)
+    finetune_data = loaded.recipe.data.finetune
+    records = gen.read_inputs(source, sys.stdin, finetune_data.source_field, finetune_data.messages_field)
+    generator = gen.load_generator(recipe, model, stage, overrides, loaded=loaded)
+    size = generator.settings.batch_size
+    stats = gen.GenerationStats()
+    reporter = Reporter("generate", -(-len(records) // size))
+    try:
+        results = generator.batch(
+            [r.item for r in records],
+            stats,
+            on_batch=lambda done, total, batch: reporter.step(-(-done // size), {"tokens_per_s": batch.tokens_per_s}),
+            labels=[r.where for r in records],
+        )
+    finally:
+        reporter.close()
+    lines = "".join(json.dumps(gen.output_record(r, res, generator.settings, generator.path), ensure_ascii=False) + "\n" for r, res in zip(records, results))
+    if output is None or output == "-":
+        sys.stdout.write(lines)
+        sys.stdout.flush()
+    else:
+        Path(output).expanduser().write_text(lines, encoding="utf-8")
+        print(f"wrote {len(records)} results to {output}", file=sys.stderr)
+    print(stats.line(), file=sys.stderr)
+
+
+@app.command("adv-train")
+def adv_train(
+    recipe: RecipeOption,
+    overrides: Overrides = None,
+    resume: Resume = False,
+    print_recipe: PrintRecipe = False,
+    json_output: JsonOutput = False,
+    debug: Debug = False,
+) -> None:
+    """Harden the finetuned model: L = L_clean + lambda * L_adv with FGM, PGD, FreeLB or R3F on the input embeddings, plus optional perturbed-text augmentation."""
+    _stage_command("adv-train", recipe, overrides, print_recipe, json_output, debug, resume)
 
 
 @recipes_app.callback(invoke_without_command=True)

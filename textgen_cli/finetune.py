@@ -6,6 +6,7 @@ one-turn chats for `chatgpt`, so both families learn from exactly the same examp
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,17 +70,26 @@ def sora_examples(dialogues: list[Dialogue], tokenizer, loaded: LoadedRecipe, co
     return Seq2SeqExamples(examples, pad_id=tokenizer.pad_token_id, bos_id=bos)
 
 
-def run_finetune(loaded: LoadedRecipe) -> dict[str, Any]:
+@dataclass
+class FinetuneSetup:
+    """What finetune and adv-train share: a starting model, its tokenizer and the dialogues."""
+
+    start: Path
+    model: Any
+    tokenizer: Any
+    context: int
+    train_dialogues: list[Dialogue]
+    val_dialogues: list[Dialogue]
+
+
+def prepare(loaded: LoadedRecipe, start: Path, stage: str) -> FinetuneSetup:
     import accelerate
 
     recipe = loaded.recipe
-    start = starting_point(loaded)
     tokenizer = load_tokenizer(start)
     family = FAMILIES[recipe.model.family]
     accelerate.utils.set_seed(recipe.train.seed)
     model = load_checkpoint(start, family.name, len(tokenizer))
-    context = model.config.max_position_embeddings
-
     section = recipe.data.finetune
     train_dialogues = read_finetune_examples(section, "train", recipe.data.max_examples)
     if section.validation:
@@ -87,14 +97,25 @@ def run_finetune(loaded: LoadedRecipe) -> dict[str, Any]:
     else:
         cut = max(1, int(len(train_dialogues) * HOLDOUT_FRACTION))
         train_dialogues, val_dialogues = train_dialogues[:-cut], train_dialogues[-cut:]
-        log(f"finetune: no data.finetune.validation; holding out the last {cut} records")
+        log(f"{stage}: no data.finetune.validation; holding out the last {cut} records")
+    return FinetuneSetup(start, model, tokenizer, model.config.max_position_embeddings, train_dialogues, val_dialogues)
 
-    build = sora_examples if family.is_encoder_decoder else chatgpt_examples
+
+def build_examples(loaded: LoadedRecipe, setup: FinetuneSetup, stage: str) -> tuple[Any, Any, int]:
+    """Tokenized training and validation sets for the recipe's family; returns the truncation count."""
+    build = sora_examples if FAMILIES[loaded.recipe.model.family].is_encoder_decoder else chatgpt_examples
     count = TruncationCount()
-    train_set = build(train_dialogues, tokenizer, loaded, context, count)
-    val_set = build(val_dialogues, tokenizer, loaded, context, count)
+    train_set = build(setup.train_dialogues, setup.tokenizer, loaded, setup.context, count)
+    val_set = build(setup.val_dialogues, setup.tokenizer, loaded, setup.context, count)
     if count.truncated:
-        log(f"warning: {count.truncated} finetuning examples were longer than model.context={context} and were truncated"
-            + (f" ({count.dropped} dropped: nothing left to learn)" if count.dropped else ""))
-    extra = {"init_from": str(start), "task": section.task, "truncated_examples": count.truncated, "system_prompt": recipe.prompt.system}
-    return train_stage(loaded, "finetune", model, tokenizer, train_set, val_set, extra)
+        dropped = f" ({count.dropped} dropped: nothing left to learn)" if count.dropped else ""
+        log(f"warning: {stage}: {count.truncated} examples were longer than model.context={setup.context} and were truncated{dropped}")
+    return train_set, val_set, count.truncated
+
+
+def run_finetune(loaded: LoadedRecipe) -> dict[str, Any]:
+    setup = prepare(loaded, starting_point(loaded), "finetune")
+    train_set, val_set, truncated = build_examples(loaded, setup, "finetune")
+    recipe = loaded.recipe
+    extra = {"init_from": str(setup.start), "task": recipe.data.finetune.task, "truncated_examples": truncated, "system_prompt": recipe.prompt.system}
+    return train_stage(loaded, "finetune", setup.model, setup.tokenizer, train_set, val_set, extra)

@@ -263,7 +263,21 @@ def fit_seq2seq(source: list[int], target: list[int], eos_id: int, context: int,
     return source, target
 
 
-def token_loss_sum(model, batch: dict[str, "torch.Tensor"], causal: bool) -> tuple["torch.Tensor", int]:
+def forward_logits(model, batch: dict[str, "torch.Tensor"], inputs_embeds: "torch.Tensor | None" = None) -> "torch.Tensor":
+    """Logits for a batch; with `inputs_embeds` the (encoder) input ids are replaced by embeddings."""
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    if inputs_embeds is not None:
+        del inputs["input_ids"]
+        inputs["inputs_embeds"] = inputs_embeds
+    return model(**inputs).logits
+
+
+def aligned(logits: "torch.Tensor", labels: "torch.Tensor", causal: bool) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Logits and the labels they predict: shifted by one for decoder-only models."""
+    return (logits[:, :-1], labels[:, 1:]) if causal else (logits, labels)
+
+
+def token_loss_sum(model, batch: dict[str, "torch.Tensor"], causal: bool, inputs_embeds: "torch.Tensor | None" = None) -> tuple["torch.Tensor", int]:
     """Summed cross-entropy over label tokens and their count.
 
     Summing (instead of the model's per-batch mean) lets gradient accumulation and validation weigh
@@ -271,11 +285,7 @@ def token_loss_sum(model, batch: dict[str, "torch.Tensor"], causal: bool) -> tup
     """
     import torch.nn.functional as F
 
-    labels = batch["labels"]
-    inputs = {key: value for key, value in batch.items() if key != "labels"}
-    logits = model(**inputs).logits
-    if causal:
-        logits, labels = logits[:, :-1], labels[:, 1:]
+    logits, labels = aligned(forward_logits(model, batch, inputs_embeds), batch["labels"], causal)
     n_tokens = int((labels != IGNORE_INDEX).sum())
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
     return loss, n_tokens

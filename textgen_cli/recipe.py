@@ -236,7 +236,7 @@ def validate_values(recipe: Recipe, source: str, override_keys: set[str] = froze
             fail(f"train.{key}", "a positive integer", getattr(t, key))
     if t.eval_batches is not None and t.eval_batches < 1:
         fail("train.eval_batches", "a positive integer or null", t.eval_batches)
-    for key, value in (("train.lr", t.lr), ("pretrain.lr", recipe.pretrain.lr), ("finetune.lr", recipe.finetune.lr)):
+    for key, value in (("train.lr", t.lr), ("pretrain.lr", recipe.pretrain.lr), ("finetune.lr", recipe.finetune.lr), ("adv_train.lr", recipe.adv_train.lr)):
         if value is not None and not value > 0:
             fail(key, "a positive learning rate", value)
     if t.max_skips < 0:
@@ -251,8 +251,24 @@ def validate_values(recipe: Recipe, source: str, override_keys: set[str] = froze
         if value < 0:
             fail(key, "a value >= 0", value)
     for stage in STAGES:
-        if getattr(recipe, stage).steps < 1:
-            fail(f"{stage}.steps", "a positive integer", getattr(recipe, stage).steps)
+        section = stage.replace("-", "_")
+        if getattr(recipe, section).steps < 1:
+            fail(f"{section}.steps", "a positive integer", getattr(recipe, section).steps)
+    adv = recipe.adv_train
+    for key in ("epsilon", "step_size", "init_mag"):
+        if getattr(adv, key) is not None and getattr(adv, key) < 0:
+            fail(f"adv_train.{key}", "a value >= 0 or null", getattr(adv, key))
+    if adv.ascent_steps is not None and adv.ascent_steps < 1:
+        fail("adv_train.ascent_steps", "a positive integer or null", adv.ascent_steps)
+    if not 0 <= adv.augment_rate <= 10:
+        fail("adv_train.augment_rate", "a fraction >= 0 (1.0 doubles the training set)", adv.augment_rate)
+    if not 0 < adv.augment_strength <= 1:
+        fail("adv_train.augment_strength", "a fraction in (0, 1]", adv.augment_strength)
+    from textgen_cli.perturb import KINDS
+
+    for kind in adv.augment_kinds:
+        if kind not in KINDS:
+            fail("adv_train.augment_kinds", "a list drawn from " + ", ".join(KINDS), list(adv.augment_kinds))
     if not 0 < recipe.pretrain.mask_ratio < 1:
         fail("pretrain.mask_ratio", "a fraction in (0, 1)", recipe.pretrain.mask_ratio)
     if recipe.pretrain.poisson_lambda <= 0:
@@ -261,8 +277,9 @@ def validate_values(recipe: Recipe, source: str, override_keys: set[str] = froze
         fail("data.max_examples", "a positive integer or null", recipe.data.max_examples)
     if "pretrain" in recipe.stages and not recipe.data.pretrain.train:
         raise UserError(f"{source}: key 'data.pretrain.train' is required when stages include pretrain")
-    if "finetune" in recipe.stages and not recipe.data.finetune.train:
-        raise UserError(f"{source}: key 'data.finetune.train' is required when stages include finetune")
+    for stage in ("finetune", "adv-train"):
+        if stage in recipe.stages and not recipe.data.finetune.train:
+            raise UserError(f"{source}: key 'data.finetune.train' is required when stages include {stage}")
 
 
 def _get(obj: Any, dotted: str) -> Any:

@@ -135,6 +135,23 @@ class GenerateSection:
 
 
 @dataclass
+class AdvTrainSection:
+    steps: int = _key(100, "Optimizer steps.")
+    lr: Optional[float] = _key(None, "Peak learning rate for this stage (null: `train.lr`).")
+    method: str = _key("fgm", "Embedding-space method: `fgm`, `pgd`, `freelb`, `r3f`, or `none` (text augmentation only).")
+    epsilon: Optional[float] = _key(None, "Perturbation radius (R3F: noise scale); null: the method's literature default (fgm 1.0, pgd 1.0, freelb 0.3, r3f 1e-5).")
+    step_size: Optional[float] = _key(None, "Ascent step size for pgd / freelb; null: 0.3 / 0.1.")
+    ascent_steps: Optional[int] = _key(None, "Ascent steps K for pgd / freelb; null: 3 / 2.")
+    init_mag: Optional[float] = _key(None, "Initial perturbation magnitude for pgd / freelb; null: 0.64 / 0.1.")
+    norm: str = _key("l2", "Norm of the perturbation ball: `l2` or `inf` (per example).")
+    weight: float = _key(1.0, "lambda in L = L_clean + lambda * L_adv (fgm, pgd, r3f; freelb averages its K adversarial losses).")
+    positions: str = _key("context", "`chatgpt`: perturb the `context` (non-assistant) positions or `all` positions; `sora` perturbs its encoder input.")
+    augment_rate: float = _key(0.0, "Adversarial augmentation: add this fraction of the training set again as perturbed copies (source noised, target clean).")
+    augment_kinds: List[str] = _key(["char", "word_drop"], "Text perturbations used for augmentation, taken in turn (see docs/adversarial.md).")
+    augment_strength: float = _key(0.1, "Fraction of the eligible words each augmentation perturbs.")
+
+
+@dataclass
 class RunSection:
     name: Optional[str] = _key(None, "Run name (null: the recipe file name without .yaml).")
     root: str = _key("runs", "Folder that holds runs, relative to the current directory: runs/<name>/<stage>/.")
@@ -151,6 +168,7 @@ class Recipe:
     train: TrainSection = _section(TrainSection, "The training loop shared by every stage.")
     pretrain: PretrainSection = _section(PretrainSection, "The `pretrain` stage.")
     finetune: FinetuneSection = _section(FinetuneSection, "The `finetune` stage.")
+    adv_train: AdvTrainSection = _section(AdvTrainSection, "The `adv-train` stage: adversarial training from the finetune output.")
     generate: GenerateSection = _section(GenerateSection, "Decoding settings for `textgen generate` (each overridable on the command line).")
     run: RunSection = _section(RunSection, "Where results are written.")
     checkpoint: CheckpointSection = _section(CheckpointSection, "Resumable checkpoints (model, optimizer, scheduler, RNG states, data position).")
@@ -166,8 +184,11 @@ CHOICES = {
     "train.precision": ("auto", "fp32", "bf16"),
     "train.on_nonfinite": ("stop", "skip"),
     "resume": ("never", "auto"),
+    "adv_train.method": ("none", "fgm", "pgd", "freelb", "r3f"),
+    "adv_train.norm": ("l2", "inf"),
+    "adv_train.positions": ("context", "all"),
 }
-STAGES = ("pretrain", "finetune")
+STAGES = ("pretrain", "finetune", "adv-train")
 # Keys holding input paths, resolved relative to the recipe file.
 PATH_KEYS = (
     "model.init_from",

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -132,6 +132,7 @@ class LoopState:
     window_time: float = 0.0
     window_loss: float = 0.0
     window_steps: int = 0
+    window_extras: dict[str, float] = field(default_factory=dict)
     skipped: int = 0
     metrics_lines: int = 0
     settings_hash: str = ""
@@ -165,8 +166,29 @@ class StopSignals:
             signal.signal(signum, handler)
 
 
-def train_stage(loaded: "LoadedRecipe", stage: str, model, tokenizer, train_set: Examples, val_set: Examples, extra: dict[str, Any]) -> dict[str, Any]:
-    """Train `model` for one stage and write the run directory. Returns the summary."""
+def clean_step(model, batch: dict[str, "torch.Tensor"], causal: bool, scale: float, accelerator) -> dict[str, float]:
+    """The plain objective: backpropagate the token loss of one micro-batch, scaled by `scale`
+    (1 / label tokens of the whole optimizer step). Returns the summed loss for logging."""
+    with accelerator.autocast():
+        loss_sum, _ = token_loss_sum(model, batch, causal)
+    accelerator.backward(loss_sum * scale)
+    return {"loss_sum": float(loss_sum.detach())}
+
+
+def train_stage(
+    loaded: "LoadedRecipe",
+    stage: str,
+    model,
+    tokenizer,
+    train_set: Examples,
+    val_set: Examples,
+    extra: dict[str, Any],
+    step_fn: Callable[..., dict[str, float]] = clean_step,
+) -> dict[str, Any]:
+    """Train `model` for one stage and write the run directory. Returns the summary.
+
+    `step_fn` computes and backpropagates one micro-batch's loss (`clean_step`, or an adversarial
+    objective); everything else, from the schedule to checkpoints, is the same for every stage."""
     recipe = loaded.recipe
     check_split_sizes(train_set, val_set, recipe.train.batch_size, f"{stage} data")
     accelerator = make_accelerator(recipe.train)
@@ -174,7 +196,7 @@ def train_stage(loaded: "LoadedRecipe", stage: str, model, tokenizer, train_set:
     resume_from = run.begin(resume=recipe.resume == "auto")
     try:
         with StopSignals() as signals:
-            summary = _train(loaded, stage, model, tokenizer, train_set, val_set, extra, accelerator, run, resume_from, signals)
+            summary = _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, accelerator, run, resume_from, signals)
     except BaseException:
         run.abort()
         raise
@@ -182,7 +204,7 @@ def train_stage(loaded: "LoadedRecipe", stage: str, model, tokenizer, train_set:
     return summary
 
 
-def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, accelerator, run: RunDir, resume_from, signals: StopSignals) -> dict[str, Any]:
+def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, accelerator, run: RunDir, resume_from, signals: StopSignals) -> dict[str, Any]:
     import torch
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
@@ -190,7 +212,7 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, accelerat
 
     recipe = loaded.recipe
     section = recipe.train
-    stage_section = getattr(recipe, stage)
+    stage_section = getattr(recipe, stage.replace("-", "_"))
     steps = stage_section.steps
     lr = stage_section.lr if stage_section.lr is not None else section.lr
     device = accelerator.device
@@ -238,11 +260,14 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, accelerat
             micro = [{k: v.to(device) for k, v in train_set.collate(idx, epoch).items()} for idx, epoch in batches]
             step_label_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro)
             step_loss = 0.0
+            step_extras: dict[str, float] = {}
             for batch in micro:
-                with accelerator.autocast():
-                    loss_sum, _ = token_loss_sum(model, batch, train_set.causal)
-                accelerator.backward(loss_sum / max(step_label_tokens, 1))
-                step_loss += float(loss_sum.detach())
+                stats = step_fn(model, batch, train_set.causal, 1.0 / max(step_label_tokens, 1), accelerator)
+                step_loss += stats.pop("loss_sum")
+                for key, value in stats.items():
+                    # `*_sum` values are token sums (normalised like the loss); others are averaged
+                    name, weight = (key[:-4], 1.0 / max(step_label_tokens, 1)) if key.endswith("_sum") else (key, 1.0 / len(micro))
+                    step_extras[name] = step_extras.get(name, 0.0) + value * weight
             step_loss /= max(step_label_tokens, 1)
             grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), section.clip_grad if section.clip_grad > 0 else float("inf")))
             current_lr = scheduler.get_last_lr()[0]
@@ -270,6 +295,8 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, accelerat
             if math.isfinite(step_loss):
                 state.window_loss += step_loss
                 state.window_steps += 1
+                for key, value in step_extras.items():
+                    state.window_extras[key] = state.window_extras.get(key, 0.0) + value
             metrics = None
             if (step % section.log_every == 0 or step == steps) and state.window_steps:
                 metrics = {
@@ -280,10 +307,12 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, accelerat
                     "tokens": state.tokens_seen,
                     "tokens_per_s": state.window_tokens / max(state.window_time, 1e-9),
                     "elapsed_s": time.perf_counter() - clock,
+                    **{key: value / state.window_steps for key, value in state.window_extras.items()},
                 }
                 run.append_metrics(metrics)
                 state.last_loss = metrics["loss"]
                 state.window_tokens, state.window_time, state.window_loss, state.window_steps = 0, 0.0, 0.0, 0
+                state.window_extras = {}
             reporter.step(step, metrics)
             if step % section.eval_every == 0 or step == steps:
                 state.last_val = evaluate_loss(model, val_set, section.batch_size, section.eval_batches, device)

@@ -1,0 +1,82 @@
+"""`textgen adv-train`: continue from the finetune output with L = L_clean + lambda * L_adv.
+
+The adversarial objective (FGM, PGD, FreeLB, R3F; see adversarial.py) replaces the loop's clean step;
+adversarial augmentation adds perturbed copies of training sources with their clean targets. Both
+can be used alone or together.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from textgen_cli.adversarial import AdversarialStep, settings_from
+from textgen_cli.data import Dialogue
+from textgen_cli.errors import UserError
+from textgen_cli.finetune import build_examples, prepare
+from textgen_cli.perturb import perturb
+from textgen_cli.progress import log
+from textgen_cli.recipe import LoadedRecipe
+from textgen_cli.runs import FINAL_DIR
+from textgen_cli.train import clean_step, train_stage
+
+
+def starting_point(loaded: LoadedRecipe) -> Path:
+    """`model.init_from`, else this recipe's finished finetune model."""
+    if loaded.recipe.model.init_from:
+        return Path(loaded.recipe.model.init_from)
+    finetuned = loaded.run_dir("finetune") / FINAL_DIR
+    if not finetuned.is_dir():
+        raise UserError(
+            f"adv-train starts from the finetune output '{finetuned}', which does not exist: "
+            f"run `textgen finetune --recipe {loaded.path.name}` first, or set model.init_from=DIR"
+        )
+    return finetuned
+
+
+def augment(dialogues: list[Dialogue], rate: float, kinds: list[str], strength: float, seed: int) -> list[Dialogue]:
+    """Perturbed copies of round(rate * n) seeded-chosen dialogues: every non-assistant turn is
+    noised (the source / context), every assistant turn (the target) stays clean. Kinds rotate."""
+    count = int(round(rate * len(dialogues)))
+    if count == 0 or not kinds:
+        return []
+    rng = random.Random(seed)
+    chosen = [rng.randrange(len(dialogues)) for _ in range(count)] if count > len(dialogues) else rng.sample(range(len(dialogues)), count)
+    copies = []
+    for n, index in enumerate(chosen):
+        kind = kinds[n % len(kinds)]
+        source = dialogues[index]
+        messages = [
+            turn if turn["role"] == "assistant" else {**turn, "content": perturb(turn["content"], kind, strength, seed + n)}
+            for turn in source.messages
+        ]
+        copies.append(Dialogue(id=f"{source.id}+{kind}", messages=messages))
+    return copies
+
+
+def run_adv_train(loaded: LoadedRecipe) -> dict[str, Any]:
+    recipe = loaded.recipe
+    section = recipe.adv_train
+    setup = prepare(loaded, starting_point(loaded), "adv-train")
+    extra_dialogues = augment(setup.train_dialogues, section.augment_rate, list(section.augment_kinds), section.augment_strength, recipe.train.seed)
+    if extra_dialogues:
+        log(f"adv-train: {len(extra_dialogues)} perturbed copies added to {len(setup.train_dialogues)} training records")
+    setup = replace(setup, train_dialogues=setup.train_dialogues + extra_dialogues)
+    train_set, val_set, truncated = build_examples(loaded, setup, "adv-train")
+    settings = settings_from(section)
+    step_fn = clean_step if settings.method == "none" else AdversarialStep(settings)
+    if settings.method != "none":
+        log(
+            f"adv-train: {settings.method}, epsilon {settings.epsilon:g} ({settings.norm}), lambda {settings.weight:g}"
+            + (f", {settings.ascent_steps} ascent steps of {settings.step_size:g}" if settings.method in ("pgd", "freelb") else "")
+        )
+    extra = {
+        "init_from": str(setup.start),
+        "task": recipe.data.finetune.task,
+        "truncated_examples": truncated,
+        "adversarial": vars(settings),
+        "augmented_examples": len(extra_dialogues),
+    }
+    return train_stage(loaded, "adv-train", setup.model, setup.tokenizer, train_set, val_set, extra, step_fn=step_fn)

@@ -1,0 +1,158 @@
+"""Text-generation metrics, shipped as local `evaluate` modules (no Hub, no network).
+
+API for the evaluate verb:
+    METRIC_NAMES                         shipped metric names
+    load_metric(name_or_path)            -> evaluate.EvaluationModule
+    compute_metrics(names, predictions, references, sources=None, options=None) -> {name: {...}}
+    paired_bootstrap(metric_fn, predictions_a, predictions_b, references, n_resamples, seed, confidence)
+    perplexity(total_nll, n_tokens), bits_per_byte(total_nll_nats, n_bytes), utf8_bytes(text),
+    LikelihoodTotals
+
+`evaluate` (which imports transformers, seconds) is imported only by load_metric/compute_metrics.
+See docs/metrics.md for what each metric computes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from textgen_cli.errors import UserError
+from textgen_cli.metrics._bootstrap import BOOTSTRAP_METRICS, paired_bootstrap
+from textgen_cli.metrics.likelihood import LikelihoodTotals, bits_per_byte, perplexity, utf8_bytes
+
+__all__ = [
+    "METRIC_NAMES",
+    "BOOTSTRAP_METRICS",
+    "load_metric",
+    "resolve_metric_path",
+    "compute_metrics",
+    "paired_bootstrap",
+    "perplexity",
+    "bits_per_byte",
+    "utf8_bytes",
+    "LikelihoodTotals",
+]
+
+METRIC_NAMES: tuple[str, ...] = ("bleu", "chrf", "rouge", "distinct", "self_bleu", "exact_match")
+
+_HERE = Path(__file__).resolve().parent
+
+
+def _normalize(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def _looks_like_path(entry: str) -> bool:
+    return entry.endswith(".py") or "/" in entry or os.sep in entry or entry.startswith(("~", "."))
+
+
+def resolve_metric_path(name_or_path: str) -> Path:
+    """The absolute path of the module script for a shipped name or a user's file/directory.
+
+    Shipped names (case-insensitive, '-' and '_' alike: "self-BLEU", "chrF") win over a directory
+    of the same name in the working directory; write "./bleu" to mean the directory. A directory
+    must contain a script of its own name (`mymetric/mymetric.py`), as evaluate requires.
+    """
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise UserError(f"metric entries must be non-empty strings, got {name_or_path!r}")
+    entry = name_or_path.strip()
+    key = _normalize(entry)
+    if key in METRIC_NAMES:
+        return _HERE / key / f"{key}.py"
+
+    path = Path(entry).expanduser()
+    if path.exists() or _looks_like_path(entry):
+        path = path.resolve()
+        if path.is_file():
+            if path.suffix != ".py":
+                raise UserError(f"metric module {entry!r} is not a .py file")
+            return path
+        if path.is_dir():
+            script = path / f"{path.name}.py"
+            if not script.is_file():
+                raise UserError(f"metric directory {entry!r} has no {path.name}.py (evaluate loads <dir>/<dir name>.py)")
+            return script
+        raise UserError(f"metric module {entry!r} does not exist ({path})")
+
+    close = difflib.get_close_matches(key, METRIC_NAMES, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise UserError(
+        f"unknown metric {entry!r}.{hint} Shipped metrics: {', '.join(METRIC_NAMES)}; "
+        "or give a path to your own evaluate module (a .py file or a directory holding <dir>/<dir>.py)."
+    )
+
+
+def load_metric(name_or_path: str):
+    """Load a shipped metric by name, or a user's evaluate module from a .py file or directory.
+
+    The module is always loaded from an absolute local file path, so evaluate never falls back to
+    the Hub (it does for a bare relative name that is not a file). Returns an
+    `evaluate.EvaluationModule` kept in memory (no cache files). Raises UserError for an unknown
+    name (with the closest shipped name), a missing path, or a module that fails to load.
+    """
+    script = resolve_metric_path(name_or_path)
+    import evaluate
+
+    try:
+        module = evaluate.load(str(script), keep_in_memory=True)
+    except Exception as e:  # noqa: BLE001 - any failure in a user's script is the user's to fix
+        raise UserError(f"could not load metric {name_or_path!r} from {script}: {type(e).__name__}: {e}") from e
+    if not isinstance(module, evaluate.EvaluationModule):
+        raise UserError(f"{script} does not define an evaluate.Metric")
+    return module
+
+
+def _feature_names(module) -> list[str]:
+    features = module.features
+    if isinstance(features, list):
+        features = features[0]
+    return list(features.keys())
+
+
+def compute_metrics(
+    names: Sequence[str],
+    predictions: Sequence[str],
+    references: Sequence[str] | None,
+    sources: Sequence[str] | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, dict]:
+    """Run each metric in `names` (shipped names or paths) and return {entry: result dict}.
+
+    Each module receives only the inputs its features name (predictions, references, sources);
+    `options[entry]` are extra keyword arguments for its compute (e.g. {"chrf": {"word_order": 2}}).
+    Results are the modules' own dicts: BLEU/chrF/ROUGE/distinct/self-BLEU carry a `signature`
+    string; ROUGE also carries `per_example` (a list per ROUGE type). A user module returning a
+    non-dict is wrapped as {"value": ...}.
+    """
+    options = options or {}
+    inputs = {"predictions": list(predictions)}
+    if not inputs["predictions"]:
+        raise ValueError("no predictions to score")
+    if references is not None:
+        inputs["references"] = list(references)
+    if sources is not None:
+        inputs["sources"] = list(sources)
+    for key, values in inputs.items():
+        if len(values) != len(inputs["predictions"]):
+            raise ValueError(f"{len(values)} {key} but {len(inputs['predictions'])} predictions")
+
+    results: dict[str, dict] = {}
+    for entry in names:
+        module = load_metric(entry)
+        wanted = _feature_names(module)
+        missing = [f for f in wanted if f not in inputs]
+        if missing:
+            raise UserError(f"metric {entry!r} needs {', '.join(missing)}, which this evaluation does not have")
+        try:
+            out = module.compute(**{f: inputs[f] for f in wanted}, **dict(options.get(entry, {})))
+        except UserError:
+            raise
+        except Exception as e:
+            if _normalize(entry) in METRIC_NAMES:
+                raise
+            raise UserError(f"metric {entry!r} failed: {type(e).__name__}: {e}") from e
+        results[entry] = out if isinstance(out, dict) else {"value": out}
+    return results
