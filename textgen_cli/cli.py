@@ -87,6 +87,18 @@ def _stage_command(stage: str, recipe: str, overrides: list[str] | None, print_r
         else:
             from textgen_cli.adv_train import run_adv_train as run
         summary = run(loaded)
+        recipe_eval = loaded.recipe.eval
+        if stage != "pretrain" and recipe_eval.after_finetune and loaded.recipe.data.finetune.test:
+            from textgen_cli.evaluate import print_table, run_evaluate
+
+            try:
+                report = run_evaluate(loaded, summary["final_dir"], None, "test", [])
+            except UserError as exc:  # the trained model is saved; say why it was not scored
+                print(f"warning: evaluation after {stage} failed: {exc}; the model is saved in {summary['final_dir']}", file=sys.stderr)
+            else:
+                summary["eval"] = {key: report[key] for key in ("metrics", "intervals", "likelihood", "n_examples", "eval_time_s")} | {"file": report["files"]["eval"]}
+                if not json_output:
+                    print_table(report, stream=sys.stderr)
         print_summary(summary, json_output)
 
     guarded(debug, action)
@@ -250,6 +262,36 @@ def adv_train(
 ) -> None:
     """Harden the finetuned model: L = L_clean + lambda * L_adv with FGM, PGD, FreeLB or R3F on the input embeddings, plus optional perturbed-text augmentation."""
     _stage_command("adv-train", recipe, overrides, print_recipe, json_output, debug, resume)
+
+
+@app.command()
+def evaluate(
+    recipe: RecipeOption,
+    overrides: Overrides = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Evaluate this local checkpoint directory instead of the recipe's latest trained model.")] = None,
+    stage: Annotated[Optional[str], typer.Option("--stage", help="Which of the recipe's models: pretrain, finetune or adv-train (default: finetune if trained, else pretrain).")] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="train, validation or test (default: the recipe's eval.split).")] = None,
+    perturb: Annotated[Optional[list[str]], typer.Option("--perturb", help="Also score perturbed sources, KIND:RATE (repeatable), e.g. char:0.1 word_drop:0.1.")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Folder for eval.json and predictions.jsonl (default: the model's run directory).")] = None,
+    json_output: JsonOutput = False,
+    debug: Debug = False,
+) -> None:
+    """Score a trained model on a split: BLEU, chrF, ROUGE, distinct-n, self-BLEU, exact match with bootstrap intervals, a baseline, bits per byte and perplexity."""
+
+    def action() -> None:
+        from textgen_cli.evaluate import print_table, run_evaluate
+        from textgen_cli.progress import quiet_libraries
+        from textgen_cli.recipe import load_recipe
+
+        loaded = load_recipe(recipe, overrides)
+        quiet_libraries()
+        report = run_evaluate(loaded, model, stage, split or loaded.recipe.eval.split, perturb or [], output)
+        if json_output:
+            print(json.dumps(report, indent=2, ensure_ascii=False))
+        else:
+            print_table(report)
+
+    guarded(debug, action)
 
 
 @recipes_app.callback(invoke_without_command=True)

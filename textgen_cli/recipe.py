@@ -254,6 +254,19 @@ def validate_values(recipe: Recipe, source: str, override_keys: set[str] = froze
         section = stage.replace("-", "_")
         if getattr(recipe, section).steps < 1:
             fail(f"{section}.steps", "a positive integer", getattr(recipe, section).steps)
+    if recipe.generate.max_new_tokens >= m.context:
+        fail("generate.max_new_tokens", f"fewer than model.context={m.context} tokens, to leave room for the prompt", recipe.generate.max_new_tokens)
+    if recipe.eval.bootstrap < 1:
+        fail("eval.bootstrap", "a positive number of resamples", recipe.eval.bootstrap)
+    if recipe.eval.max_examples is not None and recipe.eval.max_examples < 1:
+        fail("eval.max_examples", "a positive integer or null", recipe.eval.max_examples)
+    from textgen_cli.perturb import parse_spec
+
+    for spec in recipe.eval.perturb:
+        try:
+            parse_spec(spec)
+        except ValueError as exc:
+            fail("eval.perturb", f"KIND:RATE entries ({exc})", list(recipe.eval.perturb))
     adv = recipe.adv_train
     for key in ("epsilon", "step_size", "init_mag"):
         if getattr(adv, key) is not None and getattr(adv, key) < 0:
@@ -290,6 +303,7 @@ def _get(obj: Any, dotted: str) -> Any:
 
 def _resolve_paths(recipe: Recipe, base: Path) -> None:
     """Input paths are relative to the recipe file, so a run works from any folder."""
+    recipe.eval.metrics = [str((base / entry).resolve()) if ("/" in entry or entry.endswith(".py")) else entry for entry in recipe.eval.metrics]
     for dotted in PATH_KEYS:
         *parents, leaf = dotted.split(".")
         owner = _get(recipe, ".".join(parents)) if parents else recipe

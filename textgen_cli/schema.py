@@ -152,6 +152,17 @@ class AdvTrainSection:
 
 
 @dataclass
+class EvalSection:
+    metrics: List[str] = _key(["bleu", "chrf", "rouge", "distinct", "self_bleu", "exact_match"], "Metrics: shipped names (bleu, chrf, rouge, distinct, self_bleu, exact_match) or paths to your own evaluate modules (relative to the recipe file).")
+    split: str = _key("test", "Split `textgen evaluate` scores by default: `test`, `validation` or `train`.")
+    bootstrap: int = _key(1000, "Paired bootstrap resamples for the 95% intervals of BLEU, chrF and ROUGE-L.")
+    seed: int = _key(1234, "Seed of the bootstrap, the self-BLEU sample and the robustness perturbations.")
+    max_examples: Optional[int] = _key(None, "Score at most this many examples of the split (null: all).")
+    perturb: List[str] = _key([], "Robustness: also score perturbed sources, e.g. [\"char:0.1\", \"word_drop:0.1\"] (KIND:RATE).")
+    after_finetune: bool = _key(True, "Evaluate on the test split right after `finetune` (and `adv-train`) when the recipe has one.")
+
+
+@dataclass
 class RunSection:
     name: Optional[str] = _key(None, "Run name (null: the recipe file name without .yaml).")
     root: str = _key("runs", "Folder that holds runs, relative to the current directory: runs/<name>/<stage>/.")
@@ -169,6 +180,7 @@ class Recipe:
     pretrain: PretrainSection = _section(PretrainSection, "The `pretrain` stage.")
     finetune: FinetuneSection = _section(FinetuneSection, "The `finetune` stage.")
     adv_train: AdvTrainSection = _section(AdvTrainSection, "The `adv-train` stage: adversarial training from the finetune output.")
+    eval: EvalSection = _section(EvalSection, "Evaluation: metrics, intervals, robustness.")
     generate: GenerateSection = _section(GenerateSection, "Decoding settings for `textgen generate` (each overridable on the command line).")
     run: RunSection = _section(RunSection, "Where results are written.")
     checkpoint: CheckpointSection = _section(CheckpointSection, "Resumable checkpoints (model, optimizer, scheduler, RNG states, data position).")
@@ -184,6 +196,7 @@ CHOICES = {
     "train.precision": ("auto", "fp32", "bf16"),
     "train.on_nonfinite": ("stop", "skip"),
     "resume": ("never", "auto"),
+    "eval.split": ("test", "validation", "train"),
     "adv_train.method": ("none", "fgm", "pgd", "freelb", "r3f"),
     "adv_train.norm": ("l2", "inf"),
     "adv_train.positions": ("context", "all"),
