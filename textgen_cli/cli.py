@@ -294,6 +294,37 @@ def evaluate(
     guarded(debug, action)
 
 
+@app.command()
+def compare(
+    items: Annotated[Optional[list[str]], typer.Argument(help="Finished run directories to compare (runs/NAME or runs/NAME/STAGE), and/or key=value overrides applied to every --recipe.", show_default=False)] = None,
+    recipes: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", help="A recipe to train (what is missing) and compare; give two or more.")] = None,
+    seeds: Annotated[int, typer.Option("--seeds", help="Repeat each recipe with N seeds and report mean ± std.")] = 1,
+    match: Annotated[Optional[str], typer.Option("--match", help="Give every recipe the first recipe's budget: flops or tokens (sets each stage's steps).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Report name (default: the recipe names joined by -vs-).")] = None,
+    reports: Annotated[str, typer.Option("--reports", help="Folder that holds reports.")] = "reports",
+    json_output: JsonOutput = False,
+    debug: Debug = False,
+) -> None:
+    """Train what is missing, evaluate every model on the same test examples, and write a side-by-side report (terminal table, report.md, report.html, metrics.csv, metrics.json, plots)."""
+
+    def action() -> None:
+        from textgen_cli.compare import print_table, run_compare
+        from textgen_cli.progress import quiet_libraries
+
+        quiet_libraries()
+        given = list(items or [])
+        overrides = [item for item in given if "=" in item]
+        runs = [item for item in given if "=" not in item]
+        result = run_compare(list(recipes or []), runs, overrides, seeds, match, name, reports)
+        if json_output:
+            print(json.dumps({"report": result["report"], "rows": result["rows"], "models": [c.label for c in result["columns"]]}, indent=2))
+        else:
+            print_table(result["columns"], result["rows"])
+            print(f"report: {result['report']}/report.html (also report.md, metrics.csv, metrics.json) in {result['elapsed_s']:.0f} s")
+
+    guarded(debug, action)
+
+
 @recipes_app.callback(invoke_without_command=True)
 def recipes_list(ctx: typer.Context) -> None:
     """List the shipped recipes with their descriptions."""

@@ -10,6 +10,8 @@ perturbed sources (robustness).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import time
 from collections import Counter
@@ -169,6 +171,22 @@ def perturbed_prompt(example: EvalExample, kind: str, rate: float, seed: int, in
     return [turn if turn["role"] == "assistant" else {**turn, "content": perturb(turn["content"], kind, rate, seed + index)} for turn in example.prompt]
 
 
+def eval_hash(loaded, stage: str | None, split: str) -> str:
+    """What an evaluation depends on: the model's stage settings, the eval and decoding settings, the
+    split file. `textgen compare` reuses an eval.json whose hash matches."""
+    r = loaded.recipe
+    blob = json.dumps(
+        {
+            "model": loaded.stage_hash(stage) if stage in ("pretrain", "finetune", "adv-train") else None,
+            "eval": dataclasses.asdict(r.eval),
+            "generate": dataclasses.asdict(r.generate),
+            "split": getattr(r.data.finetune, split),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def output_dir(generator, explicit: str | None) -> Path:
     """Beside the evaluated model's run files (runs/<name>/<stage>/), unless --output says otherwise."""
     if explicit:
@@ -254,6 +272,7 @@ def run_evaluate(
         "recipe": str(loaded.path),
         "recipe_name": loaded.name,
         "settings_hash": loaded.settings_hash(),
+        "eval_hash": eval_hash(loaded, generator.stage, split),
         "split": split,
         "n_examples": len(examples),
         "task": recipe.data.finetune.task,

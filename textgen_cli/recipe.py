@@ -23,6 +23,14 @@ from textgen_cli.errors import UserError
 from textgen_cli.schema import CHOICES, PATH_KEYS, STAGES, Recipe
 
 
+# The recipe sections that decide what each stage trains (see LoadedRecipe.stage_hash).
+STAGE_KEYS = {
+    "pretrain": ["model", "tokenizer", "data.pretrain", "data.max_examples", "train", "pretrain"],
+    "finetune": ["data.finetune", "data.too_long", "prompt", "finetune"],
+    "adv-train": ["adv_train"],
+}
+
+
 def shipped_recipes_dir() -> Path:
     """The shipped `recipes/` folder: packaged inside the wheel, or beside the package in a checkout."""
     packaged = Path(__file__).parent / "recipes"
@@ -69,6 +77,21 @@ class LoadedRecipe:
     def settings_hash(self) -> str:
         """Hash of the resolved settings: equal hashes mean the same experiment."""
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def stage_hash(self, stage: str) -> str:
+        """Hash of the settings that shape `stage`'s model, chained through the stages before it:
+        equal hashes mean a finished stage can be reused (`textgen compare` does)."""
+        values = self.to_dict()
+        parts: dict[str, Any] = {}
+        chain = {"pretrain": [], "finetune": ["pretrain"], "adv-train": ["pretrain", "finetune"]}[stage]
+        for name in [*chain, stage]:
+            for dotted in STAGE_KEYS[name]:
+                node: Any = values
+                for key in dotted.split("."):
+                    node = node[key]
+                parts[dotted] = node
+        blob = json.dumps(parts, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def run_dir(self, stage: str) -> Path:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 import numpy as np
 
 from textgen_cli.errors import Interrupted, TrainingDiverged, UserError
+from textgen_cli.flops import flops_model, step_flops
 from textgen_cli.objectives import IGNORE_INDEX, token_loss_sum
 from textgen_cli.progress import Reporter, log
 from textgen_cli.runs import FINAL_DIR, RECIPE_FILE, SUMMARY_FILE, RunDir, peak_memory_mb, versions
@@ -70,12 +71,13 @@ def make_accelerator(section: "TrainSection"):
     return Accelerator(cpu=on_cpu, mixed_precision="bf16" if bf16 else "no")
 
 
-def count_tokens(batch: dict[str, "torch.Tensor"]) -> int:
-    """Tokens processed: non-pad inputs, plus decoder targets for encoder-decoder models."""
-    tokens = int(batch["attention_mask"].sum())
+def count_tokens(batch: dict[str, "torch.Tensor"]) -> tuple[int, int]:
+    """(encoder, decoder) tokens processed: non-pad inputs of the one stack of a decoder-only model;
+    encoder inputs and decoder targets of an encoder-decoder model."""
+    inputs = int(batch["attention_mask"].sum())
     if "decoder_input_ids" in batch:
-        tokens += int((batch["labels"] != IGNORE_INDEX).sum())
-    return tokens
+        return inputs, int((batch["labels"] != IGNORE_INDEX).sum())
+    return 0, inputs
 
 
 def evaluate_loss(model, examples: Examples, batch_size: int, max_batches: int | None, device) -> dict[str, float]:
@@ -126,6 +128,8 @@ class LoopState:
 
     step: int = 0
     tokens_seen: int = 0
+    encoder_tokens: int = 0
+    decoder_tokens: int = 0
     train_time: float = 0.0
     elapsed: float = 0.0
     window_tokens: int = 0
@@ -286,7 +290,10 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
                 optimizer.zero_grad(set_to_none=True)
             scheduler.step()
 
-            step_tokens = sum(count_tokens(b) for b in micro)
+            split = [count_tokens(b) for b in micro]
+            state.encoder_tokens += sum(enc for enc, _ in split)
+            state.decoder_tokens += sum(dec for _, dec in split)
+            step_tokens = sum(enc + dec for enc, dec in split)
             elapsed_step = time.perf_counter() - step_start
             state.tokens_seen += step_tokens
             state.train_time += elapsed_step
@@ -337,6 +344,7 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
         "recipe": str(loaded.path),
         "recipe_name": loaded.name,
         "settings_hash": loaded.settings_hash(),
+        "stage_hash": loaded.stage_hash(stage),
         "family": recipe.model.family,
         "parameters": n_params,
         "steps": steps,
@@ -344,6 +352,9 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
         "grad_accum": section.grad_accum,
         "train_examples": len(train_set),
         "tokens": state.tokens_seen,
+        "encoder_tokens": state.encoder_tokens,
+        "decoder_tokens": state.decoder_tokens,
+        "flops": step_flops(flops_model(model), state.encoder_tokens, state.decoder_tokens),
         "wall_time_s": state.elapsed,
         "train_time_s": state.train_time,
         "tokens_per_s": state.tokens_seen / max(state.train_time, 1e-9),

@@ -1,0 +1,449 @@
+"""`textgen compare`: train what is missing, evaluate every model the same way, write one report.
+
+Every model is evaluated on the same test examples with the same metrics and decoding settings (the
+first recipe's `eval:` and `generate:` sections). Finished stages whose settings hash matches are
+reused, never retrained. `--match flops|tokens` sets each recipe's step counts so that every recipe
+gets the first recipe's compute (or token) budget, stage by stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from textgen_cli.errors import UserError
+from textgen_cli.progress import log
+from textgen_cli.recipe import LoadedRecipe, load_recipe
+from textgen_cli.runs import FINAL_DIR, RECIPE_FILE, SUMMARY_FILE, read_metrics
+
+EVALUATED_STAGES = ("finetune", "adv-train")
+# (group, row, label, higher is better)
+ROWS = [
+    ("quality", "bleu", "BLEU", True),
+    ("quality", "chrf", "chrF", True),
+    ("quality", "rouge1", "ROUGE-1", True),
+    ("quality", "rouge2", "ROUGE-2", True),
+    ("quality", "rougeL", "ROUGE-L", True),
+    ("quality", "bits_per_byte", "bits per byte (test references)", False),
+    ("quality", "perplexity", "perplexity (test references)", False),
+    ("quality", "val_loss", "validation loss (own tokenizer)", False),
+    ("diversity", "distinct_1", "distinct-1", True),
+    ("diversity", "distinct_2", "distinct-2", True),
+    ("diversity", "self_bleu", "self-BLEU (lower: more diverse)", False),
+    ("cost", "parameters", "parameters", None),
+    ("cost", "tokens", "training tokens (all stages)", None),
+    ("cost", "flops", "training FLOPs (estimated)", None),
+    ("cost", "wall_time_s", "training wall time (s)", False),
+    ("cost", "tokens_per_s", "training tokens/s", True),
+    ("cost", "peak_memory_mb", "peak memory (MB)", False),
+    ("cost", "generation_tokens_per_s", "generation tokens/s", True),
+]
+INTERVAL_ROWS = ("bleu", "chrf", "rougeL")
+
+
+@dataclass
+class Model:
+    """One column of the report: a trained model and everything measured about it."""
+
+    label: str
+    loaded: LoadedRecipe
+    stage: str
+    seed: int
+    run_dirs: list[Path] = field(default_factory=list)  # every stage that led to this model
+    reused: dict[str, bool] = field(default_factory=dict)
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+    eval: dict[str, Any] = field(default_factory=dict)
+    predictions: list[str] = field(default_factory=list)
+
+    @property
+    def final_dir(self) -> Path:
+        return self.loaded.run_dir(self.stage) / FINAL_DIR
+
+
+# --------------------------------------------------------------------------------------------
+# Training what is missing
+
+
+def stage_done(loaded: LoadedRecipe, stage: str) -> bool:
+    summary = loaded.run_dir(stage) / SUMMARY_FILE
+    if not summary.is_file() or not (loaded.run_dir(stage) / FINAL_DIR).is_dir():
+        return False
+    try:
+        return json.loads(summary.read_text(encoding="utf-8")).get("stage_hash") == loaded.stage_hash(stage)
+    except ValueError:
+        return False
+
+
+def run_stage(loaded: LoadedRecipe, stage: str) -> dict[str, Any]:
+    if stage == "pretrain":
+        from textgen_cli.pretrain import run_pretrain as run
+    elif stage == "finetune":
+        from textgen_cli.finetune import run_finetune as run
+    else:
+        from textgen_cli.adv_train import run_adv_train as run
+    return run(loaded)
+
+
+def with_overrides(loaded: LoadedRecipe, extra: list[str]) -> LoadedRecipe:
+    return load_recipe(str(loaded.path), [*loaded.overrides, *extra])
+
+
+def finetune_tokens_per_sequence(loaded: LoadedRecipe, stage: str) -> tuple[float, float]:
+    """Mean (encoder, decoder) tokens of one finetuning example, from the real tokenized data."""
+    from textgen_cli.finetune import build_examples, prepare, starting_point
+    from textgen_cli.train import count_tokens
+
+    start = starting_point(loaded) if stage == "finetune" else loaded.run_dir("finetune") / FINAL_DIR
+    setup = prepare(loaded, start, stage)
+    train_set, _, _ = build_examples(loaded, setup, stage)
+    n = min(len(train_set), 512)
+    enc, dec = count_tokens(train_set.collate(list(range(n)), 0))
+    return enc / n, dec / n
+
+
+def match_budgets(entries: list[LoadedRecipe], stage: str, match: str) -> list[LoadedRecipe]:
+    """Set `<stage>.steps` of every recipe so that its FLOPs (or tokens) equal the first recipe's."""
+    from textgen_cli.flops import flops_model, matched_steps, pretrain_tokens_per_sequence, step_flops
+    from textgen_cli.models import FAMILIES
+    from textgen_cli.tokenizer import load_tokenizer
+
+    per_step = []
+    for loaded in entries:
+        r = loaded.recipe
+        sequences = r.train.batch_size * r.train.grad_accum
+        if stage == "pretrain":
+            enc, dec = pretrain_tokens_per_sequence(r.model.family, r.model.context, r.pretrain.mask_ratio, r.pretrain.poisson_lambda)
+            tokenizer_vocab = r.tokenizer.vocab_size
+            model = FAMILIES[r.model.family].build(r.model, _FakeVocab(tokenizer_vocab))
+        else:
+            enc, dec = finetune_tokens_per_sequence(loaded, stage)
+            start = loaded.run_dir("pretrain" if stage == "finetune" else "finetune") / FINAL_DIR
+            model = FAMILIES[r.model.family].build(r.model, load_tokenizer(start))
+        fm = flops_model(model)
+        per_step.append(step_flops(fm, enc * sequences, dec * sequences) if match == "flops" else (enc + dec) * sequences)
+    section = stage.replace("-", "_")
+    budget = per_step[0] * getattr(entries[0].recipe, section).steps
+    matched = [entries[0]]
+    for loaded, cost in zip(entries[1:], per_step[1:]):
+        steps = matched_steps(budget, cost)
+        log(f"compare: --match {match}: {loaded.name} {stage} gets {steps} steps ({cost * steps:.3g} vs {budget:.3g})")
+        matched.append(with_overrides(loaded, [f"{section}.steps={steps}"]))
+    return matched
+
+
+class _FakeVocab:
+    """Enough of a tokenizer for a builder to size a model before the real tokenizer exists."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.pad_token_id, self.bos_token_id, self.eos_token_id = 0, 1, 2
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def train_all(entries: list[LoadedRecipe], match: str | None) -> tuple[list[LoadedRecipe], dict[tuple[str, str], bool]]:
+    """Run, stage by stage across recipes, every stage not already done with the same settings."""
+    reused: dict[tuple[str, str], bool] = {}
+    for stage in ("pretrain", "finetune", "adv-train"):
+        having = [i for i, loaded in enumerate(entries) if stage in loaded.recipe.stages]
+        if not having:
+            continue
+        if match and len(having) > 1:
+            matched = match_budgets([entries[i] for i in having], stage, match)
+            for i, loaded in zip(having, matched):
+                entries[i] = loaded
+        for i in having:
+            loaded = entries[i]
+            if stage_done(loaded, stage):
+                log(f"compare: reusing {loaded.run_dir(stage)} (same settings)")
+                reused[(loaded.name, stage)] = True
+            else:
+                log(f"compare: training {loaded.name} {stage}")
+                run_stage(loaded, stage)
+                reused[(loaded.name, stage)] = False
+    return entries, reused
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluating every model the same way
+
+
+def common_settings(loaded: LoadedRecipe, reference: LoadedRecipe) -> LoadedRecipe:
+    """`loaded` with the reference recipe's eval and generate sections: one way to measure."""
+    recipe = dataclasses.replace(loaded.recipe, eval=reference.recipe.eval, generate=reference.recipe.generate)
+    return LoadedRecipe(recipe=recipe, path=loaded.path, overrides=loaded.overrides)
+
+
+def evaluate_model(model: Model) -> None:
+    from textgen_cli.evaluate import eval_hash, run_evaluate
+
+    run_dir = model.loaded.run_dir(model.stage)
+    eval_file = run_dir / "eval.json"
+    wanted = eval_hash(model.loaded, model.stage, "test")
+    report = None
+    if eval_file.is_file():
+        try:
+            saved = json.loads(eval_file.read_text(encoding="utf-8"))
+            report = saved if saved.get("eval_hash") == wanted else None
+        except ValueError:
+            report = None
+    if report is None:
+        log(f"compare: evaluating {model.label}")
+        report = run_evaluate(model.loaded, str(model.final_dir), None, "test", [])
+    else:
+        log(f"compare: reusing the evaluation in {eval_file}")
+    model.eval = report
+    predictions_file = run_dir / "predictions.jsonl"
+    model.predictions = [json.loads(line)["prediction"] for line in predictions_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def collect(model: Model) -> None:
+    """The summaries of every stage behind the model, for the cost rows and the curves."""
+    order = ["pretrain", "finetune", "adv-train"]
+    for stage in order[: order.index(model.stage) + 1]:
+        summary_file = model.loaded.run_dir(stage) / SUMMARY_FILE
+        if summary_file.is_file():
+            model.run_dirs.append(model.loaded.run_dir(stage))
+            model.summaries.append(json.loads(summary_file.read_text(encoding="utf-8")))
+
+
+def values_of(model: Model) -> dict[str, float]:
+    e, s = model.eval, model.summaries
+    values = dict(e["metrics"])
+    values["bits_per_byte"] = e["likelihood"]["bits_per_byte"]
+    values["perplexity"] = e["likelihood"]["perplexity"]
+    values["val_loss"] = s[-1]["final_val_loss"]
+    values["parameters"] = s[-1]["parameters"]
+    values["tokens"] = sum(x["tokens"] for x in s)
+    values["flops"] = sum(x.get("flops", 0.0) for x in s)
+    values["wall_time_s"] = sum(x["wall_time_s"] for x in s)
+    values["tokens_per_s"] = values["tokens"] / max(sum(x["train_time_s"] for x in s), 1e-9)
+    values["peak_memory_mb"] = max(x["peak_memory_mb"] for x in s)
+    values["generation_tokens_per_s"] = e["generation"]["tokens_per_s"]
+    for r in e.get("robustness", []):
+        for row in ("bleu", "chrf"):
+            if row in r["metrics"]:
+                values[f"{row}@{r['perturbation']}"] = r["metrics"][row]
+                values[f"{row} drop@{r['perturbation']}"] = r["drop"][row]
+    return values
+
+
+# --------------------------------------------------------------------------------------------
+# The comparison table
+
+
+@dataclass
+class Cell:
+    value: float
+    low: float | None = None
+    high: float | None = None
+    std: float | None = None
+    n: int = 1
+
+
+@dataclass
+class Column:
+    label: str
+    models: list[Model]  # one per seed
+    cells: dict[str, Cell] = field(default_factory=dict)
+
+
+def build_columns(models: list[Model]) -> list[Column]:
+    columns: dict[str, Column] = {}
+    for model in models:
+        columns.setdefault(model.label, Column(model.label, [])).models.append(model)
+    for column in columns.values():
+        per_seed = [values_of(m) for m in column.models]
+        for row in per_seed[0]:
+            xs = [v[row] for v in per_seed if row in v]
+            cell = Cell(statistics.fmean(xs), n=len(xs))
+            if len(xs) > 1:
+                cell.std = statistics.stdev(xs)
+            elif row in column.models[0].eval.get("intervals", {}):
+                bound = column.models[0].eval["intervals"][row]
+                cell.low, cell.high = bound["low"], bound["high"]
+            column.cells[row] = cell
+    return list(columns.values())
+
+
+def significance(columns: list[Column], row: str, higher: bool, n_resamples: int, seed: int) -> tuple[int | None, bool]:
+    """(index of the best column, whether its lead over the runner-up is significant).
+
+    One seed: a paired bootstrap of the two models' predictions on the same examples (BLEU, chrF,
+    ROUGE-L); several seeds: the lead must exceed both standard deviations; otherwise the
+    intervals (when known) must not overlap."""
+    present = [(i, c.cells[row]) for i, c in enumerate(columns) if row in c.cells]
+    if len(present) < 2:
+        return (present[0][0] if present else None), False
+    ranked = sorted(present, key=lambda item: item[1].value, reverse=higher)
+    (best, a), (second, b) = ranked[0], ranked[1]
+    if a.value == b.value:
+        return None, False
+    if a.std is not None and b.std is not None:
+        return best, abs(a.value - b.value) > max(a.std, b.std)
+    if row in INTERVAL_ROWS and len(columns[best].models) == 1 and len(columns[second].models) == 1:
+        from textgen_cli.metrics import paired_bootstrap
+
+        ma, mb = columns[best].models[0], columns[second].models[0]
+        references = [json.loads(line)["reference"] for line in (ma.loaded.run_dir(ma.stage) / "predictions.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+        if len(ma.predictions) == len(mb.predictions) == len(references):
+            result = paired_bootstrap(row, ma.predictions, mb.predictions, references, n_resamples=n_resamples, seed=seed)
+            return best, result["diff"]["low"] > 0 or result["diff"]["high"] < 0
+    if a.low is not None and b.low is not None:
+        return best, (a.low > b.high) if higher else (a.high < b.low)
+    return best, True
+
+
+def format_value(row: str, cell: Cell) -> str:
+    v = cell.value
+    if row in ("parameters", "tokens"):
+        text = f"{v:,.0f}"
+    elif row == "flops":
+        text = f"{v:.3g}"
+    elif row in ("wall_time_s", "tokens_per_s", "peak_memory_mb", "generation_tokens_per_s"):
+        text = f"{v:,.0f}" if abs(v) >= 100 else f"{v:.1f}"
+    elif abs(v) >= 10:
+        text = f"{v:.2f}"
+    else:
+        text = f"{v:.4f}"
+    if cell.std is not None:
+        text += f" ± {cell.std:.2g}"
+    elif cell.low is not None:
+        text += f" [{cell.low:.3g}, {cell.high:.3g}]"
+    return text
+
+
+def table_rows(columns: list[Column], n_resamples: int, seed: int) -> list[dict[str, Any]]:
+    """Rows for every output: group, label, formatted cells, the best column and significance."""
+    rows = []
+    known = {row for _, row, _, _ in ROWS}
+    extra = sorted({row for c in columns for row in c.cells if row not in known and ("@" in row)})
+    definitions = list(ROWS) + [("robustness", row, row, "drop" not in row) for row in extra]
+    for group, row, label, higher in definitions:
+        if not any(row in c.cells for c in columns):
+            continue
+        best, significant = significance(columns, row, higher, n_resamples, seed) if higher is not None else (None, False)
+        rows.append(
+            {
+                "group": group,
+                "row": row,
+                "label": label,
+                "cells": [format_value(row, c.cells[row]) if row in c.cells else "" for c in columns],
+                "best": best,
+                "significant": significant,
+                "higher_is_better": higher,
+            }
+        )
+    return rows
+
+
+def print_table(columns: list[Column], rows: list[dict[str, Any]], stream=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=stream, width=max(100, 32 + 30 * len(columns)))
+    table = Table(title="textgen compare", caption="* best in row; n.s.: the lead is inside the intervals (not significant)")
+    table.add_column("group")
+    table.add_column("metric")
+    for column in columns:
+        table.add_column(column.label, justify="right")
+    previous = None
+    for r in rows:
+        cells = []
+        for i, text in enumerate(r["cells"]):
+            if i == r["best"]:
+                text = f"[bold green]{text} *[/bold green]" if r["significant"] else f"[bold]{text} * n.s.[/bold]"
+            cells.append(text)
+        table.add_row(r["group"] if r["group"] != previous else "", r["label"], *cells)
+        previous = r["group"]
+    console.print(table)
+
+
+# --------------------------------------------------------------------------------------------
+# The verb
+
+
+def plan(recipes: Sequence[str], overrides: list[str], seeds: int) -> list[tuple[str, LoadedRecipe, int]]:
+    entries = []
+    names = set()
+    for recipe in recipes:
+        base = load_recipe(recipe, overrides)
+        if base.name in names:
+            raise UserError(f"two recipes named '{base.name}'; give one of them run.name=... to tell them apart")
+        names.add(base.name)
+        if not any(stage in base.recipe.stages for stage in EVALUATED_STAGES):
+            raise UserError(f"{base.path}: stages {list(base.recipe.stages)} include neither finetune nor adv-train: nothing to evaluate")
+        if not base.recipe.data.finetune.test:
+            raise UserError(f"{base.path}: key 'data.finetune.test' is empty; compare evaluates every model on the test split")
+        for k in range(seeds):
+            seed = base.recipe.train.seed + k
+            extra = [f"train.seed={seed}", f"run.name={base.name}-seed{seed}"] if seeds > 1 else []
+            entries.append((base.name, load_recipe(recipe, [*overrides, *extra]) if extra else base, seed))
+    tests = {Path(loaded.recipe.data.finetune.test).resolve() for _, loaded, _ in entries}
+    if len(tests) > 1:
+        raise UserError("the recipes evaluate on different test files (" + ", ".join(map(str, sorted(tests))) + "); compare needs the same examples for every model")
+    return entries
+
+
+def models_from_runs(paths: Sequence[str]) -> list[Model]:
+    """`textgen compare runs/a runs/b`: finished runs only, nothing trained."""
+    models = []
+    for item in paths:
+        path = Path(item)
+        stage_dirs = [path] if (path / SUMMARY_FILE).is_file() else [path / s for s in EVALUATED_STAGES if (path / s / SUMMARY_FILE).is_file()]
+        if not stage_dirs:
+            raise UserError(f"'{item}' is not a finished run: expected runs/<name>/<stage>/ with summary.json, or runs/<name>/ holding finetune or adv-train")
+        for stage_dir in stage_dirs:
+            loaded = load_recipe(str(stage_dir / RECIPE_FILE))
+            # the saved recipe's run name is the run directory's parent name; keep outputs where they are
+            loaded = LoadedRecipe(dataclasses.replace(loaded.recipe, run=dataclasses.replace(loaded.recipe.run, root=str(stage_dir.parent.parent), name=stage_dir.parent.name)), loaded.path, [])
+            stage = json.loads((stage_dir / SUMMARY_FILE).read_text(encoding="utf-8"))["stage"]
+            models.append(Model(label=f"{stage_dir.parent.name} {stage}", loaded=loaded, stage=stage, seed=loaded.recipe.train.seed))
+    return models
+
+
+def run_compare(recipes: Sequence[str], runs: Sequence[str], overrides: list[str], seeds: int, match: str | None, name: str | None, reports_root: str = "reports") -> dict[str, Any]:
+    from textgen_cli.report import write_report
+
+    started = time.perf_counter()
+    if recipes and runs:
+        raise UserError("give either --recipe (train what is missing) or run directories (compare finished runs), not both")
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds}: expected a positive number")
+    if match not in (None, "flops", "tokens"):
+        raise UserError(f"--match {match}: expected flops or tokens")
+    reused: dict[tuple[str, str], bool] = {}
+    if recipes:
+        if len(recipes) < 2 and seeds < 2:
+            raise UserError("compare needs two or more recipes (or --seeds N with one recipe)")
+        entries = plan(recipes, overrides, seeds)
+        trained, reused = train_all([loaded for _, loaded, _ in entries], match)
+        models = [
+            Model(label=f"{base} {stage}" if stage != "finetune" else base, loaded=loaded, stage=stage, seed=seed)
+            for (base, _, seed), loaded in zip(entries, trained)
+            for stage in EVALUATED_STAGES
+            if stage in loaded.recipe.stages
+        ]
+    else:
+        if len(runs) < 2:
+            raise UserError("compare needs two or more run directories")
+        models = models_from_runs(runs)
+    reference = models[0].loaded
+    for model in models:
+        model.loaded = common_settings(model.loaded, reference)
+        model.reused = {stage: reused.get((model.loaded.name, stage), True) for stage in ("pretrain", "finetune", "adv-train") if stage in model.loaded.recipe.stages}
+        collect(model)
+        evaluate_model(model)
+    columns = build_columns(models)
+    rows = table_rows(columns, reference.recipe.eval.bootstrap, reference.recipe.eval.seed)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    report_name = name or "-vs-".join(dict.fromkeys(m.loaded.name.split("-seed")[0] for m in models))
+    folder = Path(reports_root) / f"{report_name}-{stamp}"
+    write_report(folder, columns, rows, models, match, seeds)
+    return {"report": str(folder), "columns": columns, "rows": rows, "elapsed_s": time.perf_counter() - started}

@@ -1,0 +1,297 @@
+"""The files of a comparison report: report.md, report.html (self-contained), metrics.csv,
+metrics.json and the plots as PNG. Written to a temporary folder and renamed into place."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from textgen_cli import __version__
+from textgen_cli.runs import read_metrics
+
+if TYPE_CHECKING:
+    from textgen_cli.compare import Column, Model
+
+N_EXAMPLES = 5
+
+
+def provenance(models: list["Model"], match: str | None, seeds: int) -> dict[str, Any]:
+    import importlib.metadata as md
+
+    packages = {}
+    for name in ("torch", "transformers", "tokenizers", "accelerate", "datasets", "evaluate", "sacrebleu", "rouge-score", "omegaconf"):
+        try:
+            packages[name] = md.version(name)
+        except md.PackageNotFoundError:
+            packages[name] = "not installed"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    signatures = {}
+    for model in models:
+        signatures.update(model.eval.get("signatures", {}))
+    return {
+        "textgen": __version__,
+        "git_commit": commit,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": packages,
+        "devices": sorted({s["device"] for m in models for s in m.summaries}),
+        "seeds": sorted({m.seed for m in models}),
+        "match": match,
+        "seeds_per_recipe": seeds,
+        "recipes": {m.loaded.name: {"path": str(m.loaded.path), "settings_hash": m.loaded.settings_hash(), "overrides": m.loaded.overrides} for m in models},
+        "metric_signatures": signatures,
+        "decoding": models[0].eval.get("decoding"),
+        "bootstrap": models[0].eval.get("bootstrap"),
+        "test_examples": models[0].eval.get("n_examples"),
+        "flops_formula": "6 x parameters passed per token x tokens + 12 x layers x context x hidden per token for attention (x2 for sora's decoder: self + cross)",
+    }
+
+
+def metric_records(columns: list["Column"], models: list["Model"]) -> list[dict[str, Any]]:
+    from textgen_cli.compare import ROWS
+
+    groups = {row: group for group, row, _, _ in ROWS}
+    signatures = {}
+    for model in models:
+        signatures.update(model.eval.get("signatures", {}))
+    records = []
+    for column in columns:
+        for row, cell in column.cells.items():
+            records.append(
+                {
+                    "model": column.label,
+                    "metric": row,
+                    "group": groups.get(row, "robustness" if "@" in row else "other"),
+                    "value": cell.value,
+                    "low": cell.low,
+                    "high": cell.high,
+                    "std": cell.std,
+                    "n_seeds": cell.n,
+                    "signature": signatures.get(row.split("@")[0].split(" ")[0], ""),
+                }
+            )
+    return records
+
+
+def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(values, dict):
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: values}
+
+
+def recipe_diff(models: list["Model"]) -> list[tuple[str, list[str]]]:
+    """Resolved settings that differ between the compared recipes."""
+    seen: dict[str, dict[str, Any]] = {}
+    for model in models:
+        seen.setdefault(model.loaded.name, flatten(model.loaded.to_dict()))
+    keys = sorted({key for flat in seen.values() for key in flat})
+    return [(key, [json.dumps(flat.get(key)) for flat in seen.values()]) for key in keys if len({json.dumps(flat.get(key)) for flat in seen.values()}) > 1]
+
+
+def examples(models: list["Model"]) -> list[dict[str, Any]]:
+    first = models[0]
+    lines = (first.loaded.run_dir(first.stage) / "predictions.jsonl").read_text(encoding="utf-8").splitlines()[:N_EXAMPLES]
+    out = []
+    for index, line in enumerate(lines):
+        record = json.loads(line)
+        source = record["source"] if isinstance(record["source"], str) else " / ".join(f"{t['role']}: {t['content']}" for t in record["source"][-3:])
+        out.append({"source": source, "reference": record["reference"], "outputs": {m.label: (m.predictions[index] if index < len(m.predictions) else "") for m in _one_per_column(models)}})
+    return out
+
+
+def _one_per_column(models: list["Model"]) -> list["Model"]:
+    chosen: dict[str, "Model"] = {}
+    for model in models:
+        chosen.setdefault(model.label, model)
+    return list(chosen.values())
+
+
+def plots(folder: Path, columns: list["Column"], models: list["Model"]) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = {}
+    fig_train, ax_train = plt.subplots(figsize=(8, 4.5))
+    fig_val, ax_val = plt.subplots(figsize=(8, 4.5))
+    for model in _one_per_column(models):
+        offset = 0
+        for run_dir, summary in zip(model.run_dirs, model.summaries):
+            records = read_metrics(run_dir)
+            train = [(offset + r["tokens"], r["loss"]) for r in records if "loss" in r]
+            val = [(offset + r.get("tokens", 0), r["val_loss"]) for r in records if "val_loss" in r]
+            label = f"{model.label}: {summary['stage']}"
+            if train:
+                ax_train.plot(*zip(*train), label=label)
+            if val:
+                ax_val.plot(*zip(*val), marker="o", markersize=3, label=label)
+            offset += summary["tokens"]
+    for fig, ax, title, ylabel, name in (
+        (fig_train, ax_train, "Training loss against tokens (stages one after another)", "training loss (nats/token)", "loss_vs_tokens.png"),
+        (fig_val, ax_val, "Validation loss against tokens", "validation loss (nats/token)", "validation.png"),
+    ):
+        ax.set_title(title)
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(folder / name, dpi=110)
+        plt.close(fig)
+        files[name] = folder / name
+
+    rows = [row for row in ("bleu", "chrf", "rougeL") if any(row in c.cells for c in columns)]
+    fig, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 4), squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        labels, values, errors = [], [], [[], []]
+        for column in columns:
+            cell = column.cells.get(row)
+            if cell is None:
+                continue
+            labels.append(column.label)
+            values.append(cell.value)
+            if cell.std is not None:
+                errors[0].append(cell.std)
+                errors[1].append(cell.std)
+            elif cell.low is not None:
+                errors[0].append(max(0.0, cell.value - cell.low))
+                errors[1].append(max(0.0, cell.high - cell.value))
+            else:
+                errors[0].append(0.0)
+                errors[1].append(0.0)
+        ax.bar(range(len(values)), values, yerr=errors, capsize=6, color=[f"C{i}" for i in range(len(values))])
+        ax.set_xticks(range(len(values)), labels, rotation=20, ha="right", fontsize=8)
+        ax.set_title(f"{row} (95% interval or ±1 std)")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(folder / "metrics.png", dpi=110)
+    plt.close(fig)
+    files["metrics.png"] = folder / "metrics.png"
+    return files
+
+
+def markdown_table(columns: list["Column"], rows: list[dict[str, Any]]) -> str:
+    lines = ["| group | metric | " + " | ".join(c.label for c in columns) + " |", "|---|---|" + "---:|" * len(columns)]
+    for r in rows:
+        cells = []
+        for i, text in enumerate(r["cells"]):
+            if i == r["best"]:
+                text = f"**{text}**" + ("" if r["significant"] else " (n.s.)")
+            cells.append(text)
+        lines.append(f"| {r['group']} | {r['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def html_table(columns: list["Column"], rows: list[dict[str, Any]]) -> str:
+    head = "<tr><th>group</th><th>metric</th>" + "".join(f"<th>{html.escape(c.label)}</th>" for c in columns) + "</tr>"
+    body = []
+    for r in rows:
+        cells = []
+        for i, text in enumerate(r["cells"]):
+            cls = ' class="best"' if i == r["best"] and r["significant"] else (' class="best ns"' if i == r["best"] else "")
+            suffix = "" if i != r["best"] or r["significant"] else " <small>(n.s.)</small>"
+            cells.append(f"<td{cls}>{html.escape(text)}{suffix}</td>")
+        body.append(f"<tr><td>{html.escape(r['group'])}</td><td>{html.escape(r['label'])}</td>{''.join(cells)}</tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def runs_used(models: list["Model"]) -> list[dict[str, Any]]:
+    out = []
+    for model in models:
+        for run_dir, summary in zip(model.run_dirs, model.summaries):
+            out.append({"model": model.label, "stage": summary["stage"], "run": str(run_dir), "reused": model.reused.get(summary["stage"], True), "steps": summary["steps"], "stage_hash": summary.get("stage_hash")})
+    return out
+
+
+def write_report(folder: Path, columns: list["Column"], rows: list[dict[str, Any]], models: list["Model"], match: str | None, seeds: int) -> None:
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        prov = provenance(models, match, seeds)
+        records = metric_records(columns, models)
+        (tmp / "metrics.json").write_text(json.dumps({"metrics": records, "provenance": prov, "runs": runs_used(models)}, indent=2), encoding="utf-8")
+        with (tmp / "metrics.csv").open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(records[0]))
+            writer.writeheader()
+            writer.writerows(records)
+        images = plots(tmp, columns, models)
+        diff = recipe_diff(models)
+        samples = examples(models)
+        used = runs_used(models)
+        names = list(dict.fromkeys(m.loaded.name for m in models))
+
+        md = [f"# textgen compare: {' vs '.join(c.label for c in columns)}", "", markdown_table(columns, rows), ""]
+        md += ["**bold**: best in row; (n.s.): its lead over the runner-up is inside the intervals (paired bootstrap for BLEU/chrF/ROUGE-L with one seed; ±1 std with several seeds).", ""]
+        md += ["## Plots", "", "![training loss](loss_vs_tokens.png)", "", "![validation loss](validation.png)", "", "![metrics](metrics.png)", ""]
+        md += ["## Runs used", "", "| model | stage | run | reused | steps |", "|---|---|---|---|---:|"]
+        md += [f"| {u['model']} | {u['stage']} | `{u['run']}` | {'yes' if u['reused'] else 'trained now'} | {u['steps']} |" for u in used]
+        md += ["", "## Settings that differ", "", "| key | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        md += [f"| `{key}` | " + " | ".join(v.replace("|", "\\|") for v in values) + " |" for key, values in diff]
+        md += ["", "## Example outputs (first test examples)", ""]
+        for n, sample in enumerate(samples, 1):
+            md += [f"**{n}. source:** {sample['source']}", "", f"- reference: {sample['reference']}"]
+            md += [f"- {label}: {text}" for label, text in sample["outputs"].items()]
+            md += [""]
+        md += ["## Provenance", "", "```json", json.dumps(prov, indent=2), "```", ""]
+        (tmp / "report.md").write_text("\n".join(md), encoding="utf-8")
+
+        embedded = {name: base64.b64encode(path.read_bytes()).decode() for name, path in images.items()}
+        example_html = "".join(
+            f"<h4>{n}. {html.escape(s['source'])}</h4><ul><li><b>reference</b>: {html.escape(s['reference'])}</li>"
+            + "".join(f"<li><b>{html.escape(label)}</b>: {html.escape(text)}</li>" for label, text in s["outputs"].items())
+            + "</ul>"
+            for n, s in enumerate(samples, 1)
+        )
+        diff_html = "<table><tr><th>key</th>" + "".join(f"<th>{html.escape(n)}</th>" for n in names) + "</tr>" + "".join(
+            f"<tr><td><code>{html.escape(key)}</code></td>" + "".join(f"<td>{html.escape(v)}</td>" for v in values) + "</tr>" for key, values in diff
+        ) + "</table>"
+        runs_html = "<table><tr><th>model</th><th>stage</th><th>run</th><th>reused</th><th>steps</th></tr>" + "".join(
+            f"<tr><td>{html.escape(u['model'])}</td><td>{u['stage']}</td><td><code>{html.escape(u['run'])}</code></td><td>{'yes' if u['reused'] else 'trained now'}</td><td>{u['steps']}</td></tr>" for u in used
+        ) + "</table>"
+        page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>textgen compare: {html.escape(' vs '.join(c.label for c in columns))}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }} th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
+td:first-child, td:nth-child(2), th {{ text-align: left; }} td.best {{ background: #e3f6e3; font-weight: bold; }} td.ns {{ background: #f4f4f4; }}
+img {{ max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }} pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
+</style></head><body>
+<h1>textgen compare</h1>
+<p>{html.escape(' vs '.join(c.label for c in columns))} on {prov['test_examples']} test examples, the same metrics and decoding settings for every model.
+Best in each row highlighted; grey: the lead over the runner-up is not significant.</p>
+<h2>Results</h2>{html_table(columns, rows)}
+<h2>Plots</h2>
+<img alt="training loss against tokens" src="data:image/png;base64,{embedded['loss_vs_tokens.png']}">
+<img alt="validation loss against tokens" src="data:image/png;base64,{embedded['validation.png']}">
+<img alt="metrics with intervals" src="data:image/png;base64,{embedded['metrics.png']}">
+<h2>Runs used</h2>{runs_html}
+<h2>Settings that differ</h2>{diff_html}
+<h2>Example outputs</h2>{example_html}
+<h2>Provenance</h2><pre>{html.escape(json.dumps(prov, indent=2))}</pre>
+</body></html>
+"""
+        (tmp / "report.html").write_text(page, encoding="utf-8")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
