@@ -20,11 +20,10 @@ install: $(STAMP)
 test: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
 
+# The main job: train both shipped recipes (what is not already trained), evaluate both models
+# the same way, print the side-by-side table and write the report under reports/.
 demo: install
-	$(BIN)/textgen pretrain --recipe sora.yaml
-	$(BIN)/textgen finetune --recipe sora.yaml
-	$(BIN)/textgen pretrain --recipe chatgpt.yaml
-	$(BIN)/textgen finetune --recipe chatgpt.yaml
+	$(BIN)/textgen compare --recipe sora.yaml --recipe chatgpt.yaml
 
 data: install
 	$(BIN)/python scripts/prepare_data.py --out recipes/data
