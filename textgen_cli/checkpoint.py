@@ -52,43 +52,61 @@ def set_host_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
 
 
-def save(root: Path, step: int, model, optimizer, scheduler, loop_state: dict[str, Any], keep_last: int) -> Path:
-    """Write checkpoint `step` under `root/checkpoints/` atomically, then prune old ones."""
+def _rng_file(rank: int) -> str:
+    return "rng.pt" if rank == 0 else f"rng-{rank}.pt"
+
+
+def save(root: Path, step: int, model, optimizer, scheduler, loop_state: dict[str, Any], keep_last: int, ranks=None) -> Path:
+    """Write checkpoint `step` under `root/checkpoints/` atomically, then prune old ones.
+
+    With several processes rank 0 writes the model, optimizer and scheduler (identical on every
+    rank under DDP) and each rank its own RNG state; rank 0 then renames the folder into place."""
     import torch
     from safetensors.torch import save_model
 
+    main = ranks is None or ranks.main
+    rank = 0 if ranks is None else ranks.rank
     folder = root / CHECKPOINTS
-    folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{PREFIX}{step:07d}"
     tmp = folder / f".tmp-{PREFIX}{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
-        save_model(model, str(tmp / "model.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        if main:
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            save_model(model, str(tmp / "model.safetensors"))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            state = {"step": step, **loop_state, "rng": host_rng_state()}
+            (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
+        if ranks is not None:
+            ranks.barrier()
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-        torch.save({"torch": torch.get_rng_state(), "cuda": cuda}, tmp / "rng.pt")
-        state = {"step": step, **loop_state, "rng": host_rng_state()}
-        (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
-        for file in tmp.iterdir():
-            _fsync_file(file)
-        _fsync_dir(tmp)
-        if final.exists():  # a checkpoint of this step from an earlier attempt: replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(folder)
-        pointer_tmp = folder / f".{LATEST}.tmp"
-        pointer_tmp.write_text(final.name, encoding="utf-8")
-        _fsync_file(pointer_tmp)
-        os.replace(pointer_tmp, folder / LATEST)
-        _fsync_dir(folder)
+        torch.save({"torch": torch.get_rng_state(), "cuda": cuda}, tmp / _rng_file(rank))
+        if ranks is not None:
+            ranks.barrier()
+        if main:
+            for file in tmp.iterdir():
+                _fsync_file(file)
+            _fsync_dir(tmp)
+            if final.exists():  # a checkpoint of this step from an earlier attempt: replace it
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(folder)
+            pointer_tmp = folder / f".{LATEST}.tmp"
+            pointer_tmp.write_text(final.name, encoding="utf-8")
+            _fsync_file(pointer_tmp)
+            os.replace(pointer_tmp, folder / LATEST)
+            _fsync_dir(folder)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         previous = latest(root)
         kept = f"; the previous checkpoint is kept: {previous}" if previous else ""
         raise UserError(f"cannot write checkpoint {final}: {exc.strerror or exc}{kept}") from exc
-    prune(folder, keep_last, newest=final)
+    if main:
+        prune(folder, keep_last, newest=final)
+    if ranks is not None:
+        ranks.barrier()
     return final
 
 
@@ -119,8 +137,8 @@ def _complete(path: Path) -> bool:
     return all((path / name).is_file() for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json"))
 
 
-def load(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
-    """Restore everything saved by `save`; returns the loop state."""
+def load(path: Path, model, optimizer, scheduler, rank: int = 0) -> dict[str, Any]:
+    """Restore everything saved by `save` (this rank's RNG state); returns the loop state."""
     import torch
     from safetensors.torch import load_model
 
@@ -128,7 +146,8 @@ def load(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
         load_model(model, str(path / "model.safetensors"))
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-        rng = torch.load(path / "rng.pt", weights_only=True)
+        rng_file = path / _rng_file(rank)
+        rng = torch.load(rng_file if rng_file.is_file() else path / "rng.pt", weights_only=True)
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     except Exception as exc:  # a damaged checkpoint can fail in many ways
         raise UserError(f"checkpoint '{path}' cannot be loaded: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc

@@ -87,6 +87,8 @@ def _stage_command(stage: str, recipe: str, overrides: list[str] | None, print_r
         else:
             from textgen_cli.adv_train import run_adv_train as run
         summary = run(loaded)
+        if int(os.environ.get("RANK", "0")) != 0:
+            return  # in a distributed run only rank 0 evaluates and reports
         recipe_eval = loaded.recipe.eval
         if stage != "pretrain" and recipe_eval.after_finetune and loaded.recipe.data.finetune.test:
             from textgen_cli.evaluate import print_table, run_evaluate

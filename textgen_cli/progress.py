@@ -19,14 +19,15 @@ def log(message: str, stream: TextIO | None = None) -> None:
 class Reporter:
     """Shows step, loss, learning rate, tokens/s and ETA for one stage."""
 
-    def __init__(self, stage: str, total_steps: int, start_step: int = 0, stream: TextIO | None = None):
+    def __init__(self, stage: str, total_steps: int, start_step: int = 0, stream: TextIO | None = None, enabled: bool = True):
+        self.enabled = enabled  # only rank 0 of a distributed run reports
         self.stage = stage
         self.total = total_steps
         self.stream = stream or sys.stderr
         self.started = time.perf_counter()
         self.start_step = start_step
         self.progress = None
-        if self.stream.isatty():
+        if enabled and self.stream.isatty():
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -50,6 +51,8 @@ class Reporter:
 
     def step(self, step: int, metrics: dict[str, Any] | None) -> None:
         """Advance to `step`; `metrics` is given on logging steps only."""
+        if not self.enabled:
+            return
         if self.progress is not None:
             status = _status(metrics) if metrics else None
             self.progress.update(self.task, completed=step, **({"status": status} if status else {}))
@@ -57,6 +60,8 @@ class Reporter:
             log(f"{self.stage} step {step}/{self.total} {_status(metrics)} eta {format_duration(self.eta(step))}", self.stream)
 
     def message(self, text: str) -> None:
+        if not self.enabled:
+            return
         if self.progress is not None:
             self.progress.console.print(text)
         else:

@@ -277,8 +277,6 @@ def validate_values(recipe: Recipe, source: str, override_keys: set[str] = froze
         section = stage.replace("-", "_")
         if getattr(recipe, section).steps < 1:
             fail(f"{section}.steps", "a positive integer", getattr(recipe, section).steps)
-    if recipe.generate.max_new_tokens >= m.context:
-        fail("generate.max_new_tokens", f"fewer than model.context={m.context} tokens, to leave room for the prompt", recipe.generate.max_new_tokens)
     if recipe.eval.bootstrap < 1:
         fail("eval.bootstrap", "a positive number of resamples", recipe.eval.bootstrap)
     if recipe.eval.max_examples is not None and recipe.eval.max_examples < 1:

@@ -7,6 +7,7 @@ by the tokens of the whole optimizer step, so accumulation does not change what 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -41,14 +42,21 @@ class Examples(Protocol):
 
 @dataclass
 class EpochSampler:
-    """Micro-batch k is a pure function of k: a seeded permutation per epoch, sliced in order."""
+    """Micro-batch k is a pure function of k: a seeded permutation per epoch, sliced in order.
+
+    With several processes the k-th global micro-batch (batch_size x world examples) is cut into
+    one slice per rank, so N processes see exactly the examples one process would with an N times
+    larger batch."""
 
     n_examples: int
     batch_size: int
     seed: int
+    rank: int = 0
+    world: int = 1
 
     def __post_init__(self) -> None:
-        self.per_epoch = self.n_examples // self.batch_size
+        self.global_batch = self.batch_size * self.world
+        self.per_epoch = self.n_examples // self.global_batch
         self._epoch = -1
         self._order: np.ndarray | None = None
 
@@ -57,7 +65,51 @@ class EpochSampler:
         if epoch != self._epoch:
             self._order = np.random.default_rng([self.seed, epoch]).permutation(self.n_examples)
             self._epoch = epoch
-        return self._order[j * self.batch_size : (j + 1) * self.batch_size].tolist(), epoch
+        start = j * self.global_batch + self.rank * self.batch_size
+        return self._order[start : start + self.batch_size].tolist(), epoch
+
+
+@dataclass
+class Ranks:
+    """This process's place in a data-parallel run (a single process is rank 0 of 1). Only rank 0
+    writes run files, checkpoints and logs; sums over ranks go through one all-reduce."""
+
+    accelerator: Any
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def total(self, *values: float) -> list[float]:
+        if self.world == 1:
+            return list(values)
+        import torch
+        import torch.distributed as dist
+
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def gather(self, value: Any) -> list[Any]:
+        if self.world == 1:
+            return [value]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, value)
+        return out
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self.accelerator.wait_for_everyone()
 
 
 def make_accelerator(section: "TrainSection"):
@@ -68,6 +120,10 @@ def make_accelerator(section: "TrainSection"):
         raise UserError("train.device=cuda but no CUDA device is available; use train.device=auto or cpu")
     on_cpu = section.device == "cpu" or not torch.cuda.is_available()
     bf16 = section.precision == "bf16" or (section.precision == "auto" and not on_cpu)
+    if not on_cpu:
+        # TF32 matmuls for whatever still runs in fp32 under bf16 autocast
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     return Accelerator(cpu=on_cpu, mixed_precision="bf16" if bf16 else "no")
 
 
@@ -80,8 +136,9 @@ def count_tokens(batch: dict[str, "torch.Tensor"]) -> tuple[int, int]:
     return 0, inputs
 
 
-def evaluate_loss(model, examples: Examples, batch_size: int, max_batches: int | None, device) -> dict[str, float]:
-    """Validation NLL summed over every label token (never a mean of batch means)."""
+def evaluate_loss(model, examples: Examples, batch_size: int, max_batches: int | None, device, ranks: "Ranks | None" = None) -> dict[str, float]:
+    """Validation NLL summed over every label token (never a mean of batch means); with several
+    processes each evaluates every world-th batch and the sums are added up."""
     import torch
 
     was_training = model.training
@@ -90,14 +147,18 @@ def evaluate_loss(model, examples: Examples, batch_size: int, max_batches: int |
     n_batches = math.ceil(len(examples) / batch_size)
     if max_batches is not None:
         n_batches = min(n_batches, max_batches)
+    rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
     with torch.no_grad():
-        for b in range(n_batches):
+        for b in range(rank, n_batches, world):
             indices = range(b * batch_size, min(len(examples), (b + 1) * batch_size))
             batch = {k: v.to(device) for k, v in examples.collate(list(indices), epoch=0).items()}
             loss_sum, tokens = token_loss_sum(model, batch, examples.causal)
             total += float(loss_sum)
             n_tokens += tokens
     model.train(was_training)
+    if ranks is not None:
+        total, n_tokens = ranks.total(total, n_tokens)
+        n_tokens = int(n_tokens)
     loss = total / max(n_tokens, 1)
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": n_tokens}
 
@@ -111,10 +172,11 @@ def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def check_split_sizes(train_set: Examples, val_set: Examples, batch_size: int, what: str) -> None:
-    if len(train_set) < batch_size:
+def check_split_sizes(train_set: Examples, val_set: Examples, batch_size: int, what: str, world: int = 1) -> None:
+    if len(train_set) < batch_size * world:
+        per = f" x {world} processes" if world > 1 else ""
         raise UserError(
-            f"{what}: the training split gives {len(train_set)} examples, fewer than train.batch_size={batch_size}; "
+            f"{what}: the training split gives {len(train_set)} examples, fewer than train.batch_size={batch_size}{per}; "
             "use more data or a smaller batch size"
         )
     if len(val_set) == 0:
@@ -193,22 +255,32 @@ def train_stage(
 
     `step_fn` computes and backpropagates one micro-batch's loss (`clean_step`, or an adversarial
     objective); everything else, from the schedule to checkpoints, is the same for every stage."""
+    from textgen_cli import checkpoint
+
     recipe = loaded.recipe
-    check_split_sizes(train_set, val_set, recipe.train.batch_size, f"{stage} data")
     accelerator = make_accelerator(recipe.train)
+    ranks = Ranks(accelerator)
+    check_split_sizes(train_set, val_set, recipe.train.batch_size, f"{stage} data", ranks.world)
     run = RunDir(loaded.run_dir(stage))
-    resume_from = run.begin(resume=recipe.resume == "auto")
+    resume = recipe.resume == "auto"
+    resume_from = run.begin(resume=resume) if ranks.main else None
+    ranks.barrier()
+    if not ranks.main and resume:
+        resume_from = checkpoint.latest(run.work)
     try:
         with StopSignals() as signals:
-            summary = _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, accelerator, run, resume_from, signals)
+            summary = _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, accelerator, ranks, run, resume_from, signals)
     except BaseException:
-        run.abort()
+        if ranks.main:
+            run.abort()
         raise
-    run.commit()
+    ranks.barrier()
+    if ranks.main:
+        run.commit()
     return summary
 
 
-def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, accelerator, run: RunDir, resume_from, signals: StopSignals) -> dict[str, Any]:
+def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, accelerator, ranks: Ranks, run: RunDir, resume_from, signals: StopSignals) -> dict[str, Any]:
     import torch
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
@@ -221,40 +293,50 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
     lr = stage_section.lr if stage_section.lr is not None else section.lr
     device = accelerator.device
 
-    (run.work / RECIPE_FILE).write_text(loaded.to_yaml(), encoding="utf-8")
+    if ranks.main:
+        (run.work / RECIPE_FILE).write_text(loaded.to_yaml(), encoding="utf-8")
     model.to(device)
     model.train()
-    optimizer = torch.optim.AdamW(param_groups(model, section.weight_decay), lr=lr, betas=(0.9, 0.95), eps=1e-8)
+    # fused AdamW on CUDA (one kernel for all parameters); foreach, the default, on CPU
+    fused = {"fused": True} if device.type == "cuda" else {}
+    optimizer = torch.optim.AdamW(param_groups(model, section.weight_decay), lr=lr, betas=(0.9, 0.95), eps=1e-8, **fused)
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, num_warmup_steps=min(section.warmup_steps, steps), num_training_steps=steps, min_lr_rate=section.min_lr_ratio
     )
+    if section.compile:
+        model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
-    sampler = EpochSampler(len(train_set), section.batch_size, section.seed)
-    n_params = sum(p.numel() for p in model.parameters())
-    log(
-        f"{stage}: {recipe.model.family} model, {n_params:,} parameters, {len(train_set):,} training examples, "
-        f"{steps} steps of {section.batch_size}x{section.grad_accum} sequences on {device}"
-    )
+    sampler = EpochSampler(len(train_set), section.batch_size, section.seed, ranks.rank, ranks.world)
+    n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
+    world = f" x {ranks.world} processes" if ranks.world > 1 else ""
+    if ranks.main:
+        log(
+            f"{stage}: {recipe.model.family} model, {n_params:,} parameters, {len(train_set):,} training examples, "
+            f"{steps} steps of {section.batch_size}x{section.grad_accum}{world} = {section.batch_size * section.grad_accum * ranks.world} "
+            f"sequences (global batch) on {device}"
+        )
 
     state = LoopState(settings_hash=loaded.settings_hash())
     if resume_from is not None:
-        saved = checkpoint.load(resume_from, accelerator.unwrap_model(model), optimizer, scheduler)
+        saved = checkpoint.load(resume_from, accelerator.unwrap_model(model), optimizer, scheduler, ranks.rank)
         state = LoopState(**saved)
         if state.settings_hash != loaded.settings_hash():
             log(f"warning: the recipe's settings differ from those of the interrupted run ({resume_from})")
             state.settings_hash = loaded.settings_hash()
-        run.truncate_metrics(state.metrics_lines)
-        log(f"{stage}: resumed at step {state.step}/{steps}")
+        if ranks.main:
+            run.truncate_metrics(state.metrics_lines)
+            log(f"{stage}: resumed at step {state.step}/{steps}")
     else:
-        state.first_val = state.last_val = evaluate_loss(model, val_set, section.batch_size, section.eval_batches, device)
-        run.append_metrics({"step": 0, **state.first_val})
-        log(f"{stage}: validation loss before training {state.first_val['val_loss']:.4f}")
+        state.first_val = state.last_val = evaluate_loss(model, val_set, section.batch_size, section.eval_batches, device, ranks)
+        if ranks.main:
+            run.append_metrics({"step": 0, **state.first_val})
+            log(f"{stage}: validation loss before training {state.first_val['val_loss']:.4f}")
 
     def save_checkpoint() -> Path:
         state.metrics_lines = run.metrics_lines
-        return checkpoint.save(run.work, state.step, accelerator.unwrap_model(model), optimizer, scheduler, asdict(state), recipe.checkpoint.keep_last)
+        return checkpoint.save(run.work, state.step, accelerator.unwrap_model(model), optimizer, scheduler, asdict(state), recipe.checkpoint.keep_last, ranks)
 
-    reporter = Reporter(stage, steps, start_step=state.step)
+    reporter = Reporter(stage, steps, start_step=state.step, enabled=ranks.main)
     clock = time.perf_counter() - state.elapsed
     try:
         while state.step < steps:
@@ -262,17 +344,31 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
             step_start = time.perf_counter()
             batches = [sampler.batch((step - 1) * section.grad_accum + m) for m in range(section.grad_accum)]
             micro = [{k: v.to(device) for k, v in train_set.collate(idx, epoch).items()} for idx, epoch in batches]
-            step_label_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro)
+            # the tokens of the whole optimizer step, over every micro-batch and every process
+            (step_label_tokens,) = ranks.total(sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro))
+            # DDP averages gradients over processes, hence world / tokens
+            scale = ranks.world / max(step_label_tokens, 1)
             step_loss = 0.0
-            step_extras: dict[str, float] = {}
-            for batch in micro:
-                stats = step_fn(model, batch, train_set.causal, 1.0 / max(step_label_tokens, 1), accelerator)
+            local_extras: dict[str, float] = {}
+            for index, batch in enumerate(micro):
+                sync = index == len(micro) - 1 or ranks.world == 1
+                with (contextlib.nullcontext() if sync else accelerator.no_sync(model)):
+                    stats = step_fn(model, batch, train_set.causal, scale, accelerator)
                 step_loss += stats.pop("loss_sum")
                 for key, value in stats.items():
-                    # `*_sum` values are token sums (normalised like the loss); others are averaged
-                    name, weight = (key[:-4], 1.0 / max(step_label_tokens, 1)) if key.endswith("_sum") else (key, 1.0 / len(micro))
-                    step_extras[name] = step_extras.get(name, 0.0) + value * weight
-            step_loss /= max(step_label_tokens, 1)
+                    local_extras[key] = local_extras.get(key, 0.0) + value
+            split = [count_tokens(b) for b in micro]
+            keys = sorted(local_extras)
+            totals = ranks.total(step_loss, *(local_extras[k] for k in keys), sum(e for e, _ in split), sum(d for _, d in split), float(signals.received is not None))
+            step_loss = totals[0] / max(step_label_tokens, 1)
+            step_extras: dict[str, float] = {}
+            for key, value in zip(keys, totals[1 : 1 + len(keys)]):
+                # `*_sum` values are token sums (normalised like the loss); others are averaged
+                if key.endswith("_sum"):
+                    step_extras[key[:-4]] = value / max(step_label_tokens, 1)
+                else:
+                    step_extras[key] = value / (len(micro) * ranks.world)
+            step_encoder_tokens, step_decoder_tokens, stop_votes = totals[-3:]
             grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), section.clip_grad if section.clip_grad > 0 else float("inf")))
             current_lr = scheduler.get_last_lr()[0]
             state.step = step
@@ -290,10 +386,9 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
                 optimizer.zero_grad(set_to_none=True)
             scheduler.step()
 
-            split = [count_tokens(b) for b in micro]
-            state.encoder_tokens += sum(enc for enc, _ in split)
-            state.decoder_tokens += sum(dec for _, dec in split)
-            step_tokens = sum(enc + dec for enc, dec in split)
+            state.encoder_tokens += int(step_encoder_tokens)
+            state.decoder_tokens += int(step_decoder_tokens)
+            step_tokens = int(step_encoder_tokens + step_decoder_tokens)
             elapsed_step = time.perf_counter() - step_start
             state.tokens_seen += step_tokens
             state.train_time += elapsed_step
@@ -316,19 +411,22 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
                     "elapsed_s": time.perf_counter() - clock,
                     **{key: value / state.window_steps for key, value in state.window_extras.items()},
                 }
-                run.append_metrics(metrics)
+                if ranks.main:
+                    run.append_metrics(metrics)
                 state.last_loss = metrics["loss"]
                 state.window_tokens, state.window_time, state.window_loss, state.window_steps = 0, 0.0, 0.0, 0
                 state.window_extras = {}
             reporter.step(step, metrics)
             if step % section.eval_every == 0 or step == steps:
-                state.last_val = evaluate_loss(model, val_set, section.batch_size, section.eval_batches, device)
-                run.append_metrics({"step": step, "tokens": state.tokens_seen, **state.last_val})
+                state.last_val = evaluate_loss(model, val_set, section.batch_size, section.eval_batches, device, ranks)
+                if ranks.main:
+                    run.append_metrics({"step": step, "tokens": state.tokens_seen, **state.last_val})
                 reporter.message(f"{stage} step {step}: validation loss {state.last_val['val_loss']:.4f} (ppl {state.last_val['val_ppl']:.2f})")
             state.elapsed = time.perf_counter() - clock
-            if signals.received is not None:
+            if stop_votes > 0:  # a signal reached at least one process: all of them stop here
                 saved_at = save_checkpoint()
-                raise Interrupted(f"{stage} interrupted at step {step}; checkpoint saved to {saved_at}; continue with --resume", 128 + signals.received)
+                signum = signals.received or signal.SIGTERM
+                raise Interrupted(f"{stage} interrupted at step {step}; checkpoint saved to {saved_at}; continue with --resume", 128 + signum)
             if recipe.checkpoint.every and step % recipe.checkpoint.every == 0 and step < steps:
                 save_checkpoint()
     finally:
@@ -336,9 +434,13 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
 
     final_dir = run.work / FINAL_DIR
     model = accelerator.unwrap_model(model)
+    # every process must end with the same weights; record each one's fingerprint to show it
+    weight_hashes = ranks.gather(weights_fingerprint(model))
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
     configure_generation(model, tokenizer, recipe.model.context)
-    model.save_pretrained(final_dir)
-    tokenizer.save_pretrained(final_dir)
+    if ranks.main:
+        model.save_pretrained(final_dir)
+        tokenizer.save_pretrained(final_dir)
     summary = {
         "stage": stage,
         "recipe": str(loaded.path),
@@ -366,14 +468,28 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
         "resumed": resume_from is not None,
         "peak_memory_mb": peak_memory_mb(device.type),
         "device": str(device),
+        "processes": ranks.world,
+        "rank_weight_hashes": weight_hashes,
+        "global_batch": section.batch_size * section.grad_accum * ranks.world,
         "seed": section.seed,
         "versions": versions(),
         "run_dir": str(run.path),
         "final_dir": str(run.path / FINAL_DIR),
         **extra,
     }
-    run.write_json(SUMMARY_FILE, summary)
+    if ranks.main:
+        run.write_json(SUMMARY_FILE, summary)
     return summary
+
+
+def weights_fingerprint(model) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def configure_generation(model, tokenizer, context: int) -> None:
