@@ -54,6 +54,8 @@ def load_rows(path: str | Path, max_rows: int | None = None) -> "datasets.Datase
     fmt = file_format(path)
     if path.stat().st_size == 0:
         raise UserError(f"data file '{path}' is empty")
+    if fmt != "parquet":
+        _check_utf8(path)  # pyarrow accepts bad bytes and fails later, far from the line at fault
     datasets.disable_progress_bars()
     datasets.utils.logging.set_verbosity_error()
     try:
@@ -67,6 +69,29 @@ def load_rows(path: str | Path, max_rows: int | None = None) -> "datasets.Datase
     if max_rows is not None and len(rows) > max_rows:
         rows = rows.select(range(max_rows))
     return rows
+
+
+def _check_utf8(path: Path, chunk_size: int = 1 << 20) -> None:
+    """Stream the file through an incremental UTF-8 decoder; name the line of the first bad byte."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    lines, offset = 1, 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_size):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                # the decoder may hold back up to 3 bytes of an unfinished character from the last chunk
+                bad = max(0, err.start - len(err.object) + len(chunk))
+                line = lines + chunk[:bad].count(b"\n")
+                raise UserError(f"{path}:{line}: not valid UTF-8 (byte 0x{chunk[bad]:02x} at offset {offset + bad}); expected UTF-8 text") from None
+            lines += chunk.count(b"\n")
+            offset += len(chunk)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise UserError(f"{path}:{lines}: not valid UTF-8 (the file ends inside a character); expected UTF-8 text") from None
 
 
 def _explain_load_failure(path: Path, fmt: str, exc: Exception) -> str:
@@ -93,7 +118,7 @@ def _explain_load_failure(path: Path, fmt: str, exc: Exception) -> str:
                 seen = first_type.setdefault(field, (type(item).__name__, number))
                 if seen[0] != type(item).__name__:
                     return (
-                        f"{path}:{number}: field '{field}' is a {type(item).__name__}, but line {seen[1]} has a {seen[0]}; "
+                        f"{path}:{number}: field '{field}' is {_a(type(item).__name__)}, but line {seen[1]} has {_a(seen[0])}; "
                         "expected the same type on every line"
                     )
     detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -101,6 +126,10 @@ def _explain_load_failure(path: Path, fmt: str, exc: Exception) -> str:
     if cause is not None and str(cause):
         detail += f" ({str(cause).splitlines()[0]})"
     return f"{path}: cannot read as {fmt}: {detail}"
+
+
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[:1] in "aeiou" else f"a {noun}"
 
 
 def _line_of_row(path: Path, row: int) -> str:

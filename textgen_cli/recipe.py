@@ -124,7 +124,7 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Loaded
     recipe: Recipe = OmegaConf.to_object(merged)  # type: ignore[assignment]
     override_keys = {item.split("=", 1)[0] for item in overrides}
     validate_values(recipe, source=str(path), override_keys=override_keys)
-    _resolve_paths(recipe, base=path.parent)
+    _resolve_paths(recipe, base=path.parent, override_keys=override_keys)
     return LoadedRecipe(recipe=recipe, path=path, overrides=overrides)
 
 
@@ -322,15 +322,17 @@ def _get(obj: Any, dotted: str) -> Any:
     return obj
 
 
-def _resolve_paths(recipe: Recipe, base: Path) -> None:
-    """Input paths are relative to the recipe file, so a run works from any folder."""
+def _resolve_paths(recipe: Recipe, base: Path, override_keys: set[str] = frozenset()) -> None:
+    """Input paths in the file are relative to the recipe file, so a run works from any folder;
+    paths given on the command line are relative to the current folder, as a shell user expects."""
     recipe.eval.metrics = [str((base / entry).resolve()) if ("/" in entry or entry.endswith(".py")) else entry for entry in recipe.eval.metrics]
     for dotted in PATH_KEYS:
         *parents, leaf = dotted.split(".")
         owner = _get(recipe, ".".join(parents)) if parents else recipe
         value = getattr(owner, leaf)
         if value:
-            setattr(owner, leaf, str((base / Path(value).expanduser()).resolve()))
+            root = Path.cwd() if dotted in override_keys else base
+            setattr(owner, leaf, str((root / Path(value).expanduser()).resolve()))
 
 
 def describe(path: Path) -> str:

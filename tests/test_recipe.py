@@ -1,0 +1,268 @@
+"""Recipes: the shipped ones validate, overrides win, and every mistake is a clear exit-2 error."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, run_cli
+from textgen_cli.errors import UserError
+from textgen_cli.recipe import all_keys, find_recipe, load_recipe, schema_markdown, shipped_recipes, shipped_recipes_dir
+from textgen_cli.schema import CHOICES, PATH_KEYS
+
+FAMILIES = CHOICES["model.family"]
+
+DATA = "data:\n  pretrain: {train: p.txt}\n  finetune: {train: f.jsonl}\n"
+
+
+def _get(obj, dotted):
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+# ------------------------------------------------------------------ shipped recipes
+
+
+def test_shipped_recipes_are_found():
+    names = {p.name for p in shipped_recipes()}
+    assert {"sora.yaml", "chatgpt.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", shipped_recipes(), ids=lambda p: p.name)
+def test_shipped_recipe_validates_and_its_data_exists(path):
+    loaded = load_recipe(str(path))
+    assert loaded.path == path.resolve()
+    if path.stem in FAMILIES:
+        assert loaded.recipe.model.family == path.stem
+    for dotted in PATH_KEYS:
+        value = _get(loaded.recipe, dotted)
+        if value:
+            assert Path(value).is_absolute()
+            assert Path(value).exists(), f"{path.name}: {dotted} -> {value} does not exist"
+    assert loaded.recipe.data.pretrain.train and loaded.recipe.data.finetune.train
+
+
+def test_recipes_validate_command_accepts_every_shipped_recipe(tmp_path):
+    result = run_cli(["recipes", "validate", *[str(p) for p in shipped_recipes()]], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("ok:") == len(shipped_recipes())
+
+
+# ------------------------------------------------------------------ overrides
+
+
+def test_overrides_win_over_the_file():
+    base = load_recipe("sora")
+    loaded = load_recipe("sora", ["model.layers=3", "train.lr=5e-4", "run.name=other", "prompt.system=hi there"])
+    assert base.recipe.model.layers == 2
+    assert loaded.recipe.model.layers == 3
+    assert loaded.recipe.train.lr == pytest.approx(5e-4)
+    assert loaded.name == "other"
+    assert loaded.recipe.prompt.system == "hi there"
+    assert loaded.recipe.model.hidden == base.recipe.model.hidden  # untouched keys keep the file's value
+    assert loaded.settings_hash() != base.settings_hash()
+
+
+def test_override_can_fix_a_bad_value_in_the_file(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model:\n  family: sora\n  layers: many\n" + DATA)
+    with pytest.raises(UserError):
+        load_recipe(str(recipe))
+    assert load_recipe(str(recipe), ["model.layers=3"]).recipe.model.layers == 3
+
+
+def test_override_wins_through_the_cli(tmp_path):
+    result = run_cli(["recipes", "show", "sora", "model.layers=5", "train.batch_size=3"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    shown = yaml.safe_load(result.stdout)
+    assert shown["model"]["layers"] == 5
+    assert shown["train"]["batch_size"] == 3
+    assert shown["model"]["family"] == "sora"
+
+
+def test_print_recipe_applies_overrides(tmp_path):
+    result = run_cli(["pretrain", "--recipe", "chatgpt", "--print-recipe", "model.heads=8"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["model"]["heads"] == 8
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [("model.layrs=3", "model.layers"), ("trian.lr=1e-3", "did you mean 'train'"), ("model.layers=x", "model.layers"), ("train.lr=-1", "train.lr")],
+)
+def test_bad_override_is_blamed_on_the_command_line(override, key):
+    with pytest.raises(UserError) as info:
+        load_recipe("sora", [override])
+    message = str(info.value)
+    assert message.startswith("command line override")
+    assert key in message
+
+
+# ------------------------------------------------------------------ errors through the CLI
+
+
+def test_typo_key_names_file_and_key_with_suggestion(tmp_path):
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text("model:\n  family: sora\n  layrs: 3\n" + DATA)
+    result = run_cli(["pretrain", "--recipe", str(recipe)], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert str(recipe) in result.stderr
+    assert "model.layrs" in result.stderr
+    assert "did you mean 'model.layers'" in result.stderr
+    assert result.stdout == ""
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text("model:\n  family: sora\n  layrs: 3\n" + DATA)
+    result = run_cli(["pretrain", "--recipe", str(recipe), "--debug"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "did you mean 'model.layers'" in result.stderr
+
+
+def test_typo_in_a_cli_override_is_blamed_on_the_command_line(tmp_path):
+    result = run_cli(["pretrain", "--recipe", "sora", "model.layrs=3"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "command line override" in result.stderr
+    assert "did you mean 'model.layers'" in result.stderr
+
+
+BAD_RECIPES = {
+    # name: (recipe text, strings the message must contain besides the file name)
+    "wrong-type": ("model:\n  family: sora\n  layers: many\n" + DATA, ["model.layers", "integer", "many"]),
+    "wrong-type-number": ("model:\n  family: sora\ntrain:\n  lr: fast\n" + DATA, ["train.lr", "number"]),
+    "section-not-mapping": ("model: sora\n" + DATA, ["'model'"]),
+    "missing-family": ("model:\n  layers: 2\n" + DATA, ["model.family", "required"]),
+    "no-model-at-all": (DATA, ["model.family"]),
+    "yaml-syntax": ("model:\n  family: sora\n layers: 2\n" + DATA, ["YAML", "line 3"]),
+    "negative-lr": ("model:\n  family: sora\ntrain:\n  lr: -0.001\n" + DATA, ["train.lr", "-0.001"]),
+    "heads-not-dividing-hidden": ("model:\n  family: sora\n  hidden: 30\n  heads: 4\n" + DATA, ["model.heads", "30"]),
+    "context-too-short": ("model:\n  family: chatgpt\n  context: 4\n" + DATA, ["model.context", "8"]),
+    "unknown-family": ("model:\n  family: gpt\n" + DATA, ["model.family", "sora", "chatgpt", "'gpt'"]),
+    "interpolation-missing-key": ("model:\n  family: sora\n  hidden: ${model.hiden}\n" + DATA, ["model.hidden", "model.hiden"]),
+    "typo-nested": ("model:\n  family: sora\ndata:\n  pretrain: {train: p.txt, validaton: v.txt}\n  finetune: {train: f.jsonl}\n", ["data.pretrain.validaton", "did you mean 'data.pretrain.validation'"]),
+    "typo-top-level": ("model:\n  family: sora\ntrian:\n  lr: 0.1\n" + DATA, ["trian", "did you mean 'train'"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_RECIPES))
+def test_bad_recipe_exits_2_naming_file_and_key(tmp_path, name):
+    text, expected = BAD_RECIPES[name]
+    recipe = tmp_path / f"{name}.yaml"
+    recipe.write_text(text, encoding="utf-8")
+    result = run_cli(["pretrain", "--recipe", str(recipe)], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ")
+    assert str(recipe) in result.stderr
+    for fragment in expected:
+        assert fragment in result.stderr, f"{fragment!r} not in {result.stderr!r}"
+
+
+@pytest.mark.parametrize("context", [8, 16, 32, 64])
+def test_small_contexts_validate_with_default_settings(tmp_path, context):
+    """Only context < 8 is an error; no other key's default may make a small context invalid."""
+    recipe = tmp_path / "small.yaml"
+    recipe.write_text(f"model:\n  family: chatgpt\n  layers: 1\n  hidden: 32\n  heads: 2\n  ffn: 64\n  context: {context}\n" + DATA)
+    assert load_recipe(str(recipe)).recipe.model.context == context
+    assert load_recipe("sora", [f"model.context={context}"]).recipe.model.context == context
+
+
+def test_interpolation_to_an_existing_key_works(tmp_path):
+    recipe = tmp_path / "interp.yaml"
+    recipe.write_text("model:\n  family: sora\n  hidden: 64\n  ffn: ${model.hidden}\n" + DATA)
+    assert load_recipe(str(recipe)).recipe.model.ffn == 64
+
+
+def test_unknown_recipe_name_exits_2(tmp_path):
+    result = run_cli(["pretrain", "--recipe", "no-such-recipe"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "no-such-recipe" in result.stderr and "sora.yaml" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------ keys reference
+
+
+def test_schema_markdown_lists_every_key():
+    table = schema_markdown()
+    for key in all_keys():
+        assert f"| `{key}` |" in table
+    assert "| `model.family` | a string | `required` |" in table
+
+
+def test_recipes_keys_prints_schema_markdown(tmp_path):
+    result = run_cli(["recipes", "keys"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == schema_markdown()
+
+
+def test_docs_recipes_md_is_in_sync_with_the_schema():
+    doc = REPO / "docs" / "recipes.md"
+    assert doc.is_file(), "docs/recipes.md is missing"
+    match = re.search(r"<!-- keys:start -->\n(.*?)<!-- keys:end -->", doc.read_text(encoding="utf-8"), re.S)
+    assert match, "docs/recipes.md lacks the <!-- keys:start --> ... <!-- keys:end --> block"
+    assert match.group(1).strip() == schema_markdown().strip(), "regenerate the block with `textgen recipes keys`"
+
+
+# ------------------------------------------------------------------ finding recipes and their paths
+
+
+@pytest.mark.parametrize("name", ["sora", "sora.yaml", "chatgpt"])
+def test_bare_shipped_name_resolves_from_an_empty_folder(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    stem = name.removesuffix(".yaml")
+    assert find_recipe(name) == (shipped_recipes_dir() / f"{stem}.yaml").resolve()
+    result = run_cli(["recipes", "show", name], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    shown = yaml.safe_load(result.stdout)
+    assert shown["model"]["family"] == stem
+    # the shipped recipe's data paths point into the shipped data, not into the cwd
+    train = Path(shown["data"]["pretrain"]["train"])
+    assert train.is_absolute() and train.is_file()
+    assert train.is_relative_to(shipped_recipes_dir().resolve())
+
+
+def test_a_local_file_wins_over_the_shipped_recipe(tmp_path, monkeypatch):
+    tmp_path = tmp_path.resolve()
+    (tmp_path / "sora.yaml").write_text("model:\n  family: chatgpt\n" + DATA)
+    monkeypatch.chdir(tmp_path)
+    loaded = load_recipe("sora.yaml")
+    assert loaded.path == (tmp_path / "sora.yaml").resolve()
+    assert loaded.recipe.model.family == "chatgpt"
+
+
+def test_relative_data_paths_resolve_against_the_recipe_file(tmp_path, monkeypatch):
+    tmp_path = tmp_path.resolve()
+    folder = tmp_path / "somewhere" / "recipes"
+    folder.mkdir(parents=True)
+    recipe = folder / "mine.yaml"
+    recipe.write_text("model:\n  family: sora\ndata:\n  pretrain: {train: data/p.txt, validation: ../v.txt}\n  finetune: {train: f.jsonl}\ntokenizer: {path: tok}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    loaded = load_recipe(str(recipe))
+    r = loaded.recipe
+    assert Path(r.data.pretrain.train) == folder / "data" / "p.txt"
+    assert Path(r.data.pretrain.validation) == tmp_path / "somewhere" / "v.txt"
+    assert Path(r.data.finetune.train) == folder / "f.jsonl"
+    assert Path(r.tokenizer.path) == folder / "tok"
+    assert loaded.name == "mine"
+    assert loaded.run_dir("pretrain") == Path("runs") / "mine" / "pretrain"
+
+
+def test_relative_recipe_path_from_the_cwd(tmp_path, monkeypatch):
+    tmp_path = tmp_path.resolve()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "r.yaml").write_text("model:\n  family: sora\n" + DATA)
+    monkeypatch.chdir(tmp_path)
+    loaded = load_recipe("sub/r.yaml")
+    assert Path(loaded.recipe.data.pretrain.train) == tmp_path / "sub" / "p.txt"
