@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo data bench clean
+.PHONY: install test demo data bench docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ data: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_generate.py
+
+# docs/recipes.md's key table is generated from the schema (a test checks it is in sync)
+docs: install
+	$(BIN)/textgen recipes keys --update docs/recipes.md
 
 clean:
 	rm -rf runs reports .pytest_cache

@@ -148,7 +148,7 @@ def finetune(
 
 GenRecipe = Annotated[Optional[str], typer.Option("--recipe", "-r", help="Recipe file or shipped recipe name: its latest trained model (finetune, else pretrain) and its `generate:` settings.")]
 GenModel = Annotated[Optional[str], typer.Option("--model", "-m", help="Generate from this local checkpoint directory instead (settings: --recipe, else the recipe saved beside it, else defaults).")]
-GenStage = Annotated[Optional[str], typer.Option("--stage", help="Which of the recipe's models: pretrain or finetune (default: finetune if trained, else pretrain).")]
+GenStage = Annotated[Optional[str], typer.Option("--stage", help="Which of the recipe's trained models, by stage (default: the latest trained: finetune, else pretrain).")]
 GenPrompt = Annotated[Optional[str], typer.Option("--prompt", "-p", help="One prompt; the reply is streamed to stdout.")]
 GenChat = Annotated[bool, typer.Option("--chat", help="Interactive multi-turn chat, one message per line on stdin (/reset, /system TEXT, /save FILE, /exit).")]
 GenInput = Annotated[Optional[str], typer.Option("--input", "-i", help="Batch mode: prompts from a .txt (one per line) or .jsonl file ('-': stdin).")]
@@ -360,11 +360,25 @@ def recipes_validate(recipes: Annotated[list[str], typer.Argument(help="Recipe f
 
 
 @recipes_app.command("keys")
-def recipes_keys() -> None:
+def recipes_keys(
+    update: Annotated[Optional[str], typer.Option("--update", help="Rewrite the block between <!-- keys:start --> and <!-- keys:end --> in this Markdown file instead of printing.")] = None,
+) -> None:
     """Print every recipe key with its type, default and meaning (Markdown)."""
     from textgen_cli.recipe import schema_markdown
 
-    sys.stdout.write(schema_markdown())
+    if update is None:
+        sys.stdout.write(schema_markdown())
+        return
+    from pathlib import Path
+
+    path = Path(update)
+    text = path.read_text(encoding="utf-8")
+    start, end = "<!-- keys:start -->\n", "<!-- keys:end -->"
+    if start not in text or end not in text:
+        print(f"error: {path} has no {start.strip()} ... {end} block", file=sys.stderr)
+        raise typer.Exit(2)
+    head, rest = text.split(start, 1)
+    path.write_text(head + start + schema_markdown() + end + rest.split(end, 1)[1], encoding="utf-8")
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,97 @@
+"""Data-parallel training on CPU (gloo) through torchrun: the same losses as one process with the
+same global batch, identical weights on every rank, and interrupt + resume across two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import moby_lines
+
+pytestmark = pytest.mark.slow
+
+RECIPE = """\
+stages: [pretrain]
+model: {family: chatgpt, layers: 1, hidden: 32, heads: 2, ffn: 64, context: 32, dropout: 0.0}
+tokenizer: {vocab_size: 400}
+data: {pretrain: {train: train.txt, validation: val.txt}}
+train: {batch_size: 8, log_every: 5, eval_every: 20, eval_batches: null}
+pretrain: {steps: 40}
+checkpoint: {every: 10}
+"""
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("ddp")
+    (folder / "train.txt").write_text("".join(moby_lines(300)), encoding="utf-8")
+    (folder / "val.txt").write_text("".join(moby_lines(40, "validation")), encoding="utf-8")
+    (folder / "tiny.yaml").write_text(RECIPE, encoding="utf-8")
+    return folder
+
+
+def torchrun(workspace: Path, nproc: int, *args: str) -> tuple[list[str], dict[str, str]]:
+    torchrun_bin = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return [str(torchrun_bin), "--nproc_per_node", str(nproc), "--master_port", str(29500 + os.getpid() % 1000), "-m", "textgen_cli", *args], env
+
+
+def run(workspace: Path, nproc: int, *args: str) -> dict:
+    command, env = torchrun(workspace, nproc, "pretrain", "-r", "tiny.yaml", "--json", *args)
+    done = subprocess.run(command, cwd=workspace, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def losses(run_dir: Path) -> list[tuple[int, str, float]]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], "loss" if "loss" in r else "val_loss", r.get("loss", r.get("val_loss"))) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(workspace):
+    # per-process batch 4 x 2 processes: the same global batch as one process with batch 8
+    return run(workspace, 2, "run.name=ddp", "train.batch_size=4")
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(workspace, two_process_run):
+    single = run(workspace, 1, "run.name=single")
+    assert two_process_run["processes"] == 2 and two_process_run["global_batch"] == 8 == single["global_batch"]
+    assert two_process_run["tokens"] == single["tokens"]
+    a, b = losses(workspace / "runs/single/pretrain"), losses(workspace / "runs/ddp/pretrain")
+    assert [(s, k) for s, k, _ in a] == [(s, k) for s, k, _ in b]
+    # the same examples per step; only the order of floating-point sums differs
+    worst = max(abs(x - y) for (_, _, x), (_, _, y) in zip(a, b))
+    assert worst < 1e-4, worst
+    assert b[-1][2] < b[0][2]
+
+
+def test_every_rank_ends_with_the_same_weights(two_process_run):
+    hashes = two_process_run["rank_weight_hashes"]
+    assert len(hashes) == 2 and hashes[0] == hashes[1]
+
+
+def test_two_process_run_interrupted_and_resumed_equals_the_uninterrupted_one(workspace, two_process_run):
+    command, env = torchrun(workspace, 2, "pretrain", "-r", "tiny.yaml", "run.name=ddp-resumed", "train.batch_size=4", "pretrain.steps=40")
+    process = subprocess.Popen(command, cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    metrics = workspace / "runs/ddp-resumed/pretrain.partial/metrics.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (metrics.exists() and '"step": 15' in metrics.read_text()):
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)  # torchrun forwards it to both workers
+    _, err = process.communicate(timeout=120)
+    assert "interrupted at step" in err, err[-2000:]
+    assert (workspace / "runs/ddp-resumed/pretrain.partial/checkpoints/latest").is_file()
+    resumed = run(workspace, 2, "run.name=ddp-resumed", "train.batch_size=4", "--resume")
+    assert resumed["resumed"] is True
+    assert losses(workspace / "runs/ddp-resumed/pretrain") == losses(workspace / "runs/ddp/pretrain")
+    first = (workspace / "runs/ddp/pretrain/final/model.safetensors").read_bytes()
+    second = (workspace / "runs/ddp-resumed/pretrain/final/model.safetensors").read_bytes()
+    assert first == second
