@@ -21,7 +21,6 @@ from textgen_cli.errors import Interrupted, TrainingDiverged, UserError
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 app = typer.Typer(
     name="textgen",

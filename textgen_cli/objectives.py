@@ -105,7 +105,7 @@ class CausalBlocks:
     def collate(self, indices: Sequence[int], epoch: int) -> dict[str, "torch.Tensor"]:
         import torch
 
-        ids = torch.from_numpy(self.blocks[list(indices)])
+        ids = torch.from_numpy(np.asarray(self.blocks[list(indices)], dtype=np.int64))
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
 
 
@@ -128,7 +128,7 @@ class InfillingBlocks:
 
     def example(self, index: int, epoch: int) -> tuple[list[int], list[int]]:
         rng = np.random.default_rng([self.seed, epoch, index])
-        block = self.blocks[index]
+        block = np.asarray(self.blocks[index], dtype=np.int64)
         masked = infilling_mask(len(block), self.mask_ratio, self.poisson_lambda, rng)
         source = [self.bos_id, *collapse_spans(block, masked, self.mask_id), self.eos_id]
         return source, [*block.tolist(), self.eos_id]

@@ -5,30 +5,40 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from textgen_cli.errors import UserError
-from textgen_cli.data import read_finetune_examples, read_texts
+from textgen_cli.data import read_finetune_examples
 from textgen_cli.models import FAMILIES, load_checkpoint
-from textgen_cli.objectives import CausalBlocks, InfillingBlocks, encode_texts, pack_blocks
+from textgen_cli.objectives import CausalBlocks, InfillingBlocks
+from textgen_cli.packing import TextSource, packed_blocks, split_sources
 from textgen_cli.progress import log
 from textgen_cli.recipe import LoadedRecipe
-from textgen_cli.tokenizer import MASK, get_tokenizer, load_tokenizer
+from textgen_cli.tokenizer import MASK, Corpus, get_tokenizer, load_tokenizer, texts_corpus
 from textgen_cli.train import train_stage
 
 HOLDOUT_FRACTION = 0.05  # validation taken from the end of the corpus when the recipe names none
 
 
-def tokenizer_corpus(loaded: LoadedRecipe, train_texts: list[str]) -> list[str]:
-    """The pretraining text, plus the finetune training split when the recipe asks for it."""
+def tokenizer_corpus(loaded: LoadedRecipe, train: TextSource) -> Corpus:
+    """The pretraining text (streamed), plus the finetune training split when the recipe asks for it."""
     recipe = loaded.recipe
-    texts = list(train_texts)
     finetune = recipe.data.finetune
+    extra: list[str] = []
     if recipe.tokenizer.include_finetune_data and finetune.train:
         for dialogue in read_finetune_examples(finetune, "train", recipe.data.max_examples):
-            texts.extend(turn["content"] for turn in dialogue.messages)
-    return texts
+            extra.extend(turn["content"] for turn in dialogue.messages)
+    extra_key = texts_corpus(extra).key
+
+    def batches():
+        yield from train.batches()
+        if extra:
+            yield extra
+
+    description = f"{train.path.name}" + (f" and {len(extra)} finetuning texts" if extra else "")
+    return Corpus(f"{train.key()}|{extra_key}", batches, description)
 
 
 def run_pretrain(loaded: LoadedRecipe) -> dict[str, Any]:
@@ -38,18 +48,14 @@ def run_pretrain(loaded: LoadedRecipe) -> dict[str, Any]:
     data = recipe.data.pretrain
     if not data.train:
         raise UserError(f"{loaded.path}: key 'data.pretrain.train' is required to pretrain")
-    texts = read_texts(data.train, data.text_field, recipe.data.max_examples)
-    if data.validation:
-        val_texts = read_texts(data.validation, data.text_field, recipe.data.max_examples)
-    else:
-        cut = max(1, int(len(texts) * HOLDOUT_FRACTION))
-        texts, val_texts = texts[:-cut], texts[-cut:]
-        log(f"pretrain: no data.pretrain.validation; holding out the last {cut} records")
+    train_source, val_source, held_out = split_sources(data.train, data.text_field, recipe.data.max_examples, data.validation, HOLDOUT_FRACTION)
+    if held_out:
+        log(f"pretrain: no data.pretrain.validation; holding out the last {held_out} records")
 
     if recipe.model.init_from:
         tokenizer = load_tokenizer(Path(recipe.model.init_from))
     else:
-        tokenizer = get_tokenizer(tokenizer_corpus(loaded, texts), recipe.tokenizer, log=log)
+        tokenizer = get_tokenizer(tokenizer_corpus(loaded, train_source), recipe.tokenizer, log=log)
 
     accelerate.utils.set_seed(recipe.train.seed)  # the model's initial weights depend on it
     family = FAMILIES[recipe.model.family]
@@ -61,16 +67,21 @@ def run_pretrain(loaded: LoadedRecipe) -> dict[str, Any]:
     context = model.config.max_position_embeddings
     # sora: bos + noised block + eos must fit the encoder, block + eos the decoder.
     block_size = context - 2 if family.is_encoder_decoder else context
-    train_ids, val_ids = encode_texts(tokenizer, texts), encode_texts(tokenizer, val_texts)
-    train_blocks = pack_blocks(train_ids, block_size, tokenizer.eos_token_id)
-    val_blocks = pack_blocks(val_ids, block_size, tokenizer.eos_token_id)
+    started = time.perf_counter()
+    train_packed = packed_blocks(train_source, tokenizer, block_size)
+    val_packed = packed_blocks(val_source, tokenizer, block_size)
+    seconds = time.perf_counter() - started
+    how = "cache hit" if train_packed.cached and val_packed.cached else f"{(train_packed.tokens + val_packed.tokens) / max(seconds, 1e-9):,.0f} tokens/s"
+    log(f"pretrain: {train_packed.tokens:,} training tokens in {len(train_packed.blocks):,} blocks of {block_size} ({how}, {seconds:.2f} s)")
+    if len(val_packed.blocks) == 0:
+        raise UserError(f"{val_source.path}: the validation text gives {val_packed.tokens} tokens, less than one block of {block_size}; use more text or a smaller model.context")
     if family.is_encoder_decoder:
         p = recipe.pretrain
         ids = dict(bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, mask_id=tokenizer.convert_tokens_to_ids(MASK))
-        train_set = InfillingBlocks(train_blocks, p.mask_ratio, p.poisson_lambda, recipe.train.seed, **ids)
+        train_set = InfillingBlocks(train_packed.blocks, p.mask_ratio, p.poisson_lambda, recipe.train.seed, **ids)
         # validation noise uses a fixed seed so every validation pass scores the same inputs
-        val_set = InfillingBlocks(val_blocks, p.mask_ratio, p.poisson_lambda, 0, **ids)
+        val_set = InfillingBlocks(val_packed.blocks, p.mask_ratio, p.poisson_lambda, 0, **ids)
     else:
-        train_set, val_set = CausalBlocks(train_blocks), CausalBlocks(val_blocks)
-    extra = {"block_size": block_size, "corpus_tokens": int(sum(map(len, train_ids))), "tokenizer_vocab": len(tokenizer)}
+        train_set, val_set = CausalBlocks(train_packed.blocks), CausalBlocks(val_packed.blocks)
+    extra = {"block_size": block_size, "corpus_tokens": train_packed.tokens, "tokenizer_vocab": len(tokenizer), "data_prep_s": seconds, "data_cache_hit": train_packed.cached}
     return train_stage(loaded, "pretrain", model, tokenizer, train_set, val_set, extra)

@@ -10,8 +10,9 @@ import hashlib
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from textgen_cli.errors import UserError
 
@@ -43,25 +44,40 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TEXTGEN_CACHE_DIR") or Path.home() / ".cache" / "textgen")
 
 
-def corpus_key(texts: list[str], section: "TokenizerSection") -> str:
+@dataclass
+class Corpus:
+    """Texts to train a tokenizer on, streamed in batches, and a key naming their content."""
+
+    key: str
+    batches: Callable[[], Iterable[list[str]]]
+    description: str
+
+
+def texts_corpus(texts: list[str]) -> Corpus:
     digest = hashlib.sha256()
-    digest.update(f"{TOKENIZER_FORMAT_VERSION}|{section.vocab_size}|{section.min_frequency}|".encode())
     for text in texts:
         digest.update(text.encode("utf-8"))
         digest.update(b"\x00")
-    return digest.hexdigest()[:20]
+    return Corpus(digest.hexdigest(), lambda: [texts], f"{len(texts)} texts")
 
 
-def get_tokenizer(texts: list[str], section: "TokenizerSection", log=print) -> "PreTrainedTokenizerFast":
+def corpus_key(corpus: Corpus, section: "TokenizerSection") -> str:
+    blob = f"{TOKENIZER_FORMAT_VERSION}|{section.vocab_size}|{section.min_frequency}|{corpus.key}"
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def get_tokenizer(corpus: "list[str] | Corpus", section: "TokenizerSection", log=print) -> "PreTrainedTokenizerFast":
     """Load `tokenizer.path`, or a cached tokenizer for this corpus, or train one and cache it."""
     if section.path:
         return load_tokenizer(Path(section.path))
-    cached = cache_dir() / "tokenizers" / corpus_key(texts, section)
+    if isinstance(corpus, list):
+        corpus = texts_corpus(corpus)
+    cached = cache_dir() / "tokenizers" / corpus_key(corpus, section)
     if (cached / "tokenizer.json").is_file():
         log(f"tokenizer: cache hit {cached}")
         return load_tokenizer(cached)
-    log(f"tokenizer: training byte-level BPE (vocab {section.vocab_size}) on {len(texts)} texts")
-    tokenizer = train_tokenizer(texts, section.vocab_size, section.min_frequency)
+    log(f"tokenizer: training byte-level BPE (vocab {section.vocab_size}) on {corpus.description}")
+    tokenizer = train_tokenizer(corpus.batches(), section.vocab_size, section.min_frequency)
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=".tmp-"))
     tokenizer.save_pretrained(tmp)
@@ -72,7 +88,8 @@ def get_tokenizer(texts: list[str], section: "TokenizerSection", log=print) -> "
     return tokenizer
 
 
-def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int) -> "PreTrainedTokenizerFast":
+def train_tokenizer(texts: "Iterable[str] | Iterable[list[str]]", vocab_size: int, min_frequency: int) -> "PreTrainedTokenizerFast":
+    """Train on texts, or on batches (lists) of texts streamed from disk."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -86,7 +103,7 @@ def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int) -> "P
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    core.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    core.train_from_iterator(texts, trainer=trainer)
     return wrap_tokenizer(core)
 
 
