@@ -216,8 +216,9 @@ def collect(model: Model) -> None:
 def values_of(model: Model) -> dict[str, float]:
     e, s = model.eval, model.summaries
     values = dict(e["metrics"])
-    values["bits_per_byte"] = e["likelihood"]["bits_per_byte"]
-    values["perplexity"] = e["likelihood"]["perplexity"]
+    if e["likelihood"]["bits_per_byte"] is not None:
+        values["bits_per_byte"] = e["likelihood"]["bits_per_byte"]
+        values["perplexity"] = e["likelihood"]["perplexity"]
     values["val_loss"] = s[-1]["final_val_loss"]
     values["parameters"] = s[-1]["parameters"]
     values["tokens"] = sum(x["tokens"] for x in s)

@@ -119,7 +119,9 @@ def baseline_predictions(loaded, examples: list[EvalExample]) -> tuple[str, list
 
 def likelihood(generator, examples: list[EvalExample], batch_size: int) -> dict[str, float]:
     """NLL of each reference (+ eos) given its prompt, summed over tokens; bits per byte over the
-    UTF-8 bytes of the reference texts. Context tokens are masked, for both families."""
+    UTF-8 bytes of exactly the scored reference texts. Context tokens are masked, for both families.
+    Every scored reference is scored whole: a reference longer than the context is left out
+    (counted in `skipped_too_long`), and a decoder-only prompt loses its oldest tokens to make room."""
     import torch
 
     from textgen_cli.metrics import bits_per_byte, perplexity
@@ -129,15 +131,21 @@ def likelihood(generator, examples: list[EvalExample], batch_size: int) -> dict[
     tokenizer, model = generator.tokenizer, generator.model
     context = model_context(model)
     eos = tokenizer.eos_token_id
-    pairs = []
+    pairs, scored = [], []
     for example in examples:
         prompt = generator.prompt(example.prompt, where=f"example {example.id}").ids
         target = [*encode_texts(tokenizer, [example.reference])[0], eos]
+        if len(target) > context - 1:
+            continue  # the reference alone does not fit: it cannot be scored whole, so it is left out
+        scored.append(example)
         if generator.family == "sora":
-            pairs.append((prompt, target[: context - 1] if len(target) > context - 1 else target))
+            pairs.append((prompt, target))
         else:
-            ids = (prompt + target)[:context]
-            pairs.append((ids, ([IGNORE_INDEX] * len(prompt) + target)[:context]))
+            # keep the whole reference; the prompt loses its oldest tokens if both do not fit
+            prompt = prompt[-(context - len(target)) :]
+            pairs.append((prompt + target, [IGNORE_INDEX] * len(prompt) + target))
+    if not scored:
+        return {"examples": 0, "skipped_too_long": len(examples), "nll_sum": None, "tokens": 0, "bytes": 0, "nll_per_token": None, "perplexity": None, "bits_per_byte": None}
     causal = generator.family != "sora"
     dataset = (
         ChatExamples(pairs, pad_id=tokenizer.pad_token_id)
@@ -151,8 +159,10 @@ def likelihood(generator, examples: list[EvalExample], batch_size: int) -> dict[
             loss, n = token_loss_sum(model, batch, causal)
             total += float(loss)
             tokens += n
-    n_bytes = sum(len(example.reference.encode("utf-8")) for example in examples)
+    n_bytes = sum(len(example.reference.encode("utf-8")) for example in scored)
     return {
+        "examples": len(scored),
+        "skipped_too_long": len(examples) - len(scored),
         "nll_sum": total,
         "tokens": tokens,
         "bytes": n_bytes,
@@ -339,8 +349,10 @@ def print_table(report: dict[str, Any], stream=None) -> None:
             diff_text = ""
         table.add_row(row, f"{value:.4g}", f"[{bound['low']:.4g}, {bound['high']:.4g}]" if bound else "", f"{base:.4g}" if base is not None else "", diff_text)
     lik = report["likelihood"]
-    table.add_row("bits per byte", f"{lik['bits_per_byte']:.4f}", "", "", "")
-    table.add_row("perplexity", f"{lik['perplexity']:.2f}", "", "", "")
+    if lik["bits_per_byte"] is not None:
+        skipped = f" ({lik['skipped_too_long']} references longer than the context left out)" if lik["skipped_too_long"] else ""
+        table.add_row("bits per byte", f"{lik['bits_per_byte']:.4f}", "", "", skipped)
+        table.add_row("perplexity", f"{lik['perplexity']:.2f}", "", "", "")
     console.print(table)
     for r in report["robustness"]:
         parts = ", ".join(f"{row} {report['metrics'][row]:.4g} -> {r['metrics'][row]:.4g} ({-r['drop'][row]:+.4g}, {-100 * r['relative_drop'][row]:+.1f}%)" for row in ("bleu", "chrf", "rougeL") if row in r["metrics"])
