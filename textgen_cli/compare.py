@@ -392,8 +392,9 @@ def plan(recipes: Sequence[str], overrides: list[str], seeds: int) -> list[tuple
     return entries
 
 
-def models_from_runs(paths: Sequence[str]) -> list[Model]:
-    """`textgen compare runs/a runs/b`: finished runs only, nothing trained."""
+def models_from_runs(paths: Sequence[str], overrides: list[str]) -> list[Model]:
+    """`textgen compare runs/a runs/b`: finished runs only, nothing trained; overrides apply to
+    the saved recipes (for evaluation settings such as eval.perturb)."""
     models = []
     for item in paths:
         path = Path(item)
@@ -401,7 +402,7 @@ def models_from_runs(paths: Sequence[str]) -> list[Model]:
         if not stage_dirs:
             raise UserError(f"'{item}' is not a finished run: expected runs/<name>/<stage>/ with summary.json, or runs/<name>/ holding finetune or adv-train")
         for stage_dir in stage_dirs:
-            loaded = load_recipe(str(stage_dir / RECIPE_FILE))
+            loaded = load_recipe(str(stage_dir / RECIPE_FILE), overrides)
             # the saved recipe's run name is the run directory's parent name; keep outputs where they are
             loaded = LoadedRecipe(dataclasses.replace(loaded.recipe, run=dataclasses.replace(loaded.recipe.run, root=str(stage_dir.parent.parent), name=stage_dir.parent.name)), loaded.path, [])
             stage = json.loads((stage_dir / SUMMARY_FILE).read_text(encoding="utf-8"))["stage"]
@@ -434,7 +435,7 @@ def run_compare(recipes: Sequence[str], runs: Sequence[str], overrides: list[str
     else:
         if len(runs) < 2:
             raise UserError("compare needs two or more run directories")
-        models = models_from_runs(runs)
+        models = models_from_runs(runs, overrides)
     reference = models[0].loaded
     for model in models:
         model.loaded = common_settings(model.loaded, reference)
