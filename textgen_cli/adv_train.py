@@ -16,6 +16,7 @@ from textgen_cli.adversarial import AdversarialStep, settings_from
 from textgen_cli.data import Dialogue
 from textgen_cli.errors import UserError
 from textgen_cli.finetune import build_examples, prepare
+from textgen_cli.models import init_from_dir
 from textgen_cli.perturb import perturb
 from textgen_cli.progress import log
 from textgen_cli.recipe import LoadedRecipe
@@ -26,7 +27,7 @@ from textgen_cli.train import clean_step, train_stage
 def starting_point(loaded: LoadedRecipe) -> Path:
     """`model.init_from`, else this recipe's finished finetune model."""
     if loaded.recipe.model.init_from:
-        return Path(loaded.recipe.model.init_from)
+        return init_from_dir(loaded)
     finetuned = loaded.run_dir("finetune") / FINAL_DIR
     if not finetuned.is_dir():
         raise UserError(

@@ -90,7 +90,7 @@ def save(root: Path, step: int, model, optimizer, scheduler, loop_state: dict[st
                 _fsync_file(file)
             _fsync_dir(tmp)
             if final.exists():  # a checkpoint of this step from an earlier attempt: replace it
-                shutil.rmtree(final)
+                _discard(final)
             os.replace(tmp, final)
             _fsync_dir(folder)
             pointer_tmp = folder / f".{LATEST}.tmp"
@@ -110,12 +110,22 @@ def save(root: Path, step: int, model, optimizer, scheduler, loop_state: dict[st
     return final
 
 
+def _discard(path: Path) -> None:
+    """Delete a checkpoint without ever leaving a half-deleted one under a real name: rename it
+    out of the way first (atomic), then remove it."""
+    doomed = path.with_name(f".old-{path.name}")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(path, doomed)
+    _fsync_dir(path.parent)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def prune(folder: Path, keep_last: int, newest: Path) -> None:
     steps = sorted(p for p in folder.glob(f"{PREFIX}*") if p.is_dir())
     for old in steps[:-keep_last]:
         if old != newest:
-            shutil.rmtree(old, ignore_errors=True)
-    for leftover in folder.glob(f".tmp-{PREFIX}*"):
+            _discard(old)
+    for leftover in [*folder.glob(f".tmp-{PREFIX}*"), *folder.glob(f".old-{PREFIX}*")]:
         shutil.rmtree(leftover, ignore_errors=True)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from textgen_cli.data import Dialogue, read_finetune_examples, with_system_prompt
 from textgen_cli.errors import UserError
-from textgen_cli.models import FAMILIES, load_checkpoint
+from textgen_cli.models import FAMILIES, init_from_dir, load_checkpoint
 from textgen_cli.objectives import ChatEncoder, ChatExamples, Seq2SeqExamples, TruncationCount, encode_texts, fit_chat, fit_seq2seq
 from textgen_cli.progress import log
 from textgen_cli.recipe import LoadedRecipe
@@ -26,7 +26,7 @@ HOLDOUT_FRACTION = 0.05
 def starting_point(loaded: LoadedRecipe) -> Path:
     """`model.init_from`, else this recipe's finished pretrain model."""
     if loaded.recipe.model.init_from:
-        return Path(loaded.recipe.model.init_from)
+        return init_from_dir(loaded)
     pretrained = loaded.run_dir("pretrain") / FINAL_DIR
     if not pretrained.is_dir():
         raise UserError(

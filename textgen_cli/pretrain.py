@@ -11,7 +11,7 @@ from typing import Any
 
 from textgen_cli.errors import UserError
 from textgen_cli.data import read_finetune_examples
-from textgen_cli.models import FAMILIES, load_checkpoint
+from textgen_cli.models import FAMILIES, init_from_dir, load_checkpoint
 from textgen_cli.objectives import CausalBlocks, InfillingBlocks
 from textgen_cli.packing import TextSource, packed_blocks, split_sources
 from textgen_cli.progress import log
@@ -53,7 +53,7 @@ def run_pretrain(loaded: LoadedRecipe) -> dict[str, Any]:
         log(f"pretrain: no data.pretrain.validation; holding out the last {held_out} records")
 
     if recipe.model.init_from:
-        tokenizer = load_tokenizer(Path(recipe.model.init_from))
+        tokenizer = load_tokenizer(init_from_dir(loaded))
     else:
         tokenizer = get_tokenizer(tokenizer_corpus(loaded, train_source), recipe.tokenizer, log=log)
 

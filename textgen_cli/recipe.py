@@ -136,6 +136,10 @@ def _read_yaml(path: Path) -> DictConfig:
     try:
         # safe_load: a recipe is data, never code.
         values = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "unknown position"
+        raise UserError(f"{path}: {where}: YAML tags such as {exc.problem.split()[-1] if exc.problem else '!!python'} are not allowed: a recipe is plain data and cannot run code") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
@@ -260,8 +264,8 @@ def validate_values(recipe: Recipe, source: str, override_keys: set[str] = froze
     if t.eval_batches is not None and t.eval_batches < 1:
         fail("train.eval_batches", "a positive integer or null", t.eval_batches)
     for key, value in (("train.lr", t.lr), ("pretrain.lr", recipe.pretrain.lr), ("finetune.lr", recipe.finetune.lr), ("adv_train.lr", recipe.adv_train.lr)):
-        if value is not None and not value > 0:
-            fail(key, "a positive learning rate", value)
+        if value is not None and not 0 < value < 3.4e38:
+            fail(key, "a positive learning rate that float32 can hold (< 3.4e38)", value)
     if t.max_skips < 0:
         fail("train.max_skips", "a value >= 0", t.max_skips)
     if recipe.checkpoint.every < 0:

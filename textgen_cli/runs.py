@@ -49,6 +49,9 @@ class RunDir:
             raise UserError(f"run directory '{self.path}' is a file, expected a directory")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock()
+        previous = self.path.with_name(self.path.name + ".previous")
+        if previous.is_dir() and not self.path.exists():
+            os.replace(previous, self.path)  # a crash in the middle of commit(): put the old result back
         try:
             found = checkpoint.latest(self.work) if self.work.is_dir() else None
             if resume and found is not None:
@@ -73,10 +76,16 @@ class RunDir:
             try:
                 fd = os.open(self.lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                owner = _lock_owner(self.lock_file)
+                owner, host = _lock_owner(self.lock_file)
+                if host is not None and host != platform.node():
+                    raise UserError(
+                        f"run directory '{self.path}' is locked by process {owner} on host {host} (lock file {self.lock_file}); "
+                        "textgen cannot tell from here whether it still runs: delete the lock file if it does not"
+                    ) from None
                 if owner is not None and _alive(owner):
                     raise UserError(f"run directory '{self.path}' is in use by process {owner} (lock file {self.lock_file}); wait for it or stop it") from None
-                log(f"taking over the stale lock {self.lock_file} (process {owner} is gone)")
+                gone = f"process {owner} is gone" if owner is not None else "its owner cannot be read"
+                log(f"taking over the stale lock {self.lock_file} ({gone})")
                 self.lock_file.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as handle:
@@ -106,8 +115,8 @@ class RunDir:
         write_text_atomic(self.work / name, json.dumps(value, indent=2) + "\n")
 
     def commit(self) -> None:
-        """Swap the finished work in place of any previous result; checkpoints are not kept."""
-        shutil.rmtree(self.work / "checkpoints", ignore_errors=True)
+        """Swap the finished work in place of any previous result (begin() repairs a swap cut
+        short by a crash), then drop the checkpoints, which a finished stage no longer needs."""
         previous = self.path.with_name(self.path.name + ".previous")
         if previous.exists():
             shutil.rmtree(previous)
@@ -115,6 +124,7 @@ class RunDir:
             os.replace(self.path, previous)
         os.replace(self.work, self.path)
         shutil.rmtree(previous, ignore_errors=True)
+        shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
         self.release()
 
     def abort(self) -> None:
@@ -126,11 +136,13 @@ class RunDir:
         self.release()
 
 
-def _lock_owner(lock_file: Path) -> int | None:
+def _lock_owner(lock_file: Path) -> tuple[int | None, str | None]:
+    """(pid, host) of a lock file's owner, (None, None) if unreadable."""
     try:
-        return int(json.loads(lock_file.read_text(encoding="utf-8"))["pid"])
+        owner = json.loads(lock_file.read_text(encoding="utf-8"))
+        return int(owner["pid"]), owner.get("host")
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        return None, None
 
 
 def _alive(pid: int) -> bool:

@@ -42,6 +42,14 @@ def family_of_checkpoint(path: Path) -> str:
     return "sora" if config.get("is_encoder_decoder") else "chatgpt"
 
 
+def init_from_dir(loaded) -> Path:
+    """`model.init_from`, checked to be a directory, with the key named if it is not."""
+    path = Path(loaded.recipe.model.init_from)
+    if not path.is_dir():
+        raise UserError(f"{loaded.path}: key 'model.init_from': checkpoint directory '{path}' does not exist")
+    return path
+
+
 def load_checkpoint(path: Path, family: str, vocab_size: int | None = None) -> "PreTrainedModel":
     """Load a local checkpoint of `family`, with clear errors for every way it can be wrong."""
     import transformers
