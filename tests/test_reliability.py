@@ -24,6 +24,7 @@ import errno
 import hashlib
 import itertools
 import json
+import platform
 import math
 import os
 import re
@@ -603,7 +604,8 @@ def test_a_crash_while_pruning_leaves_no_incomplete_checkpoint(ws, monkeypatch, 
 
     def dying_rmtree(path, *args, **kwargs):
         path = Path(path)
-        if path.name.startswith(checkpoint.PREFIX) and (path / "model.safetensors").exists():
+        # a checkpoint being deleted, under its own name or renamed out of the way first
+        if checkpoint.PREFIX in path.name and (path / "model.safetensors").exists():
             (path / "model.safetensors").unlink()  # rmtree got this far when the process died
             raise Killed
         return real_rmtree(path, *args, **kwargs)
@@ -701,7 +703,7 @@ def test_a_live_lock_refuses_a_second_run(good, ws, textgen, tmp_path):
     owner = subprocess.Popen(["sleep", "60"])
     try:
         lock = tmp_path / "runs" / "good" / "pretrain.lock"
-        lock.write_text(json.dumps({"pid": owner.pid, "host": "elsewhere"}))
+        lock.write_text(json.dumps({"pid": owner.pid, "host": platform.node()}))
         result = textgen("pretrain", "--recipe", str(ws / "chatgpt.yaml"), "run.name=good", "pretrain.steps=2", cwd=tmp_path)
         assert result.rc == 2, result.err
         assert f"in use by process {owner.pid}" in result.err and "Traceback" not in result.err
@@ -713,13 +715,26 @@ def test_a_live_lock_refuses_a_second_run(good, ws, textgen, tmp_path):
         owner.wait()
 
 
+def test_a_lock_held_on_another_host_is_never_taken_over(good, ws, textgen, tmp_path):
+    """On a shared filesystem a pid means nothing on another machine: refuse, name host and pid."""
+    lock = tmp_path / "runs" / "good" / "pretrain.lock"
+    lock.write_text(json.dumps({"pid": 999999, "host": "some-other-node"}))
+    try:
+        result = textgen("pretrain", "-r", str(ws / "chatgpt.yaml"), "run.name=good", cwd=tmp_path)
+        assert result.rc == 2, result.err
+        assert "process 999999 on host some-other-node" in result.err and "Traceback" not in result.err
+        assert json.loads(lock.read_text())["host"] == "some-other-node"
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def test_a_stale_lock_is_taken_over(good, ws, textgen, tmp_path):
     gone = subprocess.Popen(["true"])
     gone.wait()
     with pytest.raises(ProcessLookupError):
         os.kill(gone.pid, 0)
     lock = tmp_path / "runs" / "good" / "pretrain.lock"
-    lock.write_text(json.dumps({"pid": gone.pid, "host": "here"}))
+    lock.write_text(json.dumps({"pid": gone.pid, "host": platform.node()}))
     result = textgen("pretrain", "--recipe", str(ws / "chatgpt.yaml"), "run.name=good", "pretrain.steps=2", cwd=tmp_path)
     assert result.rc == 0, result.err
     assert f"taking over the stale lock {Path('runs/good/pretrain.lock')} (process {gone.pid} is gone)" in result.err
