@@ -170,8 +170,7 @@ def generate(
 ) -> None:
     """Generate text: one streamed prompt, a multi-turn chat, or a batch of prompts (file or stdin) to JSON lines.
 
-    Decoding settings come from the recipe's `generate:` section; override any of them with
-    key=value arguments, e.g. generate.do_sample=true generate.temperature=0.7.
+    Decoding settings come from the recipe's `generate:` section; override any of them with key=value arguments, e.g. generate.do_sample=true generate.temperature=0.7.
     """
 
     def action() -> None:

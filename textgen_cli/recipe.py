@@ -281,6 +281,9 @@ def validate_values(recipe: Recipe, source: str, override_keys: set[str] = froze
         section = stage.replace("-", "_")
         if getattr(recipe, section).steps < 1:
             fail(f"{section}.steps", "a positive integer", getattr(recipe, section).steps)
+    from textgen_cli.generate import check_settings
+
+    check_settings(recipe.generate, source, {key for key in override_keys if key.startswith("generate.")})
     if recipe.eval.bootstrap < 1:
         fail("eval.bootstrap", "a positive number of resamples", recipe.eval.bootstrap)
     if recipe.eval.max_examples is not None and recipe.eval.max_examples < 1:
