@@ -28,8 +28,13 @@ demo: install
 data: install
 	$(BIN)/python scripts/prepare_data.py --out recipes/data
 
+# Benchmarks (figures in docs/performance.md); bench_eval needs the models `make demo` trains.
 bench: install
+	$(BIN)/python benchmarks/bench_cli.py
+	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_generate.py
+	$(BIN)/python benchmarks/bench_eval.py
 
 # docs/recipes.md's key table is generated from the schema (a test checks it is in sync)
 docs: install

@@ -63,7 +63,7 @@ def load_rows(path: str | Path, max_rows: int | None = None) -> "datasets.Datase
     except Exception as exc:  # the readers raise many types; find the exact culprit for the message
         raise UserError(_explain_load_failure(path, fmt, exc)) from exc
     if fmt == "text":
-        rows = rows.filter(lambda row: bool(row["text"].strip()))
+        rows = rows.filter(lambda batch: [bool(text.strip()) for text in batch["text"]], batched=True, batch_size=10_000)
     if len(rows) == 0:
         raise UserError(f"data file '{path}' holds no records")
     if max_rows is not None and len(rows) > max_rows:
