@@ -70,6 +70,8 @@ def perturb_word(word: str, kind: str, rng: random.Random) -> str:
             rng.shuffle(inner)
             if inner != original:
                 break
+        if inner == original:  # e.g. the 2 inner letters of a 4-letter word: rotate them instead
+            inner = inner[1:] + inner[:1]
     return word[0] + "".join(inner) + word[-1]
 
 
@@ -98,10 +100,17 @@ def perturb(text: str, kind: str, rate: float, seed: int = 0) -> str:
         dup = set(chosen)
         return " ".join(part for i, w in enumerate(words) for part in ([w, w] if i in dup else [w]))
     if kind == "word_shuffle":
-        out = list(words)
-        for i in chosen:  # move each chosen word to a random position within the window
-            j = min(len(out) - 1, max(0, i + rng.randint(-SHUFFLE_WINDOW + 1, SHUFFLE_WINDOW - 1)))
-            out[i], out[j] = out[j], out[i]
+        # swap each chosen word with a neighbour within the window; a word moves at most once,
+        # so no word travels further than the window
+        out, moved = list(words), set()
+        for i in chosen:
+            if i in moved:
+                continue
+            near = [j for j in range(max(0, i - SHUFFLE_WINDOW + 1), min(len(out), i + SHUFFLE_WINDOW)) if j != i and j not in moved]
+            if near:
+                j = rng.choice(near)
+                out[i], out[j] = out[j], out[i]
+                moved.update((i, j))
         return " ".join(out)
     out = list(words)
     for i in chosen:
