@@ -147,7 +147,7 @@ def finetune(
 
 GenRecipe = Annotated[Optional[str], typer.Option("--recipe", "-r", help="Recipe file or shipped recipe name: its latest trained model (finetune, else pretrain) and its `generate:` settings.")]
 GenModel = Annotated[Optional[str], typer.Option("--model", "-m", help="Generate from this local checkpoint directory instead (settings: --recipe, else the recipe saved beside it, else defaults).")]
-GenStage = Annotated[Optional[str], typer.Option("--stage", help="Which of the recipe's trained models, by stage (default: the latest trained: finetune, else pretrain).")]
+GenStage = Annotated[Optional[str], typer.Option("--stage", help="Which of the recipe's trained models, by stage (default: the latest trained: adv-train, else finetune, else pretrain).")]
 GenPrompt = Annotated[Optional[str], typer.Option("--prompt", "-p", help="One prompt; the reply is streamed to stdout.")]
 GenChat = Annotated[bool, typer.Option("--chat", help="Interactive multi-turn chat, one message per line on stdin (/reset, /system TEXT, /save FILE, /exit).")]
 GenInput = Annotated[Optional[str], typer.Option("--input", "-i", help="Batch mode: prompts from a .txt (one per line) or .jsonl file ('-': stdin).")]
@@ -269,7 +269,7 @@ def evaluate(
     recipe: RecipeOption,
     overrides: Overrides = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Evaluate this local checkpoint directory instead of the recipe's latest trained model.")] = None,
-    stage: Annotated[Optional[str], typer.Option("--stage", help="Which of the recipe's models: pretrain, finetune or adv-train (default: finetune if trained, else pretrain).")] = None,
+    stage: Annotated[Optional[str], typer.Option("--stage", help="Which of the recipe's models: pretrain, finetune or adv-train (default: the latest trained: adv-train, else finetune, else pretrain).")] = None,
     split: Annotated[Optional[str], typer.Option("--split", help="train, validation or test (default: the recipe's eval.split).")] = None,
     perturb: Annotated[Optional[list[str]], typer.Option("--perturb", help="Also score perturbed sources, KIND:RATE (repeatable), e.g. char:0.1 word_drop:0.1.")] = None,
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Folder for eval.json and predictions.jsonl (default: the model's run directory).")] = None,

@@ -447,5 +447,9 @@ def run_compare(recipes: Sequence[str], runs: Sequence[str], overrides: list[str
     stamp = time.strftime("%Y%m%d-%H%M%S")
     report_name = name or "-vs-".join(dict.fromkeys(m.loaded.name.split("-seed")[0] for m in models))
     folder = Path(reports_root) / f"{report_name}-{stamp}"
+    suffix = 2
+    while folder.exists() or folder.with_name(folder.name + ".partial").exists():  # two reports in one second
+        folder = Path(reports_root) / f"{report_name}-{stamp}-{suffix}"
+        suffix += 1
     write_report(folder, columns, rows, models, match, seeds)
     return {"report": str(folder), "columns": columns, "rows": rows, "elapsed_s": time.perf_counter() - started}

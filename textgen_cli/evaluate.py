@@ -230,6 +230,10 @@ def run_evaluate(
             specs.append(parse_spec(spec))
         except ValueError as exc:
             raise UserError(f"--perturb: {exc}") from None
+    from textgen_cli.metrics import resolve_metric_path
+
+    for entry in section.metrics:  # an unknown metric must fail before minutes of generation
+        resolve_metric_path(entry)
     started = time.perf_counter()
     generator = load_generator(None, model_dir, stage, loaded=loaded) if model_dir else load_generator(None, None, stage, loaded=loaded)
     dialogues = read_finetune_examples(recipe.data.finetune, split, section.max_examples)
@@ -276,7 +280,7 @@ def run_evaluate(
 
     elapsed = time.perf_counter() - started
     report = {
-        "model": str(generator.path),
+        "model": str(generator.path.resolve()),
         "stage": generator.stage,
         "family": generator.family,
         "recipe": str(loaded.path),
@@ -316,7 +320,7 @@ def write_outputs(folder: Path, split: str, report: dict[str, Any], examples: li
             for e, prompt, p in zip(examples, r["prompts"], r["predictions"])
         ]
         write_text_atomic(folder / f"predictions{suffix}-{r['kind']}-{r['rate']:g}.jsonl", "\n".join(noisy) + "\n")
-    report["files"] = {"eval": str(folder / f"eval{suffix}.json"), "predictions": str(folder / f"predictions{suffix}.jsonl")}
+    report["files"] = {"eval": str((folder / f"eval{suffix}.json").resolve()), "predictions": str((folder / f"predictions{suffix}.jsonl").resolve())}
     write_text_atomic(folder / f"eval{suffix}.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 
 

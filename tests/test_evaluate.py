@@ -1,0 +1,441 @@
+"""`textgen evaluate` through the installed entry point, on the session's tiny trained runs (conftest).
+
+The conftest recipes have no test split, so this module writes recipes beside them that add one (and
+small decoding / bootstrap settings) and name the same runs: the models are trained once per session
+and shared with test_end_to_end. Every score in eval.json is checked against sacrebleu / rouge-score
+run by hand on the written predictions.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import FAMILIES, SHIPPED, textgen_exe, trained_run
+
+pytestmark = pytest.mark.slow
+
+N_TEST = 24
+ROWS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum", "distinct_1", "distinct_2", "self_bleu", "exact_match")
+SIGNED = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum", "distinct_1", "distinct_2", "self_bleu")
+INTERVALS = ("bleu", "chrf", "rougeL")
+LIKELIHOOD = ("nll_sum", "tokens", "bytes", "perplexity", "bits_per_byte")
+
+
+def textgen(args: list[str], cwd: Path, env: dict[str, str] | None = None, prefix: tuple[str, ...] = (), timeout: float = 300) -> subprocess.CompletedProcess:
+    """The installed entry point, offline. One intra-op thread: the models are tiny and the test
+    machine is shared, where more threads only contend (measured 2-5x slower per step)."""
+    if env is None:
+        env = dict(os.environ)
+        env["HF_HUB_OFFLINE"] = "1"
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.run([*prefix, textgen_exe(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout[-2000:]}\nstderr:\n{result.stderr[-4000:]}"
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def by_hand(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """sacrebleu's corpus BLEU / chrF and rouge-score's per-example F1 mean, computed independently."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=False)
+    scores = [scorer.score(ref, pred) for pred, ref in zip(predictions, references)]
+    return {
+        "bleu": sacrebleu.corpus_bleu(predictions, [references]).score,
+        "chrf": sacrebleu.corpus_chrf(predictions, [references]).score,
+        **{row: sum(s[row].fmeasure for s in scores) / len(scores) for row in ("rouge1", "rouge2", "rougeL")},
+    }
+
+
+def assert_scores_match(metrics: dict[str, float], predictions: list[str], references: list[str]) -> None:
+    expected = by_hand(predictions, references)
+    for row, value in expected.items():
+        assert metrics[row] == pytest.approx(value, abs=1e-9), row
+
+
+def perturbable(source: str) -> bool:
+    """At least 6 words a char perturbation may touch, so that rate 0.1 changes one (round(0.6) = 1)."""
+    return sum(word.isalpha() and len(word) >= 4 for word in source.split()) >= 6
+
+
+# ------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def space(workspace) -> Path:
+    """Beside the conftest recipes: a test split, recipes that evaluate the conftest runs, a user's
+    metric module, a tiny dialogue task. Everything is prefixed `evaltest-`."""
+    root = workspace / "recipe"
+    rows = [json.loads(line) for line in (SHIPPED / "data" / "bible-modern" / "test.jsonl").read_text(encoding="utf-8").splitlines()]
+    # short enough for a 64-token context (references are scored whole), long enough to be perturbed
+    rows = [r for r in rows if perturbable(r["source"]) and len(r["source"]) <= 110 and len(r["target"]) <= 110]
+    rows.sort(key=lambda r: len(r["source"]) + len(r["target"]))
+    assert len(rows) >= N_TEST
+    (root / "data" / "evaltest-test.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:N_TEST]), encoding="utf-8")
+    for family in FAMILIES:
+        values = yaml.safe_load((root / f"tiny-{family}.yaml").read_text(encoding="utf-8"))
+        values["data"]["finetune"]["test"] = "data/evaltest-test.jsonl"
+        values["run"] = {"name": f"tiny-{family}"}  # the conftest run, trained once per session
+        values["generate"] = {"max_new_tokens": 16}
+        values["eval"] = {"bootstrap": 200}
+        (root / f"evaltest-{family}.yaml").write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
+
+    # a user's evaluate module, named in eval.metrics by a path relative to the recipe file
+    (root / "evaltest_metrics").mkdir(exist_ok=True)
+    (root / "evaltest_metrics" / "mean_chars.py").write_text(USER_METRIC, encoding="utf-8")
+    values = yaml.safe_load((root / "evaltest-chatgpt.yaml").read_text(encoding="utf-8"))
+    values["eval"] = {"bootstrap": 50, "metrics": ["bleu", "evaltest_metrics/mean_chars.py"]}
+    (root / "evaltest-user-metric.yaml").write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
+
+    # a dialogue task: "I am fine, thanks." is the most frequent training response (3 of 8 turns)
+    write_jsonl(root / "data" / "evaltest-dialogue-train.jsonl", DIALOGUE_TRAIN)
+    write_jsonl(root / "data" / "evaltest-dialogue-test.jsonl", DIALOGUE_TEST)
+    values = yaml.safe_load((root / "evaltest-chatgpt.yaml").read_text(encoding="utf-8"))
+    values["data"]["finetune"] = {
+        "task": "dialogue",
+        "train": "data/evaltest-dialogue-train.jsonl",
+        "validation": "data/evaltest-dialogue-train.jsonl",
+        "test": "data/evaltest-dialogue-test.jsonl",
+    }
+    values["eval"] = {"bootstrap": 50}
+    values["run"] = {"name": "evaltest-dialogue"}
+    (root / "evaltest-dialogue.yaml").write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
+    return workspace
+
+
+USER_METRIC = '''
+"""A user's metric: mean characters of the predictions and of the sources."""
+
+import datasets
+import evaluate
+
+
+class MeanChars(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description="mean characters",
+            citation="",
+            features=datasets.Features({"predictions": datasets.Value("string"), "sources": datasets.Value("string")}),
+        )
+
+    def _compute(self, predictions, sources):
+        return {
+            "prediction_chars": sum(len(p) for p in predictions) / len(predictions),
+            "source_chars": sum(len(s) for s in sources) / len(sources),
+        }
+'''
+
+
+def chat(*turns: str) -> dict:
+    return {"messages": [{"role": "user" if i % 2 == 0 else "assistant", "content": text} for i, text in enumerate(turns)]}
+
+
+DIALOGUE_TRAIN = [
+    chat("Hello!", "Hi there."),
+    chat("How are you?", "I am fine, thanks."),
+    chat("Good morning.", "Good morning to you.", "How are you?", "I am fine, thanks."),
+    chat("What is new?", "Not much, really."),
+    chat("Are you well?", "I am fine, thanks."),
+    chat("Hello again!", "Hi there."),
+]
+DIALOGUE_TEST = [
+    chat("Hello!", "Hello, friend.", "How are you today?", "I am well, thank you."),
+    chat("Do you like the sea?", "Yes, I love the sea."),
+    chat("Where is the ship?", "It sailed this morning."),
+    chat("Good evening.", "Good evening.", "Is it cold?", "It is cold and windy."),
+    chat("Are you tired?", "I am fine, thanks."),
+]
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps({"id": f"d{i}", **r}) + "\n" for i, r in enumerate(records)), encoding="utf-8")
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def evaluated(request, space):
+    """`textgen evaluate --recipe R --json` on the family's finetuned run."""
+    family = request.param
+    run = trained_run(space, family)
+    ok(run.finetune)
+    result = ok(textgen(["evaluate", "--recipe", f"recipe/evaltest-{family}.yaml", "--json"], cwd=space))
+    return family, run.stage_dir("finetune"), result
+
+
+def test_writes_eval_json_and_predictions_beside_the_model(evaluated, space):
+    family, folder, result = evaluated
+    report = json.loads(result.stdout)  # --json: the whole report, parseable, logs on stderr
+    assert (folder / "eval.json").is_file() and (folder / "predictions.jsonl").is_file()
+    assert json.loads((folder / "eval.json").read_text(encoding="utf-8")) == report
+    assert report["family"] == family and report["stage"] == "finetune" and report["split"] == "test"
+    # paths as the user gave them: relative ones are relative to the folder evaluate ran in
+    assert (space / report["model"]).resolve() == (folder / "final").resolve()
+    assert (space / report["files"]["eval"]).resolve() == (folder / "eval.json").resolve()
+    assert (space / report["files"]["predictions"]).resolve() == (folder / "predictions.jsonl").resolve()
+
+
+def test_eval_json_has_every_metric_signature_interval_and_setting(evaluated, space):
+    _, folder, _ = evaluated
+    report = json.loads((folder / "eval.json").read_text(encoding="utf-8"))
+    test = read_jsonl(space / "recipe" / "data" / "evaltest-test.jsonl")
+    assert report["n_examples"] == N_TEST == len(read_jsonl(folder / "predictions.jsonl"))
+    assert report["task"] == "pairs"
+    for row in ROWS:
+        assert isinstance(report["metrics"][row], float) and math.isfinite(report["metrics"][row]), row
+    import sacrebleu
+
+    for row in SIGNED:
+        assert report["signatures"][row], row
+    assert report["signatures"]["bleu"] == f"nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:{sacrebleu.__version__}"
+    assert report["signatures"]["chrf"].startswith("nrefs:1|case:mixed|eff:yes|nc:6|nw:0")
+    assert report["decoding"]["max_new_tokens"] == 16 and report["decoding"]["do_sample"] is False
+    assert report["bootstrap"]["resamples"] == 200
+    for row in INTERVALS:
+        bound = report["intervals"][row]
+        assert bound["low"] <= bound["high"], row
+    # chrF sums character statistics: its percentile interval brackets the full-set score
+    assert report["intervals"]["chrf"]["low"] <= report["metrics"]["chrf"] <= report["intervals"]["chrf"]["high"]
+
+    predictions = read_jsonl(folder / "predictions.jsonl")
+    assert [p["id"] for p in predictions] == [t["id"] for t in test]
+    assert [p["source"] for p in predictions] == [t["source"] for t in test]
+    assert [p["reference"] for p in predictions] == [t["target"] for t in test]
+    assert all(isinstance(p["prediction"], str) for p in predictions)
+
+
+def test_scores_match_sacrebleu_and_rouge_score_by_hand(evaluated):
+    _, folder, _ = evaluated
+    report = json.loads((folder / "eval.json").read_text(encoding="utf-8"))
+    rows = read_jsonl(folder / "predictions.jsonl")
+    references = [r["reference"] for r in rows]
+    assert_scores_match(report["metrics"], [r["prediction"] for r in rows], references)
+    # the copy-the-source baseline gives non-trivial scores, checked the same way
+    assert report["baseline"]["name"] == "copy source"
+    assert_scores_match(report["baseline"]["metrics"], [r["source"] for r in rows], references)
+    assert report["baseline"]["metrics"]["bleu"] > 10  # really scored, not zeros
+
+
+def test_model_minus_baseline(evaluated):
+    _, folder, _ = evaluated
+    report = json.loads((folder / "eval.json").read_text(encoding="utf-8"))
+    versus = report["baseline"]["versus"]
+    for row in INTERVALS:
+        expected = report["metrics"][row] - report["baseline"]["metrics"][row]
+        assert versus[row]["diff"] == pytest.approx(expected, abs=1e-9), row
+        assert versus[row]["low"] <= versus[row]["high"]
+        assert 0.0 <= versus[row]["model_wins"] <= 1.0
+
+
+def test_likelihood_bits_per_byte_and_perplexity(evaluated):
+    _, folder, _ = evaluated
+    lik = json.loads((folder / "eval.json").read_text(encoding="utf-8"))["likelihood"]
+    for key in LIKELIHOOD:
+        assert isinstance(lik[key], (int, float)) and lik[key] > 0, key
+    assert lik.get("skipped_too_long", 0) == 0  # every test reference fits the context
+    references = [r["reference"] for r in read_jsonl(folder / "predictions.jsonl")]
+    assert lik["bytes"] == sum(len(r.encode("utf-8")) for r in references)
+    assert lik["bytes"] != sum(len(r) for r in references)  # the data has curly quotes: bytes, not characters
+    assert lik["bits_per_byte"] == pytest.approx(lik["nll_sum"] / math.log(2) / lik["bytes"], rel=1e-12)
+    assert lik["perplexity"] == pytest.approx(math.exp(lik["nll_sum"] / lik["tokens"]), rel=1e-12)
+    # an undertrained 400-token model: somewhere between certainty and uniform over the vocabulary
+    assert 0 < lik["nll_sum"] / lik["tokens"] < math.log(400) + 0.5
+
+
+def test_dialogue_baseline_is_the_most_frequent_training_response(space, tmp_path):
+    model = trained_run(space, "chatgpt")
+    ok(model.finetune)
+    result = ok(textgen(["evaluate", "--recipe", "recipe/evaltest-dialogue.yaml", "--model", str(model.stage_dir("finetune") / "final"), "--output", str(tmp_path), "--json"], cwd=space))
+    report = json.loads(result.stdout)
+    counts = Counter(turn["content"] for record in DIALOGUE_TRAIN for turn in record["messages"] if turn["role"] == "assistant")
+    most, n = counts.most_common(1)[0]
+    assert (most, n) == ("I am fine, thanks.", 3)
+    assert report["task"] == "dialogue"
+    assert most in report["baseline"]["name"]
+    rows = read_jsonl(tmp_path / "predictions.jsonl")
+    assert len(rows) == report["n_examples"] == len(DIALOGUE_TEST)
+    references = [r["reference"] for r in rows]
+    assert references == [d["messages"][-1]["content"] for d in DIALOGUE_TEST]
+    # the source of a dialogue example is its history, ending with the user turn being answered
+    assert [r["source"] for r in rows] == [d["messages"][:-1] for d in DIALOGUE_TEST]
+    assert_scores_match(report["baseline"]["metrics"], [most] * len(rows), references)
+    assert report["baseline"]["metrics"]["exact_match"] == pytest.approx(1 / len(DIALOGUE_TEST))
+    assert_scores_match(report["metrics"], [r["prediction"] for r in rows], references)
+
+
+# ------------------------------------------------------------------------------------ robustness
+
+
+@pytest.fixture(scope="module")
+def robustness(space, tmp_path_factory):
+    run = trained_run(space, "chatgpt")
+    ok(run.finetune)
+    first, second = tmp_path_factory.mktemp("robust-a"), tmp_path_factory.mktemp("robust-b")
+    recipe = "recipe/evaltest-chatgpt.yaml"
+    a = ok(textgen(["evaluate", "--recipe", recipe, "--perturb", "char:0.1", "--perturb", "word_drop:0.1", "--output", str(first), "--json"], cwd=space))
+    # the second run only needs the perturbed sources and predictions: fewer metrics, fewer resamples
+    b = ok(textgen(["evaluate", "--recipe", recipe, "eval.metrics=[chrf]", "eval.bootstrap=10", "--perturb", "char:0.1", "--output", str(second), "--json"], cwd=space))
+    return json.loads(a.stdout), first, second
+
+
+def test_robustness_entries_clean_perturbed_drop(robustness):
+    report, folder, _ = robustness
+    entries = {r["perturbation"]: r for r in report["robustness"]}
+    assert set(entries) == {"char:0.1", "word_drop:0.1"}
+    for name, entry in entries.items():
+        kind, rate = name.split(":")
+        assert entry["kind"] == kind and entry["rate"] == float(rate)
+        for row in ("bleu", "chrf", "rougeL"):
+            clean, noisy = report["metrics"][row], entry["metrics"][row]
+            assert entry["drop"][row] == pytest.approx(clean - noisy, abs=1e-9), (name, row)
+        rows = read_jsonl(folder / f"predictions-{kind}-{rate}.jsonl")
+        # the perturbed scores are those of the written perturbed predictions
+        assert_scores_match(entry["metrics"], [r["prediction"] for r in rows], [r["reference"] for r in rows])
+        assert all(r["perturbation"] == name for r in rows)
+
+
+def test_robustness_perturbs_sources_not_references(robustness):
+    _, folder, _ = robustness
+    clean = read_jsonl(folder / "predictions.jsonl")
+    for name in ("predictions-char-0.1.jsonl", "predictions-word_drop-0.1.jsonl"):
+        noisy = read_jsonl(folder / name)
+        assert [r["id"] for r in noisy] == [r["id"] for r in clean]
+        assert [r["reference"] for r in noisy] == [r["reference"] for r in clean]
+        changed = sum(n["source"] != c["source"] for n, c in zip(noisy, clean))
+        # every source has >= 6 words a perturbation may touch; an edit can rarely be a no-op
+        assert changed >= len(clean) // 2, (name, changed)
+
+
+def test_robustness_is_deterministic_for_a_seed(robustness):
+    _, first, second = robustness
+    a = read_jsonl(first / "predictions-char-0.1.jsonl")
+    b = read_jsonl(second / "predictions-char-0.1.jsonl")
+    assert [r["source"] for r in a] == [r["source"] for r in b]
+    assert [r["prediction"] for r in a] == [r["prediction"] for r in b]
+
+
+# ------------------------------------------------------------------------------------ user metric, network
+
+
+def test_user_metric_module_by_path_relative_to_the_recipe(space, tmp_path):
+    run = trained_run(space, "chatgpt")
+    ok(run.finetune)
+    # the recipe lives in recipe/, the cwd is its parent: the path resolves against the recipe file
+    assert not (space / "evaltest_metrics").exists()
+    result = ok(textgen(["evaluate", "--recipe", "recipe/evaltest-user-metric.yaml", "--output", str(tmp_path / "out"), "--json"], cwd=space))
+    report = json.loads((tmp_path / "out" / "eval.json").read_text(encoding="utf-8"))
+    assert json.loads(result.stdout)["metrics"] == report["metrics"]
+    rows = read_jsonl(tmp_path / "out" / "predictions.jsonl")
+    expected = {
+        "prediction_chars": sum(len(r["prediction"]) for r in rows) / len(rows),
+        "source_chars": sum(len(r["source"]) for r in rows) / len(rows),
+    }
+    for key, value in expected.items():
+        found = {row: v for row, v in report["metrics"].items() if row.split(".")[-1] == key}
+        assert len(found) == 1, (key, report["metrics"])
+        assert next(iter(found.values())) == pytest.approx(value), key
+    assert "bleu" in report["metrics"] and "chrf" not in report["metrics"]  # only the listed metrics
+
+
+SITECUSTOMIZE = '''
+import os, socket
+
+_LOG = os.environ["TEXTGEN_TEST_NET_LOG"]
+_connect = socket.socket.connect
+
+
+def _refuse(self, address, *args):
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        with open(_LOG, "a") as handle:
+            handle.write(repr(address) + "\\n")
+        raise OSError("network blocked by the test suite")
+    return _connect(self, address, *args)
+
+
+_getaddrinfo = socket.getaddrinfo
+
+
+def _resolve(host, *args, **kwargs):
+    if host not in (None, "localhost", "127.0.0.1", "::1"):
+        with open(_LOG, "a") as handle:
+            handle.write("resolve " + repr(host) + "\\n")
+        raise socket.gaierror("name resolution blocked by the test suite")
+    return _getaddrinfo(host, *args, **kwargs)
+
+
+socket.socket.connect = _refuse
+socket.socket.connect_ex = lambda self, address: (_refuse(self, address), 0)[1]
+socket.getaddrinfo = _resolve
+'''
+
+
+def unshare_works() -> bool:
+    try:
+        return subprocess.run(["unshare", "-rn", "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def test_nothing_touches_the_network(space, tmp_path):
+    """No HF_*_OFFLINE variables; the network is gone (a fresh network namespace when unshare is
+    allowed) and every name lookup or internet connect attempt is logged and refused
+    (sitecustomize), so that even an attempt whose failure is swallowed fails the test."""
+    run = trained_run(space, "sora")
+    ok(run.finetune)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE, encoding="utf-8")
+    log = tmp_path / "connects.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_EVALUATE_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path / "site"), env.get("PYTHONPATH")]))
+    env["TEXTGEN_TEST_NET_LOG"] = str(log)
+    env["HF_HOME"] = str(tmp_path / "hf-home")  # an empty cache: nothing to fall back on
+    prefix = ("unshare", "-rn") if unshare_works() else ()
+    result = ok(textgen(["evaluate", "--recipe", "recipe/evaltest-sora.yaml", "--output", str(tmp_path / "out"), "--json"], cwd=space, env=env, prefix=prefix))
+    assert not log.exists() or log.read_text() == "", f"connect attempts: {log.read_text()}"
+    report = json.loads(result.stdout)
+    assert set(ROWS) <= set(report["metrics"])
+    assert (tmp_path / "out" / "eval.json").is_file()
+
+
+# ------------------------------------------------------------------------------------ errors
+
+
+def assert_usage_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    assert result.returncode == 2, f"exit {result.returncode}\n{result.stderr[-3000:]}"
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    assert result.stderr.startswith("error: ") or "\nerror: " in result.stderr, result.stderr[-2000:]
+    for word in words:
+        assert word in result.stderr, (word, result.stderr[-2000:])
+
+
+def test_unknown_metric_name_suggests_the_closest(space, tmp_path):
+    trained_run(space, "chatgpt")
+    args = ["eval.metrics=[bleu,chrff]", "eval.max_examples=2", "generate.max_new_tokens=2"]  # fail fast where it fails late
+    result = textgen(["evaluate", "--recipe", "recipe/evaltest-chatgpt.yaml", *args, "--output", str(tmp_path)], cwd=space)
+    assert_usage_error(result, "chrff", "Did you mean 'chrf'?")
+    assert not (tmp_path / "eval.json").exists()
+
+
+def test_bad_split_is_a_usage_error(space):
+    result = textgen(["evaluate", "--recipe", "recipe/evaltest-chatgpt.yaml", "--split", "nonsense"], cwd=space)
+    assert_usage_error(result, "nonsense")
+
+
+@pytest.mark.parametrize("spec", ["char", "sparkle:0.1", "word_drop:2"])
+def test_bad_perturb_spec_is_a_usage_error(space, spec):
+    result = textgen(["evaluate", "--recipe", "recipe/evaltest-chatgpt.yaml", "--perturb", spec], cwd=space)
+    assert_usage_error(result, "--perturb", spec)
