@@ -285,7 +285,32 @@ def token_loss_sum(model, batch: dict[str, "torch.Tensor"], causal: bool, inputs
     """
     import torch.nn.functional as F
 
+    if causal and _separable(model):
+        return _label_positions_loss(model, batch, inputs_embeds)
     logits, labels = aligned(forward_logits(model, batch, inputs_embeds), batch["labels"], causal)
     n_tokens = int((labels != IGNORE_INDEX).sum())
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
     return loss, n_tokens
+
+
+def _separable(model) -> bool:
+    """A plain (unwrapped) transformers LM whose body and output layer can be called apart. A DDP
+    wrapper is not: its forward must run for gradients to be synchronised."""
+    return getattr(model, "base_model", model) is not model and model.get_output_embeddings() is not None
+
+
+def _label_positions_loss(model, batch: dict[str, "torch.Tensor"], inputs_embeds: "torch.Tensor | None") -> tuple["torch.Tensor", int]:
+    """Decoder-only loss that sends only the positions with a label through the output layer:
+    with assistant-only labels most positions have none, and the vocabulary projection and its
+    softmax are the most expensive part of a small model's step."""
+    import torch.nn.functional as F
+
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    if inputs_embeds is not None:
+        del inputs["input_ids"]
+        inputs["inputs_embeds"] = inputs_embeds
+    hidden = model.base_model(**inputs).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE_INDEX
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), int(keep.sum())
