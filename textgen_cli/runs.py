@@ -95,14 +95,32 @@ class RunDir:
         raise UserError(f"cannot lock run directory '{self.path}' ({self.lock_file})")
 
     def release(self) -> None:
+        writer = getattr(self, "_tensorboard", None)
+        if writer is not None:
+            writer.close()
+            self._tensorboard = None
         if self._locked:
             self.lock_file.unlink(missing_ok=True)
             self._locked = False
+
+    def enable_tensorboard(self) -> None:
+        """Also write the metrics series as TensorBoard events under `<run>/tensorboard/`."""
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UserError("train.tensorboard=true needs the tensorboard package: pip install 'textgen[tensorboard]'") from None
+        self._tensorboard = SummaryWriter(log_dir=str(self.work / "tensorboard"))
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         with (self.work / METRICS_FILE).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         self.metrics_lines += 1
+        writer = getattr(self, "_tensorboard", None)
+        if writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    writer.add_scalar(key, value, global_step=record["step"])
+            writer.flush()
 
     def truncate_metrics(self, lines: int) -> None:
         """On resume: keep exactly the lines written before the checkpoint."""

@@ -264,6 +264,12 @@ def train_stage(
     run = RunDir(loaded.run_dir(stage))
     resume = recipe.resume == "auto"
     resume_from = run.begin(resume=resume) if ranks.main else None
+    if ranks.main and recipe.train.tensorboard:
+        try:
+            run.enable_tensorboard()
+        except UserError:
+            run.abort()
+            raise
     ranks.barrier()
     if not ranks.main and resume:
         resume_from = checkpoint.latest(run.work)
