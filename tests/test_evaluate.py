@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import FAMILIES, SHIPPED, textgen_exe, trained_run
+from conftest import FAMILIES, SHIPPED, moby_lines, textgen_exe, trained_run
 
 pytestmark = pytest.mark.slow
 
@@ -439,3 +439,60 @@ def test_bad_split_is_a_usage_error(space):
 def test_bad_perturb_spec_is_a_usage_error(space, spec):
     result = textgen(["evaluate", "--recipe", "recipe/evaltest-chatgpt.yaml", "--perturb", spec], cwd=space)
     assert_usage_error(result, "--perturb", spec)
+
+
+# ---------------------------------------------------------------- held-out prose, sliding window
+
+
+def _prose_generator(tokenizer, context: int):
+    from types import SimpleNamespace
+
+    from textgen_cli.models import FAMILIES
+    from textgen_cli.schema import ModelSection
+
+    import torch
+
+    torch.manual_seed(0)
+    model = FAMILIES["chatgpt"].build(ModelSection(family="chatgpt", layers=1, hidden=32, heads=2, ffn=64, context=context, dropout=0.0), tokenizer).eval()
+    return SimpleNamespace(tokenizer=tokenizer, model=model, family="chatgpt")
+
+
+def test_prose_sliding_window_scores_every_token_once(tokenizer, tmp_path):
+    from textgen_cli.evaluate import prose_likelihood
+    from textgen_cli.objectives import encode_texts
+
+    texts = [line.strip() for line in moby_lines(30) if line.strip()]
+    (tmp_path / "prose.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    result = prose_likelihood(_prose_generator(tokenizer, 32), str(tmp_path / "prose.txt"), "text", 8)
+    stream_length = sum(len(ids) + 1 for ids in encode_texts(tokenizer, texts))
+    assert stream_length > 4 * 32  # several windows
+    assert result["tokens"] == stream_length - 1
+    assert result["bytes"] == len("\n".join(texts).encode("utf-8"))
+    assert result["bits_per_byte"] == pytest.approx(result["nll_sum"] / math.log(2) / result["bytes"])
+
+
+def test_prose_within_one_window_equals_a_single_forward_pass(tokenizer, tmp_path):
+    import torch
+    import torch.nn.functional as F
+
+    from textgen_cli.evaluate import prose_likelihood
+    from textgen_cli.objectives import encode_texts
+
+    texts = ["Call me Ishmael.", "Some years ago, never mind how long precisely."]
+    (tmp_path / "short.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    generator = _prose_generator(tokenizer, 64)
+    result = prose_likelihood(generator, str(tmp_path / "short.txt"), "text", 8)
+    stream = [t for ids in encode_texts(tokenizer, texts) for t in (*ids, tokenizer.eos_token_id)]
+    assert len(stream) <= 64
+    with torch.no_grad():
+        logits = generator.model(torch.tensor([stream])).logits[0, :-1]
+    expected = F.cross_entropy(logits, torch.tensor(stream[1:]), reduction="sum")
+    assert result["nll_sum"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_prose_is_skipped_for_sora_with_a_reason(tokenizer, tmp_path):
+    from types import SimpleNamespace
+
+    from textgen_cli.evaluate import prose_likelihood
+
+    assert "encoder-decoder" in prose_likelihood(SimpleNamespace(family="sora"), "x.txt", "text", 8)["skipped"]

@@ -172,6 +172,62 @@ def likelihood(generator, examples: list[EvalExample], batch_size: int) -> dict[
     }
 
 
+def prose_likelihood(generator, path: str | None, text_field: str, batch_size: int) -> dict[str, Any]:
+    """Bits per byte of held-out prose (the recipe's pretraining validation text) for a decoder-only
+    model, with a sliding window when the text is longer than the context: windows of the context
+    length advance by half of it, and each token is scored once, with at least half a window of
+    left context (except at the very start). Every document is followed by eos, which stands for
+    the newline that separates documents in the byte count."""
+    import torch
+
+    from textgen_cli.data import read_texts
+    from textgen_cli.generate import model_context
+    from textgen_cli.metrics import bits_per_byte, perplexity
+
+    if not path:
+        return {"skipped": "the recipe names no data.pretrain.validation text"}
+    if generator.family == "sora":
+        return {"skipped": "an encoder-decoder model gives no unconditional likelihood of plain prose"}
+    texts = read_texts(path, text_field)
+    tokenizer, model = generator.tokenizer, generator.model
+    stream = [t for ids in encode_texts(tokenizer, texts) for t in (*ids, tokenizer.eos_token_id)]
+    window = model_context(model)
+    stride = max(1, window // 2)
+    rows, labels = [], []
+    scored_until = 1  # the first token has no context to be predicted from
+    for begin in range(0, max(1, len(stream) - 1), stride):
+        end = min(begin + window, len(stream))
+        ids = stream[begin:end]
+        row_labels = [t if begin + i >= scored_until else IGNORE_INDEX for i, t in enumerate(ids)]
+        rows.append(ids)
+        labels.append(row_labels)
+        scored_until = end
+        if end == len(stream):
+            break
+    from textgen_cli.objectives import ChatExamples
+
+    dataset = ChatExamples(list(zip(rows, labels)), pad_id=tokenizer.pad_token_id)
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            batch = {k: v.to(model.device) for k, v in dataset.collate(range(start, min(start + batch_size, len(dataset))), 0).items()}
+            loss, n = token_loss_sum(model, batch, True)
+            total += float(loss)
+            tokens += n
+    n_bytes = len("\n".join(texts).encode("utf-8"))
+    return {
+        "file": path,
+        "documents": len(texts),
+        "tokens": tokens,
+        "bytes": n_bytes,
+        "nll_sum": total,
+        "perplexity": perplexity(total, tokens),
+        "bits_per_byte": bits_per_byte(total, n_bytes),
+        "window": window,
+        "stride": stride,
+    }
+
+
 def perturbed_prompt(example: EvalExample, kind: str, rate: float, seed: int, index: int) -> str | list[dict[str, str]]:
     """Noise on the source (every non-assistant turn of a dialogue); the reference is untouched."""
     from textgen_cli.perturb import perturb
@@ -257,6 +313,7 @@ def run_evaluate(
     baseline_metrics, _ = score(section.metrics, baseline, references, sources)
     versus_baseline = versus(predictions, baseline, references, section.bootstrap, section.seed)
     scored = likelihood(generator, examples, generator.settings.batch_size)
+    prose = prose_likelihood(generator, recipe.data.pretrain.validation, recipe.data.pretrain.text_field, generator.settings.batch_size)
 
     robustness = []
     for kind, rate in specs:
@@ -296,6 +353,7 @@ def run_evaluate(
         "signatures": signatures,
         "bootstrap": {"resamples": section.bootstrap, "seed": section.seed, "confidence": 0.95, "method": "paired percentile bootstrap over examples"},
         "likelihood": scored,
+        "prose": prose,
         "baseline": {"name": baseline_name, "metrics": baseline_metrics, "versus": versus_baseline},
         "robustness": [{k: v for k, v in r.items() if k not in ("predictions", "prompts")} for r in robustness],
         "generation": {"new_tokens": stats.new_tokens, "seconds": stats.seconds, "tokens_per_s": stats.tokens_per_s, "examples_per_s": len(examples) / max(stats.seconds, 1e-9)},
@@ -357,6 +415,9 @@ def print_table(report: dict[str, Any], stream=None) -> None:
         skipped = f" ({lik['skipped_too_long']} references longer than the context left out)" if lik["skipped_too_long"] else ""
         table.add_row("bits per byte", f"{lik['bits_per_byte']:.4f}", "", "", skipped)
         table.add_row("perplexity", f"{lik['perplexity']:.2f}", "", "", "")
+    prose = report.get("prose", {})
+    if "bits_per_byte" in prose:
+        table.add_row("prose bits per byte", f"{prose['bits_per_byte']:.4f}", "", "", f"held-out prose, window {prose['window']}, stride {prose['stride']}")
     console.print(table)
     for r in report["robustness"]:
         parts = ", ".join(f"{row} {report['metrics'][row]:.4g} -> {r['metrics'][row]:.4g} ({-r['drop'][row]:+.4g}, {-100 * r['relative_drop'][row]:+.1f}%)" for row in ("bleu", "chrf", "rougeL") if row in r["metrics"])
