@@ -20,7 +20,7 @@ from textgen_cli.models import init_from_dir
 from textgen_cli.perturb import perturb
 from textgen_cli.progress import log
 from textgen_cli.recipe import LoadedRecipe
-from textgen_cli.runs import FINAL_DIR
+from textgen_cli.runs import FINAL_DIR, reset_peak_memory
 from textgen_cli.train import clean_step, train_stage
 
 
@@ -58,6 +58,7 @@ def augment(dialogues: list[Dialogue], rate: float, kinds: list[str], strength: 
 
 
 def run_adv_train(loaded: LoadedRecipe) -> dict[str, Any]:
+    reset_peak_memory()  # the stage's own peak, data preparation included
     recipe = loaded.recipe
     section = recipe.adv_train
     setup = prepare(loaded, starting_point(loaded), "adv-train")

@@ -16,7 +16,7 @@ from textgen_cli.models import FAMILIES, init_from_dir, load_checkpoint
 from textgen_cli.objectives import ChatEncoder, ChatExamples, Seq2SeqExamples, TruncationCount, encode_texts, fit_chat, fit_seq2seq
 from textgen_cli.progress import log
 from textgen_cli.recipe import LoadedRecipe
-from textgen_cli.runs import FINAL_DIR
+from textgen_cli.runs import FINAL_DIR, reset_peak_memory
 from textgen_cli.tokenizer import load_tokenizer
 from textgen_cli.train import train_stage
 
@@ -114,6 +114,7 @@ def build_examples(loaded: LoadedRecipe, setup: FinetuneSetup, stage: str) -> tu
 
 
 def run_finetune(loaded: LoadedRecipe) -> dict[str, Any]:
+    reset_peak_memory()  # the stage's own peak, data preparation included
     setup = prepare(loaded, starting_point(loaded), "finetune")
     train_set, val_set, truncated = build_examples(loaded, setup, "finetune")
     recipe = loaded.recipe

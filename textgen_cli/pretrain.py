@@ -16,6 +16,7 @@ from textgen_cli.objectives import CausalBlocks, InfillingBlocks
 from textgen_cli.packing import TextSource, packed_blocks, split_sources
 from textgen_cli.progress import log
 from textgen_cli.recipe import LoadedRecipe
+from textgen_cli.runs import reset_peak_memory
 from textgen_cli.tokenizer import MASK, Corpus, get_tokenizer, load_tokenizer, texts_corpus
 from textgen_cli.train import train_stage
 
@@ -46,6 +47,7 @@ def run_pretrain(loaded: LoadedRecipe) -> dict[str, Any]:
 
     recipe = loaded.recipe
     data = recipe.data.pretrain
+    reset_peak_memory()  # the stage's own peak, data preparation included
     if not data.train:
         raise UserError(f"{loaded.path}: key 'data.pretrain.train' is required to pretrain")
     train_source, val_source, held_out = split_sources(data.train, data.text_field, recipe.data.max_examples, data.validation, HOLDOUT_FRACTION)

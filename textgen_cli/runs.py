@@ -187,12 +187,32 @@ def read_metrics(run_path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def reset_peak_memory() -> None:
+    """Start a stage's peak-memory measurement afresh (several stages can run in one process)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:  # Linux: writing 5 to clear_refs resets the peak resident set (VmHWM)
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
 def peak_memory_mb(device_type: str) -> float:
     if device_type == "cuda":
         import torch
 
         return torch.cuda.max_memory_allocated() / 2**20
-    # ru_maxrss is in KiB on Linux: the peak resident set of this process
+    try:  # the peak resident set since reset_peak_memory
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    # elsewhere ru_maxrss (KiB on Linux, bytes on macOS): the peak of the whole process
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
