@@ -204,13 +204,16 @@ def evaluate_model(model: Model) -> None:
 
 
 def collect(model: Model) -> None:
-    """The summaries of every stage behind the model, for the cost rows and the curves."""
-    order = ["pretrain", "finetune", "adv-train"]
-    for stage in order[: order.index(model.stage) + 1]:
-        summary_file = model.loaded.run_dir(stage) / SUMMARY_FILE
-        if summary_file.is_file():
-            model.run_dirs.append(model.loaded.run_dir(stage))
-            model.summaries.append(json.loads(summary_file.read_text(encoding="utf-8")))
+    """The summaries of every stage behind the model, for the cost rows and the curves: this stage,
+    then the run it started from (`init_from` in its summary), and so on back to pretraining."""
+    chain: list[tuple[Path, dict[str, Any]]] = []
+    run_dir: Path | None = model.loaded.run_dir(model.stage)
+    while run_dir is not None and (run_dir / SUMMARY_FILE).is_file() and all(run_dir != seen for seen, _ in chain):
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
+        chain.insert(0, (run_dir, summary))
+        run_dir = Path(summary["init_from"]).parent if summary.get("init_from") else None
+    model.run_dirs = [run_dir for run_dir, _ in chain]
+    model.summaries = [summary for _, summary in chain]
 
 
 def values_of(model: Model) -> dict[str, float]:
@@ -325,7 +328,7 @@ def table_rows(columns: list[Column], n_resamples: int, seed: int) -> list[dict[
     rows = []
     known = {row for _, row, _, _ in ROWS}
     extra = sorted({row for c in columns for row in c.cells if row not in known and ("@" in row)})
-    definitions = list(ROWS) + [("robustness", row, row, "drop" not in row) for row in extra]
+    definitions = list(ROWS) + [("robustness", row, row, " drop@" not in row) for row in extra]
     for group, row, label, higher in definitions:
         if not any(row in c.cells for c in columns):
             continue
