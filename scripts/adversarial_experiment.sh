@@ -11,7 +11,7 @@ PERTURB='eval.perturb=[char:0.1,word_drop:0.1]'
 for recipe in sora chatgpt; do
   [ -d "runs/$recipe/finetune/final" ] || { "$TEXTGEN" pretrain --recipe "$recipe.yaml"; "$TEXTGEN" finetune --recipe "$recipe.yaml"; }
   runs=("runs/$recipe/finetune")
-  for method in fgm pgd freelb r3f; do
+  for method in none fgm pgd freelb r3f; do  # none: the same extra steps without adversary (the control)
     if [ ! -f "runs/$recipe-$method/adv-train/summary.json" ]; then
       "$TEXTGEN" adv-train --recipe "$recipe.yaml" run.name="$recipe-$method" model.init_from="runs/$recipe/finetune/final" \
         adv_train.method="$method" eval.after_finetune=false "$@"

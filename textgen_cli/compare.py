@@ -238,6 +238,15 @@ def values_of(model: Model) -> dict[str, float]:
     return values
 
 
+def intervals_of(model: Model) -> dict[str, tuple[float, float]]:
+    """Bootstrap intervals of the clean rows and of the scores under each perturbation."""
+    out = {row: (b["low"], b["high"]) for row, b in model.eval.get("intervals", {}).items()}
+    for r in model.eval.get("robustness", []):
+        for row, b in r.get("intervals", {}).items():
+            out[f"{row}@{r['perturbation']}"] = (b["low"], b["high"])
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # The comparison table
 
@@ -269,9 +278,8 @@ def build_columns(models: list[Model]) -> list[Column]:
             cell = Cell(statistics.fmean(xs), n=len(xs))
             if len(xs) > 1:
                 cell.std = statistics.stdev(xs)
-            elif row in column.models[0].eval.get("intervals", {}):
-                bound = column.models[0].eval["intervals"][row]
-                cell.low, cell.high = bound["low"], bound["high"]
+            elif row in intervals_of(column.models[0]):
+                cell.low, cell.high = intervals_of(column.models[0])[row]
             column.cells[row] = cell
     return list(columns.values())
 
