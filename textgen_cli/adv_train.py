@@ -9,32 +9,16 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from textgen_cli.adversarial import AdversarialStep, settings_from
 from textgen_cli.data import Dialogue
-from textgen_cli.errors import UserError
-from textgen_cli.finetune import build_examples, prepare
-from textgen_cli.models import init_from_dir
+from textgen_cli.finetune import build_examples, prepare, starting_point
 from textgen_cli.perturb import perturb
 from textgen_cli.progress import log
 from textgen_cli.recipe import LoadedRecipe
-from textgen_cli.runs import FINAL_DIR, reset_peak_memory
+from textgen_cli.runs import reset_peak_memory
 from textgen_cli.train import clean_step, train_stage
-
-
-def starting_point(loaded: LoadedRecipe) -> Path:
-    """`model.init_from`, else this recipe's finished finetune model."""
-    if loaded.recipe.model.init_from:
-        return init_from_dir(loaded)
-    finetuned = loaded.run_dir("finetune") / FINAL_DIR
-    if not finetuned.is_dir():
-        raise UserError(
-            f"adv-train starts from the finetune output '{finetuned}', which does not exist: "
-            f"run `textgen finetune --recipe {loaded.path.name}` first, or set model.init_from=DIR"
-        )
-    return finetuned
 
 
 def augment(dialogues: list[Dialogue], rate: float, kinds: list[str], strength: float, seed: int) -> list[Dialogue]:
@@ -61,7 +45,7 @@ def run_adv_train(loaded: LoadedRecipe) -> dict[str, Any]:
     reset_peak_memory()  # the stage's own peak, data preparation included
     recipe = loaded.recipe
     section = recipe.adv_train
-    setup = prepare(loaded, starting_point(loaded), "adv-train")
+    setup = prepare(loaded, starting_point(loaded, "adv-train"), "adv-train")
     extra_dialogues = augment(setup.train_dialogues, section.augment_rate, list(section.augment_kinds), section.augment_strength, recipe.train.seed)
     if extra_dialogues:
         log(f"adv-train: {len(extra_dialogues)} perturbed copies added to {len(setup.train_dialogues)} training records")

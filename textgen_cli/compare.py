@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from textgen_cli.errors import UserError
 from textgen_cli.progress import log
 from textgen_cli.recipe import LoadedRecipe, load_recipe
-from textgen_cli.runs import FINAL_DIR, RECIPE_FILE, SUMMARY_FILE, read_metrics
+from textgen_cli.runs import FINAL_DIR, RECIPE_FILE, SUMMARY_FILE
 
 EVALUATED_STAGES = ("finetune", "adv-train")
 # (group, row, label, higher is better)

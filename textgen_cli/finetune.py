@@ -23,17 +23,22 @@ from textgen_cli.train import train_stage
 HOLDOUT_FRACTION = 0.05
 
 
-def starting_point(loaded: LoadedRecipe) -> Path:
-    """`model.init_from`, else this recipe's finished pretrain model."""
+# The stage each stage continues from, when model.init_from does not say otherwise.
+PREVIOUS_STAGE = {"finetune": "pretrain", "adv-train": "finetune"}
+
+
+def starting_point(loaded: LoadedRecipe, stage: str = "finetune") -> Path:
+    """`model.init_from`, else this recipe's finished model of the stage before `stage`."""
     if loaded.recipe.model.init_from:
         return init_from_dir(loaded)
-    pretrained = loaded.run_dir("pretrain") / FINAL_DIR
-    if not pretrained.is_dir():
+    previous = PREVIOUS_STAGE[stage]
+    path = loaded.run_dir(previous) / FINAL_DIR
+    if not path.is_dir():
         raise UserError(
-            f"finetune starts from the pretrain output '{pretrained}', which does not exist: "
-            f"run `textgen pretrain --recipe {loaded.path.name}` first, or set model.init_from=DIR"
+            f"{stage} starts from the {previous} output '{path}', which does not exist: "
+            f"run `textgen {previous} --recipe {loaded.path.name}` first, or set model.init_from=DIR"
         )
-    return pretrained
+    return path
 
 
 def chatgpt_examples(dialogues: list[Dialogue], tokenizer, loaded: LoadedRecipe, context: int, count: TruncationCount) -> ChatExamples:
