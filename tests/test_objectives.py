@@ -242,3 +242,50 @@ def test_epoch_sampler_is_deterministic_and_random_access():
     assert [EpochSampler(40, 8, seed=12).batch(k) for k in range(15)] != forward
     # each epoch is a different permutation
     assert [i for k in range(5) for i in a.batch(k)[0]] != [i for k in range(5, 10) for i in a.batch(k)[0]]
+
+
+# ---------------------------------------------------------------- length-grouped batches
+
+
+def _lengths(n: int = 1000) -> list[int]:
+    import numpy as np
+
+    return np.random.default_rng(1).integers(10, 200, size=n).tolist()
+
+
+def test_length_grouped_epochs_cover_every_example_once_and_repeat_for_a_seed():
+    from textgen_cli.train import EpochSampler
+
+    lengths = _lengths()
+    sampler = EpochSampler(1000, 16, seed=3, lengths=lengths)
+    epoch = [i for k in range(sampler.per_epoch) for i in sampler.batch(k)[0]]
+    assert len(epoch) == len(set(epoch)) == sampler.per_epoch * 16
+    again = EpochSampler(1000, 16, seed=3, lengths=lengths)
+    assert [again.batch(k)[0] for k in range(5)] == [sampler.batch(k)[0] for k in range(5)]
+    other_epoch = [sampler.batch(sampler.per_epoch + k)[0] for k in range(5)]
+    assert other_epoch != [sampler.batch(k)[0] for k in range(5)]
+
+
+def test_length_grouped_batches_waste_far_less_padding_and_keep_a_random_batch_order():
+    from textgen_cli.train import EpochSampler
+
+    lengths = _lengths()
+
+    def padding(sampler) -> int:
+        batches = [sampler.batch(k)[0] for k in range(sampler.per_epoch)]
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    grouped = EpochSampler(1000, 16, seed=3, lengths=lengths)
+    assert padding(grouped) * 10 < padding(EpochSampler(1000, 16, seed=3))
+    longest = [max(lengths[i] for i in grouped.batch(k)[0]) for k in range(grouped.per_epoch)]
+    assert longest != sorted(longest) and longest != sorted(longest, reverse=True)
+
+
+def test_length_grouped_ranks_split_the_one_process_batch():
+    from textgen_cli.train import EpochSampler
+
+    lengths = _lengths()
+    single = EpochSampler(1000, 16, seed=3, lengths=lengths)
+    ranks = [EpochSampler(1000, 8, seed=3, rank=r, world=2, lengths=lengths) for r in (0, 1)]
+    for k in range(10):
+        assert ranks[0].batch(k)[0] + ranks[1].batch(k)[0] == single.batch(k)[0]

@@ -164,6 +164,9 @@ class Seq2SeqExamples:
     def collate(self, indices: Sequence[int], epoch: int) -> dict[str, "torch.Tensor"]:
         return seq2seq_batch([self.pairs[i] for i in indices], self.pad_id, self.bos_id)
 
+    def lengths(self) -> list[int]:
+        return [len(source) + len(target) for source, target in self.pairs]
+
 
 @dataclass
 class ChatExamples:
@@ -181,6 +184,9 @@ class ChatExamples:
         input_ids = _pad([ids for ids, _ in chosen], self.pad_id)
         attention_mask = _pad([[1] * len(ids) for ids, _ in chosen], 0)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": _pad([labels for _, labels in chosen], IGNORE_INDEX)}
+
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids, _ in self.sequences]
 
 
 @dataclass

@@ -40,6 +40,9 @@ class Examples(Protocol):
     def collate(self, indices: Sequence[int], epoch: int) -> dict[str, "torch.Tensor"]: ...
 
 
+GROUP_WINDOW = 50  # global batches sorted together by length when train.group_by_length is on
+
+
 @dataclass
 class EpochSampler:
     """Micro-batch k is a pure function of k: a seeded permutation per epoch, sliced in order.
@@ -53,6 +56,7 @@ class EpochSampler:
     seed: int
     rank: int = 0
     world: int = 1
+    lengths: Sequence[int] | None = None  # given: length-grouped batches (train.group_by_length)
 
     def __post_init__(self) -> None:
         self.global_batch = self.batch_size * self.world
@@ -60,10 +64,26 @@ class EpochSampler:
         self._epoch = -1
         self._order: np.ndarray | None = None
 
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The epoch's seeded permutation. With lengths, it is cut into windows of
+        GROUP_WINDOW global batches, each window sorted by length and cut into batches, and the
+        batches shuffled: every batch holds examples of similar length (little padding) while the
+        order of batches stays random."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(self.n_examples)
+        if self.lengths is None:
+            return order
+        lengths = np.asarray(self.lengths)
+        usable = self.per_epoch * self.global_batch
+        window = GROUP_WINDOW * self.global_batch
+        grouped = [chunk[np.argsort(lengths[chunk], kind="stable")] for chunk in np.split(order[:usable], range(window, usable, window))]
+        batches = np.concatenate(grouped).reshape(self.per_epoch, self.global_batch)
+        return np.concatenate([batches[rng.permutation(self.per_epoch)].reshape(-1), order[usable:]])
+
     def batch(self, k: int) -> tuple[list[int], int]:
         epoch, j = divmod(k, self.per_epoch)
         if epoch != self._epoch:
-            self._order = np.random.default_rng([self.seed, epoch]).permutation(self.n_examples)
+            self._order = self.epoch_order(epoch)
             self._epoch = epoch
         start = j * self.global_batch + self.rank * self.batch_size
         return self._order[start : start + self.batch_size].tolist(), epoch
@@ -312,7 +332,8 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
     if section.compile:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
-    sampler = EpochSampler(len(train_set), section.batch_size, section.seed, ranks.rank, ranks.world)
+    lengths = train_set.lengths() if section.group_by_length and hasattr(train_set, "lengths") else None
+    sampler = EpochSampler(len(train_set), section.batch_size, section.seed, ranks.rank, ranks.world, lengths)
     n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
     world = f" x {ranks.world} processes" if ranks.world > 1 else ""
     if ranks.main:
