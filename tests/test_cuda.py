@@ -25,7 +25,7 @@ def test_bf16_training_step_lowers_the_loss_on_cuda(family, tokenizer):
     accelerator = Accelerator(mixed_precision="bf16")
     model = _tiny(family, tokenizer)
     ids = encode_texts(tokenizer, ["Call me Ishmael. Some years ago, never mind how long precisely."] * 64)
-    blocks = pack_blocks(ids, 62 if family == "sora" else 64, tokenizer.eos_token_id)
+    blocks, _ = pack_blocks(ids, 62 if family == "sora" else 64, tokenizer.eos_token_id)
     data = (
         InfillingBlocks(blocks, 0.3, 3.0, 0, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.mask_token_id)
         if family == "sora"

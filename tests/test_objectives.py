@@ -122,8 +122,11 @@ def test_seq2seq_batch_pads_labels_with_ignore_and_decoder_inputs_with_pad():
 
 
 def test_pack_blocks_joins_documents_with_eos():
-    blocks = pack_blocks([[5, 6, 7], [8], [9, 10]], block_size=4, eos_id=EOS)
-    assert blocks.tolist() == [[5, 6, 7, EOS], [8, EOS, 9, 10]]  # the ragged tail [EOS] is dropped
+    blocks, tail = pack_blocks([[5, 6, 7], [8], [9, 10]], block_size=4, eos_id=EOS)
+    assert blocks.tolist() == [[5, 6, 7, EOS], [8, EOS, 9, 10]]
+    assert tail.tolist() == [EOS]  # the ragged tail, continued by the next call
+    more, rest = pack_blocks([[11, 12]], block_size=4, eos_id=EOS, carry=tail)
+    assert more.tolist() == [[EOS, 11, 12, EOS]] and rest.tolist() == []
 
 
 # ------------------------------------------------------------------ chat truncation

@@ -21,9 +21,10 @@ from typing import Any, Sequence
 
 from textgen_cli.data import Dialogue, read_finetune_examples
 from textgen_cli.errors import UserError
-from textgen_cli.objectives import IGNORE_INDEX, encode_texts, token_loss_sum
+from textgen_cli.objectives import IGNORE_INDEX, encode_texts
 from textgen_cli.progress import log
 from textgen_cli.runs import write_text_atomic
+from textgen_cli.train import summed_nll
 
 # Rows with bootstrap intervals, as (row name, bootstrap metric name).
 INTERVAL_ROWS = {"bleu": "bleu", "chrf": "chrf", "rougeL": "rougeL"}
@@ -122,8 +123,6 @@ def likelihood(generator, examples: list[EvalExample], batch_size: int) -> dict[
     UTF-8 bytes of exactly the scored reference texts. Context tokens are masked, for both families.
     Every scored reference is scored whole: a reference longer than the context is left out
     (counted in `skipped_too_long`), and a decoder-only prompt loses its oldest tokens to make room."""
-    import torch
-
     from textgen_cli.metrics import bits_per_byte, perplexity
     from textgen_cli.objectives import ChatExamples, Seq2SeqExamples
     from textgen_cli.generate import model_context
@@ -152,13 +151,7 @@ def likelihood(generator, examples: list[EvalExample], batch_size: int) -> dict[
         if causal
         else Seq2SeqExamples(pairs, pad_id=tokenizer.pad_token_id, bos_id=model.generation_config.decoder_start_token_id or tokenizer.bos_token_id)
     )
-    total, tokens = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            batch = {k: v.to(model.device) for k, v in dataset.collate(range(start, min(start + batch_size, len(dataset))), 0).items()}
-            loss, n = token_loss_sum(model, batch, causal)
-            total += float(loss)
-            tokens += n
+    total, tokens = summed_nll(model, dataset, batch_size, model.device)
     n_bytes = sum(len(example.reference.encode("utf-8")) for example in scored)
     return {
         "examples": len(scored),
@@ -178,7 +171,6 @@ def prose_likelihood(generator, path: str | None, text_field: str, batch_size: i
     length advance by half of it, and each token is scored once, with at least half a window of
     left context (except at the very start). Every document is followed by eos, which stands for
     the newline that separates documents in the byte count."""
-    import torch
 
     from textgen_cli.data import read_texts
     from textgen_cli.generate import model_context
@@ -207,13 +199,7 @@ def prose_likelihood(generator, path: str | None, text_field: str, batch_size: i
     from textgen_cli.objectives import ChatExamples
 
     dataset = ChatExamples(list(zip(rows, labels)), pad_id=tokenizer.pad_token_id)
-    total, tokens = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            batch = {k: v.to(model.device) for k, v in dataset.collate(range(start, min(start + batch_size, len(dataset))), 0).items()}
-            loss, n = token_loss_sum(model, batch, True)
-            total += float(loss)
-            tokens += n
+    total, tokens = summed_nll(model, dataset, batch_size, model.device)
     n_bytes = len("\n".join(texts).encode("utf-8"))
     return {
         "file": path,

@@ -33,17 +33,20 @@ def encode_texts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
 
-def pack_blocks(token_lists: Sequence[Sequence[int]], block_size: int, eos_id: int) -> np.ndarray:
-    """Join documents with eos and cut into full blocks; the ragged tail is dropped."""
-    total = sum(len(ids) + 1 for ids in token_lists)
-    stream = np.empty(total, dtype=np.int64)
-    position = 0
+def pack_blocks(token_lists: Sequence[Sequence[int]], block_size: int, eos_id: int, carry: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Join documents with eos (after the `carry` of a previous call) and cut into full blocks.
+    Returns the blocks and the ragged tail, which the next call continues from (or is dropped)."""
+    lead = 0 if carry is None else len(carry)
+    stream = np.empty(lead + sum(len(ids) + 1 for ids in token_lists), dtype=np.int64)
+    if carry is not None:
+        stream[:lead] = carry
+    position = lead
     for ids in token_lists:
         stream[position : position + len(ids)] = ids
         stream[position + len(ids)] = eos_id
         position += len(ids) + 1
-    n_blocks = total // block_size
-    return stream[: n_blocks * block_size].reshape(n_blocks, block_size)
+    n_blocks = len(stream) // block_size
+    return stream[: n_blocks * block_size].reshape(n_blocks, block_size), stream[n_blocks * block_size :]
 
 
 def infilling_mask(length: int, mask_ratio: float, poisson_lambda: float, rng: np.random.Generator) -> np.ndarray:

@@ -11,7 +11,6 @@ cached blocks without tokenizing anything.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import numpy as np
 
 from textgen_cli.data import file_format, load_rows, _line_of_row
 from textgen_cli.errors import UserError
+from textgen_cli.objectives import pack_blocks
 from textgen_cli.tokenizer import cache_dir
 
 if TYPE_CHECKING:
@@ -124,14 +124,10 @@ def packed_blocks(source: TextSource, tokenizer, block_size: int) -> Packed:
                 if not texts:
                     continue
                 encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-                count = sum(len(ids) for ids in encoded) + len(encoded)
-                stream = np.fromiter(itertools.chain.from_iterable(chain_with_eos(encoded, eos)), dtype=np.int64, count=count)
-                tokens += len(stream)
-                stream = np.concatenate([carry, stream])
-                full = len(stream) // block_size
-                out.write(stream[: full * block_size].astype(dtype).tobytes())
-                n_blocks += full
-                carry = stream[full * block_size :]
+                tokens += sum(len(ids) + 1 for ids in encoded)
+                blocks, carry = pack_blocks(encoded, block_size, eos, carry)
+                out.write(blocks.astype(dtype).tobytes())
+                n_blocks += len(blocks)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, data_file)
@@ -139,13 +135,6 @@ def packed_blocks(source: TextSource, tokenizer, block_size: int) -> Packed:
     finally:
         tmp.unlink(missing_ok=True)
     return Packed(_open(data_file, dtype, n_blocks, block_size), tokens, cached=False)
-
-
-def chain_with_eos(encoded: list[list[int]], eos: int) -> Iterator[list[int]]:
-    tail = [eos]
-    for ids in encoded:
-        yield ids
-        yield tail
 
 
 def _open(path: Path, dtype, n_blocks: int, block_size: int) -> np.ndarray:

@@ -156,9 +156,9 @@ def count_tokens(batch: dict[str, "torch.Tensor"]) -> tuple[int, int]:
     return 0, inputs
 
 
-def evaluate_loss(model, examples: Examples, batch_size: int, max_batches: int | None, device, ranks: "Ranks | None" = None) -> dict[str, float]:
-    """Validation NLL summed over every label token (never a mean of batch means); with several
-    processes each evaluates every world-th batch and the sums are added up."""
+def summed_nll(model, examples: Examples, batch_size: int, device, max_batches: int | None = None, ranks: "Ranks | None" = None) -> tuple[float, int]:
+    """NLL summed over every label token of `examples`, and the token count (never a mean of batch
+    means); with several processes each scores every world-th batch and the sums are added up."""
     import torch
 
     was_training = model.training
@@ -178,7 +178,12 @@ def evaluate_loss(model, examples: Examples, batch_size: int, max_batches: int |
     model.train(was_training)
     if ranks is not None:
         total, n_tokens = ranks.total(total, n_tokens)
-        n_tokens = int(n_tokens)
+    return total, int(n_tokens)
+
+
+def evaluate_loss(model, examples: Examples, batch_size: int, max_batches: int | None, device, ranks: "Ranks | None" = None) -> dict[str, float]:
+    """Validation loss per token, perplexity and the number of tokens scored."""
+    total, n_tokens = summed_nll(model, examples, batch_size, device, max_batches, ranks)
     loss = total / max(n_tokens, 1)
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": n_tokens}
 
