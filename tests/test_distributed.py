@@ -78,20 +78,93 @@ def test_every_rank_ends_with_the_same_weights(two_process_run):
     assert len(hashes) == 2 and hashes[0] == hashes[1]
 
 
-def test_two_process_run_interrupted_and_resumed_equals_the_uninterrupted_one(workspace, two_process_run):
-    command, env = torchrun(workspace, 2, "pretrain", "-r", "tiny.yaml", "run.name=ddp-resumed", "train.batch_size=4", "pretrain.steps=40")
+def interrupt(workspace: Path, nproc: int, name: str, *args: str) -> None:
+    """Start a run and SIGTERM it once step 15 is logged: it must save a checkpoint and stop."""
+    command, env = torchrun(workspace, nproc, "pretrain", "-r", "tiny.yaml", f"run.name={name}", *args)
     process = subprocess.Popen(command, cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    metrics = workspace / "runs/ddp-resumed/pretrain.partial/metrics.jsonl"
+    metrics = workspace / f"runs/{name}/pretrain.partial/metrics.jsonl"
     deadline = time.time() + 180
     while time.time() < deadline and not (metrics.exists() and '"step": 15' in metrics.read_text()):
         time.sleep(0.1)
-    process.send_signal(signal.SIGTERM)  # torchrun forwards it to both workers
+    process.send_signal(signal.SIGTERM)  # torchrun forwards it to every worker
     _, err = process.communicate(timeout=120)
     assert "interrupted at step" in err, err[-2000:]
-    assert (workspace / "runs/ddp-resumed/pretrain.partial/checkpoints/latest").is_file()
+    assert (workspace / f"runs/{name}/pretrain.partial/checkpoints/latest").is_file()
+
+
+def final_weights(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "final/model.safetensors"))
+
+
+def test_two_process_run_interrupted_and_resumed_equals_the_uninterrupted_one(workspace, two_process_run):
+    interrupt(workspace, 2, "ddp-resumed", "train.batch_size=4")
     resumed = run(workspace, 2, "run.name=ddp-resumed", "train.batch_size=4", "--resume")
     assert resumed["resumed"] is True
     assert losses(workspace / "runs/ddp-resumed/pretrain") == losses(workspace / "runs/ddp/pretrain")
     first = (workspace / "runs/ddp/pretrain/final/model.safetensors").read_bytes()
     second = (workspace / "runs/ddp-resumed/pretrain/final/model.safetensors").read_bytes()
     assert first == second
+
+
+# ------------------------------------------------------------------------------------ FSDP
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(workspace):
+    return run(workspace, 2, "run.name=fsdp", "train.batch_size=4", "distributed.strategy=fsdp")
+
+
+def test_fsdp_trains_like_ddp(workspace, two_process_run, fsdp_run):
+    import torch
+
+    assert fsdp_run["strategy"] == "fsdp" and two_process_run["strategy"] == "ddp"
+    assert fsdp_run["global_batch"] == 8 and fsdp_run["tokens"] == two_process_run["tokens"]
+    a, b = losses(workspace / "runs/ddp/pretrain"), losses(workspace / "runs/fsdp/pretrain")
+    assert [(s, k) for s, k, _ in a] == [(s, k) for s, k, _ in b]
+    worst = max(abs(x - y) for (_, _, x), (_, _, y) in zip(a, b))
+    assert worst < 1e-5, worst
+    # final/ is a plain transformers model gathered from the shards, tied weights included
+    ddp, fsdp = final_weights(workspace / "runs/ddp/pretrain"), final_weights(workspace / "runs/fsdp/pretrain")
+    assert ddp.keys() == fsdp.keys()
+    assert all(torch.allclose(ddp[k], fsdp[k], atol=1e-5) for k in ddp)
+    assert len(fsdp_run["rank_weight_hashes"]) == 1
+
+
+def test_fsdp_run_resumes_with_another_number_of_processes(workspace, two_process_run):
+    """An FSDP checkpoint holds full states: it resumes in one process (batch 8 = 2 x 4), without
+    FSDP, and continues the uninterrupted 2-process run's loss curve."""
+    import torch
+
+    interrupt(workspace, 2, "moved", "train.batch_size=4", "distributed.strategy=fsdp")
+    command = [*run_cli_args("moved", "--resume")]
+    # one process with the old per-process batch would cut the data differently: refused, checkpoint kept
+    refused = subprocess.run(command, cwd=workspace, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "2 process(es) x train.batch_size=4 = 8 sequences per micro-batch" in refused.stderr
+    assert "resume with train.batch_size=8" in refused.stderr and "Traceback" not in refused.stderr
+    assert (workspace / "runs/moved/pretrain.partial/checkpoints/latest").is_file()
+    resumed = run(workspace, 1, "run.name=moved", "train.batch_size=8", "--resume")
+    assert resumed["resumed"] is True and resumed["processes"] == 1 and resumed["global_batch"] == 8
+    a, b = losses(workspace / "runs/ddp/pretrain"), losses(workspace / "runs/moved/pretrain")
+    assert [(s, k) for s, k, _ in a] == [(s, k) for s, k, _ in b]
+    worst = max(abs(x - y) for (_, _, x), (_, _, y) in zip(a, b))
+    assert worst < 1e-4, worst
+    ddp, moved = final_weights(workspace / "runs/ddp/pretrain"), final_weights(workspace / "runs/moved/pretrain")
+    assert all(torch.allclose(ddp[k], moved[k], atol=1e-4) for k in ddp)
+
+
+def run_cli_args(name: str, *args: str) -> list[str]:
+    """One plain process (no torchrun), with the old per-process batch size."""
+    return [sys.executable, "-m", "textgen_cli", "pretrain", "-r", "tiny.yaml", f"run.name={name}", "train.batch_size=4", *args]
+
+
+def test_adversarial_training_with_fsdp_is_refused_before_anything_runs():
+    from textgen_cli.train import check_strategy
+
+    check_strategy("ddp", 2, adversarial=True, stage="adv-train", method="fgm")
+    check_strategy("fsdp", 1, adversarial=True, stage="adv-train", method="fgm")  # one process: nothing is sharded
+    check_strategy("fsdp", 2, adversarial=False, stage="adv-train", method="none")
+    with pytest.raises(Exception, match="use distributed.strategy=ddp for adv-train"):
+        check_strategy("fsdp", 2, adversarial=True, stage="adv-train", method="pgd")

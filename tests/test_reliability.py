@@ -927,7 +927,7 @@ def test_too_long_examples_are_truncated_with_a_counting_warning(small, ws, text
 def test_no_space_for_a_checkpoint_is_reported_and_the_previous_one_kept(good, small, ws, textgen, tmp_path, monkeypatch):
     import safetensors.torch
 
-    real = safetensors.torch.save_model
+    real = safetensors.torch.save_file
     calls = {"n": 0}
 
     def full_disk(*args, **kwargs):
@@ -936,7 +936,7 @@ def test_no_space_for_a_checkpoint_is_reported_and_the_previous_one_kept(good, s
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(safetensors.torch, "save_model", full_disk)
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
     before = good()
     result = textgen("pretrain", "--recipe", str(ws / "chatgpt.yaml"), "run.name=good", "pretrain.steps=8", "checkpoint.every=2", cwd=tmp_path)
     assert result.rc == 2, result.err

@@ -59,11 +59,16 @@ def _rng_file(rank: int) -> str:
 def save(root: Path, step: int, model, optimizer, scheduler, loop_state: dict[str, Any], keep_last: int, ranks=None) -> Path:
     """Write checkpoint `step` under `root/checkpoints/` atomically, then prune old ones.
 
-    With several processes rank 0 writes the model, optimizer and scheduler (identical on every
-    rank under DDP) and each rank its own RNG state; rank 0 then renames the folder into place."""
+    The model and optimizer states are full (unsharded, parameters named), whatever the strategy:
+    every process takes part in gathering them (FSDP), rank 0 writes them, each rank writes its own
+    RNG state, and rank 0 then renames the folder into place."""
     import torch
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
 
+    from textgen_cli import fsdp
+
+    weights = fsdp.full_model_state(model)
+    optimizer_state = fsdp.full_optimizer_state(model, optimizer)
     main = ranks is None or ranks.main
     rank = 0 if ranks is None else ranks.rank
     folder = root / CHECKPOINTS
@@ -74,8 +79,8 @@ def save(root: Path, step: int, model, optimizer, scheduler, loop_state: dict[st
             folder.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
-            save_model(model, str(tmp / "model.safetensors"))
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            torch.save(optimizer_state, tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             state = {"step": step, **loop_state, "rng": host_rng_state()}
             (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
@@ -148,13 +153,19 @@ def _complete(path: Path) -> bool:
 
 
 def load(path: Path, model, optimizer, scheduler, rank: int = 0) -> dict[str, Any]:
-    """Restore everything saved by `save` (this rank's RNG state); returns the loop state."""
+    """Restore everything saved by `save` (this rank's RNG state; rank 0's for a rank the
+    checkpoint has none for, as when resuming with more processes); returns the loop state."""
     import torch
-    from safetensors.torch import load_model
+    from safetensors.torch import load_file, load_model
+
+    from textgen_cli import fsdp
 
     try:
-        load_model(model, str(path / "model.safetensors"))
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        if fsdp.is_sharded(model):
+            fsdp.load_model_state(model, load_file(str(path / "model.safetensors")))
+        else:
+            load_model(fsdp.bare(model), str(path / "model.safetensors"))
+        fsdp.load_optimizer_state(model, optimizer, torch.load(path / "optimizer.pt", weights_only=True))
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         rng_file = path / _rng_file(rank)
         rng = torch.load(rng_file if rng_file.is_file() else path / "rng.pt", weights_only=True)

@@ -304,8 +304,11 @@ def token_loss_sum(model, batch: dict[str, "torch.Tensor"], causal: bool, inputs
 
 def _separable(model) -> bool:
     """A plain (unwrapped) transformers LM whose body and output layer can be called apart. A DDP
-    wrapper is not: its forward must run for gradients to be synchronised."""
-    return getattr(model, "base_model", model) is not model and model.get_output_embeddings() is not None
+    wrapper is not: its forward must run for gradients to be synchronised; nor is an FSDP-sharded
+    model: its forward gathers the parameters that the output layer uses."""
+    from textgen_cli.fsdp import is_sharded
+
+    return getattr(model, "base_model", model) is not model and model.get_output_embeddings() is not None and not is_sharded(model)
 
 
 def _label_positions_loss(model, batch: dict[str, "torch.Tensor"], inputs_embeds: "torch.Tensor | None") -> tuple["torch.Tensor", int]:

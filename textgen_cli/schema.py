@@ -98,6 +98,11 @@ class TrainSection:
 
 
 @dataclass
+class DistributedSection:
+    strategy: str = _key("ddp", "With several processes (torchrun / accelerate launch): `ddp` (a full model copy per process, gradients all-reduced) or `fsdp` (parameters, gradients and optimizer state sharded over the processes: for models that do not fit one device). One process ignores it.")
+
+
+@dataclass
 class CheckpointSection:
     every: int = _key(100, "Save a resumable checkpoint every N optimizer steps (0: only on interruption).")
     keep_last: int = _key(2, "Checkpoints kept; older ones are deleted, never the newest valid one.")
@@ -186,6 +191,7 @@ class Recipe:
     eval: EvalSection = _section(EvalSection, "Evaluation: metrics, intervals, robustness.")
     generate: GenerateSection = _section(GenerateSection, "Decoding settings for `textgen generate` (each overridable on the command line).")
     run: RunSection = _section(RunSection, "Where results are written.")
+    distributed: DistributedSection = _section(DistributedSection, "Data-parallel training over several processes (see docs/distributed.md).")
     checkpoint: CheckpointSection = _section(CheckpointSection, "Resumable checkpoints (model, optimizer, scheduler, RNG states, data position).")
     resume: str = _key("never", "`auto`: continue an interrupted stage from its newest valid checkpoint (same as --resume); `never`: start afresh.")
 
@@ -198,6 +204,7 @@ CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "fp32", "bf16"),
     "train.on_nonfinite": ("stop", "skip"),
+    "distributed.strategy": ("ddp", "fsdp"),
     "resume": ("never", "auto"),
     "eval.split": ("test", "validation", "train"),
     "adv_train.method": ("none", "fgm", "pgd", "freelb", "r3f"),

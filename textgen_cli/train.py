@@ -95,6 +95,8 @@ class Ranks:
     writes run files, checkpoints and logs; sums over ranks go through one all-reduce."""
 
     accelerator: Any
+    # FSDP: every forward is a collective, so every rank must run the same number of them
+    sharded: bool = False
 
     @property
     def rank(self) -> int:
@@ -168,13 +170,18 @@ def summed_nll(model, examples: Examples, batch_size: int, device, max_batches: 
     if max_batches is not None:
         n_batches = min(n_batches, max_batches)
     rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
+    rounds = math.ceil(n_batches / world)
     with torch.no_grad():
-        for b in range(rank, n_batches, world):
-            indices = range(b * batch_size, min(len(examples), (b + 1) * batch_size))
+        for b in range(rank, rounds * world if ranks is not None and ranks.sharded else n_batches, world):
+            # under FSDP a rank out of batches scores batch 0 again (and ignores it) so that the
+            # other ranks' parameter all-gathers do not wait for it forever
+            surplus = b >= n_batches
+            indices = range(0, min(len(examples), batch_size)) if surplus else range(b * batch_size, min(len(examples), (b + 1) * batch_size))
             batch = {k: v.to(device) for k, v in examples.collate(list(indices), epoch=0).items()}
             loss_sum, tokens = token_loss_sum(model, batch, examples.causal)
-            total += float(loss_sum)
-            n_tokens += tokens
+            if not surplus:
+                total += float(loss_sum)
+                n_tokens += tokens
     model.train(was_training)
     if ranks is not None:
         total, n_tokens = ranks.total(total, n_tokens)
@@ -230,6 +237,9 @@ class LoopState:
     first_val: dict[str, float] = field(default_factory=dict)
     last_val: dict[str, float] = field(default_factory=dict)
     last_loss: float | None = None
+    # how the data was cut: the position is counted in global micro-batches of this many sequences
+    processes: int = 1
+    global_micro_batch: int = 0
 
 
 class StopSignals:
@@ -266,6 +276,14 @@ def clean_step(model, batch: dict[str, "torch.Tensor"], causal: bool, scale: flo
     return {"loss_sum": float(loss_sum.detach())}
 
 
+def check_strategy(strategy: str, world: int, adversarial: bool, stage: str, method: str) -> None:
+    if strategy == "fsdp" and world > 1 and adversarial:
+        raise UserError(
+            f"{stage}: adv_train.method={method} perturbs the input embeddings outside the model's forward pass, "
+            "which FSDP's sharded parameters do not allow; use distributed.strategy=ddp for adv-train"
+        )
+
+
 def train_stage(
     loaded: "LoadedRecipe",
     stage: str,
@@ -284,7 +302,8 @@ def train_stage(
 
     recipe = loaded.recipe
     accelerator = make_accelerator(recipe.train)
-    ranks = Ranks(accelerator)
+    ranks = Ranks(accelerator, sharded=recipe.distributed.strategy == "fsdp" and accelerator.num_processes > 1)
+    check_strategy(recipe.distributed.strategy, ranks.world, step_fn is not clean_step, stage, recipe.adv_train.method)
     check_split_sizes(train_set, val_set, recipe.train.batch_size, f"{stage} data", ranks.world)
     run = RunDir(loaded.run_dir(stage))
     resume = recipe.resume == "auto"
@@ -315,7 +334,7 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
     import torch
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-    from textgen_cli import checkpoint
+    from textgen_cli import checkpoint, fsdp
 
     recipe = loaded.recipe
     section = recipe.train
@@ -328,6 +347,9 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
         (run.work / RECIPE_FILE).write_text(loaded.to_yaml(), encoding="utf-8")
     model.to(device)
     model.train()
+    plain_class = type(model)
+    if ranks.sharded:
+        fsdp.shard(model)  # before the optimizer is built: it must hold the sharded parameters
     # fused AdamW on CUDA (one kernel for all parameters); foreach, the default, on CPU
     fused = {"fused": True} if device.type == "cuda" else {}
     optimizer = torch.optim.AdamW(param_groups(model, section.weight_decay), lr=lr, betas=(0.9, 0.95), eps=1e-8, **fused)
@@ -336,11 +358,14 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
     )
     if section.compile:
         model = torch.compile(model)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if ranks.sharded:
+        optimizer = accelerator.prepare(optimizer)  # the model is already distributed; no DDP around it
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
     lengths = train_set.lengths() if section.group_by_length and hasattr(train_set, "lengths") else None
     sampler = EpochSampler(len(train_set), section.batch_size, section.seed, ranks.rank, ranks.world, lengths)
     n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
-    world = f" x {ranks.world} processes" if ranks.world > 1 else ""
+    world = f" x {ranks.world} processes ({recipe.distributed.strategy})" if ranks.world > 1 else ""
     if ranks.main:
         log(
             f"{stage}: {recipe.model.family} model, {n_params:,} parameters, {len(train_set):,} training examples, "
@@ -348,16 +373,20 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
             f"sequences (global batch) on {device}"
         )
 
-    state = LoopState(settings_hash=loaded.settings_hash())
+    settings = resume_settings_hash(loaded, ranks.world)
+    state = LoopState(settings_hash=settings, processes=ranks.world, global_micro_batch=sampler.global_batch)
     if resume_from is not None:
         saved = checkpoint.load(resume_from, accelerator.unwrap_model(model), optimizer, scheduler, ranks.rank)
         state = LoopState(**saved)
-        if state.settings_hash != loaded.settings_hash():
+        check_resume_layout(state, section.batch_size, ranks.world, resume_from)
+        if state.settings_hash != settings:
             log(f"warning: the recipe's settings differ from those of the interrupted run ({resume_from})")
-            state.settings_hash = loaded.settings_hash()
+            state.settings_hash = settings
         if ranks.main:
             run.truncate_metrics(state.metrics_lines)
-            log(f"{stage}: resumed at step {state.step}/{steps}")
+            moved = f", now with {ranks.world} processes instead of {state.processes}" if state.processes != ranks.world else ""
+            log(f"{stage}: resumed at step {state.step}/{steps}{moved}")
+        state.processes, state.global_micro_batch = ranks.world, sampler.global_batch
     else:
         state.first_val = state.last_val = evaluate_loss(model, val_set, section.batch_size, section.eval_batches, device, ranks)
         if ranks.main:
@@ -384,7 +413,7 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
             local_extras: dict[str, float] = {}
             for index, batch in enumerate(micro):
                 sync = index == len(micro) - 1 or ranks.world == 1
-                with (contextlib.nullcontext() if sync else accelerator.no_sync(model)):
+                with (contextlib.nullcontext() if sync else fsdp.gradient_sync(model, False) if ranks.sharded else accelerator.no_sync(model)):
                     stats = step_fn(model, batch, train_set.causal, scale, accelerator)
                 step_loss += stats.pop("loss_sum")
                 for key, value in stats.items():
@@ -401,7 +430,8 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
                 else:
                     step_extras[key] = value / (len(micro) * ranks.world)
             step_encoder_tokens, step_decoder_tokens, stop_votes = totals[-3:]
-            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), section.clip_grad if section.clip_grad > 0 else float("inf")))
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), section.clip_grad if section.clip_grad > 0 else float("inf"))
+            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP: a DTensor
             current_lr = scheduler.get_last_lr()[0]
             state.step = step
             if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
@@ -465,10 +495,16 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
         reporter.close()
 
     final_dir = run.work / FINAL_DIR
-    model = accelerator.unwrap_model(model)
-    # every process must end with the same weights; record each one's fingerprint to show it
-    weight_hashes = ranks.gather(weights_fingerprint(model))
-    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
+    model = fsdp.bare(accelerator.unwrap_model(model))
+    if ranks.sharded:
+        # gather the shards (every rank takes part) into a plain model on rank 0: that is what is saved
+        weights = fsdp.full_model_state(model)
+        if ranks.main:
+            model = unsharded_copy(plain_class, model.config, weights)
+        weight_hashes = [weights_fingerprint(model)] if ranks.main else []
+    else:
+        # every process must end with the same weights; record each one's fingerprint to show it
+        weight_hashes = ranks.gather(weights_fingerprint(model))
     configure_generation(model, tokenizer, recipe.model.context)
     if ranks.main:
         model.save_pretrained(final_dir)
@@ -502,6 +538,7 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
         "device": str(device),
         "processes": ranks.world,
         "rank_weight_hashes": weight_hashes,
+        "strategy": recipe.distributed.strategy if ranks.world > 1 else "single",
         "global_batch": section.batch_size * section.grad_accum * ranks.world,
         "seed": section.seed,
         "versions": versions(),
@@ -512,6 +549,39 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
     if ranks.main:
         run.write_json(SUMMARY_FILE, summary)
     return summary
+
+
+def resume_settings_hash(loaded: "LoadedRecipe", world: int) -> str:
+    """The settings hash a resumed run is checked against, with the per-process batch size replaced
+    by the global micro-batch: 2 processes x 4 and 1 process x 8 are the same experiment."""
+    import hashlib
+    import json
+
+    values = loaded.to_dict()
+    values["train"]["batch_size"] = values["train"]["batch_size"] * world
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_resume_layout(state: LoopState, batch_size: int, world: int, path: Path) -> None:
+    """The data position is counted in global micro-batches, so the number of processes may change
+    on resume as long as processes x train.batch_size stays what it was."""
+    if state.global_micro_batch in (0, batch_size * world):  # 0: a checkpoint from before this was recorded
+        return
+    saved = state.global_micro_batch
+    fix = f"resume with train.batch_size={saved // world}" if saved % world == 0 else f"resume with a number of processes that divides {saved}"
+    raise UserError(
+        f"checkpoint {path} was written by {state.processes} process(es) x train.batch_size={saved // max(state.processes, 1)} = {saved} "
+        f"sequences per micro-batch, but this run has {world} x {batch_size} = {batch_size * world}: the data position would not carry over; {fix}"
+    )
+
+
+def unsharded_copy(model_class, config, weights: dict[str, Any]):
+    """A plain (unsharded) model of `model_class` holding the gathered `weights`."""
+    from textgen_cli import fsdp
+
+    model = model_class(config)
+    fsdp.load_model_state(model, weights)
+    return model
 
 
 def weights_fingerprint(model) -> str:
