@@ -14,6 +14,7 @@ The ratio textgen / baseline is measured in the same process, interleaved, media
 
     python benchmarks/bench_train.py              # `make bench`; a few minutes on 2 CPU cores
     python benchmarks/bench_train.py --steps 30 --repeats 5 --sizes default
+    python benchmarks/bench_train.py --compile     # train.compile=true vs eager (steady state)
 
 Writes benchmarks/results/train.json and prints a table.
 """
@@ -93,6 +94,62 @@ def textgen_tokens_per_s(loaded, data, steps: int) -> float:
     return summary["tokens_per_s"]
 
 
+def textgen_steady_tokens_per_s(loaded, data, steps: int, compile: bool, first_window: int = 5) -> tuple[float, float]:
+    """(tokens/s after the first logging window, seconds of the first window beyond its steady
+    time): with `train.compile` the first window holds the compilation."""
+    from textgen_cli.train import train_stage
+
+    torch.manual_seed(0)
+    model = FAMILIES[loaded.recipe.model.family].build(loaded.recipe.model, Vocab(loaded.recipe.tokenizer.vocab_size))
+    with tempfile.TemporaryDirectory() as root:
+        run = load_recipe(str(loaded.path), [*loaded.overrides, f"run.root={root}", "run.name=bench", f"pretrain.steps={first_window + steps}",
+                                             f"train.eval_every={10 * steps}", f"train.log_every={first_window}", "train.eval_batches=1",
+                                             "checkpoint.every=0", f"train.compile={str(compile).lower()}"])
+        train_stage(run, "pretrain", model, _NoTokenizer(), data, data, {})
+        rows = [json.loads(line) for line in (Path(root) / "bench/pretrain/metrics.jsonl").read_text().splitlines()]
+    windows = [r for r in rows if "tokens_per_s" in r]
+    first, rest = windows[0], windows[1:]
+    tokens = [b["tokens"] - a["tokens"] for a, b in zip(windows, rest)]
+    seconds = [n / r["tokens_per_s"] for n, r in zip(tokens, rest)]
+    steady = sum(tokens) / sum(seconds)
+    return steady, first["tokens"] / first["tokens_per_s"] - first["tokens"] / steady
+
+
+def compare_compile(args, peak: float) -> None:
+    """`--compile`: textgen's loop eager against `train.compile=true`, steady state, interleaved."""
+    rows = []
+    for size in args.sizes.split(","):
+        for family in ("chatgpt", "sora"):
+            loaded = load_recipe(str(REPO / f"recipes/{family}.yaml"), LARGER if size == "larger" else [])
+            data = dataset(loaded)
+            eager, compiled, overhead = [], [], []
+            textgen_tokens_per_s(loaded, data, 3)  # warm-up
+            for _ in range(args.repeats):
+                eager.append(textgen_steady_tokens_per_s(loaded, data, args.steps, compile=False)[0])
+                rate, extra = textgen_steady_tokens_per_s(loaded, data, args.steps, compile=True)
+                compiled.append(rate)
+                overhead.append(extra)
+            per_token = flops_per_token(loaded)
+            row = {
+                "family": family,
+                "size": size,
+                "eager_tokens_per_s": statistics.median(eager),
+                "compiled_tokens_per_s": statistics.median(compiled),
+                "speedup": statistics.median(c / e for c, e in zip(compiled, eager)),
+                "compile_seconds": statistics.median(overhead),
+                "mfu_eager": per_token * statistics.median(eager) / peak,
+                "mfu_compiled": per_token * statistics.median(compiled) / peak,
+                "runs": {"eager": eager, "compiled": compiled, "compile_seconds": overhead},
+            }
+            rows.append(row)
+            print(f"{family:<8} {size:<8} eager {row['eager_tokens_per_s']:>9,.0f} tok/s  compiled {row['compiled_tokens_per_s']:>9,.0f} tok/s  "
+                  f"x{row['speedup']:.3f}  compile {row['compile_seconds']:.1f} s  MFU {row['mfu_eager']:.1%} -> {row['mfu_compiled']:.1%}", flush=True)
+    output = Path(args.output).with_name("train-compile.json") if args.output.endswith("train.json") else Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"peak_flops": peak, "threads": torch.get_num_threads(), "steps": args.steps, "repeats": args.repeats, "rows": rows}, indent=2))
+    print(f"wrote {output}")
+
+
 class _NoTokenizer:
     pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
 
@@ -133,11 +190,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sizes", default="default,larger")
     parser.add_argument("--output", default=str(REPO / "benchmarks/results/train.json"))
+    parser.add_argument("--compile", action="store_true", help="measure train.compile=true against eager instead (writes train-compile.json)")
     args = parser.parse_args()
 
     quiet_libraries()
     peak = matmul_peak()
     print(f"measured fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads)")
+    if args.compile:
+        compare_compile(args, peak)
+        return
     rows = []
     for size in args.sizes.split(","):
         for family in ("chatgpt", "sora"):

@@ -19,9 +19,9 @@ def shard(model) -> Any:
     """Shard `model` in place over the default process group: one FSDP unit per block, then the root."""
     from torch.distributed.fsdp import fully_shard
 
-    block_names = set(getattr(model, "_no_split_modules", None) or ())
-    blocks = [module for module in model.modules() if type(module).__name__ in block_names]
-    for block in blocks:
+    from textgen_cli.models import transformer_blocks
+
+    for block in transformer_blocks(model):
         fully_shard(block)
     fully_shard(model)
     return model

@@ -21,6 +21,7 @@ import numpy as np
 
 from textgen_cli.errors import Interrupted, TrainingDiverged, UserError
 from textgen_cli.flops import flops_model, step_flops
+from textgen_cli.models import transformer_blocks
 from textgen_cli.objectives import IGNORE_INDEX, token_loss_sum
 from textgen_cli.progress import Reporter, log
 from textgen_cli.runs import FINAL_DIR, RECIPE_FILE, SUMMARY_FILE, RunDir, peak_memory_mb, versions
@@ -357,7 +358,10 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
         optimizer, num_warmup_steps=min(section.warmup_steps, steps), num_training_steps=steps, min_lr_rate=section.min_lr_ratio
     )
     if section.compile:
-        model = torch.compile(model)
+        # each block compiled in place (one graph, reused by every layer): whatever calls the
+        # blocks (the full forward, the label-positions loss, FSDP) runs the compiled code
+        for block in transformer_blocks(model):
+            block.compile()
     if ranks.sharded:
         optimizer = accelerator.prepare(optimizer)  # the model is already distributed; no DDP around it
     else:

@@ -72,3 +72,10 @@ def load_checkpoint(path: Path, family: str, vocab_size: int | None = None) -> "
             f"but its tokenizer has {vocab_size} tokens; expected a tokenizer saved with this model"
         )
     return model
+
+
+def transformer_blocks(model) -> list:
+    """The model's repeated layers (GPT-2 blocks; BART encoder and decoder layers): the units that
+    FSDP shards and `train.compile` compiles, named by transformers' `_no_split_modules`."""
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    return [module for module in model.modules() if type(module).__name__ in names]
