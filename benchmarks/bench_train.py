@@ -123,6 +123,7 @@ def compare_compile(args, peak: float) -> None:
             loaded = load_recipe(str(REPO / f"recipes/{family}.yaml"), LARGER if size == "larger" else [])
             data = dataset(loaded)
             eager, compiled, overhead = [], [], []
+            torch._dynamo.reset()  # one family's compiled blocks must not count against the next's recompile limit
             textgen_tokens_per_s(loaded, data, 3)  # warm-up
             for _ in range(args.repeats):
                 eager.append(textgen_steady_tokens_per_s(loaded, data, args.steps, compile=False)[0])

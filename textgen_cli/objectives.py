@@ -273,8 +273,10 @@ def fit_seq2seq(source: list[int], target: list[int], eos_id: int, context: int,
 
 
 def forward_logits(model, batch: dict[str, "torch.Tensor"], inputs_embeds: "torch.Tensor | None" = None) -> "torch.Tensor":
-    """Logits for a batch; with `inputs_embeds` the (encoder) input ids are replaced by embeddings."""
+    """Logits for a batch; with `inputs_embeds` the (encoder) input ids are replaced by embeddings.
+    No KV cache: a loss needs none, and building one costs time (and torch.compile recompiles)."""
     inputs = {key: value for key, value in batch.items() if key != "labels"}
+    inputs["use_cache"] = False
     if inputs_embeds is not None:
         del inputs["input_ids"]
         inputs["inputs_embeds"] = inputs_embeds
@@ -321,7 +323,7 @@ def _label_positions_loss(model, batch: dict[str, "torch.Tensor"], inputs_embeds
     if inputs_embeds is not None:
         del inputs["input_ids"]
         inputs["inputs_embeds"] = inputs_embeds
-    hidden = model.base_model(**inputs).last_hidden_state
+    hidden = model.base_model(**inputs, use_cache=False).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE_INDEX
     logits = model.get_output_embeddings()(hidden[:, :-1][keep])

@@ -255,6 +255,8 @@ def validate_values(recipe: Recipe, source: str, override_keys: set[str] = froze
         fail("model.context", "at least 8 tokens", m.context)
     if not 0 <= m.dropout < 1:
         fail("model.dropout", "a probability in [0, 1)", m.dropout)
+    if not 0 <= m.attention_dropout < 1:
+        fail("model.attention_dropout", "a probability in [0, 1)", m.attention_dropout)
     if recipe.tokenizer.vocab_size < 300:
         fail("tokenizer.vocab_size", "at least 300 (256 bytes plus special tokens)", recipe.tokenizer.vocab_size)
     t = recipe.train

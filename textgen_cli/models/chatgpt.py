@@ -1,7 +1,8 @@
 """`chatgpt`: a decoder-only Transformer (GPT-2 layout) for multi-turn dialogue.
 
 GPT-2 rather than Llama because its blocks match BART's (learned positions, GELU, LayerNorm, the
-same dropout everywhere): a `sora` vs `chatgpt` comparison then measures encoder-decoder against
+same dropout: `model.dropout` on embeddings and block outputs, `model.attention_dropout` on the
+attention probabilities): a `sora` vs `chatgpt` comparison then measures encoder-decoder against
 decoder-only, not two different block designs.
 """
 
@@ -27,7 +28,7 @@ def build_chatgpt(section: "ModelSection", tokenizer: "PreTrainedTokenizerFast")
         n_inner=section.ffn,
         resid_pdrop=section.dropout,
         embd_pdrop=section.dropout,
-        attn_pdrop=section.dropout,
+        attn_pdrop=section.attention_dropout,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -24,6 +24,7 @@ def build_sora(section: "ModelSection", tokenizer: "PreTrainedTokenizerFast") ->
         encoder_ffn_dim=section.ffn,
         decoder_ffn_dim=section.ffn,
         dropout=section.dropout,
+        attention_dropout=section.attention_dropout,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
