@@ -2,20 +2,36 @@
 fixed-size blocks, cached on disk.
 
 The corpus is never held in memory: `datasets` keeps it as memory-mapped Arrow, batches of rows go
-through the Rust tokenizer (which encodes a batch on every core), and full blocks are appended to a
-binary file that is then memory-mapped. The result is cached under the textgen cache folder, keyed
-by the file's content, the tokenizer and the block size: a second run with the same inputs opens the
-cached blocks without tokenizing anything.
+through the Rust tokenizer, and full blocks are appended to a binary file that is then memory-mapped.
+The result is cached under the textgen cache folder, keyed by the file's content, the tokenizer and
+the block size: a second run with the same inputs opens the cached blocks without tokenizing anything.
+
+On Linux, text of `PARALLEL_MIN_BYTES` or more is tokenized by a pool of worker processes, one per
+usable core (at most `MAX_WORKERS`), forked so that they start at once and re-import nothing: each
+builds its own Rust tokenizer from the tokenizer's JSON (it never touches torch or transformers),
+encodes whole batches on one thread and sends back each batch's ids as two flat numpy arrays (ids
+end to end, lengths). This process reads and checks the rows, hands out the batches and packs the
+results in order, with at most `IN_FLIGHT_PER_WORKER` batches per worker outstanding, so memory stays
+bounded. That gives the same blocks as encoding here, which is what smaller text (and every platform
+but Linux) gets: the pool's start-up would cost more than it saves, and the Rust tokenizer encodes a
+batch on several threads of its own (though converting its output to Python holds the GIL).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
+import itertools
 import json
 import os
+import signal
+import sys
+import threading
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 
@@ -29,6 +45,11 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = "1"
 ROWS_PER_BATCH = 2000
+# Text (bytes: the source's share of its file) from which a pool of worker processes tokenizes; below
+# it the pool costs more than it saves (measured on 2 cores: docs/performance.md, "Data preparation").
+PARALLEL_MIN_BYTES = 8 * 2**20
+MAX_WORKERS = 8
+IN_FLIGHT_PER_WORKER = 2  # batches submitted and not yet packed, per worker
 
 
 def file_digest(path: Path, chunk_size: int = 1 << 22) -> str:
@@ -43,6 +64,20 @@ def tokenizer_digest(tokenizer) -> str:
     return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
 
 
+def _can_fork_workers() -> bool:
+    import multiprocessing
+
+    # elsewhere fork is unsafe (macOS) or absent (Windows); a daemonic process may not have children
+    return sys.platform.startswith("linux") and not multiprocessing.current_process().daemon
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 @dataclass
 class TextSource:
     """A slice of rows of one local text file: what gets tokenized."""
@@ -54,17 +89,22 @@ class TextSource:
     digest: str
 
     def rows(self) -> "datasets.Dataset":
+        return self._rows()[0]
+
+    def _rows(self) -> "tuple[datasets.Dataset, float]":
+        """The rows, and their share of the file's rows."""
         rows = load_rows(self.path)
         stop = len(rows) if self.stop is None else min(self.stop, len(rows))
-        return rows.select(range(self.start, stop)) if (self.start, stop) != (0, len(rows)) else rows
+        share = max(0, stop - self.start) / len(rows)
+        return (rows.select(range(self.start, stop)) if (self.start, stop) != (0, len(rows)) else rows), share
 
     @property
     def field(self) -> str:
         return "text" if file_format(self.path) == "text" else self.text_field
 
-    def batches(self) -> Iterator[list[str]]:
+    def batches(self, rows: "datasets.Dataset | None" = None) -> Iterator[list[str]]:
         """Non-empty texts in batches; a non-string value is an error naming its line."""
-        rows = self.rows()
+        rows = self.rows() if rows is None else rows
         if self.field not in rows.column_names:
             raise UserError(f"{self.path}: records have no field '{self.field}' (set by data.pretrain.text_field); fields found: {', '.join(rows.column_names)}")
         offset = self.start
@@ -107,25 +147,29 @@ def packed_blocks(source: TextSource, tokenizer, block_size: int) -> Packed:
     """Blocks of `block_size` tokens: documents joined by eos, the ragged tail dropped. Cached."""
     eos = tokenizer.eos_token_id
     dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max else np.int32
-    key = hashlib.sha256(f"{FORMAT_VERSION}|{source.key()}|{tokenizer_digest(tokenizer)}|{block_size}|{eos}|{np.dtype(dtype).name}".encode()).hexdigest()[:24]
+    tokenizer_json = tokenizer.backend_tokenizer.to_str()
+    tokenizer_key = hashlib.sha256(tokenizer_json.encode()).hexdigest()  # = tokenizer_digest(tokenizer)
+    key = hashlib.sha256(f"{FORMAT_VERSION}|{source.key()}|{tokenizer_key}|{block_size}|{eos}|{np.dtype(dtype).name}".encode()).hexdigest()[:24]
     folder = cache_dir() / "blocks"
     data_file, meta_file = folder / f"{key}.bin", folder / f"{key}.json"
     if data_file.is_file() and meta_file.is_file():
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
         return Packed(_open(data_file, dtype, meta["n_blocks"], block_size), meta["tokens"], cached=True)
 
+    rows, share = source._rows()
+    text_bytes = source.path.stat().st_size * share
+    workers = min(usable_cores(), MAX_WORKERS) if text_bytes >= PARALLEL_MIN_BYTES and _can_fork_workers() else 1
+    # what `tokenizer(texts, add_special_tokens=False)` does, minus the Python-side conversions
+    split_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{key}.{os.getpid()}.tmp"
     carry = np.empty(0, dtype=np.int64)
     tokens = n_blocks = 0
     try:
-        with tmp.open("wb") as out:
-            for texts in source.batches():
-                if not texts:
-                    continue
-                encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-                tokens += sum(len(ids) + 1 for ids in encoded)
-                blocks, carry = pack_blocks(encoded, block_size, eos, carry)
+        with tmp.open("wb") as out, _encoded(source.batches(rows), tokenizer_json, split_special_tokens, workers) as encoded:
+            for ids, lengths in encoded:
+                tokens += int(lengths.sum()) + len(lengths)
+                blocks, carry = pack_blocks(np.split(ids, np.cumsum(lengths[:-1])), block_size, eos, carry)
                 out.write(blocks.astype(dtype).tobytes())
                 n_blocks += len(blocks)
             out.flush()
@@ -135,6 +179,110 @@ def packed_blocks(source: TextSource, tokenizer, block_size: int) -> Packed:
     finally:
         tmp.unlink(missing_ok=True)
     return Packed(_open(data_file, dtype, n_blocks, block_size), tokens, cached=False)
+
+
+Encoded = tuple[np.ndarray, np.ndarray]  # one batch: its documents' ids end to end (int32) and their lengths
+
+
+def _backend(tokenizer_json: str, split_special_tokens: bool):
+    """A private copy of the Rust tokenizer, set up as `transformers` sets it up for a plain call."""
+    from tokenizers import Tokenizer
+
+    core = Tokenizer.from_str(tokenizer_json)
+    core.no_truncation()
+    core.no_padding()
+    core.encode_special_tokens = split_special_tokens
+    return core
+
+
+def _encode(core, texts: list[str]) -> Encoded:
+    ids = [encoding.ids for encoding in core.encode_batch_fast(texts, add_special_tokens=False)]
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    return np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum())), lengths
+
+
+@contextlib.contextmanager
+def _encoded(batches: Iterable[list[str]], tokenizer_json: str, split_special_tokens: bool, workers: int) -> Iterator[Iterator[Encoded]]:
+    """The batches' encodings, in order: here, or by `workers` processes when there are two or more.
+    Leaving the block, normally or not, stops the workers."""
+    if workers < 2:
+        core = _backend(tokenizer_json, split_special_tokens)
+        yield (_encode(core, texts) for texts in batches if texts)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker, initargs=(tokenizer_json, split_special_tokens))
+    try:
+        with _quiet_fork():
+            pool.submit(_started)  # the first submission forks every worker: do it here
+        yield _pooled(pool, batches, workers * IN_FLIGHT_PER_WORKER)
+    finally:
+        # Running batches finish (a fraction of a second), queued ones are dropped; then the workers exit.
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _pooled(pool, batches: Iterable[list[str]], in_flight: int) -> Iterator[Encoded]:
+    pending: deque = deque()
+    for texts in batches:
+        if texts:
+            pending.append(pool.submit(_encode_in_worker, texts))
+            if len(pending) >= in_flight:
+                yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+@contextlib.contextmanager
+def _quiet_fork() -> Iterator[None]:
+    """Around forking the workers: a Ctrl-C is acted on once they have all started (half-started, the
+    pool could not be shut down), `tokenizers` does not warn that it was forked after using its threads
+    (it was told not to use them: TOKENIZERS_PARALLELISM), and Python 3.12+ does not warn that forking
+    a process with threads (torch's, the tokenizer's) may deadlock the child: the workers use nothing
+    of those threads' libraries but a fresh tokenizer of their own and numpy."""
+    import warnings
+
+    received: list[int] = []
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is not None:  # None: a handler not set from Python, which could not be put back
+            signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    gc.freeze()  # the workers' garbage collector leaves this process's objects alone, so their pages stay shared
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*fork\(\) may lead to deadlocks", category=DeprecationWarning)
+            yield
+    finally:
+        gc.unfreeze()
+        if parallelism is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = parallelism
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+            if received:
+                signal.raise_signal(signal.SIGINT)
+
+
+_worker_core = None
+
+
+def _start_worker(tokenizer_json: str, split_special_tokens: bool) -> None:
+    global _worker_core
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the main process stops the pool
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker: the pool is the parallelism
+    _worker_core = _backend(tokenizer_json, split_special_tokens)
+
+
+def _started() -> int:
+    return os.getpid()
+
+
+def _encode_in_worker(texts: list[str]) -> Encoded:
+    return _encode(_worker_core, texts)
 
 
 def _open(path: Path, dtype, n_blocks: int, block_size: int) -> np.ndarray:

@@ -1,0 +1,201 @@
+"""Pretraining data preparation (textgen_cli.packing): the pool of tokenizer processes that large text
+gets gives, block for block, what encoding in this process gives, which is what the plain
+`tokenizer(texts)` call gave; errors and interruptions leave no worker and no partial file behind."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from conftest import REPO, moby_lines
+from textgen_cli import packing
+from textgen_cli.errors import UserError
+from textgen_cli.objectives import pack_blocks
+from textgen_cli.packing import TextSource, file_digest, packed_blocks
+
+BLOCK = 32
+# Special tokens inside the text, a blank record, non-ASCII text, long and one-character records.
+ODD = ["an eos </s> and a <s> in the text", "<|user|> hello <|end|>", "   ", "café, naïve — “quoted” 🐋", "x", "word " * 300]
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEXTGEN_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def small_batches(monkeypatch):
+    monkeypatch.setattr(packing, "ROWS_PER_BATCH", 40)  # many batches: the tail carried across them, several in flight
+
+
+def use_pool(monkeypatch) -> list:
+    """Force the pool (two workers, whatever the size and the machine); returns a list of its uses."""
+    calls: list = []
+    pooled = packing._pooled
+    monkeypatch.setattr(packing, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(packing, "usable_cores", lambda: 2)
+    monkeypatch.setattr(packing, "_pooled", lambda *args: calls.append(args) or pooled(*args))
+    return calls
+
+
+def corpus(tmp_path, lines=600):
+    texts = [line.rstrip("\n") for line in moby_lines(lines)]
+    texts[7:7] = ODD
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts), encoding="utf-8")
+    return path, texts
+
+
+def source(path, start=0, stop=None):
+    return TextSource(path, "text", start, stop, file_digest(path))
+
+
+def reference(tokenizer, texts):
+    """What the packer produced with the plain transformers call, before the pool existed."""
+    kept = [text for text in texts if text.strip()]
+    ids = tokenizer(kept, add_special_tokens=False)["input_ids"]
+    blocks, _ = pack_blocks(ids, BLOCK, tokenizer.eos_token_id)
+    return blocks, sum(len(row) + 1 for row in ids)
+
+
+def no_leftovers(tmp_path):
+    assert not list((tmp_path / "cache").rglob("*.tmp")), "a partial blocks file was left in the cache"
+    assert not list((tmp_path / "cache").rglob("*.bin"))
+    assert multiprocessing.active_children() == [], "tokenizer workers outlived the failure"
+
+
+@pytest.mark.parametrize("start, stop", [(0, None), (50, 400)])
+def test_pool_and_serial_give_the_reference_blocks(tmp_path, monkeypatch, tokenizer, small_batches, start, stop):
+    path, texts = corpus(tmp_path)
+    expected, expected_tokens = reference(tokenizer, texts[start:stop])
+    serial = packed_blocks(source(path, start, stop), tokenizer, BLOCK)
+    assert not serial.cached and serial.tokens == expected_tokens
+    np.testing.assert_array_equal(serial.blocks, expected)
+
+    monkeypatch.setenv("TEXTGEN_CACHE_DIR", str(tmp_path / "cache-pool"))
+    calls = use_pool(monkeypatch)
+    parallel = packed_blocks(source(path, start, stop), tokenizer, BLOCK)
+    assert calls, "the pool was not used"
+    assert not parallel.cached and parallel.tokens == serial.tokens and parallel.blocks.dtype == serial.blocks.dtype
+    assert parallel.blocks.filename != serial.blocks.filename
+    with open(parallel.blocks.filename, "rb") as a, open(serial.blocks.filename, "rb") as b:
+        assert a.read() == b.read()
+    assert multiprocessing.active_children() == []
+
+    again = packed_blocks(source(path, start, stop), tokenizer, BLOCK)
+    assert again.cached and again.tokens == serial.tokens
+    np.testing.assert_array_equal(again.blocks, expected)
+
+
+def test_small_text_is_encoded_without_a_pool(tmp_path, monkeypatch, tokenizer):
+    monkeypatch.setattr(packing, "_pooled", lambda *args: pytest.fail("a pool was started for a few kilobytes"))
+    path, _ = corpus(tmp_path, lines=100)
+    assert path.stat().st_size < packing.PARALLEL_MIN_BYTES
+    assert packed_blocks(source(path), tokenizer, BLOCK).tokens > 0
+
+
+def test_bad_record_names_its_line_through_the_pool(tmp_path, monkeypatch, tokenizer, small_batches):
+    path, texts = corpus(tmp_path)
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines.insert(500, json.dumps({"text": 7}) + "\n")  # line 501, well after the first batches went to the workers
+    path.write_text("".join(lines), encoding="utf-8")
+    with pytest.raises(UserError) as serial:
+        packed_blocks(source(path), tokenizer, BLOCK)
+    assert f"{path}:501:" in str(serial.value) and "must be a string, got int" in str(serial.value)
+    no_leftovers(tmp_path)
+
+    calls = use_pool(monkeypatch)
+    with pytest.raises(UserError) as parallel:
+        packed_blocks(source(path), tokenizer, BLOCK)
+    assert calls and str(parallel.value) == str(serial.value)
+    no_leftovers(tmp_path)
+
+
+def test_interrupt_and_worker_failure_leave_nothing_behind(tmp_path, monkeypatch, tokenizer, small_batches):
+    path, _ = corpus(tmp_path)
+    pool_calls = use_pool(monkeypatch)
+    batches = TextSource.batches
+
+    def interrupted(self, rows=None):
+        for number, texts in enumerate(batches(self, rows)):
+            if number == 6:
+                raise KeyboardInterrupt
+            yield texts
+
+    monkeypatch.setattr(TextSource, "batches", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        packed_blocks(source(path), tokenizer, BLOCK)
+    assert pool_calls
+    no_leftovers(tmp_path)
+
+    monkeypatch.setattr(TextSource, "batches", batches)
+    encode = packing._encode
+
+    def failing(core, texts):  # the workers are forked: they run this too
+        if any("🐋" in text for text in texts):
+            raise RuntimeError("the tokenizer failed")
+        return encode(core, texts)
+
+    monkeypatch.setattr(packing, "_encode", failing)
+    with pytest.raises(RuntimeError, match="the tokenizer failed"):
+        packed_blocks(source(path), tokenizer, BLOCK)
+    no_leftovers(tmp_path)
+
+
+CTRL_C_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[1])
+    from textgen_cli import packing
+    from textgen_cli.packing import TextSource, file_digest, packed_blocks
+    from textgen_cli.tokenizer import load_tokenizer
+
+    packing.PARALLEL_MIN_BYTES, packing.ROWS_PER_BATCH = 0, 40
+    packing.usable_cores = lambda: 2
+    batches = TextSource.batches
+
+    def slow(self, rows=None):
+        for number, texts in enumerate(batches(self, rows)):
+            if number == 6:
+                print("RUNNING", flush=True)  # the workers have had batches for a while
+            time.sleep(0.05 if number >= 6 else 0)
+            yield texts
+
+    TextSource.batches = slow
+    path = Path(sys.argv[2])
+    packed_blocks(TextSource(path, "text", 0, None, file_digest(path)), load_tokenizer(Path(sys.argv[3])), 32)
+    print("FINISHED", flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the pool is used on Linux only")
+def test_ctrl_c_stops_the_workers_quietly(tmp_path, tokenizer):
+    """A terminal's Ctrl-C reaches the whole process group: the workers ignore it and the main process
+    stops them, leaving no partial file and one traceback (its own)."""
+    path, _ = corpus(tmp_path, lines=2000)
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    env = {**os.environ, "TEXTGEN_CACHE_DIR": str(tmp_path / "cache")}
+    child = subprocess.Popen([sys.executable, "-c", CTRL_C_CHILD, str(REPO), str(path), str(tmp_path / "tokenizer")], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert child.stdout.readline().strip() == "RUNNING"
+        os.killpg(child.pid, signal.SIGINT)
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+    assert child.returncode == -signal.SIGINT, err
+    assert "FINISHED" not in out and err.count("Traceback") == 1 and err.rstrip().endswith("KeyboardInterrupt"), err
+    with pytest.raises(ProcessLookupError):
+        os.killpg(child.pid, 0)  # nothing of its process group is left
+    assert not list((tmp_path / "cache").rglob("*.tmp")) and not list((tmp_path / "cache").rglob("*.bin"))
