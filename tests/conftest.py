@@ -57,6 +57,25 @@ def moby_lines(n: int, split: str = "train") -> list[str]:
         return [next(handle) for _ in range(n)]
 
 
+def write_tiny_pretrain(folder: Path, train_lines: int = 300, val_lines: int = 40, **sections: str) -> Path:
+    """A 1-layer `chatgpt` pretraining recipe `tiny.yaml` on Moby-Dick lines in `folder`; keyword
+    arguments replace a top-level section (`train="{batch_size: 4}"`)."""
+    (folder / "train.txt").write_text("".join(moby_lines(train_lines)), encoding="utf-8")
+    (folder / "val.txt").write_text("".join(moby_lines(val_lines, "validation")), encoding="utf-8")
+    recipe = {
+        "stages": "[pretrain]",
+        "model": "{family: chatgpt, layers: 1, hidden: 32, heads: 2, ffn: 64, context: 32, dropout: 0.0}",
+        "tokenizer": "{vocab_size: 400}",
+        "data": "{pretrain: {train: train.txt, validation: val.txt}}",
+        "train": "{batch_size: 8, log_every: 5, eval_every: 20, eval_batches: null}",
+        "pretrain": "{steps: 40}",
+        "checkpoint": "{every: 10}",
+        **sections,
+    }
+    (folder / "tiny.yaml").write_text("".join(f"{key}: {value}\n" for key, value in recipe.items()), encoding="utf-8")
+    return folder / "tiny.yaml"
+
+
 @pytest.fixture(scope="session")
 def moby_texts() -> list[str]:
     return [line.strip() for line in moby_lines(400) if line.strip()]

@@ -11,19 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import moby_lines
+from conftest import write_tiny_pretrain
 
 pytestmark = pytest.mark.slow
-
-RECIPE = """\
-stages: [pretrain]
-model: {family: chatgpt, layers: 1, hidden: 32, heads: 2, ffn: 64, context: 32, dropout: 0.0}
-tokenizer: {vocab_size: 400}
-data: {pretrain: {train: train.txt, validation: val.txt}}
-train: {batch_size: 8, log_every: 2, eval_every: 100, eval_batches: 2}
-pretrain: {steps: 6}
-checkpoint: {every: 0}
-"""
 
 
 def pretrain(folder: Path, *overrides: str) -> list[dict]:
@@ -35,9 +25,7 @@ def pretrain(folder: Path, *overrides: str) -> list[dict]:
 
 
 def test_compiled_blocks_train_like_eager(tmp_path):
-    (tmp_path / "train.txt").write_text("".join(moby_lines(200)), encoding="utf-8")
-    (tmp_path / "val.txt").write_text("".join(moby_lines(20, "validation")), encoding="utf-8")
-    (tmp_path / "tiny.yaml").write_text(RECIPE, encoding="utf-8")
+    write_tiny_pretrain(tmp_path, 200, 20, train="{batch_size: 8, log_every: 2, eval_every: 100, eval_batches: 2}", pretrain="{steps: 6}", checkpoint="{every: 0}")
     eager = pretrain(tmp_path, "run.name=eager")
     compiled = pretrain(tmp_path, "run.name=compiled", "train.compile=true")
     # the compiled kernels ran: inductor wrote code for them

@@ -13,27 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import moby_lines
+from conftest import write_tiny_pretrain
 
 pytestmark = pytest.mark.slow
-
-RECIPE = """\
-stages: [pretrain]
-model: {family: chatgpt, layers: 1, hidden: 32, heads: 2, ffn: 64, context: 32, dropout: 0.0}
-tokenizer: {vocab_size: 400}
-data: {pretrain: {train: train.txt, validation: val.txt}}
-train: {batch_size: 8, log_every: 5, eval_every: 20, eval_batches: null}
-pretrain: {steps: 40}
-checkpoint: {every: 10}
-"""
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("ddp")
-    (folder / "train.txt").write_text("".join(moby_lines(300)), encoding="utf-8")
-    (folder / "val.txt").write_text("".join(moby_lines(40, "validation")), encoding="utf-8")
-    (folder / "tiny.yaml").write_text(RECIPE, encoding="utf-8")
+    write_tiny_pretrain(folder)
     return folder
 
 
