@@ -95,6 +95,16 @@ def test_pool_and_serial_give_the_reference_blocks(tmp_path, monkeypatch, tokeni
     np.testing.assert_array_equal(again.blocks, expected)
 
 
+def test_processes_started_by_torchrun_share_the_cores(tmp_path, monkeypatch, tokenizer):
+    """Two ranks on a 2-core machine each get one core: no pool of two workers per rank."""
+    path, texts = corpus(tmp_path, lines=100)
+    calls = use_pool(monkeypatch)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    packed = packed_blocks(source(path), tokenizer, BLOCK)
+    assert not calls, "each of two local processes started a pool of two workers"
+    np.testing.assert_array_equal(packed.blocks, reference(tokenizer, texts)[0])
+
+
 def test_small_text_is_encoded_without_a_pool(tmp_path, monkeypatch, tokenizer):
     monkeypatch.setattr(packing, "_pooled", lambda *args: pytest.fail("a pool was started for a few kilobytes"))
     path, _ = corpus(tmp_path, lines=100)

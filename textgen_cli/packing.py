@@ -158,7 +158,9 @@ def packed_blocks(source: TextSource, tokenizer, block_size: int) -> Packed:
 
     rows, share = source._rows()
     text_bytes = source.path.stat().st_size * share
-    workers = min(usable_cores(), MAX_WORKERS) if text_bytes >= PARALLEL_MIN_BYTES and _can_fork_workers() else 1
+    # under torchrun every process on this machine packs at once: they share the cores
+    cores = usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    workers = min(cores, MAX_WORKERS) if text_bytes >= PARALLEL_MIN_BYTES and _can_fork_workers() else 1
     # what `tokenizer(texts, add_special_tokens=False)` does, minus the Python-side conversions
     split_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
     folder.mkdir(parents=True, exist_ok=True)
