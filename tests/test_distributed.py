@@ -156,3 +156,17 @@ def test_adversarial_training_with_fsdp_is_refused_before_anything_runs():
     check_strategy("fsdp", 2, adversarial=False, stage="adv-train", method="none")
     with pytest.raises(Exception, match="use distributed.strategy=ddp for adv-train"):
         check_strategy("fsdp", 2, adversarial=True, stage="adv-train", method="pgd")
+
+
+def test_fsdp_with_compiled_blocks_logs_the_same_losses(workspace, fsdp_run):
+    """train.compile under FSDP: the blocks are found before sharding renames their classes."""
+    command, env = torchrun(workspace, 2, "pretrain", "-r", "tiny.yaml", "--json", "run.name=fsdp-compiled", "train.batch_size=4",
+                            "distributed.strategy=fsdp", "train.compile=true")
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(workspace / "inductor")
+    done = subprocess.run(command, cwd=workspace, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert any((workspace / "inductor").rglob("*.py")), "nothing was compiled"
+    compiled, eager = losses(workspace / "runs/fsdp-compiled/pretrain"), losses(workspace / "runs/fsdp/pretrain")
+    assert [(s, k) for s, k, _ in compiled] == [(s, k) for s, k, _ in eager]
+    worst = max(abs(x - y) for (_, _, x), (_, _, y) in zip(compiled, eager))
+    assert worst < 1e-4, worst

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -209,3 +210,38 @@ def test_ctrl_c_stops_the_workers_quietly(tmp_path, tokenizer):
     with pytest.raises(ProcessLookupError):
         os.killpg(child.pid, 0)  # nothing of its process group is left
     assert not list((tmp_path / "cache").rglob("*.tmp")) and not list((tmp_path / "cache").rglob("*.bin"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the pool is used on Linux only")
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_a_terminated_packer_leaves_no_worker_behind(tmp_path, tokenizer, how):
+    """torchrun and schedulers stop a job with SIGTERM (to the main process only): it becomes an
+    exception that stops the pool and deletes the partial file. After a SIGKILL, which nothing can
+    catch, the workers are told by the kernel that their parent died, and exit."""
+    path, _ = corpus(tmp_path, lines=2000)
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    env = {**os.environ, "TEXTGEN_CACHE_DIR": str(tmp_path / "cache")}
+    child = subprocess.Popen([sys.executable, "-c", CTRL_C_CHILD, str(REPO), str(path), str(tmp_path / "tokenizer")], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert child.stdout.readline().strip() == "RUNNING"
+        child.send_signal(getattr(signal, how))  # the main process alone, not its group
+        out, err = child.communicate(timeout=60)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(child.pid, 0)  # workers share the child's process group
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+    finally:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+            leftover = True
+        except ProcessLookupError:
+            leftover = False
+    assert not leftover, "tokenizer workers outlived the packer"
+    if how == "SIGTERM":
+        assert child.returncode == 143 or "interrupted while tokenizing" in err, err
+        assert "nothing was cached" in err
+        assert not list((tmp_path / "cache").rglob("*.tmp")) and not list((tmp_path / "cache").rglob("*.bin"))

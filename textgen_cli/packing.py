@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 import numpy as np
 
 from textgen_cli.data import file_format, load_rows, _line_of_row
-from textgen_cli.errors import UserError
+from textgen_cli.errors import Interrupted, UserError
 from textgen_cli.objectives import pack_blocks
 from textgen_cli.tokenizer import cache_dir
 
@@ -168,7 +168,7 @@ def packed_blocks(source: TextSource, tokenizer, block_size: int) -> Packed:
     carry = np.empty(0, dtype=np.int64)
     tokens = n_blocks = 0
     try:
-        with tmp.open("wb") as out, _encoded(source.batches(rows), tokenizer_json, split_special_tokens, workers) as encoded:
+        with _termination_raises(source), tmp.open("wb") as out, _encoded(source.batches(rows), tokenizer_json, split_special_tokens, workers) as encoded:
             for ids, lengths in encoded:
                 tokens += int(lengths.sum()) + len(lengths)
                 blocks, carry = pack_blocks(np.split(ids, np.cumsum(lengths[:-1])), block_size, eos, carry)
@@ -214,7 +214,7 @@ def _encoded(batches: Iterable[list[str]], tokenizer_json: str, split_special_to
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker, initargs=(tokenizer_json, split_special_tokens))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker, initargs=(tokenizer_json, split_special_tokens, os.getpid()))
     try:
         with _quiet_fork():
             pool.submit(_started)  # the first submission forks every worker: do it here
@@ -222,6 +222,24 @@ def _encoded(batches: Iterable[list[str]], tokenizer_json: str, split_special_to
     finally:
         # Running batches finish (a fraction of a second), queued ones are dropped; then the workers exit.
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _termination_raises(source: TextSource) -> Iterator[None]:
+    """SIGTERM (what torchrun and schedulers send) becomes an exception while packing, so that the
+    worker pool is shut down and the partial blocks file deleted instead of left behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame) -> None:
+        raise Interrupted(f"interrupted while tokenizing {source.path}; nothing was cached", 128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _pooled(pool, batches: Iterable[list[str]], in_flight: int) -> Iterator[Encoded]:
@@ -272,11 +290,27 @@ def _quiet_fork() -> Iterator[None]:
 _worker_core = None
 
 
-def _start_worker(tokenizer_json: str, split_special_tokens: bool) -> None:
+def _start_worker(tokenizer_json: str, split_special_tokens: bool, parent: int) -> None:
     global _worker_core
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the main process stops the pool
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler, inherited through fork
+    _die_with_parent(parent)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker: the pool is the parallelism
     _worker_core = _backend(tokenizer_json, split_special_tokens)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGTERM this worker when the process that forked it dies, however it dies
+    (SIGKILL included): an orphaned worker would otherwise wait for work forever."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # no prctl: the pool's own shutdown is all there is
+        pass
+    if os.getppid() != parent:  # the parent died before the request was made
+        os._exit(1)
 
 
 def _started() -> int:

@@ -349,6 +349,7 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
     model.to(device)
     model.train()
     plain_class = type(model)
+    blocks = transformer_blocks(model)  # before sharding renames their classes (FSDPGPT2Block)
     if ranks.sharded:
         fsdp.shard(model)  # before the optimizer is built: it must hold the sharded parameters
     # fused AdamW on CUDA (one kernel for all parameters); foreach, the default, on CPU
@@ -360,7 +361,7 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
     if section.compile:
         # each block compiled in place (one graph, reused by every layer): whatever calls the
         # blocks (the full forward, the label-positions loss, FSDP) runs the compiled code
-        for block in transformer_blocks(model):
+        for block in blocks:
             block.compile()
     if ranks.sharded:
         optimizer = accelerator.prepare(optimizer)  # the model is already distributed; no DDP around it
@@ -563,6 +564,7 @@ def resume_settings_hash(loaded: "LoadedRecipe", world: int) -> str:
 
     values = loaded.to_dict()
     values["train"]["batch_size"] = values["train"]["batch_size"] * world
+    values.pop("distributed", None)  # switching between DDP and FSDP on resume is allowed
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -583,7 +585,7 @@ def unsharded_copy(model_class, config, weights: dict[str, Any]):
     """A plain (unsharded) model of `model_class` holding the gathered `weights`."""
     from textgen_cli import fsdp
 
-    model = model_class(config)
+    model = model_class(config).to(next(iter(weights.values())).dtype)
     fsdp.load_model_state(model, weights)
     return model
 
