@@ -189,15 +189,21 @@ CTRL_C_CHILD = textwrap.dedent(
 )
 
 
+def start_slow_packer(tmp_path, tokenizer) -> subprocess.Popen:
+    """A process (in a session of its own) packing 2,000 lines through the pool, slowly: it prints
+    RUNNING once the workers are busy."""
+    path, _ = corpus(tmp_path, lines=2000)
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    env = {**os.environ, "TEXTGEN_CACHE_DIR": str(tmp_path / "cache")}
+    return subprocess.Popen([sys.executable, "-c", CTRL_C_CHILD, str(REPO), str(path), str(tmp_path / "tokenizer")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the pool is used on Linux only")
 def test_ctrl_c_stops_the_workers_quietly(tmp_path, tokenizer):
     """A terminal's Ctrl-C reaches the whole process group: the workers ignore it and the main process
     stops them, leaving no partial file and one traceback (its own)."""
-    path, _ = corpus(tmp_path, lines=2000)
-    tokenizer.save_pretrained(tmp_path / "tokenizer")
-    env = {**os.environ, "TEXTGEN_CACHE_DIR": str(tmp_path / "cache")}
-    child = subprocess.Popen([sys.executable, "-c", CTRL_C_CHILD, str(REPO), str(path), str(tmp_path / "tokenizer")], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    child = start_slow_packer(tmp_path, tokenizer)
     try:
         assert child.stdout.readline().strip() == "RUNNING"
         os.killpg(child.pid, signal.SIGINT)
@@ -218,11 +224,7 @@ def test_a_terminated_packer_leaves_no_worker_behind(tmp_path, tokenizer, how):
     """torchrun and schedulers stop a job with SIGTERM (to the main process only): it becomes an
     exception that stops the pool and deletes the partial file. After a SIGKILL, which nothing can
     catch, the workers are told by the kernel that their parent died, and exit."""
-    path, _ = corpus(tmp_path, lines=2000)
-    tokenizer.save_pretrained(tmp_path / "tokenizer")
-    env = {**os.environ, "TEXTGEN_CACHE_DIR": str(tmp_path / "cache")}
-    child = subprocess.Popen([sys.executable, "-c", CTRL_C_CHILD, str(REPO), str(path), str(tmp_path / "tokenizer")], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    child = start_slow_packer(tmp_path, tokenizer)
     try:
         assert child.stdout.readline().strip() == "RUNNING"
         child.send_signal(getattr(signal, how))  # the main process alone, not its group
