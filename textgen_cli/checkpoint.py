@@ -67,9 +67,12 @@ def save(root: Path, step: int, model, optimizer, scheduler, loop_state: dict[st
 
     from textgen_cli import fsdp
 
-    weights = fsdp.full_model_state(model)
-    optimizer_state = fsdp.full_optimizer_state(model, optimizer)
     main = ranks is None or ranks.main
+    weights: dict[str, Any] = {}
+    optimizer_state: dict[str, Any] = {}
+    if main or fsdp.is_sharded(model):  # gathering shards is a collective; a DDP replica's copy would be thrown away
+        weights = fsdp.full_model_state(model)
+        optimizer_state = fsdp.full_optimizer_state(model, optimizer)
     rank = 0 if ranks is None else ranks.rank
     folder = root / CHECKPOINTS
     final = folder / f"{PREFIX}{step:07d}"
@@ -164,7 +167,7 @@ def load(path: Path, model, optimizer, scheduler, rank: int = 0) -> dict[str, An
         if fsdp.is_sharded(model):
             fsdp.load_model_state(model, load_file(str(path / "model.safetensors")))
         else:
-            load_model(fsdp.bare(model), str(path / "model.safetensors"))
+            load_model(model, str(path / "model.safetensors"))
         fsdp.load_optimizer_state(model, optimizer, torch.load(path / "optimizer.pt", weights_only=True))
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         rng_file = path / _rng_file(rank)

@@ -30,18 +30,12 @@ def shard(model) -> Any:
 def is_sharded(model) -> bool:
     from torch.distributed.fsdp import FSDPModule
 
-    return isinstance(bare(model), FSDPModule)
-
-
-def bare(model) -> Any:
-    """The model without torch.compile's wrapper (DDP is unwrapped by accelerate before this)."""
-    return getattr(model, "_orig_mod", model)
+    return isinstance(model, FSDPModule)
 
 
 @contextlib.contextmanager
 def gradient_sync(model, sync: bool) -> Iterator[None]:
     """FSDP's counterpart of DDP's `no_sync`: skip the reduce-scatter on accumulation micro-batches."""
-    model = bare(model)
     model.set_requires_gradient_sync(sync)
     try:
         yield
@@ -53,7 +47,7 @@ def tied_aliases(model) -> dict[str, str]:
     """Second names of tied parameters -> the first name (GPT-2's `lm_head.weight` -> `wte`)."""
     first: dict[int, str] = {}
     aliases: dict[str, str] = {}
-    for name, param in bare(model).named_parameters(remove_duplicate=False):
+    for name, param in model.named_parameters(remove_duplicate=False):
         if id(param) in first:
             aliases[name] = first[id(param)]
         else:
@@ -66,7 +60,7 @@ def full_model_state(model) -> dict[str, Any]:
     rank must make it; only rank 0 gets the tensors, the others an empty dict)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    state = get_model_state_dict(bare(model), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     aliases = tied_aliases(model)
     return {name: tensor.contiguous() for name, tensor in state.items() if name not in aliases}
 
@@ -80,7 +74,7 @@ def load_model_state(model, state: dict[str, Any]) -> None:
     for alias, name in tied_aliases(model).items():
         if alias not in state and name in state:
             state[alias] = state[name]
-    set_model_state_dict(bare(model), state, options=StateDictOptions(full_state_dict=True))
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
 
 
 def full_optimizer_state(model, optimizer) -> dict[str, Any]:
@@ -88,13 +82,13 @@ def full_optimizer_state(model, optimizer) -> dict[str, Any]:
     process, DDP and FSDP, so a checkpoint resumes under any of them (collective under FSDP)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    return get_optimizer_state_dict(bare(model), _inner(optimizer), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return get_optimizer_state_dict(model, _inner(optimizer), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def load_optimizer_state(model, optimizer, state: dict[str, Any]) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    set_optimizer_state_dict(bare(model), _inner(optimizer), state, options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(model, _inner(optimizer), state, options=StateDictOptions(full_state_dict=True))
 
 
 def _inner(optimizer) -> Any:

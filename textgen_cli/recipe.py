@@ -56,6 +56,11 @@ def find_recipe(name_or_path: str) -> Path:
     raise UserError(f"recipe '{name_or_path}' not found: no such file, and no shipped recipe of that name (shipped: {shipped})")
 
 
+def settings_digest(values: dict[str, Any]) -> str:
+    """A short hash of resolved recipe values (as `LoadedRecipe.to_dict` gives them)."""
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
 @dataclass
 class LoadedRecipe:
     """A validated recipe, with where it came from."""
@@ -76,8 +81,7 @@ class LoadedRecipe:
 
     def settings_hash(self) -> str:
         """Hash of the resolved settings: equal hashes mean the same experiment."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return settings_digest(self.to_dict())
 
     def stage_hash(self, stage: str) -> str:
         """Hash of the settings that shape `stage`'s model, chained through the stages before it:

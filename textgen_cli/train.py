@@ -379,7 +379,7 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
         )
 
     settings = resume_settings_hash(loaded, ranks.world)
-    state = LoopState(settings_hash=settings, processes=ranks.world, global_micro_batch=sampler.global_batch)
+    state = LoopState(settings_hash=settings)
     if resume_from is not None:
         saved = checkpoint.load(resume_from, accelerator.unwrap_model(model), optimizer, scheduler, ranks.rank)
         state = LoopState(**saved)
@@ -391,12 +391,13 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
             run.truncate_metrics(state.metrics_lines)
             moved = f", now with {ranks.world} processes instead of {state.processes}" if state.processes != ranks.world else ""
             log(f"{stage}: resumed at step {state.step}/{steps}{moved}")
-        state.processes, state.global_micro_batch = ranks.world, sampler.global_batch
     else:
         state.first_val = state.last_val = evaluate_loss(model, val_set, section.batch_size, section.eval_batches, device, ranks)
         if ranks.main:
             run.append_metrics({"step": 0, **state.first_val})
             log(f"{stage}: validation loss before training {state.first_val['val_loss']:.4f}")
+    # how this run cuts the data, saved with its checkpoints
+    state.processes, state.global_micro_batch = ranks.world, sampler.global_batch
 
     def save_checkpoint() -> Path:
         state.metrics_lines = run.metrics_lines
@@ -500,7 +501,7 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
         reporter.close()
 
     final_dir = run.work / FINAL_DIR
-    model = fsdp.bare(accelerator.unwrap_model(model))
+    model = accelerator.unwrap_model(model)
     if ranks.sharded:
         # gather the shards (every rank takes part) into a plain model on rank 0: that is what is saved
         weights = fsdp.full_model_state(model)
@@ -559,13 +560,12 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
 def resume_settings_hash(loaded: "LoadedRecipe", world: int) -> str:
     """The settings hash a resumed run is checked against, with the per-process batch size replaced
     by the global micro-batch: 2 processes x 4 and 1 process x 8 are the same experiment."""
-    import hashlib
-    import json
+    from textgen_cli.recipe import settings_digest
 
     values = loaded.to_dict()
     values["train"]["batch_size"] = values["train"]["batch_size"] * world
     values.pop("distributed", None)  # switching between DDP and FSDP on resume is allowed
-    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+    return settings_digest(values)
 
 
 def check_resume_layout(state: LoopState, batch_size: int, world: int, path: Path) -> None:
