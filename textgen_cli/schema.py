@@ -91,7 +91,7 @@ class TrainSection:
     log_every: int = _key(10, "Log a metrics line every N optimizer steps.")
     eval_every: int = _key(100, "Validation pass every N optimizer steps (and always at the start and the end).")
     eval_batches: Optional[int] = _key(None, "Cap on validation batches per pass (null: the whole split).")
-    group_by_length: bool = _key(True, "Finetuning and adv-train: batch examples of similar length together (less padding; 1.4-1.6x the examples/s), keeping the batch order random. false: plain random batches.")
+    group_by_length: bool = _key(False, "Finetuning and adv-train: batch examples of similar length together (less padding; 1.4-1.6x the examples/s), keeping the batch order random. Off by default: batches of one length slowed how fast the models learned to read their source (docs/training.md).")
     tensorboard: bool = _key(False, "Also write the metrics as TensorBoard events in <run>/tensorboard/ (needs the `tensorboard` extra).")
     compile: bool = _key(False, "torch.compile the model (pays off on CUDA for long runs; off by default on CPU, where it did not measure faster).")
     on_nonfinite: str = _key("stop", "A non-finite loss or gradient: `stop` the run (keeping the last good checkpoint) or `skip` the step.")
