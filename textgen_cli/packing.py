@@ -169,28 +169,23 @@ def packed_blocks(source: TextSource, tokenizer, block_size: int) -> Packed:
     tmp = folder / f".{key}.{os.getpid()}.tmp"
     carry = np.empty(0, dtype=np.int64)
     tokens = n_blocks = 0
-    batches_read = 0
+    attempted = batches_packed = 0  # bytes handed to write(), the failing write included; batches
     total_batches = max(1, -(-len(rows) // ROWS_PER_BATCH))
 
-    def counted(batches: Iterable[list[str]]) -> Iterator[list[str]]:
-        nonlocal batches_read
-        for texts in batches:
-            batches_read += 1
-            yield texts
-
     def needed() -> int | None:
-        """The whole file, extrapolated from what was written for the batches read so far."""
-        written = tmp.stat().st_size if tmp.exists() else 0
-        return int(written * total_batches / batches_read) if batches_read and written else None
+        """The whole file, extrapolated from the batches packed so far."""
+        return int(attempted * total_batches / batches_packed) if batches_packed else None
 
     then = "the partial file was removed and nothing was cached: free some space (or set TEXTGEN_CACHE_DIR to a disk with room), then run again"
     try:
         with diskspace.writing("the packed-blocks cache", data_file, needed, then, partial=tmp):
-            with _termination_raises(source), tmp.open("wb") as out, _encoded(counted(source.batches(rows)), tokenizer_json, split_special_tokens, workers) as encoded:
+            with _termination_raises(source), tmp.open("wb") as out, _encoded(source.batches(rows), tokenizer_json, split_special_tokens, workers) as encoded:
                 for ids, lengths in encoded:
                     tokens += int(lengths.sum()) + len(lengths)
                     blocks, carry = pack_blocks(np.split(ids, np.cumsum(lengths[:-1])), block_size, eos, carry)
-                    out.write(blocks.astype(dtype).tobytes())
+                    data = blocks.astype(dtype).tobytes()
+                    attempted, batches_packed = attempted + len(data), batches_packed + 1
+                    out.write(data)
                     n_blocks += len(blocks)
                 out.flush()
                 os.fsync(out.fileno())

@@ -555,15 +555,24 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
     return summary
 
 
+def parameter_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def tokenizer_bytes(tokenizer) -> int:
+    """About what tokenizer.json takes on the disk (a slow tokenizer has no JSON: 1 MB is plenty)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return len(backend.to_str().encode()) if backend is not None else 2**20
+
+
 def check_disk_space(run: RunDir, model, tokenizer, recipe, stage: str) -> None:
     """Pre-flight: refuse (exit 2) a stage whose checkpoints and final/ cannot fit on the disk, warn
     when they barely do (docs/reliability.md, "Disk space")."""
     from textgen_cli import checkpoint, diskspace
 
-    parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     estimate = diskspace.estimate_run(
-        parameter_bytes,
-        len(tokenizer.backend_tokenizer.to_str().encode()),
+        parameter_bytes(model),
+        tokenizer_bytes(tokenizer),
         getattr(recipe, stage.replace("-", "_")).steps,
         recipe.checkpoint.every,
         recipe.checkpoint.keep_last,
@@ -578,7 +587,7 @@ def save_final(model, tokenizer, folder: Path, run: RunDir) -> None:
     would keep the disk full) and the error names the checkpoint --resume continues from."""
     from textgen_cli import diskspace
 
-    needed = sum(p.numel() * p.element_size() for p in model.parameters()) + len(tokenizer.backend_tokenizer.to_str().encode())
+    needed = parameter_bytes(model) + tokenizer_bytes(tokenizer)
     with diskspace.writing("the final model", folder, needed, run.resume_hint, partial=folder):
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
