@@ -256,6 +256,25 @@ def test_a_full_disk_during_a_checkpoint_is_reported_and_resume_needs_no_cleanup
         assert_same_training(reference, work.with_name("pretrain"))
 
 
+def test_a_full_disk_at_the_first_checkpoint_says_there_is_nothing_to_resume(textgen, monkeypatch, tmp_path):
+    """No checkpoint yet (the issue's 6 MB filesystem): the same clear message, ending with what to
+    do instead of --resume, and no <stage>.partial/ left holding the disk."""
+    from safetensors import torch as safetensors_torch
+
+    def save_file(tensors, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors_torch, "save_file", save_file)
+    failed = textgen("run.name=first", cwd=tmp_path)
+    assert failed.rc == 1, failed.err
+    message = failed.err.strip().splitlines()[-1]
+    print(message)
+    assert message.startswith("error: no space left on the device for checkpoint runs/first/pretrain.partial/checkpoints/step-0000010: it needs about ")
+    assert message.endswith("; no checkpoint has been saved yet: free some space, then run the stage again")
+    assert sorted(p.name for p in (tmp_path / "runs" / "first").iterdir()) == []  # no .partial, no lock
+
+
 def test_a_full_disk_while_logging_metrics_keeps_whole_lines(reference, textgen, monkeypatch, tmp_path):
     """The metrics line of step 25 fails half-written (ENOSPC): the half line is removed at once,
     and --resume (from step 20) ends bit-identical."""

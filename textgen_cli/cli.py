@@ -94,7 +94,7 @@ def _stage_command(stage: str, recipe: str, overrides: list[str] | None, print_r
 
             try:
                 report = run_evaluate(loaded, summary["final_dir"], None, "test", [])
-            except UserError as exc:  # the trained model is saved; say why it was not scored
+            except (UserError, DiskFull) as exc:  # the trained model is saved; say why it was not scored
                 print(f"warning: evaluation after {stage} failed: {exc}; the model is saved in {summary['final_dir']}", file=sys.stderr)
             else:
                 summary["eval"] = {key: report[key] for key in ("metrics", "intervals", "likelihood", "n_examples", "eval_time_s")} | {"file": report["files"]["eval"]}
