@@ -15,7 +15,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from textgen_cli import __version__
-from textgen_cli.errors import Interrupted, TrainingDiverged, UserError
+from textgen_cli.errors import DiskFull, Interrupted, TrainingDiverged, UserError
 
 # textgen never talks to a hub: models, tokenizers, data and metrics are all local.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -53,7 +53,7 @@ def guarded(debug: bool, action: Callable[[], Any]) -> Any:
     except Interrupted as exc:
         print(f"{exc}", file=sys.stderr)
         raise typer.Exit(exc.exit_code) from None
-    except TrainingDiverged as exc:
+    except (TrainingDiverged, DiskFull) as exc:
         if debug:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
@@ -94,7 +94,7 @@ def _stage_command(stage: str, recipe: str, overrides: list[str] | None, print_r
 
             try:
                 report = run_evaluate(loaded, summary["final_dir"], None, "test", [])
-            except UserError as exc:  # the trained model is saved; say why it was not scored
+            except (UserError, DiskFull) as exc:  # the trained model is saved; say why it was not scored
                 print(f"warning: evaluation after {stage} failed: {exc}; the model is saved in {summary['final_dir']}", file=sys.stderr)
             else:
                 summary["eval"] = {key: report[key] for key in ("metrics", "intervals", "likelihood", "n_examples", "eval_time_s")} | {"file": report["files"]["eval"]}

@@ -13,6 +13,13 @@ class TrainingDiverged(RuntimeError):
     """A non-finite loss or gradient. Not the user's input, so the exit code is 1."""
 
 
+class DiskFull(RuntimeError):
+    """The filesystem filled up while a result was being written. Not the user's input, so the exit
+    code is 1; the message names the path, the space needed and how to continue (docs/reliability.md)."""
+
+    exit_code = 1
+
+
 class Interrupted(Exception):
     """SIGINT or SIGTERM: a checkpoint was saved; exit with 128 + the signal number (130 / 143)."""
 

@@ -35,9 +35,11 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 
+from textgen_cli import diskspace
 from textgen_cli.data import file_format, load_rows, _line_of_row
 from textgen_cli.errors import Interrupted, UserError
 from textgen_cli.objectives import pack_blocks
+from textgen_cli.runs import write_text_atomic
 from textgen_cli.tokenizer import cache_dir
 
 if TYPE_CHECKING:
@@ -167,17 +169,32 @@ def packed_blocks(source: TextSource, tokenizer, block_size: int) -> Packed:
     tmp = folder / f".{key}.{os.getpid()}.tmp"
     carry = np.empty(0, dtype=np.int64)
     tokens = n_blocks = 0
+    attempted = batches_packed = 0  # bytes handed to write(), the failing write included; batches
+    total_batches = max(1, -(-len(rows) // ROWS_PER_BATCH))
+
+    def needed() -> int | None:
+        """The whole file, extrapolated from the batches packed so far."""
+        return int(attempted * total_batches / batches_packed) if batches_packed else None
+
+    then = "the partial file was removed and nothing was cached: free some space (or set TEXTGEN_CACHE_DIR to a disk with room), then run again"
     try:
-        with _termination_raises(source), tmp.open("wb") as out, _encoded(source.batches(rows), tokenizer_json, split_special_tokens, workers) as encoded:
-            for ids, lengths in encoded:
-                tokens += int(lengths.sum()) + len(lengths)
-                blocks, carry = pack_blocks(np.split(ids, np.cumsum(lengths[:-1])), block_size, eos, carry)
-                out.write(blocks.astype(dtype).tobytes())
-                n_blocks += len(blocks)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, data_file)
-        meta_file.write_text(json.dumps({"n_blocks": n_blocks, "tokens": tokens, "block_size": block_size, "source": str(source.path)}), encoding="utf-8")
+        with diskspace.writing("the packed-blocks cache", data_file, needed, then, partial=tmp):
+            with _termination_raises(source), tmp.open("wb") as out, _encoded(source.batches(rows), tokenizer_json, split_special_tokens, workers) as encoded:
+                for ids, lengths in encoded:
+                    tokens += int(lengths.sum()) + len(lengths)
+                    blocks, carry = pack_blocks(np.split(ids, np.cumsum(lengths[:-1])), block_size, eos, carry)
+                    data = blocks.astype(dtype).tobytes()
+                    attempted, batches_packed = attempted + len(data), batches_packed + 1
+                    out.write(data)
+                    n_blocks += len(blocks)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, data_file)
+        try:
+            write_text_atomic(meta_file, json.dumps({"n_blocks": n_blocks, "tokens": tokens, "block_size": block_size, "source": str(source.path)}), then=then)
+        except BaseException:
+            data_file.unlink(missing_ok=True)  # blocks without their description would never be used: free their space
+            raise
     finally:
         tmp.unlink(missing_ok=True)
     return Packed(_open(data_file, dtype, n_blocks, block_size), tokens, cached=False)

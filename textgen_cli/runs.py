@@ -8,6 +8,7 @@ keeps its `.partial/` with checkpoints, for `--resume`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -15,9 +16,9 @@ import resource
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from textgen_cli import __version__
+from textgen_cli import __version__, diskspace
 from textgen_cli.errors import UserError
 
 METRICS_FILE = "metrics.jsonl"
@@ -47,13 +48,15 @@ class RunDir:
                 raise UserError(f"run directory '{self.path}': '{parent}' is a file, expected a directory")
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"run directory '{self.path}' is a file, expected a directory")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        diskspace.check_writable(self.path.parent)  # a read-only run.root: refused before any training
         self._lock()
         previous = self.path.with_name(self.path.name + ".previous")
         if previous.is_dir() and not self.path.exists():
             os.replace(previous, self.path)  # a crash in the middle of commit(): put the old result back
         try:
-            found = checkpoint.latest(self.work) if self.work.is_dir() else None
+            if resume:
+                self._remove_leftovers()
+            found = (checkpoint.newest_valid(self.work, log) if resume else checkpoint.latest(self.work)) if self.work.is_dir() else None
             if resume and found is not None:
                 log(f"resuming from {found}")
                 return found
@@ -68,6 +71,19 @@ class RunDir:
         except BaseException:
             self.release()
             raise
+
+    def _remove_leftovers(self) -> None:
+        """What a save cut short by a crash or a full disk left behind (a `.tmp-*` checkpoint, a
+        file's temporary copy): never used, and it may hold the space the run needs."""
+        from textgen_cli import checkpoint
+        from textgen_cli.progress import log
+
+        temporary_copies = [tmp for tmp in self.work.glob(".*.tmp") if tmp.is_file()]  # write_text_atomic's
+        for leftover in temporary_copies:
+            diskspace.remove(leftover)
+        removed = checkpoint.remove_leftovers(self.work / checkpoint.CHECKPOINTS) + temporary_copies
+        if removed:
+            log(f"removed what an interrupted write left behind: {', '.join(str(p.relative_to(self.work)) for p in removed)}")
 
     def _lock(self) -> None:
         from textgen_cli.progress import log
@@ -111,9 +127,23 @@ class RunDir:
             raise UserError("train.tensorboard=true needs the tensorboard package: pip install 'textgen[tensorboard]'") from None
         self._tensorboard = SummaryWriter(log_dir=str(self.work / "tensorboard"))
 
+    def resume_hint(self) -> str:
+        from textgen_cli import checkpoint
+
+        return checkpoint.resume_hint(self.work)
+
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with (self.work / METRICS_FILE).open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        path = self.work / METRICS_FILE
+        line = json.dumps(record) + "\n"
+        size = path.stat().st_size if path.exists() else 0
+        try:
+            with diskspace.writing("the metrics file", path, len(line.encode()), self.resume_hint):
+                with path.open("a", encoding="utf-8") as handle:
+                    handle.write(line)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.truncate(path, size)  # no half line: the file holds whole records only
+            raise
         self.metrics_lines += 1
         writer = getattr(self, "_tensorboard", None)
         if writer is not None:
@@ -130,7 +160,7 @@ class RunDir:
         self.metrics_lines = len(kept)
 
     def write_json(self, name: str, value: Any) -> None:
-        write_text_atomic(self.work / name, json.dumps(value, indent=2) + "\n")
+        write_text_atomic(self.work / name, json.dumps(value, indent=2) + "\n", then=self.resume_hint)
 
     def commit(self) -> None:
         """Swap the finished work in place of any previous result (begin() repairs a swap cut
@@ -173,13 +203,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+NOTHING_CHANGED = "the file is unchanged (nothing was written): free some space, then run again"
+
+
+def write_text_atomic(path: Path, text: str, then: "str | Callable[[], str]" = NOTHING_CHANGED) -> None:
+    """Replace `path` with `text` in one step: a crash leaves the old content or the new, and a full
+    disk raises DiskFull (exit 1) naming `path` and the space needed, followed by `then`, with the
+    temporary copy removed and the old content untouched."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    data = text.encode("utf-8")
+    with diskspace.writing("file", path, len(data), then, partial=tmp):
+        with tmp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
 
 
 def read_metrics(run_path: Path) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from textgen_cli.flops import flops_model, step_flops
 from textgen_cli.models import transformer_blocks
 from textgen_cli.objectives import IGNORE_INDEX, token_loss_sum
 from textgen_cli.progress import Reporter, log
-from textgen_cli.runs import FINAL_DIR, RECIPE_FILE, SUMMARY_FILE, RunDir, peak_memory_mb, versions
+from textgen_cli.runs import FINAL_DIR, RECIPE_FILE, SUMMARY_FILE, RunDir, peak_memory_mb, versions, write_text_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -299,8 +299,6 @@ def train_stage(
 
     `step_fn` computes and backpropagates one micro-batch's loss (`clean_step`, or an adversarial
     objective); everything else, from the schedule to checkpoints, is the same for every stage."""
-    from textgen_cli import checkpoint
-
     recipe = loaded.recipe
     accelerator = make_accelerator(recipe.train)
     ranks = Ranks(accelerator, sharded=recipe.distributed.strategy == "fsdp" and accelerator.num_processes > 1)
@@ -309,15 +307,16 @@ def train_stage(
     run = RunDir(loaded.run_dir(stage))
     resume = recipe.resume == "auto"
     resume_from = run.begin(resume=resume) if ranks.main else None
-    if ranks.main and recipe.train.tensorboard:
+    if ranks.main:
         try:
-            run.enable_tensorboard()
+            check_disk_space(run, model, tokenizer, recipe, stage)
+            if recipe.train.tensorboard:
+                run.enable_tensorboard()
         except UserError:
             run.abort()
             raise
     ranks.barrier()
-    if not ranks.main and resume:
-        resume_from = checkpoint.latest(run.work)
+    resume_from = ranks.gather(resume_from)[0]  # rank 0 picked (and checked) the checkpoint: every rank resumes from it
     try:
         with StopSignals() as signals:
             summary = _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, accelerator, ranks, run, resume_from, signals)
@@ -345,7 +344,7 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
     device = accelerator.device
 
     if ranks.main:
-        (run.work / RECIPE_FILE).write_text(loaded.to_yaml(), encoding="utf-8")
+        write_text_atomic(run.work / RECIPE_FILE, loaded.to_yaml(), then=run.resume_hint)
     model.to(device)
     model.train()
     plain_class = type(model)
@@ -513,8 +512,7 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
         weight_hashes = ranks.gather(weights_fingerprint(model))
     configure_generation(model, tokenizer, recipe.model.context)
     if ranks.main:
-        model.save_pretrained(final_dir)
-        tokenizer.save_pretrained(final_dir)
+        save_final(model, tokenizer, final_dir, run)
     summary = {
         "stage": stage,
         "recipe": str(loaded.path),
@@ -555,6 +553,44 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
     if ranks.main:
         run.write_json(SUMMARY_FILE, summary)
     return summary
+
+
+def parameter_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def tokenizer_bytes(tokenizer) -> int:
+    """About what tokenizer.json takes on the disk (a slow tokenizer has no JSON: 1 MB is plenty)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return len(backend.to_str().encode()) if backend is not None else 2**20
+
+
+def check_disk_space(run: RunDir, model, tokenizer, recipe, stage: str) -> None:
+    """Pre-flight: refuse (exit 2) a stage whose checkpoints and final/ cannot fit on the disk, warn
+    when they barely do (docs/reliability.md, "Disk space")."""
+    from textgen_cli import checkpoint, diskspace
+
+    estimate = diskspace.estimate_run(
+        parameter_bytes(model),
+        tokenizer_bytes(tokenizer),
+        getattr(recipe, stage.replace("-", "_")).steps,
+        recipe.checkpoint.every,
+        recipe.checkpoint.keep_last,
+        # a resumed run's checkpoints are on the disk already (set-aside damaged ones stay, so they do not count)
+        present=sum(diskspace.tree_bytes(p) for p in (run.work / checkpoint.CHECKPOINTS).glob(f"{checkpoint.PREFIX}*")),
+    )
+    diskspace.check_room(estimate, run.work, log)
+
+
+def save_final(model, tokenizer, folder: Path, run: RunDir) -> None:
+    """final/: the model and its tokenizer. On a full disk the partial folder is removed at once (it
+    would keep the disk full) and the error names the checkpoint --resume continues from."""
+    from textgen_cli import diskspace
+
+    needed = parameter_bytes(model) + tokenizer_bytes(tokenizer)
+    with diskspace.writing("the final model", folder, needed, run.resume_hint, partial=folder):
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
 
 
 def resume_settings_hash(loaded: "LoadedRecipe", world: int) -> str:
