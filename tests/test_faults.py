@@ -421,7 +421,11 @@ def test_the_checkpoint_size_estimate_covers_a_real_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("how", ["injected", "read-only mount", "permissions"])
 def test_an_unwritable_run_root_is_refused_with_exit_2(how, textgen, monkeypatch, tmp_path):
+    """Refused before any work: no tokenizer trained, no data packed (the cache stays empty), and
+    no folder left behind by the check itself."""
     root = tmp_path / "locked"
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TEXTGEN_CACHE_DIR", str(cache))
     if how == "permissions" and os.geteuid() == 0:
         pytest.skip("root ignores file permissions: the read-only mount and the injected variants cover it")
     with tmpfs(root, "1m", read_only=True) if how == "read-only mount" else contextlib.nullcontext():
@@ -448,7 +452,46 @@ def test_an_unwritable_run_root_is_refused_with_exit_2(how, textgen, monkeypatch
         reason = "Permission denied" if how == "permissions" else "Read-only file system"
         assert message == f"error: cannot write in '{root / 'runs' / 'ro'}' ({reason}): make it writable, or set run.root to a writable directory"
         assert "Traceback" not in refused.err and "step 1" not in refused.err  # no training started
-        assert not (root / "runs" / "ro" / "pretrain.partial").exists()
+        assert not (root / "runs").exists()
+        assert not cache.exists() or not any(cache.rglob("*")), sorted(cache.rglob("*"))  # no tokenizer, no packed blocks
+
+
+# ---------------------------------------------------------------------------------- resuming with the same or changed settings
+
+SETTINGS_DIFFER = "warning: the recipe's settings differ from those of the interrupted run"
+
+
+def test_resume_warns_only_when_the_settings_changed(textgen, monkeypatch, tmp_path):
+    """--resume itself (resume=auto) is no change of settings; train.weight_decay is. Each run is
+    stopped right after its step-10 checkpoint."""
+    from textgen_cli import checkpoint
+
+    class Killed(BaseException):
+        pass
+
+    real_save = checkpoint.save
+
+    def killed_after_step_10(folder, step, *args, **kwargs):
+        path = real_save(folder, step, *args, **kwargs)
+        if step == 10:
+            raise Killed
+        return path
+
+    def interrupted() -> None:
+        monkeypatch.setattr(checkpoint, "save", killed_after_step_10)
+        with pytest.raises(Killed):
+            textgen("run.name=same", "pretrain.steps=30", cwd=tmp_path)
+        monkeypatch.setattr(checkpoint, "save", real_save)
+
+    interrupted()
+    same = textgen("run.name=same", "pretrain.steps=30", "--resume", cwd=tmp_path)
+    assert same.rc == 0, same.err
+    assert "pretrain: resumed at step 10/30" in same.err and SETTINGS_DIFFER not in same.err, same.err
+
+    interrupted()  # afresh, then resumed with another weight decay
+    changed = textgen("run.name=same", "pretrain.steps=30", "train.weight_decay=0.05", "--resume", cwd=tmp_path)
+    assert changed.rc == 0, changed.err
+    assert f"{SETTINGS_DIFFER} (runs/same/pretrain.partial/checkpoints/step-0000010)" in changed.err, changed.err
 
 
 # ---------------------------------------------------------------------------------- a damaged newest checkpoint

@@ -76,6 +76,11 @@ def _stage_command(stage: str, recipe: str, overrides: list[str] | None, print_r
         if print_recipe:
             sys.stdout.write(loaded.to_yaml())
             return
+        if int(os.environ.get("RANK", "0")) == 0:  # rank 0 owns the run directory (RunDir.begin checks again)
+            from textgen_cli.runs import check_run_location
+
+            # a read-only or unwritable run.root is refused before the tokenizer is trained and the data packed
+            check_run_location(loaded.run_dir(stage), keep=False)
         from textgen_cli.progress import quiet_libraries
 
         quiet_libraries()

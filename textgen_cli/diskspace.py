@@ -127,9 +127,11 @@ def writing(what: str, path: Path, needed: LazyBytes, then: Lazy, partial: Path 
         raise
 
 
-def check_writable(folder: Path) -> None:
+def check_writable(folder: Path, keep: bool = True) -> None:
     """Create `folder` (and its parents) and a file in it, or refuse with exit 2: a run must not
-    find out at its first checkpoint that it cannot write its results."""
+    find out at its first checkpoint that it cannot write its results. With `keep=False` the
+    folders this made are removed again (a check before any work, which may still fail later)."""
+    made = [parent for parent in (folder, *folder.parents) if not parent.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".textgen-write-test-")
@@ -141,6 +143,11 @@ def check_writable(folder: Path) -> None:
         if exc.errno in NO_SPACE_ERRNOS:
             raise UserError(f"cannot write in '{folder}': no space left on the device ({human(free_bytes(folder))} free on {mount_point(folder)}); free some space, or set run.root to a disk with room") from None
         raise
+    finally:
+        if not keep:
+            for created in made:  # innermost first; one another process filled in stays
+                with contextlib.suppress(OSError):
+                    created.rmdir()
 
 
 # Pre-flight: what a training stage will write, against the room there is.

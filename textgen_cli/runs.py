@@ -27,6 +27,17 @@ RECIPE_FILE = "recipe.yaml"
 FINAL_DIR = "final"
 
 
+def check_run_location(path: Path, keep: bool = True) -> None:
+    """Refuse (exit 2) a stage's run directory `path` that cannot be written: a file in its way, a
+    read-only or unwritable run.root. `keep=False`: leave no folders behind (a check before any work)."""
+    for parent in (path.parent, *path.parent.parents):
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"run directory '{path}': '{parent}' is a file, expected a directory")
+    if path.exists() and not path.is_dir():
+        raise UserError(f"run directory '{path}' is a file, expected a directory")
+    diskspace.check_writable(path.parent, keep=keep)
+
+
 class RunDir:
     """One stage's output: `<stage>/` when finished, `<stage>.partial/` while running (checkpoints
     live there), and `<stage>.lock` while a process owns it."""
@@ -43,12 +54,7 @@ class RunDir:
         from textgen_cli import checkpoint
         from textgen_cli.progress import log
 
-        for parent in (self.path.parent, *self.path.parent.parents):
-            if parent.exists() and not parent.is_dir():
-                raise UserError(f"run directory '{self.path}': '{parent}' is a file, expected a directory")
-        if self.path.exists() and not self.path.is_dir():
-            raise UserError(f"run directory '{self.path}' is a file, expected a directory")
-        diskspace.check_writable(self.path.parent)  # a read-only run.root: refused before any training
+        check_run_location(self.path)  # checked before data preparation too (cli); again here, cheaply
         self._lock()
         previous = self.path.with_name(self.path.name + ".previous")
         if previous.is_dir() and not self.path.exists():

@@ -601,6 +601,7 @@ def resume_settings_hash(loaded: "LoadedRecipe", world: int) -> str:
     values = loaded.to_dict()
     values["train"]["batch_size"] = values["train"]["batch_size"] * world
     values.pop("distributed", None)  # switching between DDP and FSDP on resume is allowed
+    values.pop("resume", None)  # how this run was started, not what it trains: --resume sets it
     return settings_digest(values)
 
 
