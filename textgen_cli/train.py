@@ -357,7 +357,10 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
     plain_class = type(model)
     if section.gradient_checkpointing:
         # non-reentrant: works with frozen embeddings (LoRA) and with perturbed input embeddings
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     blocks = transformer_blocks(model)  # before sharding renames their classes (FSDPGPT2Block)
     if ranks.sharded:
         fsdp.shard(model)  # before the optimizer is built: it must hold the sharded parameters

@@ -9,6 +9,7 @@ also saves the adapter alone in `final/adapter/`.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +72,9 @@ def attach_lora(model, section: "LoraSection", source: str = "recipe") -> tuple[
         fan_in_fan_out=model.config.model_type == "gpt2",  # GPT-2's Conv1D stores weights transposed
     )
     try:
-        wrapper = get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft asks transformers 5 by names it has deprecated
+            warnings.simplefilter("ignore", FutureWarning)
+            wrapper = get_peft_model(model, config)
     except ValueError as exc:
         raise UserError(f"{source}: key 'model.lora.target_modules': {str(exc).splitlines()[0]}") from exc
     inner = wrapper.base_model.model
@@ -94,5 +97,7 @@ def merged_for_saving(model, final_dir: Path, save: bool = True):
         return model
     wrapper, keep_adapter = entry
     if keep_adapter and save:
-        wrapper.save_pretrained(str(final_dir / "adapter"))
+        with warnings.catch_warnings():  # it says it saves the resized embeddings too: what "auto" is for
+            warnings.simplefilter("ignore", UserWarning)
+            wrapper.save_pretrained(str(final_dir / "adapter"), save_embedding_layers="auto")
     return wrapper.merge_and_unload()
