@@ -125,14 +125,33 @@ def test_generate_from_a_finetuned_foreign_checkpoint(space, name):
         assert result.prompt_tokens == len(generator.prompt(prompt).ids) > len(generator.tokenizer(prompt)["input_ids"])
 
 
-def test_compare_two_finetuned_foreign_checkpoints(space):
-    """`textgen compare` on two finished runs of different architectures and roles."""
-    runs = [Path(finetuned(space, name)["summary"]["run_dir"]) for name in ("llama", "t5")]
-    result = run_cli(["compare", *map(str, runs), "--json"], cwd=space.root)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
-    text = json.dumps(report)
-    assert "llama" in text and "t5" in text
+def readme_commands() -> list[str]:
+    """The commands of the README's "Compare two pretrained models" section."""
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Compare two pretrained models", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash", 1)[1].split("```", 1)[0]
+    return [line.split("#", 1)[0].strip() for line in block.splitlines() if line.startswith("textgen ")]
+
+
+def test_the_readme_comparison_of_two_pretrained_models_runs_offline(space, tmp_path):
+    """The README's three commands, with the hub ids replaced by tiny local GPT-2 and BART checkpoints
+    (and overrides that make them tiny runs): finetune each, then compare the two runs."""
+    import shlex
+
+    commands = readme_commands()
+    assert len(commands) == 3 and "openai-community/gpt2" in commands[0] and "facebook/bart-base" in commands[1]
+    local = {"openai-community/gpt2": str(space.checkpoints["gpt2"]), "facebook/bart-base": str(space.checkpoints["bart"])}
+    tiny = ["finetune.steps=2", "data.max_examples=40", "train.batch_size=4", "train.eval_batches=1", "eval.max_examples=4", "eval.bootstrap=20", "generate.max_new_tokens=4"]
+    for command in commands:
+        args = shlex.split(command)[1:]
+        args = [next((arg.replace(hub, path) for hub, path in local.items() if hub in arg), arg) for arg in args]
+        if args[0] == "finetune":
+            args += tiny
+        result = run_cli(args, cwd=tmp_path)
+        assert result.returncode == 0, f"{command}\n{result.stderr[-3000:]}"
+    assert "gpt2" in result.stdout and "bart-base" in result.stdout and "BLEU" in result.stdout
 
 
 # ------------------------------------------------------------------ tokenizer adaptation

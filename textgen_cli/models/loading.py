@@ -149,9 +149,10 @@ def load_pretrained(ref: "str | Path", family: "str | Role", *, needs_mask: bool
     if not hub and not list(local.glob("*.safetensors")):
         raise UserError(f"checkpoint '{text}': no .safetensors weights (textgen loads weights only from safetensors)")
     tokenizer = _from(text, hub, "tokenizer", lambda: AutoTokenizer.from_pretrained(text, **options))
+    # safetensors only, from the hub too: a pickled checkpoint can run code when it is loaded
     model = _from(
         text, hub, "weights",
-        lambda: role.model_class().from_pretrained(text, config=config, dtype=torch.float32, use_safetensors=True if not hub else None, trust_remote_code=False, **options),
+        lambda: role.model_class().from_pretrained(text, config=config, dtype=torch.float32, use_safetensors=True, trust_remote_code=False, **options),
     )
     rows = model.get_input_embeddings().weight.shape[0]
     # textgen saves a model with exactly its tokenizer's rows; other checkpoints may pad their
