@@ -4,12 +4,14 @@ Prompts are built exactly as the finetuning data was:
 
 - `chatgpt`, prompt format `chat`: the conversation (the recipe's system prompt, then the turns)
   through `ChatEncoder.encode(..., add_generation_prompt=True)`: the ids of
-  `tokenizer.apply_chat_template`, ending with `<|assistant|>`; the reply stops at eos.
+  `tokenizer.apply_chat_template`, ending with `<|assistant|>`; the reply stops at eos. A tokenizer
+  with a chat template of its own is prompted with that template (models/chat.py).
 - `chatgpt`, prompt format `text` (a pretrain checkpoint): the plain text, continued.
 - `sora`, prompt format `text` (pairs task, or a pretrain checkpoint): `[bos] + text + [eos]`.
 - `sora`, prompt format `chat` (dialogue task): the role-tagged history, `ChatEncoder.encode_history`.
 
-The functions here print nothing: the CLI (and `evaluate`) call `generate_batch` and friends and
+Which of these a model gets is its role's to say (models/roles.py); `family` arguments take a
+family name or a role. The functions here print nothing: the CLI (and `evaluate`) call `generate_batch` and friends and
 decide what to show.
 """
 
