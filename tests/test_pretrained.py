@@ -442,3 +442,20 @@ def test_fp16_on_cpu_is_a_clear_error():
 
     with pytest.raises(UserError, match="train.precision=fp16 needs a CUDA device"):
         make_accelerator(TrainSection(device="cpu", precision="fp16"))
+
+
+def test_no_family_tests_outside_the_models_package():
+    """Everything that differs between the roles is asked of the role object (models/roles.py)."""
+    import re
+
+    from conftest import REPO
+
+    pattern = re.compile(r"""family\s*[!=]=|[!=]=\s*["'](sora|chatgpt)["']|["'](sora|chatgpt)["']\s*[!=]=|is_encoder_decoder""")
+    found = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        for path in sorted((REPO / "textgen_cli").rglob("*.py"))
+        if "models" not in path.relative_to(REPO / "textgen_cli").parts
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert found == []

@@ -65,7 +65,7 @@ def unreachable_message(ref: str) -> str:
     why = "the hub is switched off (HF_HUB_OFFLINE=1)" if hub_offline() else "the hub cannot be reached"
     return (
         f"model '{ref}' is not a local directory and not in the Hugging Face cache, and {why}; "
-        f"fetch it beforehand on a machine with network access: `hf download {ref}` "
+        f"fetch it into the cache beforehand, with network access: `hf download {ref}` "
         f"(older huggingface_hub: `huggingface-cli download {ref}`), or give model.init_from a local directory"
     )
 
