@@ -64,5 +64,6 @@ def run_adv_train(loaded: LoadedRecipe) -> dict[str, Any]:
         "truncated_examples": truncated,
         "adversarial": vars(settings),
         "augmented_examples": len(extra_dialogues),
+        **setup.notes,
     }
     return train_stage(loaded, "adv-train", setup.model, setup.tokenizer, train_set, val_set, extra, step_fn=step_fn)

@@ -17,9 +17,11 @@ import typer
 from textgen_cli import __version__
 from textgen_cli.errors import DiskFull, Interrupted, TrainingDiverged, UserError
 
-# textgen never talks to a hub: models, tokenizers, data and metrics are all local.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Data and metrics are always local files: `datasets` and `evaluate` never need the hub. Models
+# may come from it (model.init_from=owner/name, through the transformers cache), so HF_HUB_OFFLINE
+# is left to the user: set it to 1 to keep textgen off the network.
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 app = typer.Typer(

@@ -124,7 +124,6 @@ def likelihood(generator, examples: list[EvalExample], batch_size: int) -> dict[
     Every scored reference is scored whole: a reference longer than the context is left out
     (counted in `skipped_too_long`), and a decoder-only prompt loses its oldest tokens to make room."""
     from textgen_cli.metrics import bits_per_byte, perplexity
-    from textgen_cli.objectives import ChatExamples, Seq2SeqExamples
     from textgen_cli.generate import model_context
 
     tokenizer, model = generator.tokenizer, generator.model
@@ -137,20 +136,10 @@ def likelihood(generator, examples: list[EvalExample], batch_size: int) -> dict[
         if len(target) > context - 1:
             continue  # the reference alone does not fit: it cannot be scored whole, so it is left out
         scored.append(example)
-        if generator.family == "sora":
-            pairs.append((prompt, target))
-        else:
-            # keep the whole reference; the prompt loses its oldest tokens if both do not fit
-            prompt = prompt[-(context - len(target)) :]
-            pairs.append((prompt + target, [IGNORE_INDEX] * len(prompt) + target))
+        pairs.append(generator.role.scoring_pair(prompt, target, context))
     if not scored:
         return {"examples": 0, "skipped_too_long": len(examples), "nll_sum": None, "tokens": 0, "bytes": 0, "nll_per_token": None, "perplexity": None, "bits_per_byte": None}
-    causal = generator.family != "sora"
-    dataset = (
-        ChatExamples(pairs, pad_id=tokenizer.pad_token_id)
-        if causal
-        else Seq2SeqExamples(pairs, pad_id=tokenizer.pad_token_id, bos_id=model.generation_config.decoder_start_token_id or tokenizer.bos_token_id)
-    )
+    dataset = generator.role.scoring_set(pairs, tokenizer, model)
     total, tokens = summed_nll(model, dataset, batch_size, model.device)
     n_bytes = sum(len(example.reference.encode("utf-8")) for example in scored)
     return {
@@ -178,8 +167,8 @@ def prose_likelihood(generator, path: str | None, text_field: str, batch_size: i
 
     if not path:
         return {"skipped": "the recipe names no data.pretrain.validation text"}
-    if generator.family == "sora":
-        return {"skipped": "an encoder-decoder model gives no unconditional likelihood of plain prose"}
+    if generator.role.prose_unscorable():
+        return {"skipped": generator.role.prose_unscorable()}
     texts = read_texts(path, text_field)
     tokenizer, model = generator.tokenizer, generator.model
     stream = [t for ids in encode_texts(tokenizer, texts) for t in (*ids, tokenizer.eos_token_id)]

@@ -1,23 +1,24 @@
 """`textgen finetune`: source -> target for `sora`, chat template with assistant-only loss for `chatgpt`.
 
-Starts from the same recipe's pretrain output (or `model.init_from`). Pairs tasks are cast to
-one-turn chats for `chatgpt`, so both families learn from exactly the same examples.
+Starts from the same recipe's pretrain output, or `model.init_from`: any save_pretrained directory,
+a hub id, or `scratch` (random weights). Pairs tasks are cast to one-turn chats for `chatgpt`, so
+both families learn from exactly the same examples. The role (models/roles.py) builds the examples.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from textgen_cli.data import Dialogue, read_finetune_examples, with_system_prompt
+from textgen_cli.data import Dialogue, read_finetune_examples
 from textgen_cli.errors import UserError
-from textgen_cli.models import FAMILIES, init_from_dir, load_checkpoint
-from textgen_cli.objectives import ChatEncoder, ChatExamples, Seq2SeqExamples, TruncationCount, encode_texts, fit_chat, fit_seq2seq
+from textgen_cli.models import DECODER_ONLY, ENCODER_DECODER, FAMILIES, SCRATCH, Role, context_of, init_from, load_pretrained
+from textgen_cli.objectives import ChatExamples, Seq2SeqExamples, TruncationCount
 from textgen_cli.progress import log
 from textgen_cli.recipe import LoadedRecipe
 from textgen_cli.runs import FINAL_DIR, reset_peak_memory
-from textgen_cli.tokenizer import load_tokenizer
+from textgen_cli.tokenizer import adapt_tokenizer
 from textgen_cli.train import train_stage
 
 HOLDOUT_FRACTION = 0.05
@@ -27,74 +28,75 @@ HOLDOUT_FRACTION = 0.05
 PREVIOUS_STAGE = {"finetune": "pretrain", "adv-train": "finetune"}
 
 
-def starting_point(loaded: LoadedRecipe, stage: str = "finetune") -> Path:
-    """`model.init_from`, else this recipe's finished model of the stage before `stage`."""
+def starting_point(loaded: LoadedRecipe, stage: str = "finetune") -> str:
+    """`model.init_from` (a directory, a hub id or `scratch`), else this recipe's finished model of
+    the stage before `stage`."""
     if loaded.recipe.model.init_from:
-        return init_from_dir(loaded)
+        return init_from(loaded)
     previous = PREVIOUS_STAGE[stage]
     path = loaded.run_dir(previous) / FINAL_DIR
     if not path.is_dir():
         raise UserError(
             f"{stage} starts from the {previous} output '{path}', which does not exist: "
-            f"run `textgen {previous} --recipe {loaded.path.name}` first, or set model.init_from=DIR"
+            f"run `textgen {previous} --recipe {loaded.path.name}` first, or set model.init_from=DIR (or a hub id, or scratch)"
         )
-    return path
+    return str(path)
 
 
 def chatgpt_examples(dialogues: list[Dialogue], tokenizer, loaded: LoadedRecipe, context: int, count: TruncationCount) -> ChatExamples:
-    encoder = ChatEncoder(tokenizer)
-    recipe = loaded.recipe
-    sequences = []
-    for dialogue in dialogues:
-        messages = with_system_prompt(dialogue, recipe.prompt.system)
-        fitted = fit_chat(encoder, dialogue.id, messages, context, recipe.data.too_long, count)
-        if fitted is not None:
-            sequences.append(fitted)
-    return ChatExamples(sequences, pad_id=tokenizer.pad_token_id)
+    return DECODER_ONLY.finetune_examples(dialogues, tokenizer, loaded, context, count)
 
 
 def sora_examples(dialogues: list[Dialogue], tokenizer, loaded: LoadedRecipe, context: int, count: TruncationCount) -> Seq2SeqExamples:
-    """One (source, target) per assistant turn: the source is the plain text for pairs tasks and
-    the role-tagged history for dialogues; the target is the response followed by eos."""
-    encoder = ChatEncoder(tokenizer)
-    recipe = loaded.recipe
-    pairs_task = recipe.data.finetune.task == "pairs"
-    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
-    examples = []
-    for dialogue in dialogues:
-        for position, turn in enumerate(dialogue.messages):
-            if turn["role"] != "assistant":
-                continue
-            history = dialogue.messages[:position]
-            if pairs_task:
-                source = [bos, *encode_texts(tokenizer, [history[-1]["content"]])[0], eos]
-            else:
-                source = encoder.encode_history(history)
-            target = [*encode_texts(tokenizer, [turn["content"]])[0], eos]
-            examples.append(fit_seq2seq(source, target, eos, context, "start" if pairs_task else "end", dialogue.id, recipe.data.too_long, count))
-    return Seq2SeqExamples(examples, pad_id=tokenizer.pad_token_id, bos_id=bos)
+    return ENCODER_DECODER.finetune_examples(dialogues, tokenizer, loaded, context, count)
 
 
 @dataclass
 class FinetuneSetup:
     """What finetune and adv-train share: a starting model, its tokenizer and the dialogues."""
 
-    start: Path
+    start: str
     model: Any
     tokenizer: Any
     context: int
     train_dialogues: list[Dialogue]
     val_dialogues: list[Dialogue]
+    role: Role = DECODER_ONLY
+    notes: dict[str, Any] = field(default_factory=dict)  # what the summary records about the start
 
 
-def prepare(loaded: LoadedRecipe, start: Path, stage: str) -> FinetuneSetup:
+def starting_model(loaded: LoadedRecipe, start: str, stage: str) -> tuple[Any, Any, dict[str, Any]]:
+    """The model and tokenizer `start` names: random weights (`scratch`), or a checkpoint (a run's
+    output, any save_pretrained directory, a hub id) with its tokenizer adapted."""
     import accelerate
 
     recipe = loaded.recipe
-    tokenizer = load_tokenizer(start)
-    family = FAMILIES[recipe.model.family]
+    if start == SCRATCH:
+        from textgen_cli.pretrain import recipe_tokenizer, scratch_model
+
+        tokenizer = recipe_tokenizer(loaded)
+        adapt_tokenizer(tokenizer)  # adds nothing to a tokenizer textgen trained
+        model = scratch_model(loaded, tokenizer)
+        log(f"{stage}: from scratch: a `{recipe.model.family}` model with random weights in layout {model.config.model_type} (model.init_from=scratch)")
+        return model, tokenizer, {"from_scratch": True}
     accelerate.utils.set_seed(recipe.train.seed)
-    model = load_checkpoint(start, family.name, len(tokenizer))
+    pretrained = load_pretrained(start, recipe.model.family, context=recipe.model.context)
+    if pretrained.added_tokens:
+        log(f"{stage}: added to the tokenizer of {start}: {', '.join(pretrained.added_tokens)} (embedding rows: the mean of the others)")
+    return pretrained.model, pretrained.tokenizer, {"added_tokens": pretrained.added_tokens} if pretrained.added_tokens else {}
+
+
+def prepare(loaded: LoadedRecipe, start: "str | Path", stage: str) -> FinetuneSetup:
+    recipe = loaded.recipe
+    role = FAMILIES[recipe.model.family]
+    model, tokenizer, notes = starting_model(loaded, str(start), stage)
+    if recipe.model.lora.rank:
+        from textgen_cli.models.lora import attach_lora
+
+        model, lora_notes = attach_lora(model, recipe.model.lora, str(loaded.path))
+        notes["lora"] = lora_notes
+        log(f"{stage}: LoRA rank {lora_notes['rank']} on {', '.join(lora_notes['target_modules'])}: "
+            f"{lora_notes['trainable_parameters']:,} trainable parameters of {lora_notes['total_parameters']:,} ({100 * lora_notes['trainable_share']:.2f}%)")
     section = recipe.data.finetune
     train_dialogues = read_finetune_examples(section, "train", recipe.data.max_examples)
     if section.validation:
@@ -103,15 +105,16 @@ def prepare(loaded: LoadedRecipe, start: Path, stage: str) -> FinetuneSetup:
         cut = max(1, int(len(train_dialogues) * HOLDOUT_FRACTION))
         train_dialogues, val_dialogues = train_dialogues[:-cut], train_dialogues[-cut:]
         log(f"{stage}: no data.finetune.validation; holding out the last {cut} records")
-    return FinetuneSetup(start, model, tokenizer, model.config.max_position_embeddings, train_dialogues, val_dialogues)
+    context = context_of(model.config) or recipe.model.context
+    return FinetuneSetup(str(start), model, tokenizer, context, train_dialogues, val_dialogues, role, notes)
 
 
 def build_examples(loaded: LoadedRecipe, setup: FinetuneSetup, stage: str) -> tuple[Any, Any, int]:
-    """Tokenized training and validation sets for the recipe's family; returns the truncation count."""
-    build = sora_examples if FAMILIES[loaded.recipe.model.family].is_encoder_decoder else chatgpt_examples
+    """Tokenized training and validation sets for the recipe's role; returns the truncation count."""
     count = TruncationCount()
-    train_set = build(setup.train_dialogues, setup.tokenizer, loaded, setup.context, count)
-    val_set = build(setup.val_dialogues, setup.tokenizer, loaded, setup.context, count)
+    start_id = setup.role.decoder_start_id(setup.model, setup.tokenizer)
+    train_set = setup.role.finetune_examples(setup.train_dialogues, setup.tokenizer, loaded, setup.context, count, start_id)
+    val_set = setup.role.finetune_examples(setup.val_dialogues, setup.tokenizer, loaded, setup.context, count, start_id)
     if count.truncated:
         dropped = f" ({count.dropped} dropped: nothing left to learn)" if count.dropped else ""
         log(f"warning: {stage}: {count.truncated} examples were longer than model.context={setup.context} and were truncated{dropped}")
@@ -123,5 +126,5 @@ def run_finetune(loaded: LoadedRecipe) -> dict[str, Any]:
     setup = prepare(loaded, starting_point(loaded), "finetune")
     train_set, val_set, truncated = build_examples(loaded, setup, "finetune")
     recipe = loaded.recipe
-    extra = {"init_from": str(setup.start), "task": recipe.data.finetune.task, "truncated_examples": truncated, "system_prompt": recipe.prompt.system}
+    extra = {"init_from": setup.start, "task": recipe.data.finetune.task, "truncated_examples": truncated, "system_prompt": setup.role.system_prompt(recipe), **setup.notes}
     return train_stage(loaded, "finetune", setup.model, setup.tokenizer, train_set, val_set, extra)

@@ -4,12 +4,14 @@ Prompts are built exactly as the finetuning data was:
 
 - `chatgpt`, prompt format `chat`: the conversation (the recipe's system prompt, then the turns)
   through `ChatEncoder.encode(..., add_generation_prompt=True)`: the ids of
-  `tokenizer.apply_chat_template`, ending with `<|assistant|>`; the reply stops at eos.
+  `tokenizer.apply_chat_template`, ending with `<|assistant|>`; the reply stops at eos. A tokenizer
+  with a chat template of its own is prompted with that template (models/chat.py).
 - `chatgpt`, prompt format `text` (a pretrain checkpoint): the plain text, continued.
 - `sora`, prompt format `text` (pairs task, or a pretrain checkpoint): `[bos] + text + [eos]`.
 - `sora`, prompt format `chat` (dialogue task): the role-tagged history, `ChatEncoder.encode_history`.
 
-The functions here print nothing: the CLI (and `evaluate`) call `generate_batch` and friends and
+Which of these a model gets is its role's to say (models/roles.py); `family` arguments take a
+family name or a role. The functions here print nothing: the CLI (and `evaluate`) call `generate_batch` and friends and
 decide what to show.
 """
 
@@ -29,6 +31,7 @@ from textgen_cli.objectives import ChatEncoder, encode_texts
 if TYPE_CHECKING:
     import torch
 
+    from textgen_cli.models import Role
     from textgen_cli.schema import GenerateSection, Recipe
 
 Dialogue = list[dict[str, str]]
@@ -77,43 +80,28 @@ def settings_dict(section: "GenerateSection") -> dict[str, Any]:
 
 
 def model_context(model) -> int:
-    config = model.config
-    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 1024
+    """The model's context: its config's field (textgen records one for T5 too), else 1024."""
+    from textgen_cli.models import context_of
+
+    return context_of(model.config) or 1024
 
 
 def prompt_budget(model, settings: "GenerateSection") -> int:
     """Most prompt tokens a prompt may have, so that prompt and reply fit the model's context."""
-    context = model_context(model)
-    if model.config.is_encoder_decoder:
-        # the decoder holds the start token and the new tokens; the encoder holds the whole source
-        if settings.max_new_tokens > context - 1:
-            raise UserError(
-                f"generate.max_new_tokens={settings.max_new_tokens} does not fit the model's context of {context} tokens; "
-                f"expected at most {context - 1}"
-            )
-        return context
-    budget = context - settings.max_new_tokens
-    if budget < 1:
-        raise UserError(
-            f"generate.max_new_tokens={settings.max_new_tokens} leaves no room for a prompt in the model's context of "
-            f"{context} tokens; expected at most {context - 1}"
-        )
-    return budget
+    from textgen_cli.models import role_of_model
+
+    return role_of_model(model).prompt_budget(model_context(model), settings.max_new_tokens)
 
 
-def prompt_format(family: str, task: str = "pairs", stage: str | None = "finetune", requested: str = "auto") -> str:
+def prompt_format(family: "str | Role", task: str = "pairs", stage: str | None = "finetune", requested: str = "auto") -> str:
     """`chat` or `text`: how prompts are encoded (see the module docstring)."""
+    from textgen_cli.models import role_for
+
     if requested in PROMPT_FORMATS:
         return requested
     if stage == "pretrain":
         return "text"
-    if family == "chatgpt":
-        return "chat"  # pairs tasks are finetuned as one-turn chats too
-    return "chat" if task == "dialogue" else "text"
+    return role_for(family).default_prompt_format(task)
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,18 +149,23 @@ def chat_messages(item: PromptInput, system: str = "") -> Dialogue:
 
 def chatgpt_prompt_ids(tokenizer, messages: Dialogue) -> list[int]:
     """The chat prompt the model was finetuned on: `apply_chat_template(..., add_generation_prompt=True)` ids."""
-    return ChatEncoder(tokenizer).encode(messages, add_generation_prompt=True)[0]
+    from textgen_cli.models.chat import chat_encoder
+
+    return chat_encoder(tokenizer).encode(messages, add_generation_prompt=True)[0]
 
 
 def sora_source_ids(tokenizer, item: PromptInput, fmt: str) -> list[int]:
     """The encoder input: `[bos] + text + [eos]` (format `text`) or the role-tagged history (format `chat`)."""
+    from textgen_cli.models import ENCODER_DECODER
+    from textgen_cli.models.chat import chat_encoder
+
     if fmt == "chat":
-        return ChatEncoder(tokenizer).encode_history(chat_messages(item))
+        return chat_encoder(tokenizer).encode_history(chat_messages(item))
     text = item if isinstance(item, str) else item[-1]["content"]
-    return [tokenizer.bos_token_id, *encode_texts(tokenizer, [text])[0], tokenizer.eos_token_id]
+    return ENCODER_DECODER.wrap_text(tokenizer, encode_texts(tokenizer, [text])[0])
 
 
-def build_prompt(tokenizer, item: PromptInput, family: str, fmt: str, budget: int, system: str = "", too_long: str = "truncate", where: str = "prompt") -> Prompt:
+def build_prompt(tokenizer, item: PromptInput, family: "str | Role", fmt: str, budget: int, system: str = "", too_long: str = "truncate", where: str = "prompt") -> Prompt:
     """Token ids of one prompt, at most `budget` long.
 
     Dialogues that do not fit lose their oldest turns first (the system turn stays), and a reply is
@@ -180,29 +173,31 @@ def build_prompt(tokenizer, item: PromptInput, family: str, fmt: str, budget: in
     `truncate` keeps its beginning (for `chatgpt` plain text, its end: that is what gets continued),
     `error` raises a UserError.
     """
+    from textgen_cli.models import role_for
+    from textgen_cli.models.chat import chat_encoder
+
+    role = role_for(family)
     item = check_input(item, where)
-    encoder = ChatEncoder(tokenizer)
+    encoder = chat_encoder(tokenizer)
     if fmt == "text":
         text = item if isinstance(item, str) else item[-1]["content"]
         ids = encode_texts(tokenizer, [text])[0]
-        extra = 2 if family == "sora" else 0
+        extra = role.text_prompt.overhead
         if len(ids) + extra > budget:
             if too_long == "error":
                 raise UserError(f"{where}: the prompt is {len(ids) + extra} tokens, more than the {budget} that fit (generate.too_long=error)")
             if budget - extra < 1:
                 raise UserError(f"{where}: no room for the prompt: only {budget} tokens fit")
-            ids = ids[: budget - extra] if family == "sora" else ids[-budget:]
-            return Prompt(_text_ids(tokenizer, ids, family), truncated=True)
-        return Prompt(_text_ids(tokenizer, ids, family))
+            ids = ids[: budget - extra] if role.text_prompt.keep_start else ids[len(ids) - (budget - extra) :]
+            return Prompt(role.wrap_text(tokenizer, ids), truncated=True)
+        return Prompt(role.wrap_text(tokenizer, ids))
 
     messages = chat_messages(item, system)
     head = [messages[0]] if messages[0]["role"] == "system" else []
     turns = messages[len(head) :]
 
     def encode(conversation: Dialogue) -> list[int]:
-        if family == "sora":
-            return encoder.encode_history(conversation)
-        return encoder.encode(conversation, add_generation_prompt=True)[0]
+        return role.chat_prompt(encoder, conversation)
 
     ids = encode(head + turns)
     dropped = 0
@@ -217,12 +212,14 @@ def build_prompt(tokenizer, item: PromptInput, family: str, fmt: str, budget: in
         return Prompt(ids, dropped_turns=dropped)
     if too_long == "error":
         raise UserError(f"{where}: the last message makes a prompt of {len(ids)} tokens, more than the {budget} that fit (generate.too_long=error)")
-    # cut the text of the last (user) turn, keeping its beginning; built from ids, never re-tokenized
     last = turns[-1]
     content = encode_texts(tokenizer, [last["content"]])[0]
+    if not isinstance(encoder, ChatEncoder):
+        return _cut_last_turn(tokenizer, encode, head + turns[:-1], last, content, budget, dropped, where)
+    # cut the text of the last (user) turn, keeping its beginning; built from ids, never re-tokenized
     prefix, _ = encoder.encode(head + turns[:-1])
     turn_ids, _ = encoder.turn(last, [])
-    tail = [encoder.eos] if family == "sora" else [encoder.role["assistant"]]
+    tail = role.chat_tail(encoder)
     room = budget - len(prefix) - len(turn_ids) - len(tail)
     if room < 1:
         raise UserError(f"{where}: no room for the message: the system prompt and the chat markup alone take {budget - room} of the {budget} tokens that fit")
@@ -230,8 +227,23 @@ def build_prompt(tokenizer, item: PromptInput, family: str, fmt: str, budget: in
     return Prompt([*prefix, *turn_ids, *tail], truncated=True, dropped_turns=dropped)
 
 
-def _text_ids(tokenizer, ids: list[int], family: str) -> list[int]:
-    return [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id] if family == "sora" else list(ids)
+def _cut_last_turn(tokenizer, encode: Callable[[Dialogue], list[int]], before: Dialogue, last: dict[str, str], content: list[int], budget: int, dropped: int, where: str) -> Prompt:
+    """The tokenizer's own chat template: the longest beginning of the last message whose rendered
+    prompt fits (binary search over its tokens; the template renders text, so the cut is decoded)."""
+
+    def rendered(n: int) -> list[int]:
+        return encode([*before, {**last, "content": tokenizer.decode(content[:n])}])
+
+    low, high = 0, len(content)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(rendered(middle)) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    if low < 1:
+        raise UserError(f"{where}: no room for the message: the system prompt and the chat markup alone take {len(rendered(0))} of the {budget} tokens that fit")
+    return Prompt(rendered(low), truncated=True, dropped_turns=dropped)
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,9 +319,9 @@ def generation_config(model, tokenizer, settings: "GenerateSection"):
         values.update(length_penalty=settings.length_penalty)
     if settings.stop:
         values["stop_strings"] = list(settings.stop)
-    if model.config.is_encoder_decoder:
-        start = getattr(model.config, "decoder_start_token_id", None)
-        values["decoder_start_token_id"] = start if start is not None else tokenizer.bos_token_id
+    from textgen_cli.models import role_of_model
+
+    values.update(role_of_model(model).generation_extras(model, tokenizer))
     return GenerationConfig(**values)
 
 
@@ -382,10 +394,12 @@ def _decode_batch(model, tokenizer, prompts: Sequence[list[int]], settings: "Gen
     width = max(len(p) for p in prompts)
     input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
     attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    encoder_decoder = bool(model.config.is_encoder_decoder)
+    from textgen_cli.models import role_of_model
+
+    role = role_of_model(model)
     for row, ids in enumerate(prompts):
         # decoder-only: left padding, so that every row's next token comes right after its prompt
-        span = slice(0, len(ids)) if encoder_decoder else slice(width - len(ids), width)
+        span = slice(width - len(ids), width) if role.left_padding else slice(0, len(ids))
         input_ids[row, span] = torch.as_tensor(ids, dtype=torch.long)
         attention_mask[row, span] = 1
     config = generation_config(model, tokenizer, settings)
@@ -403,7 +417,7 @@ def _decode_batch(model, tokenizer, prompts: Sequence[list[int]], settings: "Gen
             sequences = model.generate(**kwargs)
     finally:
         model.generation_config = saved
-    new = sequences[:, 1:] if encoder_decoder else sequences[:, width:]
+    new = role.new_tokens(sequences, width)
     results = []
     eos = tokenizer.eos_token_id
     for row in new.tolist():
@@ -427,7 +441,7 @@ def generate_batch(
     tokenizer,
     inputs: Sequence[PromptInput],
     settings: "GenerateSection",
-    family: str,
+    family: "str | Role",
     task: str = "pairs",
     batch_size: int | None = None,
     *,
@@ -506,7 +520,7 @@ class Generator:
 
     model: Any
     tokenizer: Any
-    family: str
+    family: str  # the role the model plays: `sora` or `chatgpt`
     fmt: str  # `chat` or `text`
     task: str
     system: str  # the recipe's system prompt (applied to `chatgpt` chats)
@@ -514,6 +528,12 @@ class Generator:
     path: Path
     stage: str | None
     recipe: "Recipe | None" = None
+
+    @property
+    def role(self) -> "Role":
+        from textgen_cli.models import role_for
+
+        return role_for(self.family)
 
     @property
     def budget(self) -> int:
@@ -610,9 +630,8 @@ def load_generate_recipe(recipe: str | None, model_dir: str | None, overrides: l
 def load_generator(recipe: str | None, model_dir: str | None, stage: str | None = None, overrides: list[str] | None = None, loaded=None) -> Generator:
     """Load the model to generate from, with the settings and prompt format it needs
     (`loaded`: the result of `load_generate_recipe` for the same arguments, if already at hand)."""
-    from textgen_cli.models import family_of_checkpoint, load_checkpoint
+    from textgen_cli.models import family_of_checkpoint, load_pretrained, role_for
     from textgen_cli.schema import STAGES
-    from textgen_cli.tokenizer import load_tokenizer
 
     overrides = list(overrides or [])
     if stage is not None and stage not in STAGES:
@@ -632,12 +651,13 @@ def load_generator(recipe: str | None, model_dir: str | None, stage: str | None 
     check_settings(r.generate, str(loaded.path), {item.split("=", 1)[0] for item in overrides})
     device = choose_device(r.generate.device)
     _quiet_transformers()
-    tokenizer = load_tokenizer(path)
-    model = load_checkpoint(path, family, len(tokenizer))
+    # any save_pretrained checkpoint: its tokenizer gets what textgen needs (nothing, for textgen's own)
+    pretrained = load_pretrained(path, family, context=r.model.context)
+    model, tokenizer = pretrained.model, pretrained.tokenizer
     model.to(device).eval()
-    fmt = prompt_format(family, r.data.finetune.task, found_stage, r.generate.prompt_format)
-    system = r.prompt.system if family == "chatgpt" else ""
-    return Generator(model, tokenizer, family, fmt, r.data.finetune.task, system, r.generate, path, found_stage, r)
+    role = role_for(family)
+    fmt = prompt_format(role, r.data.finetune.task, found_stage, r.generate.prompt_format)
+    return Generator(model, tokenizer, role.name, fmt, r.data.finetune.task, role.system_prompt(r), r.generate, path, found_stage, r)
 
 
 def _quiet_transformers() -> None:

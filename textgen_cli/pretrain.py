@@ -1,23 +1,23 @@
-"""`textgen pretrain`: a tokenizer and a model from scratch on the recipe's prose corpus.
+"""`textgen pretrain`: a tokenizer and a model from scratch on the recipe's prose corpus
+(or `model.init_from`: a pretrained checkpoint trained further on it).
 
-`chatgpt` learns causal LM on packed blocks; `sora` learns BART text infilling.
+The role sets the objective: `chatgpt` learns causal LM on packed blocks; `sora` learns BART text
+infilling (T5 span corruption for a tokenizer with T5's sentinels).
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from textgen_cli.errors import UserError
 from textgen_cli.data import read_finetune_examples
-from textgen_cli.models import FAMILIES, init_from_dir, load_checkpoint
-from textgen_cli.objectives import CausalBlocks, InfillingBlocks
+from textgen_cli.models import FAMILIES, SCRATCH, context_of, init_from, load_pretrained
 from textgen_cli.packing import TextSource, packed_blocks, split_sources
 from textgen_cli.progress import log
 from textgen_cli.recipe import LoadedRecipe
 from textgen_cli.runs import reset_peak_memory
-from textgen_cli.tokenizer import MASK, Corpus, get_tokenizer, load_tokenizer, texts_corpus
+from textgen_cli.tokenizer import Corpus, adapt_tokenizer, get_tokenizer, texts_corpus
 from textgen_cli.train import train_stage
 
 HOLDOUT_FRACTION = 0.05  # validation taken from the end of the corpus when the recipe names none
@@ -42,6 +42,37 @@ def tokenizer_corpus(loaded: LoadedRecipe, train: TextSource) -> Corpus:
     return Corpus(f"{train.key()}|{extra_key}", batches, description)
 
 
+def recipe_tokenizer(loaded: LoadedRecipe, train: TextSource | None = None):
+    """The tokenizer a model built from scratch uses: `tokenizer.path`, else byte-level BPE trained
+    (or found in the cache) the way pretrain trains it: on the pretraining text, plus the finetune
+    training split when the recipe asks; with no pretraining text, on the finetune training split."""
+    recipe = loaded.recipe
+    data = recipe.data.pretrain
+    if recipe.tokenizer.path:
+        tokenizer = get_tokenizer([], recipe.tokenizer, log=log)
+    elif data.train:
+        if train is None:
+            train, _, _ = split_sources(data.train, data.text_field, recipe.data.max_examples, data.validation, HOLDOUT_FRACTION)
+        tokenizer = get_tokenizer(tokenizer_corpus(loaded, train), recipe.tokenizer, log=log)
+    else:
+        finetune = recipe.data.finetune
+        texts = [turn["content"] for dialogue in read_finetune_examples(finetune, "train", recipe.data.max_examples) for turn in dialogue.messages]
+        corpus = texts_corpus(texts)
+        corpus.description = f"{len(texts)} finetuning texts (no data.pretrain.train)"
+        tokenizer = get_tokenizer(corpus, recipe.tokenizer, log=log)
+    return tokenizer
+
+
+def scratch_model(loaded: LoadedRecipe, tokenizer):
+    """Random weights in the recipe's layout (`model.arch`) and sizes, seeded by train.seed."""
+    import accelerate
+
+    role = FAMILIES[loaded.recipe.model.family]
+    arch = role.arch(loaded.recipe.model, str(loaded.path))
+    accelerate.utils.set_seed(loaded.recipe.train.seed)  # the model's initial weights depend on it
+    return arch.build(loaded.recipe.model, tokenizer)
+
+
 def run_pretrain(loaded: LoadedRecipe) -> dict[str, Any]:
     import accelerate
 
@@ -54,21 +85,20 @@ def run_pretrain(loaded: LoadedRecipe) -> dict[str, Any]:
     if held_out:
         log(f"pretrain: no data.pretrain.validation; holding out the last {held_out} records")
 
-    if recipe.model.init_from:
-        tokenizer = load_tokenizer(init_from_dir(loaded))
+    role = FAMILIES[recipe.model.family]
+    start = init_from(loaded) if recipe.model.init_from else SCRATCH
+    if start == SCRATCH:
+        tokenizer = recipe_tokenizer(loaded, train_source)
+        adapt_tokenizer(tokenizer, needs_mask=role.needs_mask_token(tokenizer))  # adds nothing to textgen's own
+        model = scratch_model(loaded, tokenizer)
     else:
-        tokenizer = get_tokenizer(tokenizer_corpus(loaded, train_source), recipe.tokenizer, log=log)
+        accelerate.utils.set_seed(recipe.train.seed)
+        loaded_model = load_pretrained(start, role, needs_mask=True, context=recipe.model.context)
+        model, tokenizer = loaded_model.model, loaded_model.tokenizer
+        if loaded_model.added_tokens:
+            log(f"pretrain: added to the tokenizer of {start}: {', '.join(loaded_model.added_tokens)} (embedding rows: the mean of the others)")
 
-    accelerate.utils.set_seed(recipe.train.seed)  # the model's initial weights depend on it
-    family = FAMILIES[recipe.model.family]
-    if recipe.model.init_from:
-        model = load_checkpoint(Path(recipe.model.init_from), family.name, len(tokenizer))
-    else:
-        model = family.build(recipe.model, tokenizer)
-
-    context = model.config.max_position_embeddings
-    # sora: bos + noised block + eos must fit the encoder, block + eos the decoder.
-    block_size = context - 2 if family.is_encoder_decoder else context
+    block_size = role.pretrain_block_size(context_of(model.config) or recipe.model.context)
     started = time.perf_counter()
     train_packed = packed_blocks(train_source, tokenizer, block_size)
     val_packed = packed_blocks(val_source, tokenizer, block_size)
@@ -77,13 +107,8 @@ def run_pretrain(loaded: LoadedRecipe) -> dict[str, Any]:
     log(f"pretrain: {train_packed.tokens:,} training tokens in {len(train_packed.blocks):,} blocks of {block_size} ({how}, {seconds:.2f} s)")
     if len(val_packed.blocks) == 0:
         raise UserError(f"{val_source.path}: the validation text gives {val_packed.tokens} tokens, less than one block of {block_size}; use more text or a smaller model.context")
-    if family.is_encoder_decoder:
-        p = recipe.pretrain
-        ids = dict(bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, mask_id=tokenizer.convert_tokens_to_ids(MASK))
-        train_set = InfillingBlocks(train_packed.blocks, p.mask_ratio, p.poisson_lambda, recipe.train.seed, **ids)
-        # validation noise uses a fixed seed so every validation pass scores the same inputs
-        val_set = InfillingBlocks(val_packed.blocks, p.mask_ratio, p.poisson_lambda, 0, **ids)
-    else:
-        train_set, val_set = CausalBlocks(train_packed.blocks), CausalBlocks(val_packed.blocks)
+    train_set, val_set = role.pretrain_sets(train_packed.blocks, val_packed.blocks, tokenizer, model, recipe)
     extra = {"block_size": block_size, "corpus_tokens": train_packed.tokens, "tokenizer_vocab": len(tokenizer), "data_prep_s": seconds, "data_cache_hit": train_packed.cached}
+    if start != SCRATCH:
+        extra["init_from"] = start
     return train_stage(loaded, "pretrain", model, tokenizer, train_set, val_set, extra)

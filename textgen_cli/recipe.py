@@ -345,6 +345,11 @@ def _resolve_paths(recipe: Recipe, base: Path, override_keys: set[str] = frozens
         value = getattr(owner, leaf)
         if value:
             root = Path.cwd() if dotted in override_keys else base
+            if dotted == "model.init_from":  # may also be `scratch` or a hub id
+                from textgen_cli.models.loading import resolve_init_from
+
+                setattr(owner, leaf, resolve_init_from(value, root))
+                continue
             setattr(owner, leaf, str((root / Path(value).expanduser()).resolve()))
 
 

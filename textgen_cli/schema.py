@@ -25,8 +25,18 @@ def _section(cls, help: str):
 
 
 @dataclass
+class LoraSection:
+    rank: int = _key(0, "LoRA rank r (0: no LoRA, every weight is trained). With r > 0 only low-rank adapters on the target modules are trained (finetune and adv-train; see docs/models.md).")
+    alpha: Optional[float] = _key(None, "LoRA scaling alpha (the update is scaled by alpha / rank); null: 2 x rank.")
+    dropout: float = _key(0.05, "Dropout on the LoRA adapters' input during training.")
+    target_modules: List[str] = _key([], "Module names that get adapters (e.g. [q_proj, v_proj]); empty: the attention and feed-forward projections of the architecture (docs/models.md lists them).")
+    keep_adapter: bool = _key(False, "Also save the adapter alone in <run>/<stage>/final/adapter/ (loadable with peft on the starting model). final/ always holds the merged model.")
+
+
+@dataclass
 class ModelSection:
-    family: str = _key(MISSING, "Model family: `sora` (encoder-decoder, BART style) or `chatgpt` (decoder-only, GPT-2 style).")
+    family: str = _key(MISSING, "Model family (role): `sora` (encoder-decoder: BART, T5, ...) or `chatgpt` (decoder-only: GPT-2, Llama, Qwen2, ...).")
+    arch: str = _key("auto", "Layout built from scratch: `bart` or `t5` for `sora`; `gpt2`, `llama` or `qwen2` for `chatgpt`; `auto`: bart / gpt2. A pretrained start (model.init_from) keeps its own.")
     layers: int = _key(2, "Transformer layers (for `sora`: in the encoder and in the decoder each).")
     hidden: int = _key(128, "Hidden size (d_model).")
     heads: int = _key(4, "Attention heads; must divide `hidden`.")
@@ -34,7 +44,8 @@ class ModelSection:
     context: int = _key(256, "Context length in tokens (at least 8).")
     dropout: float = _key(0.1, "Dropout probability during training, on the embeddings and on each attention and feed-forward output.")
     attention_dropout: float = _key(0.0, "Dropout on the attention probabilities during training (both families). 0 keeps the fused attention kernel; 0.1 made a default-size `chatgpt` CPU training step about 25% slower.")
-    init_from: Optional[str] = _key(None, "Local HF checkpoint directory to start from instead of random weights (and, for finetune, instead of the pretrain output).")
+    init_from: Optional[str] = _key(None, "Where a stage starts instead of random weights (pretrain) or the previous stage's output (finetune, adv-train): a local save_pretrained directory, a Hugging Face hub id (e.g. `openai-community/gpt2`, loaded through the transformers cache), or `scratch` (random weights from this section, tokenizer trained as pretrain trains it). See docs/models.md.")
+    lora: LoraSection = _section(LoraSection, "Parameter-efficient finetuning with LoRA (peft).")
 
 
 @dataclass
@@ -80,7 +91,8 @@ class PromptSection:
 class TrainSection:
     seed: int = _key(1234, "Random seed: the same recipe and seed give the same loss curve on CPU.")
     device: str = _key("auto", "`auto` (CUDA when available), `cpu` or `cuda`.")
-    precision: str = _key("auto", "`auto` (bf16 autocast on CUDA, fp32 on CPU), `fp32` or `bf16`.")
+    precision: str = _key("auto", "`auto` (bf16 autocast on CUDA, fp32 on CPU), `fp32`, `bf16`, or `fp16` (CUDA only: fp16 autocast with a dynamic grad scaler, for GPUs without bf16).")
+    gradient_checkpointing: bool = _key(False, "Recompute activations in the backward pass instead of keeping them: less memory, about a third more compute per step.")
     batch_size: int = _key(16, "Sequences per micro-batch.")
     grad_accum: int = _key(1, "Micro-batches accumulated per optimizer step.")
     lr: float = _key(1e-3, "Peak learning rate (AdamW), for every stage unless the stage sets its own.")
@@ -200,10 +212,11 @@ class Recipe:
 # Allowed values of string keys (dotted key -> choices). Checked by recipe.validate_values.
 CHOICES = {
     "model.family": ("sora", "chatgpt"),
+    "model.arch": ("auto", "bart", "t5", "gpt2", "llama", "qwen2"),
     "data.finetune.task": ("pairs", "dialogue"),
     "data.too_long": ("truncate", "error"),
     "train.device": ("auto", "cpu", "cuda"),
-    "train.precision": ("auto", "fp32", "bf16"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.on_nonfinite": ("stop", "skip"),
     "distributed.strategy": ("ddp", "fsdp"),
     "resume": ("never", "auto"),

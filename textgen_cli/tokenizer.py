@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from textgen_cli.errors import UserError
 
@@ -69,7 +69,9 @@ def corpus_key(corpus: Corpus, section: "TokenizerSection") -> str:
 def get_tokenizer(corpus: "list[str] | Corpus", section: "TokenizerSection", log=print) -> "PreTrainedTokenizerFast":
     """Load `tokenizer.path`, or a cached tokenizer for this corpus, or train one and cache it."""
     if section.path:
-        return load_tokenizer(Path(section.path))
+        tokenizer = load_tokenizer(Path(section.path))
+        adapt_tokenizer(tokenizer)  # a model built for it gets rows for what is added
+        return tokenizer
     if isinstance(corpus, list):
         corpus = texts_corpus(corpus)
     cached = cache_dir() / "tokenizers" / corpus_key(corpus, section)
@@ -125,6 +127,7 @@ def wrap_tokenizer(core) -> "PreTrainedTokenizerFast":
 
 
 def load_tokenizer(path: Path) -> "PreTrainedTokenizerFast":
+    """A tokenizer saved with save_pretrained: textgen's own, or any other (see `adapt_tokenizer`)."""
     from transformers import AutoTokenizer
 
     if not path.is_dir():
@@ -133,15 +136,52 @@ def load_tokenizer(path: Path) -> "PreTrainedTokenizerFast":
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: cannot load a tokenizer from this directory: {str(exc).splitlines()[0]}") from exc
-    vocab = tokenizer.get_vocab()
-    missing = [token for token in SPECIAL_TOKENS if token not in vocab]
-    if missing:
-        raise UserError(f"{path}: tokenizer lacks the special tokens textgen needs: {', '.join(missing)}")
-    if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
-        raise UserError(f"{path}: tokenizer needs a pad token distinct from eos")
-    if not getattr(tokenizer, "chat_template", None):
+    if is_textgen_tokenizer(tokenizer) and not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
+
+
+def is_textgen_tokenizer(tokenizer) -> bool:
+    """Trained by textgen: every special token of its own is in the vocabulary."""
+    vocab = tokenizer.get_vocab()
+    return all(token in vocab for token in SPECIAL_TOKENS)
+
+
+def has_own_chat_template(tokenizer) -> bool:
+    """The tokenizer brings a chat template other than textgen's (Qwen, Llama instruct, ...)."""
+    template = getattr(tokenizer, "chat_template", None)
+    return bool(template) and template != CHAT_TEMPLATE
+
+
+def adapt_tokenizer(tokenizer, needs_mask: bool = False) -> list[str]:
+    """Add only the special tokens textgen needs and the tokenizer lacks; returns those added (new
+    ids at the end of the vocabulary: the model's embeddings must then grow, see models.loading).
+
+    Needed: eos (every reply ends with it), a pad token other than eos (padding is masked by
+    comparing with pad), <mask> where BART-style infilling needs it, and, when the tokenizer brings
+    no chat template of its own, bos, the role tokens and <|end|> of textgen's template (which it
+    then gets)."""
+    wanted: dict[str, Any] = {}
+    own_template = has_own_chat_template(tokenizer)
+    if tokenizer.eos_token is None:
+        wanted["eos_token"] = EOS
+    if tokenizer.bos_token is None and not own_template:
+        wanted["bos_token"] = BOS  # textgen's template starts with it
+    if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
+        wanted["pad_token"] = PAD
+    if needs_mask and tokenizer.mask_token is None:
+        wanted["mask_token"] = MASK
+    vocab = tokenizer.get_vocab()
+    markup = [] if own_template else [token for token in (*ROLE_TOKENS.values(), END_OF_TURN) if token not in vocab]
+    if markup:
+        wanted["extra_special_tokens"] = markup
+    before = set(tokenizer.get_vocab())
+    if wanted:
+        tokenizer.add_special_tokens(wanted, replace_extra_special_tokens=False)
+    if not own_template:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    vocab = tokenizer.get_vocab()
+    return sorted((token for token in vocab if token not in before), key=vocab.__getitem__)
 
 
 def special_id(tokenizer, token: str) -> int:

@@ -21,7 +21,8 @@ import numpy as np
 
 from textgen_cli.errors import Interrupted, TrainingDiverged, UserError
 from textgen_cli.flops import flops_model, step_flops
-from textgen_cli.models import transformer_blocks
+from textgen_cli.models import role_of_model, transformer_blocks
+from textgen_cli.models.lora import merged_for_saving
 from textgen_cli.objectives import IGNORE_INDEX, token_loss_sum
 from textgen_cli.progress import Reporter, log
 from textgen_cli.runs import FINAL_DIR, RECIPE_FILE, SUMMARY_FILE, RunDir, peak_memory_mb, versions, write_text_atomic
@@ -142,6 +143,11 @@ def make_accelerator(section: "TrainSection"):
     if section.device == "cuda" and not torch.cuda.is_available():
         raise UserError("train.device=cuda but no CUDA device is available; use train.device=auto or cpu")
     on_cpu = section.device == "cpu" or not torch.cuda.is_available()
+    if section.precision == "fp16":
+        if on_cpu:
+            raise UserError("train.precision=fp16 needs a CUDA device (fp16 autocast with a grad scaler); on CPU use train.precision=fp32 or bf16")
+        torch.backends.cuda.matmul.allow_tf32 = True
+        return Accelerator(mixed_precision="fp16")  # accelerate scales the loss and unscales before clipping
     bf16 = section.precision == "bf16" or (section.precision == "auto" and not on_cpu)
     if not on_cpu:
         # TF32 matmuls for whatever still runs in fp32 under bf16 autocast
@@ -348,6 +354,12 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
     model.to(device)
     model.train()
     plain_class = type(model)
+    if section.gradient_checkpointing:
+        # non-reentrant: works with frozen embeddings (LoRA) and with perturbed input embeddings
+        if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     blocks = transformer_blocks(model)  # before sharding renames their classes (FSDPGPT2Block)
     if ranks.sharded:
         fsdp.shard(model)  # before the optimizer is built: it must hold the sharded parameters
@@ -439,7 +451,9 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
             grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP: a DTensor
             current_lr = scheduler.get_last_lr()[0]
             state.step = step
-            if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
+            # fp16: an overflowing gradient is the grad scaler's to handle (it skips the step and lowers the scale)
+            scaler_overflow = accelerator.scaler is not None and math.isfinite(step_loss)
+            if not (math.isfinite(step_loss) and (math.isfinite(grad_norm) or scaler_overflow)):
                 what = "loss" if not math.isfinite(step_loss) else "gradient"
                 optimizer.zero_grad(set_to_none=True)
                 state.skipped += 1
@@ -510,7 +524,8 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
     else:
         # every process must end with the same weights; record each one's fingerprint to show it
         weight_hashes = ranks.gather(weights_fingerprint(model))
-    configure_generation(model, tokenizer, recipe.model.context)
+    model = merged_for_saving(model, final_dir, save=ranks.main)  # LoRA: the adapters merged into the weights
+    role_of_model(model).configure_generation(model, tokenizer, recipe.model.context)
     if ranks.main:
         save_final(model, tokenizer, final_dir, run)
     summary = {
@@ -528,7 +543,7 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
         "tokens": state.tokens_seen,
         "encoder_tokens": state.encoder_tokens,
         "decoder_tokens": state.decoder_tokens,
-        "flops": step_flops(flops_model(model), state.encoder_tokens, state.decoder_tokens),
+        "flops": step_flops(flops_model(model, recipe.model.context), state.encoder_tokens, state.decoder_tokens),
         "wall_time_s": state.elapsed,
         "train_time_s": state.train_time,
         "tokens_per_s": state.tokens_seen / max(state.train_time, 1e-9),
@@ -635,15 +650,3 @@ def weights_fingerprint(model) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def configure_generation(model, tokenizer, context: int) -> None:
-    """Save decoding defaults with the model, so plain `model.generate` stops where textgen's does."""
-    config = model.generation_config
-    config.pad_token_id = tokenizer.pad_token_id
-    config.eos_token_id = tokenizer.eos_token_id
-    config.bos_token_id = tokenizer.bos_token_id
-    if model.config.is_encoder_decoder:
-        config.decoder_start_token_id = tokenizer.bos_token_id
-        config.forced_eos_token_id = None
-    config.max_length = context

@@ -1,4 +1,4 @@
-"""`sora`: an encoder-decoder Transformer (BART) for conditional generation, pretrained by text infilling."""
+"""BART from scratch: `sora`'s default layout (encoder-decoder, learned positions, GELU, LayerNorm)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from textgen_cli.schema import ModelSection
 
 
-def build_sora(section: "ModelSection", tokenizer: "PreTrainedTokenizerFast") -> "BartForConditionalGeneration":
+def build_bart(section: "ModelSection", tokenizer: "PreTrainedTokenizerFast") -> "BartForConditionalGeneration":
     from transformers import BartConfig, BartForConditionalGeneration
 
     config = BartConfig(

@@ -1,4 +1,4 @@
-"""`chatgpt`: a decoder-only Transformer (GPT-2 layout) for multi-turn dialogue.
+"""GPT-2 from scratch: `chatgpt`'s default layout (decoder-only).
 
 GPT-2 rather than Llama because its blocks match BART's (learned positions, GELU, LayerNorm, the
 same dropout: `model.dropout` on embeddings and block outputs, `model.attention_dropout` on the
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from textgen_cli.schema import ModelSection
 
 
-def build_chatgpt(section: "ModelSection", tokenizer: "PreTrainedTokenizerFast") -> "GPT2LMHeadModel":
+def build_gpt2(section: "ModelSection", tokenizer: "PreTrainedTokenizerFast") -> "GPT2LMHeadModel":
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(

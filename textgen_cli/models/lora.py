@@ -1,0 +1,103 @@
+"""LoRA through peft: low-rank adapters on the attention and feed-forward projections.
+
+The adapters are injected into the transformers model itself (peft replaces the target Linear
+layers in place), and the training loop trains that model as it trains any other: only the
+adapter weights require gradients, so AdamW holds state for them alone. At the end the adapters are
+merged into the weights (`final/` is a plain transformers checkpoint); `model.lora.keep_adapter`
+also saves the adapter alone in `final/adapter/`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from textgen_cli.errors import UserError
+
+if TYPE_CHECKING:
+    from textgen_cli.schema import LoraSection
+
+# Attention and feed-forward projections per architecture (peft's own table adapts only the
+# attention's query and value); others fall back to peft's table.
+TARGET_MODULES = {
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+    "bart": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+    "t5": ["q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo"],
+}
+
+# model -> its peft wrapper, kept until the model is merged for saving
+_WRAPPERS: dict[int, Any] = {}
+
+
+def check_section(section: "LoraSection", source: str) -> None:
+    if section.rank < 0:
+        raise UserError(f"{source}: key 'model.lora.rank': expected an integer >= 0 (0: no LoRA), got {section.rank}")
+    if section.alpha is not None and not section.alpha > 0:
+        raise UserError(f"{source}: key 'model.lora.alpha': expected a positive number or null, got {section.alpha}")
+    if not 0 <= section.dropout < 1:
+        raise UserError(f"{source}: key 'model.lora.dropout': expected a probability in [0, 1), got {section.dropout}")
+
+
+def target_modules(model, section: "LoraSection", source: str) -> list[str]:
+    if section.target_modules:
+        return list(section.target_modules)
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    model_type = model.config.model_type
+    found = TARGET_MODULES.get(model_type) or TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
+    if not found:
+        raise UserError(f"{source}: key 'model.lora.target_modules': textgen has no default for a `{model_type}` model; name its projection modules, e.g. [q_proj, v_proj]")
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    return [name for name in found if name in names]
+
+
+def attach_lora(model, section: "LoraSection", source: str = "recipe") -> tuple[Any, dict[str, Any]]:
+    """Inject LoRA adapters; returns the (same) transformers model, now training only the adapters,
+    and what the summary records: rank, alpha, targets, trainable and total parameters."""
+    from peft import LoraConfig, get_peft_model
+
+    check_section(section, source)
+    targets = target_modules(model, section, source)
+    alpha = section.alpha if section.alpha is not None else 2.0 * section.rank
+    config = LoraConfig(
+        r=section.rank,
+        lora_alpha=alpha,
+        lora_dropout=section.dropout,
+        target_modules=targets,
+        fan_in_fan_out=model.config.model_type == "gpt2",  # GPT-2's Conv1D stores weights transposed
+    )
+    try:
+        with warnings.catch_warnings():  # peft asks transformers 5 by names it has deprecated
+            warnings.simplefilter("ignore", FutureWarning)
+            wrapper = get_peft_model(model, config)
+    except ValueError as exc:
+        raise UserError(f"{source}: key 'model.lora.target_modules': {str(exc).splitlines()[0]}") from exc
+    inner = wrapper.base_model.model
+    # adversarial training perturbs the input embeddings and needs their gradient, which the
+    # frozen embedding layer would not give
+    inner.enable_input_require_grads()
+    _WRAPPERS[id(inner)] = (wrapper, section.keep_adapter)
+    trainable = sum(p.numel() for p in inner.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in inner.parameters())
+    notes = {"rank": section.rank, "alpha": alpha, "dropout": section.dropout, "target_modules": targets,
+             "trainable_parameters": trainable, "total_parameters": total, "trainable_share": trainable / total}
+    return inner, notes
+
+
+def merged_for_saving(model, final_dir: Path, save: bool = True):
+    """The model to save: with LoRA, the adapters merged into the weights (and, with keep_adapter,
+    the adapter saved alone in final_dir/adapter first); any other model as it is."""
+    entry = _WRAPPERS.pop(id(model), None)
+    if entry is None:
+        return model
+    wrapper, keep_adapter = entry
+    if keep_adapter and save:
+        with warnings.catch_warnings():  # it says it saves the resized embeddings too: what "auto" is for
+            warnings.simplefilter("ignore", UserWarning)
+            wrapper.save_pretrained(str(final_dir / "adapter"), save_embedding_layers="auto")
+    return wrapper.merge_and_unload()

@@ -1,0 +1,371 @@
+"""The two roles a model can play, and everything that differs between them.
+
+- `sora` is played by encoder-decoder models (whatever AutoModelForSeq2SeqLM loads: BART, T5,
+  mBART, Pegasus, Marian, ...): source -> target, pretrained by text infilling.
+- `chatgpt` is played by decoder-only models (whatever AutoModelForCausalLM loads: GPT-2, Llama,
+  Qwen2, Mistral, GPT-NeoX, Phi, ...): chat sequences with assistant-only loss, pretrained as a
+  causal LM.
+
+The rest of textgen asks the role (objective, prompt encoding, system prompt, decoding layout,
+likelihood scoring, FLOPs, the class that reloads a checkpoint, the pretraining objective) and never
+tests a family name. The role of a checkpoint follows its config (`role_of_config`), not its name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from textgen_cli.errors import UserError
+from textgen_cli.models.archs import ARCHS, Arch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast
+
+    from textgen_cli.data import Dialogue
+    from textgen_cli.objectives import TruncationCount
+    from textgen_cli.recipe import LoadedRecipe
+    from textgen_cli.schema import ModelSection, Recipe
+
+
+@dataclass
+class TextPrompt:
+    """How a plain-text prompt becomes ids: `ids` wrapped, or cut to `room` tokens first."""
+
+    overhead: int  # tokens the wrapping adds
+    keep_start: bool  # when cut: keep the beginning (a source to rewrite) or the end (text to continue)
+
+
+class Role:
+    name: str
+    is_encoder_decoder: bool
+    auto_class: str  # the transformers Auto class that loads and reloads a checkpoint of this role
+    default_arch: str
+    text_prompt: TextPrompt
+    left_padding: bool  # batched decoding: pad on the left so every row continues right after its prompt
+
+    # ------------------------------------------------------------------ building and loading
+
+    def arch(self, section: "ModelSection", source: str = "recipe") -> Arch:
+        """The layout `model.arch` names (`auto`: this role's default), checked to play this role."""
+        name = self.default_arch if section.arch == "auto" else section.arch
+        arch = ARCHS[name]
+        if arch.family != self.name:
+            fits = ", ".join(a.name for a in ARCHS.values() if a.family == self.name)
+            raise UserError(
+                f"{source}: key 'model.arch': `{name}` builds a `{arch.family}` model, but model.family is `{self.name}`; "
+                f"expected auto or one of {fits}"
+            )
+        return arch
+
+    def build(self, section: "ModelSection", tokenizer: "PreTrainedTokenizerFast") -> "PreTrainedModel":
+        """A model with random weights in the recipe's layout (`model.arch`) and sizes."""
+        return self.arch(section).build(section, tokenizer)
+
+    def model_class(self):
+        import transformers
+
+        return getattr(transformers, self.auto_class)
+
+    def decoder_start_id(self, model, tokenizer) -> int | None:
+        return None
+
+    def configure_generation(self, model, tokenizer, context: int) -> None:
+        """Save decoding defaults with the model, so plain `model.generate` stops where textgen's does."""
+        config = model.generation_config
+        config.pad_token_id = tokenizer.pad_token_id
+        config.eos_token_id = tokenizer.eos_token_id
+        config.bos_token_id = tokenizer.bos_token_id
+        config.max_length = context
+
+    # ------------------------------------------------------------------ prompts and decoding
+
+    def prompt_budget(self, context: int, max_new_tokens: int) -> int:
+        """Most prompt tokens a prompt may have, so that prompt and reply fit the model's context."""
+        raise NotImplementedError
+
+    def generation_extras(self, model, tokenizer) -> dict[str, Any]:
+        """GenerationConfig values this role adds to the decoding settings."""
+        return {}
+
+    def system_prompt(self, recipe: "Recipe") -> str:
+        """The recipe's system prompt, where this role's prompts carry one."""
+        return ""
+
+    def default_prompt_format(self, task: str) -> str:
+        raise NotImplementedError
+
+    def wrap_text(self, tokenizer, ids: list[int]) -> list[int]:
+        raise NotImplementedError
+
+    def chat_prompt(self, encoder, messages: list[dict[str, str]]) -> list[int]:
+        raise NotImplementedError
+
+    def chat_tail(self, encoder) -> list[int]:
+        """What follows the last (user) turn in a chat prompt."""
+        raise NotImplementedError
+
+    def new_tokens(self, sequences, prompt_width: int):
+        """The generated part of `model.generate`'s output."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ objectives
+
+    def finetune_examples(self, dialogues: "list[Dialogue]", tokenizer, loaded: "LoadedRecipe", context: int, count: "TruncationCount", start_id: int | None = None):
+        raise NotImplementedError
+
+    def pretrain_block_size(self, context: int) -> int:
+        return context
+
+    def pretrain_sets(self, train_blocks, val_blocks, tokenizer, model, recipe: "Recipe") -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def pretrain_tokens_per_sequence(self, context: int, mask_ratio: float, poisson_lambda: float) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def needs_mask_token(self, tokenizer) -> bool:
+        """Whether pretraining needs a <mask> token the tokenizer lacks."""
+        return False
+
+    # ------------------------------------------------------------------ evaluation
+
+    def scoring_pair(self, prompt: list[int], target: list[int], context: int) -> tuple[list[int], list[int]]:
+        raise NotImplementedError
+
+    def scoring_set(self, pairs, tokenizer, model):
+        raise NotImplementedError
+
+    def prose_unscorable(self) -> str | None:
+        """Why plain prose cannot be scored by this role (None: it can)."""
+        return None
+
+    # ------------------------------------------------------------------ compute
+
+    def flops_params(self, model, embeddings: set[int]) -> tuple[int, int]:
+        """(encoder, decoder) non-embedding parameters."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"Role({self.name})"
+
+
+class EncoderDecoder(Role):
+    name = "sora"
+    is_encoder_decoder = True
+    auto_class = "AutoModelForSeq2SeqLM"
+    default_arch = "bart"
+    text_prompt = TextPrompt(overhead=2, keep_start=True)
+    left_padding = False
+
+    def decoder_start_id(self, model, tokenizer) -> int:
+        start = getattr(model.config, "decoder_start_token_id", None)
+        return start if start is not None else tokenizer.bos_token_id
+
+    def configure_generation(self, model, tokenizer, context: int) -> None:
+        super().configure_generation(model, tokenizer, context)
+        model.generation_config.decoder_start_token_id = self.decoder_start_id(model, tokenizer)
+        model.generation_config.forced_eos_token_id = None
+
+    def default_prompt_format(self, task: str) -> str:
+        return "chat" if task == "dialogue" else "text"
+
+    def prompt_budget(self, context: int, max_new_tokens: int) -> int:
+        # the decoder holds the start token and the new tokens; the encoder holds the whole source
+        if max_new_tokens > context - 1:
+            raise UserError(
+                f"generate.max_new_tokens={max_new_tokens} does not fit the model's context of {context} tokens; "
+                f"expected at most {context - 1}"
+            )
+        return context
+
+    def generation_extras(self, model, tokenizer) -> dict[str, Any]:
+        return {"decoder_start_token_id": self.decoder_start_id(model, tokenizer)}
+
+    def wrap_text(self, tokenizer, ids: list[int]) -> list[int]:
+        head = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+        return [*head, *ids, tokenizer.eos_token_id]
+
+    def chat_prompt(self, encoder, messages):
+        return encoder.encode_history(messages)
+
+    def chat_tail(self, encoder) -> list[int]:
+        return [encoder.eos]
+
+    def new_tokens(self, sequences, prompt_width: int):
+        return sequences[:, 1:]  # after the decoder start token
+
+    def finetune_examples(self, dialogues, tokenizer, loaded, context, count, start_id=None):
+        """One (source, target) per assistant turn: the source is the plain text for pairs tasks and
+        the role-tagged history for dialogues; the target is the response followed by eos."""
+        from textgen_cli.models.chat import chat_encoder
+        from textgen_cli.objectives import Seq2SeqExamples, encode_texts, fit_seq2seq
+
+        encoder = chat_encoder(tokenizer)
+        recipe = loaded.recipe
+        pairs_task = recipe.data.finetune.task == "pairs"
+        eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+        examples = []
+        for dialogue in dialogues:
+            for position, turn in enumerate(dialogue.messages):
+                if turn["role"] != "assistant":
+                    continue
+                history = dialogue.messages[:position]
+                if pairs_task:
+                    source = self.wrap_text(tokenizer, encode_texts(tokenizer, [history[-1]["content"]])[0])
+                else:
+                    source = encoder.encode_history(history)
+                target = [*encode_texts(tokenizer, [turn["content"]])[0], eos]
+                examples.append(fit_seq2seq(source, target, eos, context, "start" if pairs_task else "end", dialogue.id, recipe.data.too_long, count))
+        return Seq2SeqExamples(examples, pad_id=tokenizer.pad_token_id, bos_id=bos if start_id is None else start_id)
+
+    def pretrain_block_size(self, context: int) -> int:
+        return context - 2  # bos + noised block + eos must fit the encoder, block + eos the decoder
+
+    def pretrain_sets(self, train_blocks, val_blocks, tokenizer, model, recipe):
+        """BART text infilling (spans -> one <mask> each, the decoder rebuilds the block), or T5 span
+        corruption when the tokenizer has T5's sentinels (<extra_id_0>, ...)."""
+        from textgen_cli.models.infilling import infilling_sets
+
+        return infilling_sets(train_blocks, val_blocks, tokenizer, self.decoder_start_id(model, tokenizer), recipe)
+
+    def needs_mask_token(self, tokenizer) -> bool:
+        from textgen_cli.models.infilling import sentinel_ids
+
+        return not sentinel_ids(tokenizer)
+
+    def pretrain_tokens_per_sequence(self, context, mask_ratio, poisson_lambda):
+        """bos + the noised block + eos in the encoder (each masked span of mean length ~lambda
+        collapses to one <mask>), the block + eos in the decoder."""
+        block = context - 2
+        encoder = block * (1 - mask_ratio + mask_ratio / max(poisson_lambda, 1.0)) + 2
+        return encoder, float(block + 1)
+
+    def scoring_pair(self, prompt, target, context):
+        return prompt, target
+
+    def scoring_set(self, pairs, tokenizer, model):
+        from textgen_cli.objectives import Seq2SeqExamples
+
+        return Seq2SeqExamples(pairs, pad_id=tokenizer.pad_token_id, bos_id=self.decoder_start_id(model, tokenizer))
+
+    def prose_unscorable(self) -> str | None:
+        return "an encoder-decoder model gives no unconditional likelihood of plain prose"
+
+    def flops_params(self, model, embeddings):
+        enc = sum(p.numel() for p in model.get_encoder().parameters() if id(p) not in embeddings)
+        dec = sum(p.numel() for p in model.get_decoder().parameters() if id(p) not in embeddings)
+        return enc, dec
+
+
+class DecoderOnly(Role):
+    name = "chatgpt"
+    is_encoder_decoder = False
+    auto_class = "AutoModelForCausalLM"
+    default_arch = "gpt2"
+    text_prompt = TextPrompt(overhead=0, keep_start=False)
+    left_padding = True
+
+    def system_prompt(self, recipe) -> str:
+        return recipe.prompt.system
+
+    def default_prompt_format(self, task: str) -> str:
+        return "chat"  # pairs tasks are finetuned as one-turn chats too
+
+    def prompt_budget(self, context: int, max_new_tokens: int) -> int:
+        budget = context - max_new_tokens
+        if budget < 1:
+            raise UserError(
+                f"generate.max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's context of "
+                f"{context} tokens; expected at most {context - 1}"
+            )
+        return budget
+
+    def wrap_text(self, tokenizer, ids):
+        return list(ids)
+
+    def chat_prompt(self, encoder, messages):
+        return encoder.encode(messages, add_generation_prompt=True)[0]
+
+    def chat_tail(self, encoder) -> list[int]:
+        return [encoder.role["assistant"]]
+
+    def new_tokens(self, sequences, prompt_width):
+        return sequences[:, prompt_width:]
+
+    def finetune_examples(self, dialogues, tokenizer, loaded, context, count, start_id=None):
+        """The chat sequence of each dialogue (the recipe's system prompt first), labels on the
+        assistant turns only."""
+        from textgen_cli.data import with_system_prompt
+        from textgen_cli.models.chat import chat_encoder
+        from textgen_cli.objectives import ChatExamples, fit_chat
+
+        encoder = chat_encoder(tokenizer)
+        recipe = loaded.recipe
+        sequences = []
+        for dialogue in dialogues:
+            messages = with_system_prompt(dialogue, self.system_prompt(recipe))
+            fitted = fit_chat(encoder, dialogue.id, messages, context, recipe.data.too_long, count)
+            if fitted is not None:
+                sequences.append(fitted)
+        return ChatExamples(sequences, pad_id=tokenizer.pad_token_id)
+
+    def pretrain_sets(self, train_blocks, val_blocks, tokenizer, model, recipe):
+        from textgen_cli.objectives import CausalBlocks
+
+        return CausalBlocks(train_blocks), CausalBlocks(val_blocks)
+
+    def pretrain_tokens_per_sequence(self, context, mask_ratio, poisson_lambda):
+        return 0.0, float(context)  # a full packed block
+
+    def scoring_pair(self, prompt, target, context):
+        from textgen_cli.objectives import IGNORE_INDEX
+
+        # keep the whole reference; the prompt loses its oldest tokens if both do not fit
+        prompt = prompt[-(context - len(target)) :]
+        return prompt + target, [IGNORE_INDEX] * len(prompt) + target
+
+    def scoring_set(self, pairs, tokenizer, model):
+        from textgen_cli.objectives import ChatExamples
+
+        return ChatExamples(pairs, pad_id=tokenizer.pad_token_id)
+
+    def flops_params(self, model, embeddings):
+        return 0, sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
+
+
+ENCODER_DECODER = EncoderDecoder()
+DECODER_ONLY = DecoderOnly()
+ROLES = {role.name: role for role in (ENCODER_DECODER, DECODER_ONLY)}
+
+
+def role_for(family: "str | Role") -> Role:
+    """The role of a family name (or the role itself)."""
+    if isinstance(family, Role):
+        return family
+    try:
+        return ROLES[family]
+    except KeyError:
+        raise UserError(f"unknown model family `{family}`; expected one of {', '.join(ROLES)}") from None
+
+
+def role_of_model_type(model_type: str | None, is_encoder_decoder: bool = False) -> Role | None:
+    """The role a checkpoint plays, from its config's model_type: what AutoModelForSeq2SeqLM loads is
+    encoder-decoder, what AutoModelForCausalLM loads is decoder-only (seq2seq first: BART has both)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+
+    if model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES or is_encoder_decoder:
+        return ENCODER_DECODER
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return DECODER_ONLY
+    return None
+
+
+def role_of_config(config) -> Role | None:
+    return role_of_model_type(getattr(config, "model_type", None), bool(getattr(config, "is_encoder_decoder", False)))
+
+
+def role_of_model(model) -> Role:
+    role = role_of_config(model.config)
+    if role is None:
+        return ENCODER_DECODER if model.config.is_encoder_decoder else DECODER_ONLY
+    return role
