@@ -21,23 +21,22 @@ from conftest import FAMILIES, run_cli
 pytestmark = pytest.mark.slow
 
 WORDS = "red blue green black white gold iron salt wind fire rain snow stone tree bird fish".split()
-STEPS = 300
-# After STEPS steps on this task both families reach about 0.55-0.65 nats per target token with the
-# true sources and 2.2-2.4 with the sources rotated. With length-grouped batches the encoder-decoder
-# reached only 1.15 and 1.79 (and the decoder-only 0.94): a model slow to read its source fails here.
-
-MAX_LOSS = 0.9
-MIN_GAP = 1.0
+STEPS = 400
+# From scratch, after STEPS steps of 32 on this task, both families reach 0.45-0.47 nats per target
+# token with the true sources and 2.67 with the sources rotated (a gap of 2.2). With length-grouped
+# batches (train.group_by_length=true) they reach only 0.81 / 2.01 (`sora`) and 0.63 / 2.17
+# (`chatgpt`), and at 300 steps a tiny `sora` stays near 1.35 / 1.62: learning to read the source is
+# slower, and both bounds below fail on it. A model that ignores its source has a gap near 0.
+MAX_LOSS = 0.6
+MIN_GAP = 1.8
 
 RECIPE = """\
-stages: [pretrain, finetune]
-model: {{family: {family}, layers: 2, hidden: 64, heads: 4, ffn: 256, context: 32, dropout: 0.0}}
+stages: [finetune]
+model: {{family: {family}, init_from: scratch, layers: 2, hidden: 64, heads: 4, ffn: 256, context: 32, dropout: 0.0}}
 tokenizer: {{vocab_size: 300}}
 data:
-  pretrain: {{train: prose.txt, validation: prose-val.txt}}
   finetune: {{task: pairs, train: train.jsonl, validation: validation.jsonl}}
 train: {{seed: 7, device: cpu, batch_size: 32, lr: 1.0e-3, warmup_steps: 20, log_every: 50, eval_every: 100}}
-pretrain: {{steps: 20}}
 finetune: {{steps: {steps}}}
 eval: {{after_finetune: false}}
 generate: {{max_new_tokens: 16}}
@@ -49,11 +48,8 @@ def words(rng: random.Random) -> list[str]:
 
 
 def write_reverse_task(folder: Path) -> None:
-    """Prose of random word sequences (for the tokenizer and the pretrain stage) and
-    source -> reversed-source pairs."""
+    """Source -> reversed-source pairs of random word sequences."""
     rng = random.Random(0)
-    for name, n in (("prose.txt", 400), ("prose-val.txt", 60)):
-        (folder / name).write_text("".join(" ".join(words(rng)) + ".\n" for _ in range(n)), encoding="utf-8")
     for name, n in (("train.jsonl", 2000), ("validation.jsonl", 128)):
         rows = []
         for _ in range(n):
@@ -102,9 +98,8 @@ def reverse_task(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_learns_a_task_that_needs_its_input(reverse_task, family):
-    for stage in ("pretrain", "finetune"):
-        result = run_cli([stage, "--recipe", f"{family}.yaml"], cwd=reverse_task)
-        assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli(["finetune", "--recipe", f"{family}.yaml"], cwd=reverse_task)
+    assert result.returncode == 0, result.stderr[-3000:]
     true_loss, rotated_loss = validation_losses(reverse_task, family)
     assert true_loss < MAX_LOSS, f"{family} did not learn to reverse its source: validation loss {true_loss:.3f}"
     assert rotated_loss - true_loss > MIN_GAP, (
