@@ -66,3 +66,15 @@ def test_recipes_lists_shipped_recipes_with_descriptions(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "sora.yaml" in result.stdout and "chatgpt.yaml" in result.stdout
     assert "encoder-decoder" in result.stdout and "decoder-only" in result.stdout
+
+
+def test_the_distribution_is_textgen_cli_and_the_command_textgen():
+    """`textgen` on PyPI is another project: the distribution is `textgen-cli`, its extras are
+    `textgen-cli[...]`, and the command it installs is still `textgen`."""
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["name"] == "textgen-cli"
+    assert project["scripts"] == {"textgen": "textgen_cli.cli:main"}
+    assert {"tensorboard", "wandb", "mlflow"} <= set(project["optional-dependencies"])
