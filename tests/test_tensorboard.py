@@ -57,7 +57,7 @@ def test_tensorboard_without_the_package_is_a_clear_error(recipe, tmp_path, monk
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
-    with pytest.raises(UserError, match=r"pip install 'textgen\[tensorboard\]'"):
+    with pytest.raises(UserError, match=r"pip install 'textgen-cli\[tensorboard\]'"):
         run_pretrain(load_recipe(str(recipe)))
     assert not (tmp_path / "runs" / "tiny" / "pretrain.partial").exists()
     assert not (tmp_path / "runs" / "tiny" / "pretrain.lock").exists()

@@ -35,7 +35,7 @@ class RunDir:
         self.work = path.with_name(path.name + ".partial")
         self.lock_file = path.with_name(path.name + ".lock")
         self.metrics_lines = 0
-        self._locked = False
+        self._lock_handle = None  # a held filelock.FileLock
 
     def begin(self, resume: bool) -> Path | None:
         """Lock the run and prepare the work directory; returns the checkpoint to resume from."""
@@ -70,45 +70,40 @@ class RunDir:
             raise
 
     def _lock(self) -> None:
-        from textgen_cli.progress import log
+        """A kernel lock (flock, through filelock) on `<stage>.lock`. The kernel releases it when
+        the holder exits, however it exits (SIGKILL, power loss of a container), so a lock is never
+        stale and nothing has to guess whether a recorded process still runs. The file also names
+        its holder, for the message a second process gets."""
+        from filelock import FileLock, Timeout
 
-        for _ in range(2):
-            try:
-                fd = os.open(self.lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner, host = _lock_owner(self.lock_file)
-                if host is not None and host != platform.node():
-                    raise UserError(
-                        f"run directory '{self.path}' is locked by process {owner} on host {host} (lock file {self.lock_file}); "
-                        "textgen cannot tell from here whether it still runs: delete the lock file if it does not"
-                    ) from None
-                if owner is not None and _alive(owner):
-                    raise UserError(f"run directory '{self.path}' is in use by process {owner} (lock file {self.lock_file}); wait for it or stop it") from None
-                gone = f"process {owner} is gone" if owner is not None else "its owner cannot be read"
-                log(f"taking over the stale lock {self.lock_file} ({gone})")
-                self.lock_file.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(json.dumps({"pid": os.getpid(), "host": platform.node()}))
-            self._locked = True
-            return
-        raise UserError(f"cannot lock run directory '{self.path}' ({self.lock_file})")
+        lock = FileLock(self.lock_file, timeout=0, thread_local=False)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise UserError(f"run directory '{self.path}' is in use by {_lock_owner(self.lock_file)} (lock file {self.lock_file}); wait for it or stop it") from None
+        # the same inode, truncated in place: replacing the file would hand out a second lock
+        with open(self.lock_file, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps({"pid": os.getpid(), "host": platform.node()}))
+        self._lock_handle = lock
 
     def release(self) -> None:
         writer = getattr(self, "_tensorboard", None)
         if writer is not None:
             writer.close()
             self._tensorboard = None
-        if self._locked:
+        if self._lock_handle is not None:
+            # removed while still held, so no one else can be holding it; a process that opened
+            # the old file meanwhile sees it unlinked and retries on a new one (filelock checks)
             self.lock_file.unlink(missing_ok=True)
-            self._locked = False
+            self._lock_handle.release()
+            self._lock_handle = None
 
     def enable_tensorboard(self) -> None:
         """Also write the metrics series as TensorBoard events under `<run>/tensorboard/`."""
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise UserError("train.tensorboard=true needs the tensorboard package: pip install 'textgen[tensorboard]'") from None
+            raise UserError("train.tensorboard=true needs the tensorboard package: pip install 'textgen-cli[tensorboard]'") from None
         self._tensorboard = SummaryWriter(log_dir=str(self.work / "tensorboard"))
 
     def append_metrics(self, record: dict[str, Any]) -> None:
@@ -154,23 +149,15 @@ class RunDir:
         self.release()
 
 
-def _lock_owner(lock_file: Path) -> tuple[int | None, str | None]:
-    """(pid, host) of a lock file's owner, (None, None) if unreadable."""
+def _lock_owner(lock_file: Path) -> str:
+    """Who holds a lock, as the lock file names it: 'process PID' (with its host when it is
+    another machine's), or 'another process' when the holder has not written its name yet."""
     try:
         owner = json.loads(lock_file.read_text(encoding="utf-8"))
-        return int(owner["pid"]), owner.get("host")
+        pid, host = int(owner["pid"]), owner.get("host")
     except (OSError, ValueError, KeyError, TypeError):
-        return None, None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return "another process"
+    return f"process {pid}" + (f" on host {host}" if host and host != platform.node() else "")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
