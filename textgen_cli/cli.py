@@ -26,14 +26,23 @@ app = typer.Typer(
     name="textgen",
     help="Train, sample and compare Transformer text generators (sora: encoder-decoder, chatgpt: decoder-only) from one recipe file.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # textgen --install-completion / --show-completion
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 recipes_app = typer.Typer(help="List, show and check recipes.", no_args_is_help=False)
 app.add_typer(recipes_app, name="recipes")
 
-RecipeOption = Annotated[str, typer.Option("--recipe", "-r", help="Recipe file, or the name of a shipped recipe (see `textgen recipes`).")]
+
+
+def complete_recipe(incomplete: str) -> list[str]:
+    """Shell completion for --recipe: the shipped recipe names (the shell completes file paths too)."""
+    from textgen_cli.recipe import shipped_recipes
+
+    return [path.name for path in shipped_recipes() if path.name.startswith(incomplete)]
+
+
+RecipeOption = Annotated[str, typer.Option("--recipe", "-r", help="Recipe file, or the name of a shipped recipe (see `textgen recipes`).", autocompletion=complete_recipe)]
 Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value overrides that win over the recipe file, e.g. train.lr=3e-4 model.layers=2.", show_default=False)]
 PrintRecipe = Annotated[bool, typer.Option("--print-recipe", help="Print the fully resolved recipe and exit.")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (logs stay on stderr).")]
