@@ -7,6 +7,7 @@ torch and transformers are imported inside the commands, so `textgen --help` sta
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import traceback
@@ -20,7 +21,7 @@ from textgen_cli.errors import Interrupted, TrainingDiverged, UserError
 # textgen never talks to a hub: models, tokenizers, data and metrics are all local.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# the libraries' own log level follows -v / -q: progress.configure_logging
 
 app = typer.Typer(
     name="textgen",
@@ -47,12 +48,28 @@ Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value overri
 PrintRecipe = Annotated[bool, typer.Option("--print-recipe", help="Print the fully resolved recipe and exit.")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (logs stay on stderr).")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Also show debug detail and the libraries' warnings (stderr).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Show only errors and the final result: no progress, no log lines, no warnings.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its newest valid checkpoint (same as resume=auto).")]
 
 
-def guarded(debug: bool, action: Callable[[], Any]) -> Any:
+# -v / -q given before the command (`textgen -v pretrain ...`); set by root() on every invocation
+_root_flags = {"verbose": False, "quiet": False}
+
+
+def verbosity(verbose: bool, quiet: bool) -> str:
+    verbose, quiet = verbose or _root_flags["verbose"], quiet or _root_flags["quiet"]
+    if verbose and quiet:
+        raise UserError("--verbose and --quiet cannot be combined; choose one")
+    return "verbose" if verbose else "quiet" if quiet else "normal"
+
+
+def guarded(debug: bool, action: Callable[[], Any], verbose: bool = False, quiet: bool = False) -> Any:
     """Exit codes: 0 success, 2 bad input (recipe, data, checkpoint, path), 1 anything else."""
     try:
+        from textgen_cli.progress import configure_logging
+
+        configure_logging(verbosity(verbose, quiet))
         return action()
     except UserError as exc:
         if debug:
@@ -77,7 +94,7 @@ def guarded(debug: bool, action: Callable[[], Any]) -> Any:
         raise typer.Exit(1) from None
 
 
-def _stage_command(stage: str, recipe: str, overrides: list[str] | None, print_recipe: bool, json_output: bool, debug: bool, resume: bool) -> None:
+def _stage_command(stage: str, recipe: str, overrides: list[str] | None, print_recipe: bool, json_output: bool, debug: bool, resume: bool, verbose: bool, quiet: bool) -> None:
     from textgen_cli.recipe import load_recipe
 
     def action() -> None:
@@ -85,7 +102,7 @@ def _stage_command(stage: str, recipe: str, overrides: list[str] | None, print_r
         if print_recipe:
             sys.stdout.write(loaded.to_yaml())
             return
-        from textgen_cli.progress import quiet_libraries
+        from textgen_cli.progress import log, quiet_libraries
 
         quiet_libraries()
         if stage == "pretrain":
@@ -104,14 +121,14 @@ def _stage_command(stage: str, recipe: str, overrides: list[str] | None, print_r
             try:
                 report = run_evaluate(loaded, summary["final_dir"], None, "test", [])
             except UserError as exc:  # the trained model is saved; say why it was not scored
-                print(f"warning: evaluation after {stage} failed: {exc}; the model is saved in {summary['final_dir']}", file=sys.stderr)
+                log(f"warning: evaluation after {stage} failed: {exc}; the model is saved in {summary['final_dir']}", level=logging.WARNING)
             else:
                 summary["eval"] = {key: report[key] for key in ("metrics", "intervals", "likelihood", "n_examples", "eval_time_s")} | {"file": report["files"]["eval"]}
                 if not json_output:
                     print_table(report, stream=sys.stderr)
         print_summary(summary, json_output)
 
-    guarded(debug, action)
+    guarded(debug, action, verbose, quiet)
 
 
 def print_summary(summary: dict[str, Any], json_output: bool) -> None:
@@ -136,9 +153,11 @@ def pretrain(
     print_recipe: PrintRecipe = False,
     json_output: JsonOutput = False,
     debug: Debug = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
 ) -> None:
     """Train a tokenizer and a model from scratch on the recipe's prose corpus (causal LM for chatgpt, text infilling for sora)."""
-    _stage_command("pretrain", recipe, overrides, print_recipe, json_output, debug, resume)
+    _stage_command("pretrain", recipe, overrides, print_recipe, json_output, debug, resume, verbose, quiet)
 
 
 @app.command()
@@ -149,9 +168,11 @@ def finetune(
     print_recipe: PrintRecipe = False,
     json_output: JsonOutput = False,
     debug: Debug = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
 ) -> None:
     """Finetune the recipe's pretrained model on its source -> target or dialogue data."""
-    _stage_command("finetune", recipe, overrides, print_recipe, json_output, debug, resume)
+    _stage_command("finetune", recipe, overrides, print_recipe, json_output, debug, resume, verbose, quiet)
 
 
 GenRecipe = Annotated[Optional[str], typer.Option("--recipe", "-r", help="Recipe file or shipped recipe name: its latest trained model (finetune, else pretrain) and its `generate:` settings.")]
@@ -176,6 +197,8 @@ def generate(
     print_recipe: PrintRecipe = False,
     json_output: JsonOutput = False,
     debug: Debug = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
 ) -> None:
     """Generate text: one streamed prompt, a multi-turn chat, or a batch of prompts (file or stdin) to JSON lines.
 
@@ -184,6 +207,7 @@ def generate(
 
     def action() -> None:
         from textgen_cli import generate as gen
+        from textgen_cli.progress import log
 
         if print_recipe:
             sys.stdout.write(gen.load_generate_recipe(recipe, model, overrides).to_yaml())
@@ -207,13 +231,13 @@ def generate(
         if chat:
             stats = gen.run_chat(generator, sys.stdin, sys.stdout, sys.stderr, interactive=sys.stdin.isatty())
             if stats.prompts:
-                print(stats.line(mean_first_token=True), file=sys.stderr)
+                log(stats.line(mean_first_token=True))
             return
         stats = gen.GenerationStats()
         built = generator.prompt(gen.check_input(prompt, "--prompt"), where="--prompt")
         if built.truncated or built.dropped_turns:
-            print(f"warning: the prompt is longer than the model's context allows ({generator.budget} tokens with generate.max_new_tokens="
-                  f"{generator.settings.max_new_tokens}); it was truncated", file=sys.stderr)
+            log(f"warning: the prompt is longer than the model's context allows ({generator.budget} tokens with generate.max_new_tokens="
+                f"{generator.settings.max_new_tokens}); it was truncated")
         if json_output:
             result = gen.generate_stream(generator.model, generator.tokenizer, built, generator.settings, lambda _: None, stats)
             record = gen.output_record(gen.InputRecord(prompt, "--prompt"), result, generator.settings, generator.path)
@@ -221,16 +245,16 @@ def generate(
         else:
             gen.generate_stream(generator.model, generator.tokenizer, built, generator.settings, lambda text: (sys.stdout.write(text), sys.stdout.flush()), stats)
             print()
-        print(stats.line(), file=sys.stderr)
+        log(stats.line())
 
-    guarded(debug, action)
+    guarded(debug, action, verbose, quiet)
 
 
 def _generate_batch(gen, recipe: str | None, model: str | None, stage: str | None, overrides: list[str] | None, source: str, output: str | None) -> None:
     """Batch mode: every input line becomes one JSON line, in input order."""
     from pathlib import Path
 
-    from textgen_cli.progress import Reporter
+    from textgen_cli.progress import Reporter, log
 
     if output is not None and output != "-" and not Path(output).expanduser().resolve().parent.is_dir():
         raise UserError(f"--output '{output}': the folder '{Path(output).expanduser().parent}' does not exist")
@@ -256,8 +280,8 @@ def _generate_batch(gen, recipe: str | None, model: str | None, stage: str | Non
         sys.stdout.flush()
     else:
         Path(output).expanduser().write_text(lines, encoding="utf-8")
-        print(f"wrote {len(records)} results to {output}", file=sys.stderr)
-    print(stats.line(), file=sys.stderr)
+        log(f"wrote {len(records)} results to {output}")
+    log(stats.line())
 
 
 @app.command("adv-train")
@@ -268,9 +292,11 @@ def adv_train(
     print_recipe: PrintRecipe = False,
     json_output: JsonOutput = False,
     debug: Debug = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
 ) -> None:
     """Harden the finetuned model: L = L_clean + lambda * L_adv with FGM, PGD, FreeLB or R3F on the input embeddings, plus optional perturbed-text augmentation."""
-    _stage_command("adv-train", recipe, overrides, print_recipe, json_output, debug, resume)
+    _stage_command("adv-train", recipe, overrides, print_recipe, json_output, debug, resume, verbose, quiet)
 
 
 @app.command()
@@ -284,6 +310,8 @@ def evaluate(
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Folder for eval.json and predictions.jsonl (default: the model's run directory).")] = None,
     json_output: JsonOutput = False,
     debug: Debug = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
 ) -> None:
     """Score a trained model on a split: BLEU, chrF, ROUGE, distinct-n, self-BLEU, exact match with bootstrap intervals, a baseline, bits per byte and perplexity."""
 
@@ -300,7 +328,7 @@ def evaluate(
         else:
             print_table(report)
 
-    guarded(debug, action)
+    guarded(debug, action, verbose, quiet)
 
 
 @app.command()
@@ -313,6 +341,8 @@ def compare(
     reports: Annotated[str, typer.Option("--reports", help="Folder that holds reports.")] = "reports",
     json_output: JsonOutput = False,
     debug: Debug = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
 ) -> None:
     """Train what is missing, evaluate every model on the same test examples, and write a side-by-side report (terminal table, report.md, report.html, metrics.csv, metrics.json, plots)."""
 
@@ -331,7 +361,7 @@ def compare(
             print_table(result["columns"], result["rows"])
             print(f"report: {result['report']}/report.html (also report.md, metrics.csv, metrics.json) in {result['elapsed_s']:.0f} s")
 
-    guarded(debug, action)
+    guarded(debug, action, verbose, quiet)
 
 
 @recipes_app.callback(invoke_without_command=True)
@@ -395,8 +425,13 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> None:
     """Train, sample and compare Transformer text generators from one recipe file."""
+    _root_flags.update(verbose=verbose, quiet=quiet)
 
 
 def main() -> None:

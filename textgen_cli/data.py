@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from textgen_cli.errors import UserError
+from textgen_cli.progress import debug, verbose
 
 if TYPE_CHECKING:
     import datasets
@@ -57,7 +58,8 @@ def load_rows(path: str | Path, max_rows: int | None = None) -> "datasets.Datase
     if fmt != "parquet":
         _check_utf8(path)  # pyarrow accepts bad bytes and fails later, far from the line at fault
     datasets.disable_progress_bars()
-    datasets.utils.logging.set_verbosity_error()
+    if not verbose():  # -v shows what datasets has to say
+        datasets.utils.logging.set_verbosity_error()
     try:
         rows = datasets.load_dataset(fmt, data_files=str(path), split="train")
     except Exception as exc:  # the readers raise many types; find the exact culprit for the message
@@ -68,6 +70,7 @@ def load_rows(path: str | Path, max_rows: int | None = None) -> "datasets.Datase
         raise UserError(f"data file '{path}' holds no records")
     if max_rows is not None and len(rows) > max_rows:
         rows = rows.select(range(max_rows))
+    debug(f"data: {len(rows):,} records from {path} ({fmt})")
     return rows
 
 

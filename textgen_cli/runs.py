@@ -76,6 +76,8 @@ class RunDir:
         its holder, for the message a second process gets."""
         from filelock import FileLock, Timeout
 
+        from textgen_cli.progress import debug
+
         lock = FileLock(self.lock_file, timeout=0, thread_local=False)
         try:
             lock.acquire()
@@ -85,6 +87,7 @@ class RunDir:
         with open(self.lock_file, "w", encoding="utf-8") as handle:
             handle.write(json.dumps({"pid": os.getpid(), "host": platform.node()}))
         self._lock_handle = lock
+        debug(f"locked {self.lock_file}")
 
     def release(self) -> None:
         writer = getattr(self, "_tensorboard", None)
