@@ -15,10 +15,13 @@ import resource
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textgen_cli import __version__
 from textgen_cli.errors import UserError
+
+if TYPE_CHECKING:
+    from textgen_cli.recipe import LoadedRecipe
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -36,6 +39,7 @@ class RunDir:
         self.lock_file = path.with_name(path.name + ".lock")
         self.metrics_lines = 0
         self._lock_handle = None  # a held filelock.FileLock
+        self._trackers: list[Any] = []  # accelerate GeneralTracker objects (train.report_to)
 
     def begin(self, resume: bool) -> Path | None:
         """Lock the run and prepare the work directory; returns the checkpoint to resume from."""
@@ -90,10 +94,7 @@ class RunDir:
         debug(f"locked {self.lock_file}")
 
     def release(self) -> None:
-        writer = getattr(self, "_tensorboard", None)
-        if writer is not None:
-            writer.close()
-            self._tensorboard = None
+        self.finish_trackers()
         if self._lock_handle is not None:
             # removed while still held, so no one else can be holding it; a process that opened
             # the old file meanwhile sees it unlinked and retries on a new one (filelock checks)
@@ -101,24 +102,52 @@ class RunDir:
             self._lock_handle.release()
             self._lock_handle = None
 
-    def enable_tensorboard(self) -> None:
-        """Also write the metrics series as TensorBoard events under `<run>/tensorboard/`."""
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise UserError("train.tensorboard=true needs the tensorboard package: pip install 'textgen-cli[tensorboard]'") from None
-        self._tensorboard = SummaryWriter(log_dir=str(self.work / "tensorboard"))
+    def start_trackers(self, loaded: "LoadedRecipe", stage: str) -> None:
+        """Also send the metrics series, and once the hyperparameters (the resolved recipe,
+        flattened), to the experiment trackers of `train.report_to`, through accelerate's tracker
+        classes. metrics.jsonl stays the record; trackers get a copy of each of its lines.
+
+        tensorboard writes `<run>/tensorboard/`, wandb `runs/<name>/wandb/` (WANDB_MODE=offline needs
+        no account), mlflow the store that MLFLOW_TRACKING_URI names (its default: ./mlflow.db)."""
+        from accelerate import PartialState
+        from accelerate.tracking import MLflowTracker, TensorBoardTracker, WandBTracker
+        from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
+
+        from textgen_cli.progress import debug
+
+        section = loaded.recipe.train
+        names = list(dict.fromkeys([*section.report_to, *(["tensorboard"] if section.tensorboard else [])]))
+        available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available, "mlflow": is_mlflow_available}
+        for name in names:
+            if not available[name]():
+                raise UserError(f"train.report_to: {name} needs its package, which is not installed: pip install 'textgen-cli[{name}]'")
+        PartialState()  # accelerate's trackers log through its logger, which needs the state
+        for name in names:
+            if name == "tensorboard":
+                tracker = TensorBoardTracker("tensorboard", self.work)
+            elif name == "wandb":
+                # beside the stage, not in its work directory: that is renamed at the end, and
+                # W&B prints the path to `wandb sync` an offline run from
+                tracker = WandBTracker(loaded.name, name=stage, dir=str(self.path.parent))
+            else:
+                tracker = MLflowTracker(experiment_name=loaded.name, run_name=stage)
+            tracker.start()
+            self._trackers.append(tracker)
+            tracker.store_init_configuration({"stage": stage, **flat_hyperparameters(loaded.to_dict())})
+            debug(f"{stage}: reporting to {name}")
+
+    def finish_trackers(self) -> None:
+        for tracker in self._trackers:
+            tracker.finish()
+        self._trackers = []
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         with (self.work / METRICS_FILE).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         self.metrics_lines += 1
-        writer = getattr(self, "_tensorboard", None)
-        if writer is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    writer.add_scalar(key, value, global_step=record["step"])
-            writer.flush()
+        values = {key: value for key, value in record.items() if key != "step" and isinstance(value, (int, float))}
+        for tracker in self._trackers:
+            tracker.log(values, step=record["step"])
 
     def truncate_metrics(self, lines: int) -> None:
         """On resume: keep exactly the lines written before the checkpoint."""
@@ -133,6 +162,7 @@ class RunDir:
     def commit(self) -> None:
         """Swap the finished work in place of any previous result (begin() repairs a swap cut
         short by a crash), then drop the checkpoints, which a finished stage no longer needs."""
+        self.finish_trackers()  # their files are in the work directory that is about to move
         previous = self.path.with_name(self.path.name + ".previous")
         if previous.exists():
             shutil.rmtree(previous)
@@ -161,6 +191,20 @@ def _lock_owner(lock_file: Path) -> str:
     except (OSError, ValueError, KeyError, TypeError):
         return "another process"
     return f"process {pid}" + (f" on host {host}" if host and host != platform.node() else "")
+
+
+def flat_hyperparameters(values: dict[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
+    """The resolved recipe as dotted keys with scalar values, which every tracker accepts:
+    lists become JSON, null becomes "null"."""
+    flat: dict[str, bool | int | float | str] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flat_hyperparameters(value, f"{prefix}{key}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[f"{prefix}{key}"] = value
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value)
+    return flat
 
 
 def write_text_atomic(path: Path, text: str) -> None:

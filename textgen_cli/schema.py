@@ -92,7 +92,8 @@ class TrainSection:
     eval_every: int = _key(100, "Validation pass every N optimizer steps (and always at the start and the end).")
     eval_batches: Optional[int] = _key(None, "Cap on validation batches per pass (null: the whole split).")
     group_by_length: bool = _key(True, "Finetuning and adv-train: batch examples of similar length together (less padding; 1.4-1.6x the examples/s), keeping the batch order random. false: plain random batches.")
-    tensorboard: bool = _key(False, "Also write the metrics as TensorBoard events in <run>/tensorboard/ (needs the `tensorboard` extra).")
+    report_to: List[str] = _key([], "Experiment trackers that also get the hyperparameters and every metrics line: any of `tensorboard` (events in <run>/tensorboard/), `wandb` (<run>/wandb/; WANDB_MODE=offline works without an account), `mlflow` (the store MLFLOW_TRACKING_URI names). Each needs its extra: pip install 'textgen-cli[wandb]'.")
+    tensorboard: bool = _key(False, "Older spelling of `report_to: [tensorboard]`, still accepted.")
     compile: bool = _key(False, "torch.compile the model (pays off on CUDA for long runs; off by default on CPU, where it did not measure faster).")
     on_nonfinite: str = _key("stop", "A non-finite loss or gradient: `stop` the run (keeping the last good checkpoint) or `skip` the step.")
     max_skips: int = _key(3, "With on_nonfinite=skip: stop after this many skipped steps.")
@@ -213,6 +214,7 @@ CHOICES = {
     "adv_train.positions": ("context", "all"),
 }
 STAGES = ("pretrain", "finetune", "adv-train")
+TRACKERS = ("tensorboard", "wandb", "mlflow")  # train.report_to
 # Keys holding input paths, resolved relative to the recipe file.
 PATH_KEYS = (
     "model.init_from",

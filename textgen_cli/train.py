@@ -309,9 +309,9 @@ def train_stage(
     run = RunDir(loaded.run_dir(stage))
     resume = recipe.resume == "auto"
     resume_from = run.begin(resume=resume) if ranks.main else None
-    if ranks.main and recipe.train.tensorboard:
+    if ranks.main and (recipe.train.report_to or recipe.train.tensorboard):
         try:
-            run.enable_tensorboard()
+            run.start_trackers(loaded, stage)
         except UserError:
             run.abort()
             raise
