@@ -116,7 +116,10 @@ def _stage_command(stage: str, recipe: str, overrides: list[str] | None, print_r
             return  # in a distributed run only rank 0 evaluates and reports
         recipe_eval = loaded.recipe.eval
         if stage != "pretrain" and recipe_eval.after_finetune and loaded.recipe.data.finetune.test:
+            from pathlib import Path
+
             from textgen_cli.evaluate import print_table, run_evaluate
+            from textgen_cli.model_card import write_model_card
 
             try:
                 report = run_evaluate(loaded, summary["final_dir"], None, "test", [])
@@ -124,6 +127,7 @@ def _stage_command(stage: str, recipe: str, overrides: list[str] | None, print_r
                 log(f"warning: evaluation after {stage} failed: {exc}; the model is saved in {summary['final_dir']}", level=logging.WARNING)
             else:
                 summary["eval"] = {key: report[key] for key in ("metrics", "intervals", "likelihood", "n_examples", "eval_time_s")} | {"file": report["files"]["eval"]}
+                write_model_card(Path(summary["run_dir"]), summary, report)
                 if not json_output:
                     print_table(report, stream=sys.stderr)
         print_summary(summary, json_output)

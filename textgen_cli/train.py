@@ -21,6 +21,7 @@ import numpy as np
 
 from textgen_cli.errors import Interrupted, TrainingDiverged, UserError
 from textgen_cli.flops import flops_model, step_flops
+from textgen_cli.model_card import write_model_card
 from textgen_cli.models import transformer_blocks
 from textgen_cli.objectives import IGNORE_INDEX, token_loss_sum
 from textgen_cli.progress import Reporter, log
@@ -554,6 +555,7 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
     }
     if ranks.main:
         run.write_json(SUMMARY_FILE, summary)
+        write_model_card(run.work, summary)  # final/README.md; rewritten with the scores if the stage is evaluated
     return summary
 
 
