@@ -54,8 +54,9 @@ def stage_data(recipe: dict[str, Any], stage: str) -> dict[str, str]:
 
 
 def hub_datasets(data: dict[str, str]) -> list[str]:
-    names = [value[len(HUB_DATASET):] for value in data.values() if value.startswith(HUB_DATASET)]
-    return sorted({name for name in names if not name.startswith(("/", ".", "~"))})  # local dataset folders are not hub names
+    """The hub ids (ORG/NAME) among `hf:ORG/NAME[/CONFIG][:SPLIT]` data values; local folders are none."""
+    names = [value[len(HUB_DATASET):].partition(":")[0] for value in data.values() if value.startswith(HUB_DATASET)]
+    return sorted({"/".join(name.split("/")[:2]) for name in names if not name.startswith(("/", ".", "~"))})
 
 
 def metadata(recipe: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
+from textgen_cli.data import is_dataset, resolve_dataset_value
 from textgen_cli.errors import UserError
 from textgen_cli.schema import CHOICES, PATH_KEYS, STAGES, TRACKERS, Recipe
 
@@ -348,6 +349,9 @@ def _resolve_paths(recipe: Recipe, base: Path, override_keys: set[str] = frozens
         value = getattr(owner, leaf)
         if value:
             root = Path.cwd() if dotted in override_keys else base
+            if is_dataset(value):  # hf:NAME, a dataset (data.py), not a file path
+                setattr(owner, leaf, resolve_dataset_value(value, root, default_split=leaf))
+                continue
             setattr(owner, leaf, str((root / Path(value).expanduser()).resolve()))
 
 

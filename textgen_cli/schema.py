@@ -47,15 +47,15 @@ class TokenizerSection:
 
 @dataclass
 class PretrainData:
-    train: Optional[str] = _key(None, "Pretraining text: .txt (one document or paragraph per line), .json/.jsonl, .csv or .parquet.")
-    validation: Optional[str] = _key(None, "Held-out pretraining text in the same format (used for validation loss).")
-    text_field: str = _key("text", "Column holding the text in json/jsonl/csv/parquet files.")
+    train: Optional[str] = _key(None, "Pretraining text: .txt (one document or paragraph per line), .json/.jsonl, .csv or .parquet; or a dataset: `hf:ORG/NAME[/CONFIG][:SPLIT]` (hub, from the local cache) or `hf:FOLDER[:SPLIT]` (save_to_disk or data files); see docs/data.md.")
+    validation: Optional[str] = _key(None, "Held-out pretraining text in the same format (used for validation loss); an `hf:` dataset without `:SPLIT` gives its `validation` split.")
+    text_field: str = _key("text", "Column holding the text in json/jsonl/csv/parquet files and `hf:` datasets.")
 
 
 @dataclass
 class FinetuneData:
     task: str = _key("pairs", "`pairs` ({source, target} records) or `dialogue` (a list of {role, content} turns per record).")
-    train: Optional[str] = _key(None, "Finetuning training split (.jsonl/.json/.csv/.parquet).")
+    train: Optional[str] = _key(None, "Finetuning training split (.jsonl/.json/.csv/.parquet), or a dataset `hf:ORG/NAME[/CONFIG][:SPLIT]` / `hf:FOLDER[:SPLIT]` (the split defaults to the key's name: train, validation, test); the *_field keys map its columns.")
     validation: Optional[str] = _key(None, "Finetuning validation split.")
     test: Optional[str] = _key(None, "Finetuning test split (used by evaluation).")
     source_field: str = _key("source", "Field of the source text in `pairs` data.")
