@@ -482,7 +482,7 @@ def test_sigterm_then_resume_is_bit_identical_to_an_uninterrupted_run(family, re
     resumed = spawn(["pretrain", "--recipe", recipe, "run.name=b", "--resume"], tmp_path, ws)
     assert resumed.wait() == 0, resumed.stderr
     assert f"resumed at step {stopped.group(1)}/{PRETRAIN_STEPS}" in resumed.stderr
-    assert not work.exists() and not (stage / "checkpoints").exists()
+    assert not work.exists() and [p.name for p in (stage / "checkpoints").glob("step-*")] == [f"step-{PRETRAIN_STEPS:07d}"]  # checkpoint.keep_final
     assert_same_training(refs.pretrain(family), stage)
     assert json.loads((stage / "summary.json").read_text())["resumed"] is True
 
@@ -672,7 +672,7 @@ def test_keep_last_keeps_only_the_newest_checkpoints(ws, monkeypatch, tmp_path):
     monkeypatch.setattr(checkpoint, "save", recording_save)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TEXTGEN_CACHE_DIR", str(ws / "cache"))
-    run_pretrain(load_recipe(str(ws / "chatgpt.yaml"), ["run.name=keep", "pretrain.steps=8", "checkpoint.every=1", "checkpoint.keep_last=3"]))
+    run_pretrain(load_recipe(str(ws / "chatgpt.yaml"), ["run.name=keep", "pretrain.steps=8", "checkpoint.every=1", "checkpoint.keep_last=3", "checkpoint.keep_final=false"]))
     assert [step for step, _, _ in seen] == list(range(1, 8))  # every step but the last (the final model)
     for step, names, pointer in seen:
         kept = [f"step-{s:07d}" for s in range(max(1, step - 2), step + 1)]

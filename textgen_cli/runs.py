@@ -41,8 +41,9 @@ class RunDir:
         self._lock_handle = None  # a held filelock.FileLock
         self._trackers: list[Any] = []  # accelerate GeneralTracker objects (train.report_to)
 
-    def begin(self, resume: bool) -> Path | None:
-        """Lock the run and prepare the work directory; returns the checkpoint to resume from."""
+    def begin(self, resume: bool, steps: int | None = None) -> Path | None:
+        """Lock the run and prepare the work directory; returns the checkpoint to resume from:
+        an interrupted run's, else (to continue it to `steps`) the finished stage's last one."""
         from textgen_cli import checkpoint
         from textgen_cli.progress import log
 
@@ -61,6 +62,8 @@ class RunDir:
             if resume and found is not None:
                 log(f"resuming from {found}")
                 return found
+            if resume and (continued := self._continue_finished(steps)) is not None:
+                return continued
             if resume:
                 log(f"nothing to resume in {self.work}; starting afresh")
             elif found is not None:
@@ -72,6 +75,37 @@ class RunDir:
         except BaseException:
             self.release()
             raise
+
+    def _continue_finished(self, steps: int | None) -> Path | None:
+        """--resume on a finished stage that kept its last checkpoint (checkpoint.keep_final) and is
+        given more steps: start the work directory from it. The finished stage itself stays as it
+        is until the continued one commits; its checkpoint files are hard links (never written
+        again), its metrics.jsonl and TensorBoard events are copies (they get appended to)."""
+        from textgen_cli import checkpoint
+        from textgen_cli.progress import log
+
+        finished = checkpoint.latest(self.path) if self.path.is_dir() else None
+        if finished is None:
+            return None
+        step = int(json.loads((finished / "state.json").read_text(encoding="utf-8"))["step"])
+        if steps is not None and step >= steps:
+            key = f"{self.path.name.replace('-', '_')}.steps"
+            raise UserError(
+                f"'{self.path}' is a finished stage of {step} steps: --resume continues it only with more steps "
+                f"(e.g. {key}={2 * step}); without --resume it is trained afresh"
+            )
+        if self.work.exists():
+            shutil.rmtree(self.work)
+        self.work.mkdir(parents=True)
+        shutil.copytree(finished.parent, self.work / finished.parent.name, copy_function=_link_or_copy)
+        for name in (METRICS_FILE, "tensorboard"):
+            source = self.path / name
+            if source.is_dir():
+                shutil.copytree(source, self.work / name)
+            elif source.is_file():
+                shutil.copy2(source, self.work / name)
+        log(f"continuing the finished stage {self.path} from step {step}" + (f" to {steps}" if steps else ""))
+        return checkpoint.latest(self.work)
 
     def _lock(self) -> None:
         """A kernel lock (flock, through filelock) on `<stage>.lock`. The kernel releases it when
@@ -159,9 +193,12 @@ class RunDir:
     def write_json(self, name: str, value: Any) -> None:
         write_text_atomic(self.work / name, json.dumps(value, indent=2) + "\n")
 
-    def commit(self) -> None:
+    def commit(self, keep_checkpoint: bool = True) -> None:
         """Swap the finished work in place of any previous result (begin() repairs a swap cut
-        short by a crash), then drop the checkpoints, which a finished stage no longer needs."""
+        short by a crash), then drop the checkpoints but the last one, which `--resume` with more
+        steps continues from (all of them with keep_checkpoint=False: checkpoint.keep_final)."""
+        from textgen_cli import checkpoint
+
         self.finish_trackers()  # their files are in the work directory that is about to move
         previous = self.path.with_name(self.path.name + ".previous")
         if previous.exists():
@@ -170,7 +207,11 @@ class RunDir:
             os.replace(self.path, previous)
         os.replace(self.work, self.path)
         shutil.rmtree(previous, ignore_errors=True)
-        shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
+        newest = checkpoint.latest(self.path) if keep_checkpoint else None
+        if newest is not None:
+            checkpoint.prune(newest.parent, keep_last=1, newest=newest)
+        else:
+            shutil.rmtree(self.path / checkpoint.CHECKPOINTS, ignore_errors=True)
         self.release()
 
     def abort(self) -> None:
@@ -191,6 +232,13 @@ def _lock_owner(lock_file: Path) -> str:
     except (OSError, ValueError, KeyError, TypeError):
         return "another process"
     return f"process {pid}" + (f" on host {host}" if host and host != platform.node() else "")
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copy2(source, target)
 
 
 def flat_hyperparameters(values: dict[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:

@@ -108,6 +108,7 @@ class DistributedSection:
 class CheckpointSection:
     every: int = _key(100, "Save a resumable checkpoint every N optimizer steps (0: only on interruption).")
     keep_last: int = _key(2, "Checkpoints kept; older ones are deleted, never the newest valid one.")
+    keep_final: bool = _key(True, "A finished stage keeps one checkpoint, at its last step, so that `--resume` with more steps continues it (the learning-rate schedule stretched to the new total); false: a finished stage keeps none (saves the optimizer state's disk space).")
 
 
 @dataclass

@@ -309,7 +309,7 @@ def train_stage(
     check_split_sizes(train_set, val_set, recipe.train.batch_size, f"{stage} data", ranks.world)
     run = RunDir(loaded.run_dir(stage))
     resume = recipe.resume == "auto"
-    resume_from = run.begin(resume=resume) if ranks.main else None
+    resume_from = run.begin(resume=resume, steps=getattr(recipe, stage.replace("-", "_")).steps) if ranks.main else None
     if ranks.main and (recipe.train.report_to or recipe.train.tensorboard):
         try:
             run.start_trackers(loaded, stage)
@@ -328,7 +328,7 @@ def train_stage(
         raise
     ranks.barrier()
     if ranks.main:
-        run.commit()
+        run.commit(keep_checkpoint=recipe.checkpoint.keep_final)
     return summary
 
 
@@ -405,6 +405,7 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
         return checkpoint.save(run.work, state.step, accelerator.unwrap_model(model), optimizer, scheduler, asdict(state), recipe.checkpoint.keep_last, ranks)
 
     reporter = Reporter(stage, steps, start_step=state.step, enabled=ranks.main)
+    first_step = state.step
     clock = time.perf_counter() - state.elapsed
     try:
         while state.step < steps:
@@ -500,6 +501,8 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
                 save_checkpoint()
     finally:
         reporter.close()
+    if recipe.checkpoint.keep_final and state.step > first_step:
+        save_checkpoint()  # the finished stage keeps it: --resume with more steps continues from here
 
     final_dir = run.work / FINAL_DIR
     model = accelerator.unwrap_model(model)
