@@ -12,6 +12,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
+	# the distribution was called `textgen` before it became `textgen-cli`: drop an old install of it,
+	# or two distributions would claim the `textgen` command
+	$(BIN)/python -m pip uninstall --quiet --yes textgen 2>/dev/null || true
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 

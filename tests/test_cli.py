@@ -66,3 +66,38 @@ def test_recipes_lists_shipped_recipes_with_descriptions(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "sora.yaml" in result.stdout and "chatgpt.yaml" in result.stdout
     assert "encoder-decoder" in result.stdout and "decoder-only" in result.stdout
+
+
+def test_the_distribution_is_textgen_cli_and_the_command_textgen():
+    """`textgen` on PyPI is another project: the distribution is `textgen-cli`, its extras are
+    `textgen-cli[...]`, and the command it installs is still `textgen`."""
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["name"] == "textgen-cli"
+    assert project["scripts"] == {"textgen": "textgen_cli.cli:main"}
+    assert {"tensorboard", "wandb", "mlflow"} <= set(project["optional-dependencies"])
+
+
+@pytest.mark.parametrize(("words", "cword", "expected"), [("textgen fin", 1, ["finetune"]), ("textgen pretrain --recipe so", 3, ["sora-chat.yaml", "sora.yaml"])])
+def test_shell_completion_completes_commands_and_shipped_recipes(words, cword, expected):
+    """What the script of `textgen --install-completion` asks the program for on <TAB> (bash)."""
+    import os
+
+    from conftest import textgen_exe
+
+    env = {**os.environ, "_TEXTGEN_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(cword)}
+    result = subprocess.run([textgen_exe()], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == expected
+
+
+def test_show_completion_prints_the_script_for_the_shell():
+    import os
+
+    from conftest import textgen_exe
+
+    result = subprocess.run([textgen_exe(), "--show-completion", "bash"], env={**os.environ, "SHELL": "/bin/bash"}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "complete -o default -F _textgen_completion textgen" in result.stdout

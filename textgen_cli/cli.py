@@ -7,6 +7,7 @@ torch and transformers are imported inside the commands, so `textgen --help` sta
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import traceback
@@ -22,30 +23,55 @@ from textgen_cli.errors import DiskFull, Interrupted, TrainingDiverged, UserErro
 # is left to the user: set it to 1 to keep textgen off the network.
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# the libraries' own log level follows -v / -q: progress.configure_logging
 
 app = typer.Typer(
     name="textgen",
     help="Train, sample and compare Transformer text generators (sora: encoder-decoder, chatgpt: decoder-only) from one recipe file.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # textgen --install-completion / --show-completion
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 recipes_app = typer.Typer(help="List, show and check recipes.", no_args_is_help=False)
 app.add_typer(recipes_app, name="recipes")
 
-RecipeOption = Annotated[str, typer.Option("--recipe", "-r", help="Recipe file, or the name of a shipped recipe (see `textgen recipes`).")]
+
+
+def complete_recipe(incomplete: str) -> list[str]:
+    """Shell completion for --recipe: the shipped recipe names (the shell completes file paths too)."""
+    from textgen_cli.recipe import shipped_recipes
+
+    return [path.name for path in shipped_recipes() if path.name.startswith(incomplete)]
+
+
+RecipeOption = Annotated[str, typer.Option("--recipe", "-r", help="Recipe file, or the name of a shipped recipe (see `textgen recipes`).", autocompletion=complete_recipe)]
 Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value overrides that win over the recipe file, e.g. train.lr=3e-4 model.layers=2.", show_default=False)]
 PrintRecipe = Annotated[bool, typer.Option("--print-recipe", help="Print the fully resolved recipe and exit.")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (logs stay on stderr).")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Also show debug detail and the libraries' warnings (stderr).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Show only errors and the final result: no progress, no log lines, no warnings.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its newest valid checkpoint (same as resume=auto).")]
 
 
-def guarded(debug: bool, action: Callable[[], Any]) -> Any:
+# -v / -q given before the command (`textgen -v pretrain ...`); set by root() on every invocation
+_root_flags = {"verbose": False, "quiet": False}
+
+
+def verbosity(verbose: bool, quiet: bool) -> str:
+    verbose, quiet = verbose or _root_flags["verbose"], quiet or _root_flags["quiet"]
+    if verbose and quiet:
+        raise UserError("--verbose and --quiet cannot be combined; choose one")
+    return "verbose" if verbose else "quiet" if quiet else "normal"
+
+
+def guarded(debug: bool, action: Callable[[], Any], verbose: bool = False, quiet: bool = False) -> Any:
     """Exit codes: 0 success, 2 bad input (recipe, data, checkpoint, path), 1 anything else."""
     try:
+        from textgen_cli.progress import configure_logging
+
+        configure_logging(verbosity(verbose, quiet))
         return action()
     except UserError as exc:
         if debug:
@@ -70,7 +96,7 @@ def guarded(debug: bool, action: Callable[[], Any]) -> Any:
         raise typer.Exit(1) from None
 
 
-def _stage_command(stage: str, recipe: str, overrides: list[str] | None, print_recipe: bool, json_output: bool, debug: bool, resume: bool) -> None:
+def _stage_command(stage: str, recipe: str, overrides: list[str] | None, print_recipe: bool, json_output: bool, debug: bool, resume: bool, verbose: bool, quiet: bool) -> None:
     from textgen_cli.recipe import load_recipe
 
     def action() -> None:
@@ -83,7 +109,7 @@ def _stage_command(stage: str, recipe: str, overrides: list[str] | None, print_r
 
             # a read-only or unwritable run.root is refused before the tokenizer is trained and the data packed
             check_run_location(loaded.run_dir(stage), keep=False)
-        from textgen_cli.progress import quiet_libraries
+        from textgen_cli.progress import log, quiet_libraries
 
         quiet_libraries()
         if stage == "pretrain":
@@ -97,19 +123,23 @@ def _stage_command(stage: str, recipe: str, overrides: list[str] | None, print_r
             return  # in a distributed run only rank 0 evaluates and reports
         recipe_eval = loaded.recipe.eval
         if stage != "pretrain" and recipe_eval.after_finetune and loaded.recipe.data.finetune.test:
+            from pathlib import Path
+
             from textgen_cli.evaluate import print_table, run_evaluate
+            from textgen_cli.model_card import write_model_card
 
             try:
                 report = run_evaluate(loaded, summary["final_dir"], None, "test", [])
             except (UserError, DiskFull) as exc:  # the trained model is saved; say why it was not scored
-                print(f"warning: evaluation after {stage} failed: {exc}; the model is saved in {summary['final_dir']}", file=sys.stderr)
+                log(f"warning: evaluation after {stage} failed: {exc}; the model is saved in {summary['final_dir']}", level=logging.WARNING)
             else:
                 summary["eval"] = {key: report[key] for key in ("metrics", "intervals", "likelihood", "n_examples", "eval_time_s")} | {"file": report["files"]["eval"]}
+                write_model_card(Path(summary["run_dir"]), summary, report)
                 if not json_output:
                     print_table(report, stream=sys.stderr)
         print_summary(summary, json_output)
 
-    guarded(debug, action)
+    guarded(debug, action, verbose, quiet)
 
 
 def print_summary(summary: dict[str, Any], json_output: bool) -> None:
@@ -134,9 +164,11 @@ def pretrain(
     print_recipe: PrintRecipe = False,
     json_output: JsonOutput = False,
     debug: Debug = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
 ) -> None:
     """Train a tokenizer and a model from scratch on the recipe's prose corpus (causal LM for chatgpt, text infilling for sora)."""
-    _stage_command("pretrain", recipe, overrides, print_recipe, json_output, debug, resume)
+    _stage_command("pretrain", recipe, overrides, print_recipe, json_output, debug, resume, verbose, quiet)
 
 
 @app.command()
@@ -147,9 +179,11 @@ def finetune(
     print_recipe: PrintRecipe = False,
     json_output: JsonOutput = False,
     debug: Debug = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
 ) -> None:
     """Finetune the recipe's pretrained model on its source -> target or dialogue data."""
-    _stage_command("finetune", recipe, overrides, print_recipe, json_output, debug, resume)
+    _stage_command("finetune", recipe, overrides, print_recipe, json_output, debug, resume, verbose, quiet)
 
 
 GenRecipe = Annotated[Optional[str], typer.Option("--recipe", "-r", help="Recipe file or shipped recipe name: its latest trained model (finetune, else pretrain) and its `generate:` settings.")]
@@ -174,6 +208,8 @@ def generate(
     print_recipe: PrintRecipe = False,
     json_output: JsonOutput = False,
     debug: Debug = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
 ) -> None:
     """Generate text: one streamed prompt, a multi-turn chat, or a batch of prompts (file or stdin) to JSON lines.
 
@@ -182,6 +218,7 @@ def generate(
 
     def action() -> None:
         from textgen_cli import generate as gen
+        from textgen_cli.progress import log
 
         if print_recipe:
             sys.stdout.write(gen.load_generate_recipe(recipe, model, overrides).to_yaml())
@@ -205,13 +242,13 @@ def generate(
         if chat:
             stats = gen.run_chat(generator, sys.stdin, sys.stdout, sys.stderr, interactive=sys.stdin.isatty())
             if stats.prompts:
-                print(stats.line(mean_first_token=True), file=sys.stderr)
+                log(stats.line(mean_first_token=True))
             return
         stats = gen.GenerationStats()
         built = generator.prompt(gen.check_input(prompt, "--prompt"), where="--prompt")
         if built.truncated or built.dropped_turns:
-            print(f"warning: the prompt is longer than the model's context allows ({generator.budget} tokens with generate.max_new_tokens="
-                  f"{generator.settings.max_new_tokens}); it was truncated", file=sys.stderr)
+            log(f"warning: the prompt is longer than the model's context allows ({generator.budget} tokens with generate.max_new_tokens="
+                f"{generator.settings.max_new_tokens}); it was truncated")
         if json_output:
             result = gen.generate_stream(generator.model, generator.tokenizer, built, generator.settings, lambda _: None, stats)
             record = gen.output_record(gen.InputRecord(prompt, "--prompt"), result, generator.settings, generator.path)
@@ -219,16 +256,16 @@ def generate(
         else:
             gen.generate_stream(generator.model, generator.tokenizer, built, generator.settings, lambda text: (sys.stdout.write(text), sys.stdout.flush()), stats)
             print()
-        print(stats.line(), file=sys.stderr)
+        log(stats.line())
 
-    guarded(debug, action)
+    guarded(debug, action, verbose, quiet)
 
 
 def _generate_batch(gen, recipe: str | None, model: str | None, stage: str | None, overrides: list[str] | None, source: str, output: str | None) -> None:
     """Batch mode: every input line becomes one JSON line, in input order."""
     from pathlib import Path
 
-    from textgen_cli.progress import Reporter
+    from textgen_cli.progress import Reporter, log
 
     if output is not None and output != "-" and not Path(output).expanduser().resolve().parent.is_dir():
         raise UserError(f"--output '{output}': the folder '{Path(output).expanduser().parent}' does not exist")
@@ -254,8 +291,8 @@ def _generate_batch(gen, recipe: str | None, model: str | None, stage: str | Non
         sys.stdout.flush()
     else:
         Path(output).expanduser().write_text(lines, encoding="utf-8")
-        print(f"wrote {len(records)} results to {output}", file=sys.stderr)
-    print(stats.line(), file=sys.stderr)
+        log(f"wrote {len(records)} results to {output}")
+    log(stats.line())
 
 
 @app.command("adv-train")
@@ -266,9 +303,11 @@ def adv_train(
     print_recipe: PrintRecipe = False,
     json_output: JsonOutput = False,
     debug: Debug = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
 ) -> None:
     """Harden the finetuned model: L = L_clean + lambda * L_adv with FGM, PGD, FreeLB or R3F on the input embeddings, plus optional perturbed-text augmentation."""
-    _stage_command("adv-train", recipe, overrides, print_recipe, json_output, debug, resume)
+    _stage_command("adv-train", recipe, overrides, print_recipe, json_output, debug, resume, verbose, quiet)
 
 
 @app.command()
@@ -282,6 +321,8 @@ def evaluate(
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Folder for eval.json and predictions.jsonl (default: the model's run directory).")] = None,
     json_output: JsonOutput = False,
     debug: Debug = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
 ) -> None:
     """Score a trained model on a split: BLEU, chrF, ROUGE, distinct-n, self-BLEU, exact match with bootstrap intervals, a baseline, bits per byte and perplexity."""
 
@@ -298,7 +339,7 @@ def evaluate(
         else:
             print_table(report)
 
-    guarded(debug, action)
+    guarded(debug, action, verbose, quiet)
 
 
 @app.command()
@@ -311,6 +352,8 @@ def compare(
     reports: Annotated[str, typer.Option("--reports", help="Folder that holds reports.")] = "reports",
     json_output: JsonOutput = False,
     debug: Debug = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
 ) -> None:
     """Train what is missing, evaluate every model on the same test examples, and write a side-by-side report (terminal table, report.md, report.html, metrics.csv, metrics.json, plots)."""
 
@@ -329,7 +372,7 @@ def compare(
             print_table(result["columns"], result["rows"])
             print(f"report: {result['report']}/report.html (also report.md, metrics.csv, metrics.json) in {result['elapsed_s']:.0f} s")
 
-    guarded(debug, action)
+    guarded(debug, action, verbose, quiet)
 
 
 @recipes_app.callback(invoke_without_command=True)
@@ -393,8 +436,13 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> None:
     """Train, sample and compare Transformer text generators from one recipe file."""
+    _root_flags.update(verbose=verbose, quiet=quiet)
 
 
 def main() -> None:

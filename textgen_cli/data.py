@@ -1,4 +1,9 @@
-"""Read the user's local data files through `datasets`, with a clear error for every malformed input.
+"""Read the user's data files through `datasets`, with a clear error for every malformed input.
+
+A data path may also name a dataset: `hf:ORG/NAME[/CONFIG][:SPLIT]` on the hub (read from the local
+datasets cache, since textgen runs offline) or `hf:/path/to/folder[:SPLIT]` on disk (a
+`save_to_disk` folder, or a folder of parquet / json / csv files). Its split is turned into a parquet
+file in textgen's cache once, and every reader then treats it as a local file.
 
 Three shapes of data: plain text (pretraining), {source, target} pairs, and dialogues (a list of
 {role, content} turns). Pairs become one-turn chats for `chatgpt`, and every assistant turn of a
@@ -8,16 +13,20 @@ records.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from textgen_cli.errors import UserError
+from textgen_cli.progress import debug, verbose
 
 if TYPE_CHECKING:
     import datasets
 
+HUB_PREFIX = "hf:"
 FORMATS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 ROLES = ("system", "user", "assistant")
 
@@ -33,6 +42,81 @@ class Pair:
 class Dialogue:
     id: str
     messages: list[dict[str, str]]
+
+
+def is_dataset(value: str | Path) -> bool:
+    return str(value).startswith(HUB_PREFIX)
+
+
+def resolve_dataset_value(value: str, root: Path, default_split: str) -> str:
+    """A recipe's `hf:` value made explicit: a local folder resolved against `root` (the recipe's
+    folder, or the current one for an override), the split named (default: the key's own)."""
+    name, _, split = value[len(HUB_PREFIX):].partition(":")
+    if name.startswith(("/", ".", "~")):
+        name = str((root / Path(name).expanduser()).resolve())
+    return f"{HUB_PREFIX}{name}:{split or default_split}"
+
+
+def local_file(value: str | Path) -> Path:
+    """A data path as a local file: itself, or for an `hf:` dataset its split as a cached parquet
+    file (written once; the name is derived from the dataset's fingerprint)."""
+    if not is_dataset(value):
+        return Path(value)
+    import datasets
+
+    from textgen_cli.tokenizer import cache_dir
+
+    name, _, split = str(value)[len(HUB_PREFIX):].partition(":")
+    rows = _load_dataset_split(name, split or "train")
+    key = hashlib.sha256(f"{value}|{rows._fingerprint}".encode()).hexdigest()[:24]
+    path = cache_dir() / "datasets" / f"{key}.parquet"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        datasets.disable_progress_bars()
+        rows.to_parquet(str(tmp))
+        os.replace(tmp, path)
+    debug(f"data: {value} ({len(rows):,} records) as {path}")
+    return path
+
+
+def _load_dataset_split(name: str, split: str) -> "datasets.Dataset":
+    """One split of a hub dataset (ORG/NAME[/CONFIG]) or of a local dataset folder."""
+    import datasets
+
+    where = f"dataset '{name}'"
+    if name.startswith("/"):  # resolve_dataset_value made local folders absolute
+        folder = Path(name)
+        if not folder.is_dir():
+            raise UserError(f"{where}: no such folder; expected a save_to_disk folder or a folder of data files")
+        if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
+            saved = datasets.load_from_disk(str(folder))
+            base = split.partition("[")[0]  # `train[:90%]`: datasets' slicing, done here by hand
+            if isinstance(saved, datasets.DatasetDict):
+                if base not in saved:
+                    raise UserError(f"{where} has no split '{base}'; splits found: {', '.join(saved)}")
+                saved = saved[base]
+            if "[" not in split:
+                return saved  # a DatasetDict's split, or a single saved split whatever it is called
+            try:
+                (part,) = datasets.ReadInstruction.from_spec(split).to_absolute({base: len(saved)})
+            except ValueError as exc:
+                raise UserError(f"{where}: bad split '{split}' ({exc})") from None
+            return saved.select(range(part.from_, part.to))
+        path, config = str(folder), None
+    else:
+        parts = name.split("/")
+        path, config = "/".join(parts[:2]), "/".join(parts[2:]) or None
+    try:
+        return datasets.load_dataset(path, config, split=split)
+    except ConnectionError:
+        raise UserError(
+            f"{where} is not in the local datasets cache, and textgen runs offline; download it once with "
+            f"HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 and the same command, or point to a local copy (hf:/path/to/folder)"
+        ) from None
+    except Exception as exc:  # unknown split or config, unreadable files: the library says which
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{where}, split '{split}': cannot load: {detail}") from None
 
 
 def file_format(path: Path) -> str:
@@ -57,7 +141,8 @@ def load_rows(path: str | Path, max_rows: int | None = None) -> "datasets.Datase
     if fmt != "parquet":
         _check_utf8(path)  # pyarrow accepts bad bytes and fails later, far from the line at fault
     datasets.disable_progress_bars()
-    datasets.utils.logging.set_verbosity_error()
+    if not verbose():  # -v shows what datasets has to say
+        datasets.utils.logging.set_verbosity_error()
     try:
         rows = datasets.load_dataset(fmt, data_files=str(path), split="train")
     except Exception as exc:  # the readers raise many types; find the exact culprit for the message
@@ -68,6 +153,7 @@ def load_rows(path: str | Path, max_rows: int | None = None) -> "datasets.Datase
         raise UserError(f"data file '{path}' holds no records")
     if max_rows is not None and len(rows) > max_rows:
         rows = rows.select(range(max_rows))
+    debug(f"data: {len(rows):,} records from {path} ({fmt})")
     return rows
 
 
@@ -145,16 +231,16 @@ def _line_of_row(path: Path, row: int) -> str:
     return f"{path}, record {row + 1}"
 
 
-def _require_column(rows: "datasets.Dataset", path: Path, field: str, key: str) -> None:
+def _require_column(rows: "datasets.Dataset", path: Path | str, field: str, key: str) -> None:
     if field not in rows.column_names:
         raise UserError(f"{path}: records have no field '{field}' (set by {key}); fields found: {', '.join(rows.column_names)}")
 
 
 def read_texts(path: str, text_field: str, max_rows: int | None = None) -> list[str]:
-    path = Path(path)
+    shown, path = path, local_file(path)
     rows = load_rows(path, max_rows)
     field = "text" if file_format(path) == "text" else text_field
-    _require_column(rows, path, field, "data.pretrain.text_field")
+    _require_column(rows, shown, field, "data.pretrain.text_field")
     texts = rows[field]
     for index, text in enumerate(texts):
         if not isinstance(text, str):
@@ -163,10 +249,10 @@ def read_texts(path: str, text_field: str, max_rows: int | None = None) -> list[
 
 
 def read_pairs(path: str, source_field: str, target_field: str, max_rows: int | None = None) -> list[Pair]:
-    path = Path(path)
+    shown, path = path, local_file(path)
     rows = load_rows(path, max_rows)
-    _require_column(rows, path, source_field, "data.finetune.source_field")
-    _require_column(rows, path, target_field, "data.finetune.target_field")
+    _require_column(rows, shown, source_field, "data.finetune.source_field")
+    _require_column(rows, shown, target_field, "data.finetune.target_field")
     ids = rows["id"] if "id" in rows.column_names else [None] * len(rows)
     pairs = []
     for index, (id_, source, target) in enumerate(zip(ids, rows[source_field], rows[target_field])):
@@ -179,9 +265,9 @@ def read_pairs(path: str, source_field: str, target_field: str, max_rows: int | 
 
 
 def read_dialogues(path: str, messages_field: str, max_rows: int | None = None) -> list[Dialogue]:
-    path = Path(path)
+    shown, path = path, local_file(path)
     rows = load_rows(path, max_rows)
-    _require_column(rows, path, messages_field, "data.finetune.messages_field")
+    _require_column(rows, shown, messages_field, "data.finetune.messages_field")
     ids = rows["id"] if "id" in rows.column_names else [None] * len(rows)
     dialogues = []
     for index, (id_, messages) in enumerate(zip(ids, rows[messages_field])):

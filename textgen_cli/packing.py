@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 import numpy as np
 
 from textgen_cli import diskspace
-from textgen_cli.data import file_format, load_rows, _line_of_row
+from textgen_cli.data import file_format, load_rows, local_file, _line_of_row
 from textgen_cli.errors import Interrupted, UserError
 from textgen_cli.objectives import pack_blocks
 from textgen_cli.runs import write_text_atomic
@@ -125,11 +125,11 @@ class TextSource:
 def split_sources(path: str, text_field: str, max_rows: int | None, validation: str | None, holdout_fraction: float) -> tuple[TextSource, TextSource, int]:
     """The training and validation text sources; without a validation file the last
     `holdout_fraction` of the training rows are held out. Returns the held-out row count (0 if none)."""
-    train_path = Path(path)
+    train_path = local_file(path)  # an hf: dataset becomes a cached parquet file (data.py)
     rows = len(load_rows(train_path, max_rows))
     train_digest = file_digest(train_path)
     if validation:
-        val_path = Path(validation)
+        val_path = local_file(validation)
         val_rows = len(load_rows(val_path, max_rows))
         return TextSource(train_path, text_field, 0, rows, train_digest), TextSource(val_path, text_field, 0, val_rows, file_digest(val_path)), 0
     cut = max(1, int(rows * holdout_fraction))

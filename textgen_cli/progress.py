@@ -1,10 +1,72 @@
-"""Progress on stderr: a rich bar on a terminal, plain periodic lines otherwise (CI logs stay readable)."""
+"""Progress and log lines on stderr: a rich bar and rich's log handler on a terminal, plain lines
+otherwise (CI logs stay readable). stdout is left to results (`--json`).
+
+Every message goes through the `textgen` logger of the standard `logging` module, so `-v/--verbose`
+(debug detail, the libraries' warnings) and `-q/--quiet` (errors and results only) apply to all of
+them, and a program that imports textgen can route them where it likes.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import time
+import warnings
 from typing import Any, TextIO
+
+logger = logging.getLogger("textgen")
+VERBOSITY = {"quiet": logging.ERROR, "normal": logging.INFO, "verbose": logging.DEBUG}
+_verbosity = "normal"
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each message: rich's live display and test
+    harnesses swap it after the handler is made."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
+
+
+def configure_logging(verbosity: str = "normal") -> None:
+    """Set textgen's log level and handler, and how loud the libraries are: `quiet`, `normal` or
+    `verbose`. Called by every command; a program that imports textgen gets `normal` on first use."""
+    global _verbosity
+    _verbosity = verbosity
+    logger.handlers.clear()
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False, show_level=False, markup=False)
+    else:
+        handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(VERBOSITY[verbosity])
+    logger.propagate = False
+    if verbosity == "verbose":
+        # the libraries' warnings, silenced by default, are wanted now (transformers reads the
+        # variable when it is first imported; quiet_libraries sets it again if it already was)
+        os.environ["TRANSFORMERS_VERBOSITY"] = "warning"
+        warnings.simplefilter("default")
+        logging.captureWarnings(True)
+    else:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        if verbosity == "quiet":
+            warnings.simplefilter("ignore")
+
+
+def verbose() -> bool:
+    return _verbosity == "verbose"
 
 
 def format_duration(seconds: float) -> str:
@@ -12,8 +74,22 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def log(message: str, stream: TextIO | None = None) -> None:
-    print(message, file=stream or sys.stderr, flush=True)
+def log(message: str, stream: TextIO | None = None, level: int = logging.INFO) -> None:
+    """One line on stderr through the `textgen` logger (or straight to `stream` when one is given).
+    Callers that still start a message with "warning:" get the WARNING level for it."""
+    if stream is not None and stream is not sys.stderr:
+        print(message, file=stream, flush=True)
+        return
+    if not logger.handlers:
+        configure_logging()
+    if message.startswith("warning:"):
+        level = max(level, logging.WARNING)
+    logger.log(level, message)
+
+
+def debug(message: str) -> None:
+    """Detail shown with -v/--verbose only."""
+    log(message, level=logging.DEBUG)
 
 
 class Reporter:
@@ -27,7 +103,11 @@ class Reporter:
         self.started = time.perf_counter()
         self.start_step = start_step
         self.progress = None
-        if enabled and self.stream.isatty():
+        if not logger.handlers:
+            configure_logging()
+        # -q: no progress at all, the bar included
+        self.enabled = enabled and logger.isEnabledFor(logging.INFO)
+        if self.enabled and self.stream.isatty():
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -82,10 +162,15 @@ def _status(metrics: dict[str, Any]) -> str:
 
 
 def quiet_libraries() -> None:
-    """transformers and datasets draw their own progress bars on load and save; ours is enough."""
+    """transformers and datasets draw their own progress bars on load and save; ours is enough. Their
+    warnings are silenced too, except with -v/--verbose."""
     import datasets
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
     datasets.disable_progress_bars()
+    if verbose():  # -v: their warnings are wanted
+        transformers.utils.logging.set_verbosity_warning()
+        datasets.utils.logging.set_verbosity_warning()
+    else:
+        transformers.utils.logging.set_verbosity_error()

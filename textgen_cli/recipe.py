@@ -19,8 +19,9 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
+from textgen_cli.data import is_dataset, resolve_dataset_value
 from textgen_cli.errors import UserError
-from textgen_cli.schema import CHOICES, PATH_KEYS, STAGES, Recipe
+from textgen_cli.schema import CHOICES, PATH_KEYS, STAGES, TRACKERS, Recipe
 
 
 # The recipe sections that decide what each stage trains (see LoadedRecipe.stage_hash).
@@ -272,6 +273,9 @@ def validate_values(recipe: Recipe, source: str, override_keys: set[str] = froze
     for key, value in (("train.lr", t.lr), ("pretrain.lr", recipe.pretrain.lr), ("finetune.lr", recipe.finetune.lr), ("adv_train.lr", recipe.adv_train.lr)):
         if value is not None and not 0 < value < 3.4e38:
             fail(key, "a positive learning rate that float32 can hold (< 3.4e38)", value)
+    for tracker in t.report_to:
+        if tracker not in TRACKERS:
+            fail("train.report_to", "a list drawn from " + ", ".join(TRACKERS), list(t.report_to))
     if t.max_skips < 0:
         fail("train.max_skips", "a value >= 0", t.max_skips)
     if recipe.checkpoint.every < 0:
@@ -349,6 +353,9 @@ def _resolve_paths(recipe: Recipe, base: Path, override_keys: set[str] = frozens
                 from textgen_cli.models.loading import resolve_init_from
 
                 setattr(owner, leaf, resolve_init_from(value, root))
+                continue
+            if is_dataset(value):  # hf:NAME, a dataset (data.py), not a file path
+                setattr(owner, leaf, resolve_dataset_value(value, root, default_split=leaf))
                 continue
             setattr(owner, leaf, str((root / Path(value).expanduser()).resolve()))
 

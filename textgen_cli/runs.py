@@ -16,10 +16,13 @@ import resource
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from textgen_cli import __version__, diskspace
 from textgen_cli.errors import UserError
+
+if TYPE_CHECKING:
+    from textgen_cli.recipe import LoadedRecipe
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -47,10 +50,12 @@ class RunDir:
         self.work = path.with_name(path.name + ".partial")
         self.lock_file = path.with_name(path.name + ".lock")
         self.metrics_lines = 0
-        self._locked = False
+        self._lock_handle = None  # a held filelock.FileLock
+        self._trackers: list[Any] = []  # accelerate GeneralTracker objects (train.report_to)
 
-    def begin(self, resume: bool) -> Path | None:
-        """Lock the run and prepare the work directory; returns the checkpoint to resume from."""
+    def begin(self, resume: bool, steps: int | None = None) -> Path | None:
+        """Lock the run and prepare the work directory; returns the checkpoint to resume from:
+        an interrupted run's, else (to continue it to `steps`) the finished stage's last one."""
         from textgen_cli import checkpoint
         from textgen_cli.progress import log
 
@@ -66,6 +71,8 @@ class RunDir:
             if resume and found is not None:
                 log(f"resuming from {found}")
                 return found
+            if resume and (continued := self._continue_finished(steps)) is not None:
+                return continued
             if resume:
                 log(f"nothing to resume in {self.work}; starting afresh")
             elif found is not None:
@@ -91,47 +98,104 @@ class RunDir:
         if removed:
             log(f"removed what an interrupted write left behind: {', '.join(str(p.relative_to(self.work)) for p in removed)}")
 
-    def _lock(self) -> None:
+    def _continue_finished(self, steps: int | None) -> Path | None:
+        """--resume on a finished stage that kept its last checkpoint (checkpoint.keep_final) and is
+        given more steps: start the work directory from it. The finished stage itself stays as it
+        is until the continued one commits; its checkpoint files are hard links (never written
+        again), its metrics.jsonl and TensorBoard events are copies (they get appended to)."""
+        from textgen_cli import checkpoint
         from textgen_cli.progress import log
 
-        for _ in range(2):
-            try:
-                fd = os.open(self.lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner, host = _lock_owner(self.lock_file)
-                if host is not None and host != platform.node():
-                    raise UserError(
-                        f"run directory '{self.path}' is locked by process {owner} on host {host} (lock file {self.lock_file}); "
-                        "textgen cannot tell from here whether it still runs: delete the lock file if it does not"
-                    ) from None
-                if owner is not None and _alive(owner):
-                    raise UserError(f"run directory '{self.path}' is in use by process {owner} (lock file {self.lock_file}); wait for it or stop it") from None
-                gone = f"process {owner} is gone" if owner is not None else "its owner cannot be read"
-                log(f"taking over the stale lock {self.lock_file} ({gone})")
-                self.lock_file.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(json.dumps({"pid": os.getpid(), "host": platform.node()}))
-            self._locked = True
-            return
-        raise UserError(f"cannot lock run directory '{self.path}' ({self.lock_file})")
+        finished = checkpoint.latest(self.path) if self.path.is_dir() else None
+        if finished is None:
+            return None
+        step = int(json.loads((finished / "state.json").read_text(encoding="utf-8"))["step"])
+        if steps is not None and step >= steps:
+            key = f"{self.path.name.replace('-', '_')}.steps"
+            raise UserError(
+                f"'{self.path}' is a finished stage of {step} steps: --resume continues it only with more steps "
+                f"(e.g. {key}={2 * step}); without --resume it is trained afresh"
+            )
+        if self.work.exists():
+            shutil.rmtree(self.work)
+        self.work.mkdir(parents=True)
+        shutil.copytree(finished.parent, self.work / finished.parent.name, copy_function=_link_or_copy)
+        for name in (METRICS_FILE, "tensorboard"):
+            source = self.path / name
+            if source.is_dir():
+                shutil.copytree(source, self.work / name)
+            elif source.is_file():
+                shutil.copy2(source, self.work / name)
+        log(f"continuing the finished stage {self.path} from step {step}" + (f" to {steps}" if steps else ""))
+        return checkpoint.latest(self.work)
+
+    def _lock(self) -> None:
+        """A kernel lock (flock, through filelock) on `<stage>.lock`. The kernel releases it when
+        the holder exits, however it exits (SIGKILL, power loss of a container), so a lock is never
+        stale and nothing has to guess whether a recorded process still runs. The file also names
+        its holder, for the message a second process gets."""
+        from filelock import FileLock, Timeout
+
+        from textgen_cli.progress import debug
+
+        lock = FileLock(self.lock_file, timeout=0, thread_local=False)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise UserError(f"run directory '{self.path}' is in use by {_lock_owner(self.lock_file)} (lock file {self.lock_file}); wait for it or stop it") from None
+        # the same inode, truncated in place: replacing the file would hand out a second lock
+        with open(self.lock_file, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps({"pid": os.getpid(), "host": platform.node()}))
+        self._lock_handle = lock
+        debug(f"locked {self.lock_file}")
 
     def release(self) -> None:
-        writer = getattr(self, "_tensorboard", None)
-        if writer is not None:
-            writer.close()
-            self._tensorboard = None
-        if self._locked:
+        self.finish_trackers()
+        if self._lock_handle is not None:
+            # removed while still held, so no one else can be holding it; a process that opened
+            # the old file meanwhile sees it unlinked and retries on a new one (filelock checks)
             self.lock_file.unlink(missing_ok=True)
-            self._locked = False
+            self._lock_handle.release()
+            self._lock_handle = None
 
-    def enable_tensorboard(self) -> None:
-        """Also write the metrics series as TensorBoard events under `<run>/tensorboard/`."""
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise UserError("train.tensorboard=true needs the tensorboard package: pip install 'textgen[tensorboard]'") from None
-        self._tensorboard = SummaryWriter(log_dir=str(self.work / "tensorboard"))
+    def start_trackers(self, loaded: "LoadedRecipe", stage: str) -> None:
+        """Also send the metrics series, and once the hyperparameters (the resolved recipe,
+        flattened), to the experiment trackers of `train.report_to`, through accelerate's tracker
+        classes. metrics.jsonl stays the record; trackers get a copy of each of its lines.
+
+        tensorboard writes `<run>/tensorboard/`, wandb `runs/<name>/wandb/` (WANDB_MODE=offline needs
+        no account), mlflow the store that MLFLOW_TRACKING_URI names (its default: ./mlflow.db)."""
+        from accelerate import PartialState
+        from accelerate.tracking import MLflowTracker, TensorBoardTracker, WandBTracker
+        from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
+
+        from textgen_cli.progress import debug
+
+        section = loaded.recipe.train
+        names = list(dict.fromkeys([*section.report_to, *(["tensorboard"] if section.tensorboard else [])]))
+        available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available, "mlflow": is_mlflow_available}
+        for name in names:
+            if not available[name]():
+                raise UserError(f"train.report_to: {name} needs its package, which is not installed: pip install 'textgen-cli[{name}]'")
+        PartialState()  # accelerate's trackers log through its logger, which needs the state
+        for name in names:
+            if name == "tensorboard":
+                tracker = TensorBoardTracker("tensorboard", self.work)
+            elif name == "wandb":
+                # beside the stage, not in its work directory: that is renamed at the end, and
+                # W&B prints the path to `wandb sync` an offline run from
+                tracker = WandBTracker(loaded.name, name=stage, dir=str(self.path.parent))
+            else:
+                tracker = MLflowTracker(experiment_name=loaded.name, run_name=stage)
+            tracker.start()
+            self._trackers.append(tracker)
+            tracker.store_init_configuration({"stage": stage, **flat_hyperparameters(loaded.to_dict())})
+            debug(f"{stage}: reporting to {name}")
+
+    def finish_trackers(self) -> None:
+        for tracker in self._trackers:
+            tracker.finish()
+        self._trackers = []
 
     def resume_hint(self) -> str:
         from textgen_cli import checkpoint
@@ -151,12 +215,9 @@ class RunDir:
                 os.truncate(path, size)  # no half line: the file holds whole records only
             raise
         self.metrics_lines += 1
-        writer = getattr(self, "_tensorboard", None)
-        if writer is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    writer.add_scalar(key, value, global_step=record["step"])
-            writer.flush()
+        values = {key: value for key, value in record.items() if key != "step" and isinstance(value, (int, float))}
+        for tracker in self._trackers:
+            tracker.log(values, step=record["step"])
 
     def truncate_metrics(self, lines: int) -> None:
         """On resume: keep exactly the lines written before the checkpoint."""
@@ -168,9 +229,13 @@ class RunDir:
     def write_json(self, name: str, value: Any) -> None:
         write_text_atomic(self.work / name, json.dumps(value, indent=2) + "\n", then=self.resume_hint)
 
-    def commit(self) -> None:
+    def commit(self, keep_checkpoint: bool = True) -> None:
         """Swap the finished work in place of any previous result (begin() repairs a swap cut
-        short by a crash), then drop the checkpoints, which a finished stage no longer needs."""
+        short by a crash), then drop the checkpoints but the last one, which `--resume` with more
+        steps continues from (all of them with keep_checkpoint=False: checkpoint.keep_final)."""
+        from textgen_cli import checkpoint
+
+        self.finish_trackers()  # their files are in the work directory that is about to move
         previous = self.path.with_name(self.path.name + ".previous")
         if previous.exists():
             shutil.rmtree(previous)
@@ -178,7 +243,11 @@ class RunDir:
             os.replace(self.path, previous)
         os.replace(self.work, self.path)
         shutil.rmtree(previous, ignore_errors=True)
-        shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
+        newest = checkpoint.latest(self.path) if keep_checkpoint else None
+        if newest is not None:
+            checkpoint.prune(newest.parent, keep_last=1, newest=newest)
+        else:
+            shutil.rmtree(self.path / checkpoint.CHECKPOINTS, ignore_errors=True)
         self.release()
 
     def abort(self) -> None:
@@ -190,23 +259,36 @@ class RunDir:
         self.release()
 
 
-def _lock_owner(lock_file: Path) -> tuple[int | None, str | None]:
-    """(pid, host) of a lock file's owner, (None, None) if unreadable."""
+def _lock_owner(lock_file: Path) -> str:
+    """Who holds a lock, as the lock file names it: 'process PID' (with its host when it is
+    another machine's), or 'another process' when the holder has not written its name yet."""
     try:
         owner = json.loads(lock_file.read_text(encoding="utf-8"))
-        return int(owner["pid"]), owner.get("host")
+        pid, host = int(owner["pid"]), owner.get("host")
     except (OSError, ValueError, KeyError, TypeError):
-        return None, None
+        return "another process"
+    return f"process {pid}" + (f" on host {host}" if host and host != platform.node() else "")
 
 
-def _alive(pid: int) -> bool:
+def _link_or_copy(source: str, target: str) -> None:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        os.link(source, target)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copy2(source, target)
+
+
+def flat_hyperparameters(values: dict[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
+    """The resolved recipe as dotted keys with scalar values, which every tracker accepts:
+    lists become JSON, null becomes "null"."""
+    flat: dict[str, bool | int | float | str] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flat_hyperparameters(value, f"{prefix}{key}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[f"{prefix}{key}"] = value
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value)
+    return flat
 
 
 NOTHING_CHANGED = "the file is unchanged (nothing was written): free some space, then run again"

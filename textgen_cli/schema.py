@@ -58,15 +58,15 @@ class TokenizerSection:
 
 @dataclass
 class PretrainData:
-    train: Optional[str] = _key(None, "Pretraining text: .txt (one document or paragraph per line), .json/.jsonl, .csv or .parquet.")
-    validation: Optional[str] = _key(None, "Held-out pretraining text in the same format (used for validation loss).")
-    text_field: str = _key("text", "Column holding the text in json/jsonl/csv/parquet files.")
+    train: Optional[str] = _key(None, "Pretraining text: .txt (one document or paragraph per line), .json/.jsonl, .csv or .parquet; or a dataset: `hf:ORG/NAME[/CONFIG][:SPLIT]` (hub, from the local cache) or `hf:FOLDER[:SPLIT]` (save_to_disk or data files); see docs/data.md.")
+    validation: Optional[str] = _key(None, "Held-out pretraining text in the same format (used for validation loss); an `hf:` dataset without `:SPLIT` gives its `validation` split.")
+    text_field: str = _key("text", "Column holding the text in json/jsonl/csv/parquet files and `hf:` datasets.")
 
 
 @dataclass
 class FinetuneData:
     task: str = _key("pairs", "`pairs` ({source, target} records) or `dialogue` (a list of {role, content} turns per record).")
-    train: Optional[str] = _key(None, "Finetuning training split (.jsonl/.json/.csv/.parquet).")
+    train: Optional[str] = _key(None, "Finetuning training split (.jsonl/.json/.csv/.parquet), or a dataset `hf:ORG/NAME[/CONFIG][:SPLIT]` / `hf:FOLDER[:SPLIT]` (the split defaults to the key's name: train, validation, test); the *_field keys map its columns.")
     validation: Optional[str] = _key(None, "Finetuning validation split.")
     test: Optional[str] = _key(None, "Finetuning test split (used by evaluation).")
     source_field: str = _key("source", "Field of the source text in `pairs` data.")
@@ -104,7 +104,8 @@ class TrainSection:
     eval_every: int = _key(100, "Validation pass every N optimizer steps (and always at the start and the end).")
     eval_batches: Optional[int] = _key(None, "Cap on validation batches per pass (null: the whole split).")
     group_by_length: bool = _key(False, "Finetuning and adv-train: batch examples of similar length together (less padding; 1.4-1.6x the examples/s), keeping the batch order random. Off by default: batches of one length slowed how fast the models learned to read their source (docs/training.md).")
-    tensorboard: bool = _key(False, "Also write the metrics as TensorBoard events in <run>/tensorboard/ (needs the `tensorboard` extra).")
+    report_to: List[str] = _key([], "Experiment trackers that also get the hyperparameters and every metrics line: any of `tensorboard` (events in <run>/tensorboard/), `wandb` (<run>/wandb/; WANDB_MODE=offline works without an account), `mlflow` (the store MLFLOW_TRACKING_URI names). Each needs its extra: pip install 'textgen-cli[wandb]'.")
+    tensorboard: bool = _key(False, "Older spelling of `report_to: [tensorboard]`, still accepted.")
     compile: bool = _key(False, "torch.compile the model (pays off on CUDA for long runs; off by default on CPU, where it did not measure faster).")
     on_nonfinite: str = _key("stop", "A non-finite loss or gradient: `stop` the run (keeping the last good checkpoint) or `skip` the step.")
     max_skips: int = _key(3, "With on_nonfinite=skip: stop after this many skipped steps.")
@@ -119,6 +120,7 @@ class DistributedSection:
 class CheckpointSection:
     every: int = _key(100, "Save a resumable checkpoint every N optimizer steps (0: only on interruption).")
     keep_last: int = _key(2, "Checkpoints kept; older ones are deleted, never the newest valid one.")
+    keep_final: bool = _key(True, "A finished stage keeps one checkpoint, at its last step, so that `--resume` with more steps continues it (the learning-rate schedule stretched to the new total); false: a finished stage keeps none (saves the optimizer state's disk space).")
 
 
 @dataclass
@@ -226,6 +228,7 @@ CHOICES = {
     "adv_train.positions": ("context", "all"),
 }
 STAGES = ("pretrain", "finetune", "adv-train")
+TRACKERS = ("tensorboard", "wandb", "mlflow")  # train.report_to
 # Keys holding input paths, resolved relative to the recipe file.
 PATH_KEYS = (
     "model.init_from",

@@ -21,6 +21,7 @@ import numpy as np
 
 from textgen_cli.errors import Interrupted, TrainingDiverged, UserError
 from textgen_cli.flops import flops_model, step_flops
+from textgen_cli.model_card import write_model_card
 from textgen_cli.models import role_of_model, transformer_blocks
 from textgen_cli.models.lora import merged_for_saving
 from textgen_cli.objectives import IGNORE_INDEX, token_loss_sum
@@ -312,12 +313,12 @@ def train_stage(
     check_split_sizes(train_set, val_set, recipe.train.batch_size, f"{stage} data", ranks.world)
     run = RunDir(loaded.run_dir(stage))
     resume = recipe.resume == "auto"
-    resume_from = run.begin(resume=resume) if ranks.main else None
+    resume_from = run.begin(resume=resume, steps=getattr(recipe, stage.replace("-", "_")).steps) if ranks.main else None
     if ranks.main:
         try:
             check_disk_space(run, model, tokenizer, recipe, stage)
-            if recipe.train.tensorboard:
-                run.enable_tensorboard()
+            if recipe.train.report_to or recipe.train.tensorboard:
+                run.start_trackers(loaded, stage)
         except UserError:
             run.abort()
             raise
@@ -332,7 +333,7 @@ def train_stage(
         raise
     ranks.barrier()
     if ranks.main:
-        run.commit()
+        run.commit(keep_checkpoint=recipe.checkpoint.keep_final)
     return summary
 
 
@@ -415,6 +416,7 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
         return checkpoint.save(run.work, state.step, accelerator.unwrap_model(model), optimizer, scheduler, asdict(state), recipe.checkpoint.keep_last, ranks)
 
     reporter = Reporter(stage, steps, start_step=state.step, enabled=ranks.main)
+    first_step = state.step
     clock = time.perf_counter() - state.elapsed
     try:
         while state.step < steps:
@@ -512,6 +514,8 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
                 save_checkpoint()
     finally:
         reporter.close()
+    if recipe.checkpoint.keep_final and state.step > first_step:
+        save_checkpoint()  # the finished stage keeps it: --resume with more steps continues from here
 
     final_dir = run.work / FINAL_DIR
     model = accelerator.unwrap_model(model)
@@ -567,6 +571,7 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
     }
     if ranks.main:
         run.write_json(SUMMARY_FILE, summary)
+        write_model_card(run.work, summary)  # final/README.md; rewritten with the scores if the stage is evaluated
     return summary
 
 
