@@ -274,10 +274,12 @@ def test_val_bleu_during_training_is_the_final_models_bleu(first, root):
     """train.eval_generate=4: the finetune validation pass logs val_bleu (pretrain does not); at the
     last step the model is the final one, so val_bleu equals `textgen evaluate` on the same first 4
     validation examples (greedy); that evaluation is a record of its own, beside the default one."""
-    records = [json.loads(line) for line in (root / "runs" / GPT / "finetune" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
-    logged = [r for r in records if "val_bleu" in r]
-    assert [r["step"] for r in logged] == [30] and logged[0]["val_bleu_examples"] == 4 and "val_loss" in logged[0]
-    assert not any("val_bleu" in line for line in (root / "runs" / GPT / "pretrain" / "metrics.jsonl").read_text(encoding="utf-8").splitlines())
+    for name in (BART, GPT):  # both families; GPT's last
+        records = [json.loads(line) for line in (root / "runs" / name / "finetune" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+        logged = [r for r in records if "val_bleu" in r]
+        assert [r["step"] for r in logged] == [30] and logged[0]["val_bleu_examples"] == 4 and "val_loss" in logged[0], name
+        assert 0.0 <= logged[0]["val_bleu"] <= 100.0
+        assert not any("val_bleu" in line for line in (root / "runs" / name / "pretrain" / "metrics.jsonl").read_text(encoding="utf-8").splitlines())
     result = ok(textgen(["evaluate", "--recipe", f"recipes/{GPT}.yaml", "--split", "validation", "eval.max_examples=4", "eval.metrics=[bleu]", "eval.bootstrap=10", "--json"], cwd=root))
     report = json.loads(result.stdout)
     assert report["metrics"]["bleu"] == pytest.approx(logged[0]["val_bleu"], abs=1e-9)
