@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 GPT, BART = "cmp-gpt", "cmp-bart"  # chatgpt, sora
 STAGES = ("pretrain", "finetune")
-PNGS = ("loss_vs_tokens.png", "validation.png", "metrics.png")
+PNGS = ("loss_vs_tokens.png", "validation.png", "bleu_vs_tokens.png", "metrics.png")
 N_TEST = 16
 
 RECIPE = """\
@@ -40,7 +40,7 @@ data:
   pretrain: {{train: ../data/pretrain-train.txt, validation: ../data/pretrain-val.txt}}
   finetune: {{task: pairs, train: ../data/finetune-train.jsonl, validation: ../data/finetune-val.jsonl, test: ../data/{test}}}
 prompt: {{system: "Modern English."}}
-train: {{seed: 7, device: cpu, batch_size: 8, lr: 3.0e-3, warmup_steps: 5, log_every: 5, eval_every: 30, eval_batches: 2}}
+train: {{seed: 7, device: cpu, batch_size: 8, lr: 3.0e-3, warmup_steps: 5, log_every: 5, eval_every: 30, eval_batches: 2, eval_generate: 4}}
 pretrain: {{steps: 30}}
 finetune: {{steps: {finetune_steps}}}
 generate: {{max_new_tokens: 16}}
@@ -226,9 +226,67 @@ def test_metrics_equal_the_runs_own_eval_and_summary(first, root):
     assert summaries(root) == first["summaries"], "the runs changed before this test ran; run the module in file order"
     assert_values_are_the_runs_own(first["folder"], root, {GPT: GPT, BART: BART})
     by_json = records(first["folder"])
-    assert {model for model, _ in by_json} == {GPT, BART}
+    assert {model for (model, _), r in by_json.items() if r["kind"] == "model"} == {GPT, BART}
     assert all(r["n_seeds"] == 1 and r["std"] is None for r in by_json.values())
+    # the copy-source baseline is a column of its own, with the values of the runs' eval.json
+    assert by_json[("baseline: copy source", "bleu")]["value"] == pytest.approx(eval_report(root, GPT)["baselines"][0]["metrics"]["bleu"], rel=1e-12)
+    assert by_json[("baseline: copy source", "bleu")]["kind"] == "baseline"
+    for label in (GPT, BART):
+        use = eval_report(root, label)["input_use"]
+        assert by_json[(label, "input_gap")]["value"] == pytest.approx(use["gap"], rel=1e-12)
+        assert by_json[(label, "input_bpb_shuffled")]["value"] == pytest.approx(use["bits_per_byte_shuffled"], rel=1e-12)
+        assert by_json[(label, "distinct_outputs_share")]["value"] == pytest.approx(eval_report(root, label)["degeneration"]["distinct_outputs_share"], rel=1e-12)
     assert by_json[(GPT, "parameters")]["value"] != by_json[(BART, "parameters")]["value"]
+
+
+def test_verdicts_above_the_table_and_atop_the_reports(first, root):
+    """Tiny 30-step models are below copy-source: each is flagged above the terminal table and at the
+    top of report.md and report.html; metrics.json keeps the verdicts."""
+    out = first["result"].stdout
+    table_at = out.index("textgen compare")
+    for label in (GPT, BART):
+        line = f"{label}: FLAGGED, do not trust its ranking"
+        assert line in out and out.index(line) < table_at
+    assert "- below the copy source baseline: BLEU" in out
+    assert "baseline: copy" in out  # the baseline column
+    markdown = (first["folder"] / "report.md").read_text(encoding="utf-8")
+    assert markdown.index("## Verdict") < markdown.index("## Results")
+    assert f"- **{GPT}: FLAGGED, do not trust its ranking**" in markdown
+    page = (first["folder"] / "report.html").read_text(encoding="utf-8")
+    assert page.index("<h2>Verdict</h2>") < page.index("<h2>Results</h2>")
+    verdicts = {v["model"]: v for v in json.loads((first["folder"] / "metrics.json").read_text(encoding="utf-8"))["verdicts"]}
+    assert set(verdicts) == {GPT, BART} and not any(v["ok"] for v in verdicts.values())
+    assert verdicts[GPT]["flags"] == eval_report(root, GPT)["verdict"]["flags"]
+
+
+def test_a_lead_without_interval_is_marked_untested(first):
+    """Cost rows and likelihood rows have no interval with one seed: their best cell carries the
+    untested marker, never the significance star; BLEU is tested by a paired bootstrap."""
+    markdown = (first["folder"] / "report.md").read_text(encoding="utf-8")
+    rows = {line.split(" | ")[1]: line for line in markdown.splitlines() if line.startswith("| ")}
+    assert "(†)" in rows["validation loss (own tokenizer)"] and "** *" not in rows["validation loss (own tokenizer)"]
+    assert "(†)" in rows["bits per byte (test references)"]
+    assert "†: best in row but untested" in markdown and "paired bootstrap" in markdown
+    assert "(†)" not in rows["BLEU"]
+
+
+def test_val_bleu_during_training_is_the_final_models_bleu(first, root):
+    """train.eval_generate=4: the finetune validation pass logs val_bleu (pretrain does not); at the
+    last step the model is the final one, so val_bleu equals `textgen evaluate` on the same first 4
+    validation examples (greedy); that evaluation is a record of its own, beside the default one."""
+    for name in (BART, GPT):  # both families; GPT's last
+        records = [json.loads(line) for line in (root / "runs" / name / "finetune" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+        logged = [r for r in records if "val_bleu" in r]
+        assert [r["step"] for r in logged] == [30] and logged[0]["val_bleu_examples"] == 4 and "val_loss" in logged[0], name
+        assert 0.0 <= logged[0]["val_bleu"] <= 100.0
+        assert not any("val_bleu" in line for line in (root / "runs" / name / "pretrain" / "metrics.jsonl").read_text(encoding="utf-8").splitlines())
+    result = ok(textgen(["evaluate", "--recipe", f"recipes/{GPT}.yaml", "--split", "validation", "eval.max_examples=4", "eval.metrics=[bleu]", "eval.bootstrap=10", "--json"], cwd=root))
+    report = json.loads(result.stdout)
+    assert report["metrics"]["bleu"] == pytest.approx(logged[0]["val_bleu"], abs=1e-9)
+    assert Path(report["files"]["eval"]).parent.parent.name == "evals"
+    assert (root / "runs" / GPT / "finetune" / "eval.json").is_file()
+    markdown = (first["folder"] / "report.md").read_text(encoding="utf-8")
+    assert "![validation BLEU against training tokens](bleu_vs_tokens.png)" in markdown
 
 
 class StrictHTML(HTMLParser):
@@ -395,7 +453,7 @@ def test_seeds_report_mean_and_std(root):
     runs = {seed: [summary(root, f"{GPT}-seed{seed}", stage) for stage in STAGES] for seed in (7, 8)}
     assert [r[0]["seed"] for r in runs.values()] == [7, 8]
     by_json = records(folder)
-    assert {model for model, _ in by_json} == {GPT}  # one column: the recipe, over its seeds
+    assert {model for (model, _), r in by_json.items() if r["kind"] == "model"} == {GPT}  # one column: the recipe, over its seeds
     for metric in ("bleu", "chrf", "rougeL", "bits_per_byte", "val_loss", "parameters"):
         assert by_json[(GPT, metric)]["n_seeds"] == 2, metric
         assert by_json[(GPT, metric)]["std"] is not None, metric
@@ -405,7 +463,9 @@ def test_seeds_report_mean_and_std(root):
     assert by_json[(GPT, "val_loss")]["std"] == pytest.approx(statistics.stdev(losses))
     bleus = [eval_report(root, f"{GPT}-seed{seed}")["metrics"]["bleu"] for seed in (7, 8)]
     assert by_json[(GPT, "bleu")]["std"] == pytest.approx(statistics.stdev(bleus), abs=1e-12)
-    assert " ± " in (folder / "report.md").read_text(encoding="utf-8")
+    markdown = (folder / "report.md").read_text(encoding="utf-8")
+    assert " ± " in markdown and "Welch's t-test over the seed values" in markdown
+    assert f"{GPT} (seed 7): FLAGGED" in markdown and f"{GPT} (seed 8): FLAGGED" in markdown
     assert json.loads((folder / "metrics.json").read_text(encoding="utf-8"))["provenance"]["seeds"] == [7, 8]
 
 
@@ -432,3 +492,83 @@ def test_different_test_files_is_a_usage_error(root):
 
 def test_unknown_match_is_a_usage_error(root):
     assert_usage_error(textgen(["compare", *RECIPES, "--match", "nonsense"], cwd=root), "nonsense")
+
+
+# ------------------------------------------------------------------------------------ significance (no training)
+
+
+def test_significance_welch_over_seeds_and_untested_without_interval():
+    from textgen_cli.compare import Cell, Column, lead_mark, significance
+
+    def column(label, values, low=None, high=None, baseline=False):
+        cell = Cell(statistics.fmean(values), low=low, high=high, values=list(values), n=len(values))
+        return Column(label, [], {"row": cell}, baseline=baseline)
+
+    # several seeds: Welch's t-test; clearly apart -> significant, overlapping -> not
+    apart = [column("a", [10.0, 10.2, 9.9]), column("b", [5.0, 5.3, 5.1])]
+    assert significance(apart, "row", True, 10, 0) == (0, True, "Welch's t-test over seeds")
+    close = [column("a", [10.0, 12.0, 8.0]), column("b", [9.0, 11.5, 8.5])]
+    assert significance(close, "row", True, 10, 0) == (0, False, "Welch's t-test over seeds")
+    # one seed, no interval: the lead is untested, whatever its size
+    bare = [column("a", [3.0]), column("b", [1.0])]
+    best, significant, test = significance(bare, "row", False, 10, 0)
+    assert (best, significant, test) == (1, False, "untested")
+    assert lead_mark({"test": test, "significant": significant}) == "†"
+    # intervals that do not overlap: tested and significant; a baseline column is never ranked
+    spaced = [column("a", [3.0], 2.5, 3.5), column("b", [1.0], 0.5, 1.5), column("copy", [9.0], baseline=True)]
+    assert significance(spaced, "row", True, 10, 0) == (0, True, "95% intervals")
+
+
+def test_match_total_budget_across_different_stage_lists(tmp_path, monkeypatch):
+    """--match with `[finetune]` against `[pretrain, finetune]`: the shorter recipe's finetune gets the
+    first recipe's whole budget (pretrain + finetune); same-structure recipes stay matched per stage.
+    Costs and training are stubbed: this checks the arithmetic and the order, not a model."""
+    from textgen_cli import compare
+    from textgen_cli.recipe import load_recipe
+
+    base = (
+        "model: {{family: chatgpt}}\nstages: {stages}\npretrain: {{steps: 100}}\nfinetune: {{steps: 50}}\ntrain: {{batch_size: {batch}}}\n"
+        "data: {{pretrain: {{train: p.txt}}, finetune: {{train: f.jsonl, validation: f.jsonl, test: f.jsonl}}}}\n"
+    )
+    for name, stages, batch in (("full", "[pretrain, finetune]", 8), ("twin", "[pretrain, finetune]", 16), ("short", "[finetune]", 8)):
+        (tmp_path / f"{name}.yaml").write_text(base.format(stages=stages, batch=batch), encoding="utf-8")
+    entries = [load_recipe(str(tmp_path / f"{name}.yaml")) for name in ("full", "twin", "short")]
+    # per-step cost: pretrain 3.0, finetune 2.0, twice that at batch 16
+    monkeypatch.setattr(compare, "step_cost", lambda loaded, stage, match: (3.0 if stage == "pretrain" else 2.0) * loaded.recipe.train.batch_size / 8)
+    trained: list[tuple[str, str, int]] = []
+    monkeypatch.setattr(compare, "stage_done", lambda loaded, stage: False)
+    monkeypatch.setattr(compare, "run_stage", lambda loaded, stage: trained.append((loaded.name, stage, getattr(loaded.recipe, stage).steps)))
+    matched, reused = compare.train_all(entries, "flops")
+    # full: 100 * 3 + 50 * 2 = 400; twin per stage: 300 / 6 = 50 pretrain, 100 / 4 = 25 finetune
+    # short: its only stage gets all 400 at 2 per step = 200 finetune steps
+    assert trained == [("full", "pretrain", 100), ("twin", "pretrain", 50), ("full", "finetune", 50), ("twin", "finetune", 25), ("short", "finetune", 200)]
+    assert matched[2].recipe.finetune.steps == 200 and reused[("short", "finetune")] is False
+    # the last stage gets what the earlier ones leave; a budget already spent is a usage error
+    assert compare.last_stage_steps(400.0, [("pretrain", 3.0, 20), ("finetune", 2.0, 0)]) == 170
+    with pytest.raises(compare.UserError, match="more than the first recipe's whole budget"):
+        compare.last_stage_steps(400.0, [("pretrain", 3.0, 200), ("finetune", 2.0, 0)], "x")
+
+
+def test_pretraining_effect_is_a_paired_bootstrap_between_the_two_models(tmp_path):
+    """A model with pretraining behind it against one without: pretrained minus scratch on BLEU and
+    chrF with paired-bootstrap intervals; the better model here copies the references."""
+    from textgen_cli.compare import Column, Model, effect_lines, pretraining_effects
+
+    references = [f"the ship sailed at dawn number {i} from the harbour" for i in range(30)]
+    (tmp_path / "predictions.jsonl").write_text("".join(json.dumps({"reference": r}) + "\n" for r in references), encoding="utf-8")
+
+    def model(label: str, stages: list[str], predictions: list[str]) -> Model:
+        m = Model(label=label, loaded=None, stage="finetune", seed=1, summaries=[{"stage": s, "flops": 1e9} for s in stages], predictions=predictions)  # type: ignore[arg-type]
+        m.eval_dir = tmp_path
+        return m
+
+    good = model("pre", ["pretrain", "finetune"], references)
+    bad = model("scratch", ["finetune"], ["nothing at all"] * 30)
+    effects = pretraining_effects([Column("pre", [good]), Column("scratch", [bad])], n_resamples=200, seed=1)
+    assert len(effects) == 1
+    effect = effects[0]
+    assert (effect["pretrained"], effect["scratch"], effect["answer"]) == ("pre", "scratch", "pretraining helped")
+    assert effect["versus"]["bleu"]["low"] > 0 and effect["flops"] == {"pretrained": 2e9, "scratch": 1e9}
+    assert effect_lines(effects)[0].startswith("does pretraining help? pretraining helped: pre minus scratch: BLEU +")
+    # no pair without a pretraining difference
+    assert pretraining_effects([Column("a", [good]), Column("b", [model("b", ["pretrain", "finetune"], references)])], n_resamples=50, seed=1) == []

@@ -239,6 +239,69 @@ def test_model_minus_baseline(evaluated):
         assert versus[row]["diff"] == pytest.approx(expected, abs=1e-9), row
         assert versus[row]["low"] <= versus[row]["high"]
         assert 0.0 <= versus[row]["model_wins"] <= 1.0
+    assert [b["key"] for b in report["baselines"]] == ["copy_source"]
+    assert report["baselines"][0]["versus"] == versus
+
+
+def test_input_use_degeneration_and_verdict(evaluated):
+    """The input-use check scores the references with true and rotated sources; the degeneration
+    statistics are recomputed by hand from predictions.jsonl; the verdict follows from them."""
+    from textgen_cli.metrics.checks import repeated_ngram_rate
+
+    _, folder, _ = evaluated
+    report = json.loads((folder / "eval.json").read_text(encoding="utf-8"))
+    use = report["input_use"]
+    assert use["examples"] == N_TEST  # eval.input_check (128) caps nothing here
+    assert use["bits_per_byte_true"] == pytest.approx(report["likelihood"]["bits_per_byte"], rel=1e-9)
+    assert use["bits_per_byte_shuffled"] != use["bits_per_byte_true"]
+    assert use["gap"] == pytest.approx(use["bits_per_byte_shuffled"] - use["bits_per_byte_true"], abs=1e-12)
+    rows = read_jsonl(folder / "predictions.jsonl")
+    predictions = [r["prediction"] for r in rows]
+    degeneration = report["degeneration"]
+    assert degeneration["distinct_outputs"] == len(set(predictions))
+    assert degeneration["distinct_outputs_share"] == pytest.approx(min(1.0, len(set(predictions)) / len({r["source"] for r in rows})))
+    assert degeneration["repeated_4gram_rate"] == pytest.approx(repeated_ngram_rate(predictions))
+    verdict = report["verdict"]
+    # a 30-step tiny model is far below copy-source: flagged, with the reason
+    assert verdict["ok"] is False
+    assert any(flag.startswith("below the copy source baseline: BLEU -") for flag in verdict["flags"])
+    assert (use["gap"] < 0.1) == any(flag.startswith("ignores its input") for flag in verdict["flags"])
+    assert verdict["thresholds"] == {"min_input_gap": 0.1, "min_distinct_outputs": 0.5, "max_repetition_excess": 0.2}
+
+
+def test_two_evaluations_of_one_stage_coexist(evaluated, space):
+    """Another test file and fewer examples: a record of its own under evals/<eval hash>/; the stage's
+    default evaluation (made first, by the fixture) is untouched; evaluate says where it wrote."""
+    family, folder, _ = evaluated
+    default = {name: (folder / name).read_bytes() for name in ("eval.json", "predictions.jsonl")}
+    other = space / "recipe" / "data" / f"evaltest-other-{family}.jsonl"
+    other.write_text("".join(json.dumps(r) + "\n" for r in read_jsonl(space / "recipe" / "data" / "evaltest-test.jsonl")[::-1][:6]), encoding="utf-8")
+    args = [f"data.finetune.test=recipe/data/{other.name}", "eval.max_examples=5", "eval.metrics=[bleu]", "eval.bootstrap=10", "eval.input_check=4"]
+    result = ok(textgen(["evaluate", "--recipe", f"recipe/evaltest-{family}.yaml", *args, "--json"], cwd=space))
+    report = json.loads(result.stdout)
+    record = folder / "evals" / report["eval_hash"]
+    assert (space / report["files"]["eval"]).resolve() == (record / "eval.json").resolve()
+    assert json.loads((record / "eval.json").read_text(encoding="utf-8"))["n_examples"] == 5
+    assert len(read_jsonl(record / "predictions.jsonl")) == 5
+    assert f"evaluate: wrote {report['files']['eval']} (a separate record; the stage's default evaluation is untouched)" in result.stderr
+    assert {name: (folder / name).read_bytes() for name in default} == default
+    # the same evaluation again replaces its own record only
+    again = json.loads(ok(textgen(["evaluate", "--recipe", f"recipe/evaltest-{family}.yaml", *args, "--json"], cwd=space)).stdout)
+    assert again["files"]["eval"] == report["files"]["eval"]
+    assert sorted(p.name for p in (folder / "evals").iterdir()) == [report["eval_hash"]]
+    assert {name: (folder / name).read_bytes() for name in default} == default
+
+
+def test_terminal_output_has_the_verdict_and_says_where_it_wrote(space, tmp_path):
+    run = trained_run(space, "sora")
+    ok(run.finetune)
+    result = ok(textgen(["evaluate", "--recipe", "recipe/evaltest-sora.yaml", "eval.metrics=[bleu,chrf]", "eval.bootstrap=20", "eval.input_check=8", "--output", str(tmp_path)], cwd=space))
+    out = " ".join(result.stdout.split())  # rich wraps long lines
+    assert "verdict for tiny-sora finetune: FLAGGED, do not trust its ranking" in out
+    assert "- below the copy source baseline: BLEU" in out
+    assert "input-use gap (shuffled - own)" in out and "distinct outputs / distinct sources" in out
+    assert f"evaluation written to {tmp_path / 'eval.json'}" in out
+    assert json.loads((tmp_path / "eval.json").read_text(encoding="utf-8"))["input_use"]["examples"] == 8
 
 
 def test_likelihood_bits_per_byte_and_perplexity(evaluated):
@@ -275,6 +338,16 @@ def test_dialogue_baseline_is_the_most_frequent_training_response(space, tmp_pat
     assert_scores_match(report["baseline"]["metrics"], [most] * len(rows), references)
     assert report["baseline"]["metrics"]["exact_match"] == pytest.approx(1 / len(DIALOGUE_TEST))
     assert_scores_match(report["metrics"], [r["prediction"] for r in rows], references)
+    # the retrieval baseline: the response of the nearest training prompt (TF-IDF cosine)
+    from textgen_cli.metrics.checks import NearestPrompt
+
+    training = [(d["messages"][-2]["content"], d["messages"][-1]["content"]) for d in DIALOGUE_TRAIN]
+    index = NearestPrompt([prompt for prompt, _ in training])
+    retrieved = [training[index.nearest(d["messages"][-2]["content"])][1] for d in DIALOGUE_TEST]
+    assert retrieved[-1] == "I am fine, thanks."  # "Are you tired?" is nearest to "Are you well?"
+    baselines = {b["key"]: b for b in report["baselines"]}
+    assert list(baselines) == ["most_frequent", "retrieval"]
+    assert_scores_match(baselines["retrieval"]["metrics"], retrieved, references)
 
 
 # ------------------------------------------------------------------------------------ robustness

@@ -462,3 +462,93 @@ def test_likelihood_totals_sum_tokens_not_batch_means():
     mean_of_means = np.mean([nll / t for nll, t, _ in batches])
     assert out["perplexity"] != pytest.approx(math.exp(mean_of_means))
     assert out["bits_per_byte"] == pytest.approx(32.0 / (math.log(2) * 44))
+
+
+# ------------------------------------------------------------------------------------ sanity checks
+
+
+def test_distinct_outputs_share_counts_first_output_per_distinct_source():
+    from textgen_cli.metrics.checks import distinct_outputs_share
+
+    # one output for four sources (the source "a" repeats): 1 of 3 distinct sources
+    assert distinct_outputs_share(["a", "b", "c", "a"], ["x", "x", "x", "y"]) == pytest.approx(1 / 3)
+    assert distinct_outputs_share(["a", "b", "c"], ["x", "y", "z"]) == 1.0
+    with pytest.raises(ValueError):
+        distinct_outputs_share(["a"], [])
+
+
+def test_repeated_ngram_rate_hand_computed():
+    from textgen_cli.metrics.checks import repeated_ngram_rate
+
+    # 6 words -> 3 four-grams, all distinct; a loop of "and the lord" x3 (9 words): 6 four-grams, 3 distinct
+    assert repeated_ngram_rate(["one two three four five six"]) == 0.0
+    assert repeated_ngram_rate(["and the Lord and the Lord and the Lord"]) == pytest.approx(3 / 6)
+    assert repeated_ngram_rate(["short", ""]) == 0.0
+    assert repeated_ngram_rate(["a b a b a b"], n=2) == pytest.approx(3 / 5)
+
+
+def student_t_two_sided_by_integration(t: float, df: float, steps: int = 200_000) -> float:
+    """2 * integral of the Student-t density from |t| to a far bound (Simpson), independent of textgen."""
+    const = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+    a, b = abs(t), abs(t) + 2000.0
+    h = (b - a) / steps
+    f = lambda x: const * (1 + x * x / df) ** (-(df + 1) / 2)
+    total = f(a) + f(b) + sum((4 if i % 2 else 2) * f(a + i * h) for i in range(1, steps))
+    return 2 * total * h / 3
+
+
+def test_welch_t_test_matches_numeric_integration():
+    from textgen_cli.metrics.checks import _t_sf, welch_t_test
+
+    # equal variances and sizes: t = -2 / sqrt(2 * (5/3) / 4) = -2.19 on df = 6
+    result = welch_t_test([1.0, 2.0, 3.0, 4.0], [3.0, 4.0, 5.0, 6.0])
+    assert result["t"] == pytest.approx(-2 / math.sqrt(5 / 3 / 2), rel=1e-12)
+    assert result["df"] == pytest.approx(6.0)
+    assert result["p"] == pytest.approx(student_t_two_sided_by_integration(result["t"], 6.0), rel=1e-6)
+    # unequal variances: fractional degrees of freedom (Welch-Satterthwaite)
+    result = welch_t_test([10.1, 10.3, 9.9], [11.0, 12.5, 13.1, 11.7])
+    assert 2 < result["df"] < 5 and result["df"] != int(result["df"])
+    assert result["p"] == pytest.approx(student_t_two_sided_by_integration(result["t"], result["df"]), rel=1e-5)
+    # t(1) is Cauchy: P(T > 1) = 1/4; t_{0.975, 10} = 2.228139
+    assert _t_sf(1.0, 1.0) == pytest.approx(0.25, rel=1e-9)
+    assert _t_sf(2.228138851986, 10.0) == pytest.approx(0.025, rel=1e-6)
+    assert welch_t_test([1.0, 1.0], [2.0, 2.0])["p"] == 0.0
+    with pytest.raises(ValueError):
+        welch_t_test([1.0], [2.0, 3.0])
+
+
+def test_nearest_prompt_is_tfidf_cosine_and_deterministic():
+    from textgen_cli.metrics.checks import NearestPrompt
+
+    index = NearestPrompt(["How are you?", "Where is the ship?", "Where is the harbour?", "Hello!"])
+    assert index.nearest("where is the SHIP today") == 1
+    assert index.nearest("are you well") == 0
+    assert index.nearest("Where is the") == 1  # a tie goes to the lowest index
+    assert index.nearest("zzz") == 0  # nothing in common
+
+
+def test_verdict_flags_each_failure_and_passes_a_good_model():
+    from textgen_cli.verdict import judge, verdict_lines
+
+    thresholds = {"min_input_gap": 0.1, "min_distinct_outputs": 0.5, "max_repetition_excess": 0.2}
+    good = {
+        "baselines": [{"label": "copy source", "versus": {"bleu": {"diff": 3.0, "low": 1.0, "high": 5.0}, "chrf": {"diff": 2.0, "low": 0.5, "high": 3.5}}}],
+        "input_use": {"examples": 64, "bits_per_byte_true": 1.2, "bits_per_byte_shuffled": 1.9, "gap": 0.7},
+        "degeneration": {"distinct_outputs_share": 0.97, "repeated_4gram_rate": 0.01, "reference_repeated_4gram_rate": 0.0},
+    }
+    verdict = judge(good, thresholds)
+    assert verdict["ok"] and verdict["flags"] == []
+    assert verdict_lines("m", verdict)[0].startswith("m: OK (above copy source on BLEU and chrF; uses its input")
+    broken = {
+        "baselines": [{"label": "copy source", "versus": {"bleu": {"diff": -36.0, "low": -38.0, "high": -34.0}, "chrf": {"diff": -1.0, "low": -3.0, "high": 1.0}}}],
+        "input_use": {"examples": 64, "bits_per_byte_true": 1.794, "bits_per_byte_shuffled": 1.794, "gap": 0.0},
+        "degeneration": {"distinct_outputs_share": 1 / 300, "repeated_4gram_rate": 0.6, "reference_repeated_4gram_rate": 0.01},
+    }
+    verdict = judge(broken, thresholds)
+    assert not verdict["ok"]
+    text = "\n".join(verdict_lines("m", verdict))
+    assert "m: FLAGGED" in text
+    assert "below the copy source baseline: BLEU -36.00 [-38.00, -34.00]; chrF -1.00 [-3.00, +1.00], within noise" in text
+    assert "ignores its input: reference bits per byte 1.794 with its own sources, 1.794 with shuffled ones (gap 0.000, 64 examples)" in text
+    assert "degenerate: distinct outputs for only 0% of distinct sources" in text
+    assert "degenerate: repeats itself (60% of 4-grams" in text

@@ -35,6 +35,11 @@ ROWS = [
     ("diversity", "distinct_1", "distinct-1", True),
     ("diversity", "distinct_2", "distinct-2", True),
     ("diversity", "self_bleu", "self-BLEU (lower: more diverse)", False),
+    ("diversity", "distinct_outputs_share", "distinct outputs / distinct sources", True),
+    ("diversity", "repeated_4gram_rate", "repeated 4-gram rate (lower: fewer loops)", False),
+    ("input use", "input_bpb_true", "bits per byte, own sources (input check)", False),
+    ("input use", "input_bpb_shuffled", "bits per byte, shuffled sources", None),
+    ("input use", "input_gap", "input-use gap (shuffled - own)", True),
     ("cost", "parameters", "parameters", None),
     ("cost", "tokens", "training tokens (all stages)", None),
     ("cost", "flops", "training FLOPs (estimated)", None),
@@ -59,6 +64,7 @@ class Model:
     summaries: list[dict[str, Any]] = field(default_factory=list)
     eval: dict[str, Any] = field(default_factory=dict)
     predictions: list[str] = field(default_factory=list)
+    eval_dir: Path | None = None  # where its eval.json and predictions.jsonl are
 
     @property
     def final_dir(self) -> Path:
@@ -106,26 +112,32 @@ def finetune_tokens_per_sequence(loaded: LoadedRecipe, stage: str) -> tuple[floa
     return enc / n, dec / n
 
 
-def match_budgets(entries: list[LoadedRecipe], stage: str, match: str) -> list[LoadedRecipe]:
-    """Set `<stage>.steps` of every recipe so that its FLOPs (or tokens) equal the first recipe's."""
-    from textgen_cli.flops import flops_model, matched_steps, pretrain_tokens_per_sequence, step_flops
+def step_cost(loaded: LoadedRecipe, stage: str, match: str) -> float:
+    """FLOPs (or tokens) of one optimizer step of `stage`, from the recipe's model and data (the
+    stages before it must be done: finetuning's tokens come from its starting model's tokenizer)."""
+    from textgen_cli.flops import flops_model, pretrain_tokens_per_sequence, step_flops
     from textgen_cli.models import FAMILIES
     from textgen_cli.tokenizer import load_tokenizer
 
-    per_step = []
-    for loaded in entries:
-        r = loaded.recipe
-        sequences = r.train.batch_size * r.train.grad_accum
-        if stage == "pretrain":
-            enc, dec = pretrain_tokens_per_sequence(r.model.family, r.model.context, r.pretrain.mask_ratio, r.pretrain.poisson_lambda)
-            tokenizer_vocab = r.tokenizer.vocab_size
-            model = FAMILIES[r.model.family].build(r.model, _FakeVocab(tokenizer_vocab))
-        else:
-            enc, dec = finetune_tokens_per_sequence(loaded, stage)
-            start = loaded.run_dir("pretrain" if stage == "finetune" else "finetune") / FINAL_DIR
-            model = FAMILIES[r.model.family].build(r.model, load_tokenizer(start))
-        fm = flops_model(model)
-        per_step.append(step_flops(fm, enc * sequences, dec * sequences) if match == "flops" else (enc + dec) * sequences)
+    r = loaded.recipe
+    sequences = r.train.batch_size * r.train.grad_accum
+    if stage == "pretrain":
+        enc, dec = pretrain_tokens_per_sequence(r.model.family, r.model.context, r.pretrain.mask_ratio, r.pretrain.poisson_lambda)
+        model = FAMILIES[r.model.family].build(r.model, _FakeVocab(r.tokenizer.vocab_size))
+    else:
+        from textgen_cli.finetune import starting_point
+
+        enc, dec = finetune_tokens_per_sequence(loaded, stage)
+        start = starting_point(loaded) if stage == "finetune" else loaded.run_dir("finetune") / FINAL_DIR
+        model = FAMILIES[r.model.family].build(r.model, load_tokenizer(start))
+    return step_flops(flops_model(model), enc * sequences, dec * sequences) if match == "flops" else (enc + dec) * sequences
+
+
+def match_budgets(entries: list[LoadedRecipe], stage: str, match: str) -> list[LoadedRecipe]:
+    """Set `<stage>.steps` of every recipe so that its FLOPs (or tokens) equal the first recipe's."""
+    from textgen_cli.flops import matched_steps
+
+    per_step = [step_cost(loaded, stage, match) for loaded in entries]
     section = stage.replace("-", "_")
     budget = per_step[0] * getattr(entries[0].recipe, section).steps
     matched = [entries[0]]
@@ -134,6 +146,21 @@ def match_budgets(entries: list[LoadedRecipe], stage: str, match: str) -> list[L
         log(f"compare: --match {match}: {loaded.name} {stage} gets {steps} steps ({cost * steps:.3g} vs {budget:.3g})")
         matched.append(with_overrides(loaded, [f"{section}.steps={steps}"]))
     return matched
+
+
+def last_stage_steps(budget: float, stages: list[tuple[str, float, int]], name: str = "") -> int:
+    """Total-compute matching for a recipe whose stages differ from the first recipe's: every stage
+    but the last keeps its own steps; the last gets what is left of the first recipe's whole
+    budget. `stages`: (stage, cost per step, steps) in order; the last entry's steps are ignored."""
+    from textgen_cli.flops import matched_steps
+
+    spent = sum(cost * steps for _, cost, steps in stages[:-1])
+    if spent >= budget:
+        raise UserError(
+            f"--match: recipe '{name}' spends {spent:.3g} in {', '.join(s for s, _, _ in stages[:-1])} before its last stage, "
+            f"more than the first recipe's whole budget {budget:.3g}; lower those stages' steps"
+        )
+    return matched_steps(budget - spent, stages[-1][1])
 
 
 class _FakeVocab:
@@ -147,11 +174,30 @@ class _FakeVocab:
         return self.size
 
 
+def train_or_reuse(loaded: LoadedRecipe, stage: str, reused: dict[tuple[str, str], bool]) -> None:
+    if stage_done(loaded, stage):
+        log(f"compare: reusing {loaded.run_dir(stage)} (same settings)")
+        reused[(loaded.name, stage)] = True
+    else:
+        log(f"compare: training {loaded.name} {stage}")
+        run_stage(loaded, stage)
+        reused[(loaded.name, stage)] = False
+
+
 def train_all(entries: list[LoadedRecipe], match: str | None) -> tuple[list[LoadedRecipe], dict[tuple[str, str], bool]]:
-    """Run, stage by stage across recipes, every stage not already done with the same settings."""
+    """Run, stage by stage across recipes, every stage not already done with the same settings.
+
+    With --match, recipes with the first recipe's stage list are matched stage by stage; a recipe
+    whose stage list differs (e.g. `[finetune]` from scratch against `[pretrain, finetune]`) is
+    matched on the TOTAL: its last stage gets the first recipe's whole budget minus what its own
+    earlier stages spend."""
     reused: dict[tuple[str, str], bool] = {}
+    first_stages = list(entries[0].recipe.stages)
+    same = [i for i, loaded in enumerate(entries) if list(loaded.recipe.stages) == first_stages]
+    differing = [i for i in range(len(entries)) if i not in same] if match else []
+    staged = [i for i in range(len(entries)) if i not in differing]
     for stage in ("pretrain", "finetune", "adv-train"):
-        having = [i for i, loaded in enumerate(entries) if stage in loaded.recipe.stages]
+        having = [i for i in staged if stage in entries[i].recipe.stages]
         if not having:
             continue
         if match and len(having) > 1:
@@ -159,15 +205,33 @@ def train_all(entries: list[LoadedRecipe], match: str | None) -> tuple[list[Load
             for i, loaded in zip(having, matched):
                 entries[i] = loaded
         for i in having:
-            loaded = entries[i]
-            if stage_done(loaded, stage):
-                log(f"compare: reusing {loaded.run_dir(stage)} (same settings)")
-                reused[(loaded.name, stage)] = True
-            else:
-                log(f"compare: training {loaded.name} {stage}")
-                run_stage(loaded, stage)
-                reused[(loaded.name, stage)] = False
+            train_or_reuse(entries[i], stage, reused)
+    if differing:
+        first = entries[0]
+        budget = sum(step_cost(first, stage, match) * getattr(first.recipe, stage.replace("-", "_")).steps for stage in first_stages)  # type: ignore[arg-type]
+        for i in differing:
+            entries[i] = train_to_total(entries[i], budget, match, first, reused)  # type: ignore[arg-type]
     return entries, reused
+
+
+def train_to_total(loaded: LoadedRecipe, budget: float, match: str, first: LoadedRecipe, reused: dict[tuple[str, str], bool]) -> LoadedRecipe:
+    """Train `loaded` stage by stage; its last stage's steps match the first recipe's total budget."""
+    stages = list(loaded.recipe.stages)
+    plan: list[tuple[str, float, int]] = []
+    for k, stage in enumerate(stages):
+        section = stage.replace("-", "_")
+        cost = step_cost(loaded, stage, match)  # its earlier stages are done by now
+        if k == len(stages) - 1:
+            steps = last_stage_steps(budget, [*plan, (stage, cost, 0)], loaded.name)
+            spent = sum(c * n for _, c, n in plan) + cost * steps
+            log(
+                f"compare: --match {match}: {loaded.name} {stage} gets {steps} steps "
+                f"(total {spent:.3g} vs {budget:.3g}: {first.name}'s {' + '.join(first.recipe.stages)})"
+            )
+            loaded = with_overrides(loaded, [f"{section}.steps={steps}"])
+        plan.append((stage, cost, getattr(loaded.recipe, section).steps))
+        train_or_reuse(loaded, stage, reused)
+    return loaded
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,26 +245,23 @@ def common_settings(loaded: LoadedRecipe, reference: LoadedRecipe) -> LoadedReci
 
 
 def evaluate_model(model: Model) -> None:
-    from textgen_cli.evaluate import eval_hash, run_evaluate
+    """Reuse the stage's evaluation with the same eval hash (its default one, or a record under
+    evals/<hash>/), else evaluate now (run_evaluate files it in the matching place)."""
+    from textgen_cli.evaluate import eval_hash, find_evaluation, run_evaluate
 
     run_dir = model.loaded.run_dir(model.stage)
-    eval_file = run_dir / "eval.json"
     wanted = eval_hash(model.loaded, model.stage, "test")
-    report = None
-    if eval_file.is_file():
-        try:
-            saved = json.loads(eval_file.read_text(encoding="utf-8"))
-            report = saved if saved.get("eval_hash") == wanted else None
-        except ValueError:
-            report = None
-    if report is None:
+    found = find_evaluation(run_dir, wanted)
+    if found is None:
         log(f"compare: evaluating {model.label}")
         report = run_evaluate(model.loaded, str(model.final_dir), None, "test", [])
+        found = Path(report["files"]["eval"]).parent
     else:
-        log(f"compare: reusing the evaluation in {eval_file}")
+        report = json.loads((found / "eval.json").read_text(encoding="utf-8"))
+        log(f"compare: reusing the evaluation in {found / 'eval.json'}")
     model.eval = report
-    predictions_file = run_dir / "predictions.jsonl"
-    model.predictions = [json.loads(line)["prediction"] for line in predictions_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    model.eval_dir = found
+    model.predictions = [json.loads(line)["prediction"] for line in (found / "predictions.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def collect(model: Model) -> None:
@@ -230,11 +291,25 @@ def values_of(model: Model) -> dict[str, float]:
     values["tokens_per_s"] = values["tokens"] / max(sum(x["train_time_s"] for x in s), 1e-9)
     values["peak_memory_mb"] = max(x["peak_memory_mb"] for x in s)
     values["generation_tokens_per_s"] = e["generation"]["tokens_per_s"]
+    values.update(sanity_values(e))
     for r in e.get("robustness", []):
         for row in ("bleu", "chrf"):
             if row in r["metrics"]:
                 values[f"{row}@{r['perturbation']}"] = r["metrics"][row]
                 values[f"{row} drop@{r['perturbation']}"] = r["drop"][row]
+    return values
+
+
+def sanity_values(report: dict[str, Any]) -> dict[str, float]:
+    """The input-use check and the degeneration statistics of an eval report, as table rows."""
+    values = {}
+    use = report.get("input_use") or {}
+    if use.get("gap") is not None:
+        values.update(input_bpb_true=use["bits_per_byte_true"], input_bpb_shuffled=use["bits_per_byte_shuffled"], input_gap=use["gap"])
+    degeneration = report.get("degeneration") or {}
+    for key in ("distinct_outputs_share", "repeated_4gram_rate"):
+        if key in degeneration:
+            values[key] = degeneration[key]
     return values
 
 
@@ -258,13 +333,15 @@ class Cell:
     high: float | None = None
     std: float | None = None
     n: int = 1
+    values: list[float] = field(default_factory=list)  # one per seed
 
 
 @dataclass
 class Column:
     label: str
-    models: list[Model]  # one per seed
+    models: list[Model]  # one per seed; none for a baseline
     cells: dict[str, Cell] = field(default_factory=dict)
+    baseline: bool = False  # a trivial system (copy source, retrieval, ...): shown, never ranked
 
 
 def build_columns(models: list[Model]) -> list[Column]:
@@ -275,41 +352,59 @@ def build_columns(models: list[Model]) -> list[Column]:
         per_seed = [values_of(m) for m in column.models]
         for row in per_seed[0]:
             xs = [v[row] for v in per_seed if row in v]
-            cell = Cell(statistics.fmean(xs), n=len(xs))
+            cell = Cell(statistics.fmean(xs), n=len(xs), values=xs)
             if len(xs) > 1:
                 cell.std = statistics.stdev(xs)
             elif row in intervals_of(column.models[0]):
                 cell.low, cell.high = intervals_of(column.models[0])[row]
             column.cells[row] = cell
-    return list(columns.values())
+    return list(columns.values()) + baseline_columns(models)
 
 
-def significance(columns: list[Column], row: str, higher: bool, n_resamples: int, seed: int) -> tuple[int | None, bool]:
-    """(index of the best column, whether its lead over the runner-up is significant).
+def baseline_columns(models: list[Model]) -> list[Column]:
+    """One column per baseline of the first model's evaluation (every model is scored on the same
+    examples with the same metrics, so the baselines are the same for all)."""
+    columns = []
+    for baseline in models[0].eval.get("baselines", []):
+        label = f"baseline: {baseline['label']}"
+        columns.append(Column(label, [], {row: Cell(value) for row, value in baseline["metrics"].items()}, baseline=True))
+    return columns
 
-    One seed: a paired bootstrap of the two models' predictions on the same examples (BLEU, chrF,
-    ROUGE-L); several seeds: the lead must exceed both standard deviations; otherwise the
-    intervals (when known) must not overlap."""
-    present = [(i, c.cells[row]) for i, c in enumerate(columns) if row in c.cells]
+
+def significance(columns: list[Column], row: str, higher: bool, n_resamples: int, seed: int) -> tuple[int | None, bool, str]:
+    """(index of the best model column, whether its lead over the runner-up is significant, the test).
+
+    Several seeds on both sides: Welch's t-test over the seed values (p < 0.05). One seed: a paired
+    bootstrap of the two models' predictions on the same examples (BLEU, chrF, ROUGE-L), else
+    non-overlapping 95% intervals. A row with neither is `untested`: its lead is never called
+    significant. Baseline columns are not ranked."""
+    present = [(i, c.cells[row]) for i, c in enumerate(columns) if row in c.cells and not c.baseline]
     if len(present) < 2:
-        return (present[0][0] if present else None), False
+        return (present[0][0] if present else None), False, "untested"
     ranked = sorted(present, key=lambda item: item[1].value, reverse=higher)
     (best, a), (second, b) = ranked[0], ranked[1]
     if a.value == b.value:
-        return None, False
-    if a.std is not None and b.std is not None:
-        return best, abs(a.value - b.value) > max(a.std, b.std)
+        return None, False, "untested"
+    if len(a.values) > 1 and len(b.values) > 1:
+        from textgen_cli.metrics.checks import welch_t_test
+
+        return best, welch_t_test(a.values, b.values)["p"] < 0.05, "Welch's t-test over seeds"
     if row in INTERVAL_ROWS and len(columns[best].models) == 1 and len(columns[second].models) == 1:
         from textgen_cli.metrics import paired_bootstrap
 
         ma, mb = columns[best].models[0], columns[second].models[0]
-        references = [json.loads(line)["reference"] for line in (ma.loaded.run_dir(ma.stage) / "predictions.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+        references = references_of(ma)
         if len(ma.predictions) == len(mb.predictions) == len(references):
             result = paired_bootstrap(row, ma.predictions, mb.predictions, references, n_resamples=n_resamples, seed=seed)
-            return best, result["diff"]["low"] > 0 or result["diff"]["high"] < 0
+            return best, result["diff"]["low"] > 0 or result["diff"]["high"] < 0, "paired bootstrap"
     if a.low is not None and b.low is not None:
-        return best, (a.low > b.high) if higher else (a.high < b.low)
-    return best, True
+        return best, (a.low > b.high) if higher else (a.high < b.low), "95% intervals"
+    return best, False, "untested"
+
+
+def references_of(model: Model) -> list[str]:
+    path = (model.eval_dir or model.loaded.run_dir(model.stage)) / "predictions.jsonl"
+    return [json.loads(line)["reference"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def format_value(row: str, cell: Cell) -> str:
@@ -340,7 +435,7 @@ def table_rows(columns: list[Column], n_resamples: int, seed: int) -> list[dict[
     for group, row, label, higher in definitions:
         if not any(row in c.cells for c in columns):
             continue
-        best, significant = significance(columns, row, higher, n_resamples, seed) if higher is not None else (None, False)
+        best, significant, test = significance(columns, row, higher, n_resamples, seed) if higher is not None else (None, False, "not ranked")
         rows.append(
             {
                 "group": group,
@@ -349,32 +444,139 @@ def table_rows(columns: list[Column], n_resamples: int, seed: int) -> list[dict[
                 "cells": [format_value(row, c.cells[row]) if row in c.cells else "" for c in columns],
                 "best": best,
                 "significant": significant,
+                "test": test,
                 "higher_is_better": higher,
             }
         )
     return rows
 
 
+def pretrained(model: Model) -> bool:
+    """Whether a pretraining stage is behind the model (its own, or one it was initialised from)."""
+    return any(summary.get("stage") == "pretrain" for summary in model.summaries)
+
+
+# computed once per table (the terminal and the report files show the same); the cache holds the
+# columns too, so that an id is never reused for another table while its entry lives
+_EFFECTS: dict[int, tuple[list[Column], list[dict[str, Any]]]] = {}
+
+
+def pretraining_effects(columns: list[Column], n_resamples: int = 1000, seed: int = 1234) -> list[dict[str, Any]]:
+    """For every pair of models where one has pretraining behind it and the other does not (the
+    ablation "scratch finetune" against "pretrain, then finetune", e.g. with --match flops): the paired
+    bootstrap of BLEU and chrF on the same test examples, pretrained minus scratch (first seed)."""
+    key = id(columns)
+    if key in _EFFECTS and _EFFECTS[key][0] is columns:
+        return _EFFECTS[key][1]
+    from textgen_cli.evaluate import versus
+
+    model_columns = [c for c in columns if not c.baseline and c.models]
+    effects = []
+    for a in model_columns:
+        for b in model_columns:
+            ma, mb = a.models[0], b.models[0]
+            if not (pretrained(ma) and not pretrained(mb)):
+                continue
+            references = references_of(ma)
+            if not (len(ma.predictions) == len(mb.predictions) == len(references)):
+                continue
+            diff = versus(ma.predictions, mb.predictions, references, n_resamples, seed)
+            verdicts = []
+            for row, label in (("bleu", "BLEU"), ("chrf", "chrF")):
+                d = diff[row]
+                word = "helped" if d["low"] > 0 else ("hurt" if d["high"] < 0 else "no significant difference")
+                verdicts.append((word, f"{label} {d['diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"))
+            words = {w for w, _ in verdicts}
+            answer = ("pretraining " + words.pop()) if len(words) == 1 and "no significant difference" not in words else (
+                "no significant difference from pretraining" if words == {"no significant difference"} else "mixed: pretraining " + ", ".join(f"{w} on {t.split()[0]}" for w, t in verdicts)
+            )
+            flops = [sum(s.get("flops", 0.0) for s in m.summaries) for m in (ma, mb)]
+            effects.append(
+                {
+                    "pretrained": a.label,
+                    "scratch": b.label,
+                    "answer": answer,
+                    "detail": "; ".join(t for _, t in verdicts),
+                    "versus": {row: diff[row] for row in ("bleu", "chrf")},
+                    "flops": {"pretrained": flops[0], "scratch": flops[1]},
+                    "method": f"paired bootstrap over the {len(references)} test examples ({n_resamples} resamples), {a.label} minus {b.label}, first seed",
+                }
+            )
+    _EFFECTS[key] = (columns, effects)
+    return effects
+
+
+def effect_lines(effects: list[dict[str, Any]]) -> list[str]:
+    return [
+        f"does pretraining help? {e['answer']}: {e['pretrained']} minus {e['scratch']}: {e['detail']} "
+        f"(95% paired bootstrap; training FLOPs {e['flops']['pretrained']:.3g} vs {e['flops']['scratch']:.3g})"
+        for e in effects
+    ]
+
+
+UNTESTED = "†"
+
+
+def lead_mark(r: dict[str, Any]) -> str:
+    """The marker after the best cell: `*` a significant lead, `* n.s.` a tested lead inside the
+    noise, `†` a lead that no interval or test backs (never to be read as a win)."""
+    if r["test"] == "untested":
+        return UNTESTED
+    return "*" if r["significant"] else "* n.s."
+
+
+def legend(rows: list[dict[str, Any]]) -> str:
+    tests = sorted({r["test"] for r in rows if r["test"] not in ("untested", "not ranked")})
+    return (
+        f"*: best model in row, its lead over the runner-up significant at 95% ({', '.join(tests) or 'no test ran'}); "
+        f"n.s.: the lead is inside the noise; {UNTESTED}: best in row but untested (no interval, no test): not a significant win; "
+        "baseline columns are never ranked (the verdicts compare each model with them)"
+    )
+
+
+def verdicts(columns: list[Column]) -> list[tuple[str, dict[str, Any]]]:
+    """(model label, verdict) for every trained model, each seed on its own."""
+    out = []
+    for column in columns:
+        for model in column.models:
+            if "verdict" in model.eval:
+                label = column.label if len(column.models) == 1 else f"{column.label} (seed {model.seed})"
+                out.append((label, model.eval["verdict"]))
+    return out
+
+
 def print_table(columns: list[Column], rows: list[dict[str, Any]], stream=None) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    from textgen_cli.verdict import verdict_lines
+
     console = Console(file=stream, width=max(100, 32 + 30 * len(columns)))
-    table = Table(title="textgen compare", caption="* best in row; n.s.: the lead is inside the intervals (not significant)")
+    for label, verdict in verdicts(columns):
+        lines = verdict_lines(label, verdict)
+        style = "green" if verdict["ok"] else "bold red"
+        console.print(f"[{style}]{escape(lines[0])}[/{style}]", soft_wrap=True)
+        for line in lines[1:]:
+            console.print(escape(line), soft_wrap=True)
+    table = Table(title="textgen compare", caption=legend(rows))
     table.add_column("group")
     table.add_column("metric")
     for column in columns:
-        table.add_column(column.label, justify="right")
+        table.add_column(column.label, justify="right", style="dim" if column.baseline else None)
     previous = None
     for r in rows:
         cells = []
         for i, text in enumerate(r["cells"]):
             if i == r["best"]:
-                text = f"[bold green]{text} *[/bold green]" if r["significant"] else f"[bold]{text} * n.s.[/bold]"
+                mark = lead_mark(r)
+                text = f"[bold green]{text} {mark}[/bold green]" if mark == "*" else f"[bold]{escape(text)} {mark}[/bold]"
             cells.append(text)
         table.add_row(r["group"] if r["group"] != previous else "", r["label"], *cells)
         previous = r["group"]
     console.print(table)
+    for line in effect_lines(pretraining_effects(columns)):
+        console.print(escape(line), soft_wrap=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,6 +657,7 @@ def run_compare(recipes: Sequence[str], runs: Sequence[str], overrides: list[str
         evaluate_model(model)
     columns = build_columns(models)
     rows = table_rows(columns, reference.recipe.eval.bootstrap, reference.recipe.eval.seed)
+    effects = pretraining_effects(columns, reference.recipe.eval.bootstrap, reference.recipe.eval.seed)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     report_name = name or "-vs-".join(dict.fromkeys(m.loaded.name.split("-seed")[0] for m in models))
     folder = Path(reports_root) / f"{report_name}-{stamp}"
@@ -463,4 +666,4 @@ def run_compare(recipes: Sequence[str], runs: Sequence[str], overrides: list[str
         folder = Path(reports_root) / f"{report_name}-{stamp}-{suffix}"
         suffix += 1
     write_report(folder, columns, rows, models, match, seeds)
-    return {"report": str(folder), "columns": columns, "rows": rows, "elapsed_s": time.perf_counter() - started}
+    return {"report": str(folder), "columns": columns, "rows": rows, "pretraining": effects, "elapsed_s": time.perf_counter() - started}

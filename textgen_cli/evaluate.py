@@ -103,11 +103,18 @@ def versus(predictions: list[str], baseline: list[str], references: list[str], n
     return out
 
 
-def baseline_predictions(loaded, examples: list[EvalExample]) -> tuple[str, list[str]]:
-    """Copy-the-source for pairs tasks; the most frequent training response for dialogue."""
+def baseline_predictions(loaded, examples: list[EvalExample]) -> list[dict[str, Any]]:
+    """The trivial systems a model must beat, each as {key, label, name, predictions}.
+
+    Pairs: copy the source. Dialogue: retrieval (the response of the training example whose last
+    user turn is nearest to this one, TF-IDF cosine; deterministic) and the most frequent training
+    response."""
     recipe = loaded.recipe
     if recipe.data.finetune.task == "pairs":
-        return "copy source", [example.source for example in examples]
+        return [{"key": "copy_source", "label": "copy source", "name": "copy source", "predictions": [example.source for example in examples]}]
+    from textgen_cli.metrics.checks import NearestPrompt
+
+    training = examples_from(read_finetune_examples(recipe.data.finetune, "train", recipe.data.max_examples), "dialogue")
     counts = Counter(
         turn["content"]
         for dialogue in read_finetune_examples(recipe.data.finetune, "train", recipe.data.max_examples)
@@ -115,7 +122,71 @@ def baseline_predictions(loaded, examples: list[EvalExample]) -> tuple[str, list
         if turn["role"] == "assistant"
     )
     most_common = counts.most_common(1)[0][0]
-    return f"most frequent training response ({most_common!r})", [most_common] * len(examples)
+    out = [{"key": "most_frequent", "label": "most frequent response", "name": f"most frequent training response ({most_common!r})", "predictions": [most_common] * len(examples)}]
+    if training:
+        index = NearestPrompt([t.source for t in training])
+        retrieved = [training[index.nearest(example.source)].reference for example in examples]
+        out.append({"key": "retrieval", "label": "retrieval", "name": "retrieval (response of the nearest training prompt, TF-IDF cosine)", "predictions": retrieved})
+    return out
+
+
+def score_baselines(loaded, examples: list[EvalExample], predictions: list[str], metric_names: Sequence[str], n_resamples: int, seed: int) -> list[dict[str, Any]]:
+    """Every baseline scored like the model, with the paired bootstrap of model minus baseline."""
+    references = [e.reference for e in examples]
+    sources = [e.source for e in examples]
+    scored = []
+    for baseline in baseline_predictions(loaded, examples):
+        metrics, _ = score(metric_names, baseline["predictions"], references, sources)
+        scored.append(
+            {
+                "key": baseline["key"],
+                "label": baseline["label"],
+                "name": baseline["name"],
+                "metrics": metrics,
+                "versus": versus(predictions, baseline["predictions"], references, n_resamples, seed),
+            }
+        )
+    return scored
+
+
+def rotated(examples: list[EvalExample]) -> list[EvalExample]:
+    """Every example with the next example's prompt (the last gets the first's): the references stay."""
+    return [dataclasses.replace(example, prompt=examples[(i + 1) % len(examples)].prompt, source=examples[(i + 1) % len(examples)].source) for i, example in enumerate(examples)]
+
+
+def input_use(generator, examples: list[EvalExample], n: int, batch_size: int) -> dict[str, Any]:
+    """Does the model read its input? The reference bits per byte of the first `n` examples with their
+    own sources and with the sources rotated by one example (source[i] <- source[i+1]). A model that
+    ignores its input scores both the same: the gap is ~0."""
+    subset = examples[:n]
+    if n <= 0 or len(subset) < 2:
+        return {"examples": len(subset), "skipped": "eval.input_check is 0" if n <= 0 else "fewer than 2 examples", "bits_per_byte_true": None, "bits_per_byte_shuffled": None, "gap": None}
+    if len({e.source for e in subset}) < 2:
+        return {"examples": len(subset), "skipped": "every source is the same", "bits_per_byte_true": None, "bits_per_byte_shuffled": None, "gap": None}
+    true = likelihood(generator, subset, batch_size)
+    shuffled = likelihood(generator, rotated(subset), batch_size)
+    if true["bits_per_byte"] is None or shuffled["bits_per_byte"] is None:
+        return {"examples": len(subset), "skipped": "no reference fits the context", "bits_per_byte_true": None, "bits_per_byte_shuffled": None, "gap": None}
+    return {
+        "examples": true["examples"],
+        "bits_per_byte_true": true["bits_per_byte"],
+        "bits_per_byte_shuffled": shuffled["bits_per_byte"],
+        "gap": shuffled["bits_per_byte"] - true["bits_per_byte"],
+        "method": "sources rotated by one example (source[i] <- source[i+1]), same references",
+    }
+
+
+def degeneration(sources: list[str], predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Distinct outputs per distinct source, and the repeated 4-gram rate of outputs and references."""
+    from textgen_cli.metrics.checks import distinct_outputs_share, repeated_ngram_rate
+
+    return {
+        "distinct_outputs_share": distinct_outputs_share(sources, predictions),
+        "distinct_sources": len(set(sources)),
+        "distinct_outputs": len(set(predictions)),
+        "repeated_4gram_rate": repeated_ngram_rate(predictions, 4),
+        "reference_repeated_4gram_rate": repeated_ngram_rate(references, 4),
+    }
 
 
 def likelihood(generator, examples: list[EvalExample], batch_size: int) -> dict[str, float]:
@@ -228,13 +299,45 @@ def eval_hash(loaded, stage: str | None, split: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def output_dir(generator, explicit: str | None) -> Path:
-    """Beside the evaluated model's run files (runs/<name>/<stage>/), unless --output says otherwise."""
+EVALS_DIR = "evals"
+
+
+def output_dir(generator, explicit: str | None, split: str = "test", digest: str | None = None) -> Path:
+    """Where an evaluation's files go. --output DIR: there. A textgen run's model: the stage's default
+    evaluation, `<stage>/eval.json` beside the run files, is the first test-split evaluation made
+    of the stage (normally the one right after training) and is only ever replaced by the same
+    evaluation (same eval hash); any other evaluation (other settings, split or test file) gets its
+    own `<stage>/evals/<eval hash>/`, so that no evaluation overwrites another."""
     if explicit:
         return Path(explicit)
-    if generator.path.name == "final":
-        return generator.path.parent
-    raise UserError(f"--model {generator.path} is not a textgen run's final/ directory; give --output DIR for the evaluation files")
+    if generator.path.name != "final":
+        raise UserError(f"--model {generator.path} is not a textgen run's final/ directory; give --output DIR for the evaluation files")
+    stage_dir = generator.path.parent
+    if digest is None or (split == "test" and default_slot_open(stage_dir, digest)):
+        return stage_dir
+    return stage_dir / EVALS_DIR / digest
+
+
+def default_slot_open(stage_dir: Path, digest: str) -> bool:
+    """No default evaluation yet, or it is this very evaluation (same eval hash)."""
+    existing = stage_dir / "eval.json"
+    if not existing.is_file():
+        return True
+    try:
+        return json.loads(existing.read_text(encoding="utf-8")).get("eval_hash") == digest
+    except ValueError:
+        return False  # unreadable: keep it for a person to look at, write elsewhere
+
+
+def find_evaluation(stage_dir: Path, digest: str) -> Path | None:
+    """The folder holding this stage's evaluation with this eval hash, if one was made."""
+    for folder in (stage_dir, stage_dir / EVALS_DIR / digest):
+        try:
+            if json.loads((folder / "eval.json").read_text(encoding="utf-8")).get("eval_hash") == digest and (folder / "predictions.jsonl").is_file():
+                return folder
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def run_evaluate(
@@ -284,10 +387,9 @@ def run_evaluate(
     predictions, stats = decode([e.prompt for e in examples], "generating")
     metrics, signatures = score(section.metrics, predictions, references, sources)
     bounds = intervals(predictions, references, section.bootstrap, section.seed)
-    baseline_name, baseline = baseline_predictions(loaded, examples)
-    baseline_metrics, _ = score(section.metrics, baseline, references, sources)
-    versus_baseline = versus(predictions, baseline, references, section.bootstrap, section.seed)
+    baselines = score_baselines(loaded, examples, predictions, section.metrics, section.bootstrap, section.seed)
     scored = likelihood(generator, examples, generator.settings.batch_size)
+    uses_input = input_use(generator, examples, section.input_check, generator.settings.batch_size)
     prose = prose_likelihood(generator, recipe.data.pretrain.validation, recipe.data.pretrain.text_field, generator.settings.batch_size)
 
     robustness = []
@@ -329,13 +431,22 @@ def run_evaluate(
         "bootstrap": {"resamples": section.bootstrap, "seed": section.seed, "confidence": 0.95, "method": "paired percentile bootstrap over examples"},
         "likelihood": scored,
         "prose": prose,
-        "baseline": {"name": baseline_name, "metrics": baseline_metrics, "versus": versus_baseline},
+        "baseline": {key: baselines[0][key] for key in ("name", "metrics", "versus")},  # the first baseline (compatibility)
+        "baselines": baselines,
+        "input_use": uses_input,
+        "degeneration": degeneration(sources, predictions, references),
         "robustness": [{k: v for k, v in r.items() if k not in ("predictions", "prompts")} for r in robustness],
         "generation": {"new_tokens": stats.new_tokens, "seconds": stats.seconds, "tokens_per_s": stats.tokens_per_s, "examples_per_s": len(examples) / max(stats.seconds, 1e-9)},
         "eval_time_s": elapsed,
         "examples_per_s": len(examples) / max(elapsed, 1e-9),
     }
-    write_outputs(output_dir(generator, output), split, report, examples, predictions, robustness)
+    from textgen_cli.verdict import judge, thresholds_of
+
+    report["verdict"] = judge(report, thresholds_of(section))
+    folder = output_dir(generator, output, split, report["eval_hash"])
+    write_outputs(folder, "test" if folder.parent.name == EVALS_DIR else split, report, examples, predictions, robustness)
+    where = "the stage's default evaluation" if not output and folder == generator.path.parent else ("a separate record; the stage's default evaluation is untouched" if not output else "--output")
+    log(f"evaluate: wrote {report['files']['eval']} ({where})")
     return report
 
 
@@ -357,42 +468,79 @@ def write_outputs(folder: Path, split: str, report: dict[str, Any], examples: li
     write_text_atomic(folder / f"eval{suffix}.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 
 
+def diff_cell(row: str, diff: dict[str, Any] | None, value: float, base: float | None) -> str:
+    """Model minus baseline: green when significantly better, red when significantly worse, `n.s.`
+    inside the interval; without an interval the plain difference, marked untested."""
+    better = HIGHER_IS_BETTER.get(row, True)
+    if diff is not None:
+        worse = (diff["high"] < 0) if better else (diff["low"] > 0)
+        significant = diff["low"] > 0 or diff["high"] < 0
+        style = "red" if worse else ("green" if significant else "")
+        text = f"{diff['diff']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}]"
+        return f"[{style}]{text}[/{style}]" if style else f"{text} n.s."
+    if base is not None:
+        return f"{value - base:+.4g} (untested)"
+    return ""
+
+
+def print_verdict(report: dict[str, Any], console) -> None:
+    from rich.markup import escape
+
+    from textgen_cli.verdict import verdict_lines
+
+    verdict = report.get("verdict")
+    if verdict is None:
+        return
+    lines = verdict_lines(f"verdict for {report['recipe_name']} {report['stage'] or 'model'}", verdict)
+    style = "green" if verdict["ok"] else "bold red"
+    console.print(f"[{style}]{escape(lines[0])}[/{style}]", soft_wrap=True)
+    for line in lines[1:]:
+        console.print(escape(line), soft_wrap=True)
+
+
 def print_table(report: dict[str, Any], stream=None) -> None:
-    """The terminal view: model vs baseline with intervals; a model that loses is marked."""
+    """The terminal view: the verdict, then the model against every baseline with intervals."""
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=stream, width=120)
-    table = Table(title=f"{report['recipe_name']} · {report['stage'] or 'model'} · {report['split']} split · {report['n_examples']} examples")
+    console = Console(file=stream, width=140)
+    print_verdict(report, console)
+    baselines = report.get("baselines") or [{"label": report["baseline"]["name"], **report["baseline"]}]
+    table = Table(
+        title=f"{report['recipe_name']} · {report['stage'] or 'model'} · {report['split']} split · {report['n_examples']} examples",
+        caption="model - baseline: paired bootstrap 95% interval; green/red: significantly better/worse; n.s.: inside the interval; untested: no interval",
+    )
     table.add_column("metric")
     table.add_column("model", justify="right")
     table.add_column("95% interval", justify="right")
-    table.add_column(report["baseline"]["name"][:40], justify="right")
-    table.add_column("model - baseline [95%]", justify="right")
-    versus_rows = report["baseline"]["versus"]
+    for baseline in baselines:
+        table.add_column(baseline["label"][:30], justify="right")
+        table.add_column(f"model - {baseline['label'][:22]} [95%]", justify="right")
     for row, value in report["metrics"].items():
         bound = report["intervals"].get(row)
-        base = report["baseline"]["metrics"].get(row)
-        diff = versus_rows.get(row)
-        better = HIGHER_IS_BETTER.get(row, True)
-        if diff is not None:
-            worse = (diff["high"] < 0) if better else (diff["low"] > 0)
-            significant = diff["low"] > 0 or diff["high"] < 0
-            style = "red" if worse else ("green" if significant else "")
-            diff_text = f"[{style}]{diff['diff']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}][/{style}]" if style else f"{diff['diff']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}] n.s."
-        elif base is not None:
-            diff_text = f"{value - base:+.4g}"
-        else:
-            diff_text = ""
-        table.add_row(row, f"{value:.4g}", f"[{bound['low']:.4g}, {bound['high']:.4g}]" if bound else "", f"{base:.4g}" if base is not None else "", diff_text)
+        cells = [row, f"{value:.4g}", f"[{bound['low']:.4g}, {bound['high']:.4g}]" if bound else ""]
+        for baseline in baselines:
+            base = baseline["metrics"].get(row)
+            cells += [f"{base:.4g}" if base is not None else "", diff_cell(row, baseline["versus"].get(row), value, base)]
+        table.add_row(*cells)
+    blank = [""] * (2 * len(baselines))
     lik = report["likelihood"]
     if lik["bits_per_byte"] is not None:
-        skipped = f" ({lik['skipped_too_long']} references longer than the context left out)" if lik["skipped_too_long"] else ""
-        table.add_row("bits per byte", f"{lik['bits_per_byte']:.4f}", "", "", skipped)
-        table.add_row("perplexity", f"{lik['perplexity']:.2f}", "", "", "")
+        skipped = f"{lik['skipped_too_long']} references longer than the context left out" if lik["skipped_too_long"] else ""
+        table.add_row("bits per byte", f"{lik['bits_per_byte']:.4f}", skipped, *blank)
+        table.add_row("perplexity", f"{lik['perplexity']:.2f}", "", *blank)
+    use = report.get("input_use") or {}
+    if use.get("gap") is not None:
+        table.add_row(f"bits per byte, own sources ({use['examples']})", f"{use['bits_per_byte_true']:.4f}", "", *blank)
+        table.add_row(f"bits per byte, shuffled sources ({use['examples']})", f"{use['bits_per_byte_shuffled']:.4f}", "", *blank)
+        table.add_row("input-use gap (shuffled - own)", f"{use['gap']:+.4f}", "", *blank)
+    degenerate = report.get("degeneration") or {}
+    if degenerate:
+        table.add_row("distinct outputs / distinct sources", f"{degenerate['distinct_outputs_share']:.3f}", f"{degenerate['distinct_outputs']} / {degenerate['distinct_sources']}", *blank)
+        table.add_row("repeated 4-gram rate", f"{degenerate['repeated_4gram_rate']:.3f}", f"references {degenerate['reference_repeated_4gram_rate']:.3f}", *blank)
     prose = report.get("prose", {})
     if "bits_per_byte" in prose:
-        table.add_row("prose bits per byte", f"{prose['bits_per_byte']:.4f}", "", "", f"held-out prose, window {prose['window']}, stride {prose['stride']}")
+        table.add_row("prose bits per byte", f"{prose['bits_per_byte']:.4f}", f"window {prose['window']}, stride {prose['stride']}", *blank)
     console.print(table)
     for r in report["robustness"]:
         parts = ", ".join(f"{row} {report['metrics'][row]:.4g} -> {r['metrics'][row]:.4g} ({-r['drop'][row]:+.4g}, {-100 * r['relative_drop'][row]:+.1f}%)" for row in ("bleu", "chrf", "rougeL") if row in r["metrics"])
@@ -400,5 +548,6 @@ def print_table(report: dict[str, Any], stream=None) -> None:
     gen = report["generation"]
     console.print(
         f"generated {gen['new_tokens']:,} tokens at {gen['tokens_per_s']:,.0f} tokens/s; evaluation took {report['eval_time_s']:.1f} s "
-        f"({report['examples_per_s']:.1f} examples/s); files: {report['files']['eval']}"
+        f"({report['examples_per_s']:.1f} examples/s)"
     )
+    console.print(f"evaluation written to {report['files']['eval']} (predictions: {report['files']['predictions']})", soft_wrap=True)

@@ -298,6 +298,11 @@ def validate_values(recipe: Recipe, source: str, override_keys: set[str] = froze
         fail("eval.bootstrap", "a positive number of resamples", recipe.eval.bootstrap)
     if recipe.eval.max_examples is not None and recipe.eval.max_examples < 1:
         fail("eval.max_examples", "a positive integer or null", recipe.eval.max_examples)
+    for key in ("input_check", "min_input_gap", "min_distinct_outputs", "max_repetition_excess"):
+        if getattr(recipe.eval, key) < 0:
+            fail(f"eval.{key}", "zero or more", getattr(recipe.eval, key))
+    if recipe.train.eval_generate < 0:
+        fail("train.eval_generate", "zero (off) or a positive number of validation examples", recipe.train.eval_generate)
     from textgen_cli.perturb import parse_spec
 
     for spec in recipe.eval.perturb:

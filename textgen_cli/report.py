@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import io
 import json
 import os
 import platform
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from textgen_cli import __version__
-from textgen_cli.runs import read_metrics
+from textgen_cli.runs import read_metrics, write_text_atomic
 
 if TYPE_CHECKING:
     from textgen_cli.compare import Column, Model
@@ -72,6 +73,7 @@ def metric_records(columns: list["Column"], models: list["Model"]) -> list[dict[
             records.append(
                 {
                     "model": column.label,
+                    "kind": "baseline" if column.baseline else "model",
                     "metric": row,
                     "group": groups.get(row, "robustness" if "@" in row else "other"),
                     "value": cell.value,
@@ -105,7 +107,7 @@ def recipe_diff(models: list["Model"]) -> list[tuple[str, list[str]]]:
 
 def examples(models: list["Model"]) -> list[dict[str, Any]]:
     first = models[0]
-    lines = (first.loaded.run_dir(first.stage) / "predictions.jsonl").read_text(encoding="utf-8").splitlines()[:N_EXAMPLES]
+    lines = ((first.eval_dir or first.loaded.run_dir(first.stage)) / "predictions.jsonl").read_text(encoding="utf-8").splitlines()[:N_EXAMPLES]
     out = []
     for index, line in enumerate(lines):
         record = json.loads(line)
@@ -130,6 +132,8 @@ def plots(folder: Path, columns: list["Column"], models: list["Model"]) -> dict[
     files = {}
     fig_train, ax_train = plt.subplots(figsize=(8, 4.5))
     fig_val, ax_val = plt.subplots(figsize=(8, 4.5))
+    fig_bleu, ax_bleu = plt.subplots(figsize=(8, 4.5))
+    curves = 0
     for model in _one_per_column(models):
         offset = 0
         for run_dir, summary in zip(model.run_dirs, model.summaries):
@@ -141,16 +145,24 @@ def plots(folder: Path, columns: list["Column"], models: list["Model"]) -> dict[
                 ax_train.plot(*zip(*train), label=label)
             if val:
                 ax_val.plot(*zip(*val), marker="o", markersize=3, label=label)
+            bleu = [(offset + r.get("tokens", 0), r["val_bleu"]) for r in records if "val_bleu" in r]
+            if bleu:
+                ax_bleu.plot(*zip(*bleu), marker="o", markersize=3, label=label)
+                curves += 1
             offset += summary["tokens"]
     for fig, ax, title, ylabel, name in (
         (fig_train, ax_train, "Training loss against tokens (stages one after another)", "training loss (nats/token)", "loss_vs_tokens.png"),
         (fig_val, ax_val, "Validation loss against tokens", "validation loss (nats/token)", "validation.png"),
+        (fig_bleu, ax_bleu, "Learning curve: validation BLEU against tokens (train.eval_generate)", "validation BLEU (greedy)", "bleu_vs_tokens.png"),
     ):
         ax.set_title(title)
         ax.set_xlabel("training tokens")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax is ax_bleu and not curves:
+            ax.text(0.5, 0.5, "no val_bleu logged: train with train.eval_generate=N (N > 0)", ha="center", va="center", transform=ax.transAxes)
+        else:
+            ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(folder / name, dpi=110)
         plt.close(fig)
@@ -187,28 +199,60 @@ def plots(folder: Path, columns: list["Column"], models: list["Model"]) -> dict[
 
 
 def markdown_table(columns: list["Column"], rows: list[dict[str, Any]]) -> str:
+    from textgen_cli.compare import lead_mark
+
     lines = ["| group | metric | " + " | ".join(c.label for c in columns) + " |", "|---|---|" + "---:|" * len(columns)]
     for r in rows:
         cells = []
         for i, text in enumerate(r["cells"]):
             if i == r["best"]:
-                text = f"**{text}**" + ("" if r["significant"] else " (n.s.)")
+                mark = lead_mark(r)
+                text = f"**{text}** {mark}" if mark == "*" else f"**{text}** ({mark})"
             cells.append(text)
         lines.append(f"| {r['group']} | {r['label']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def html_table(columns: list["Column"], rows: list[dict[str, Any]]) -> str:
-    head = "<tr><th>group</th><th>metric</th>" + "".join(f"<th>{html.escape(c.label)}</th>" for c in columns) + "</tr>"
+    from textgen_cli.compare import lead_mark
+
+    head = "<tr><th>group</th><th>metric</th>" + "".join(f'<th{" class=baseline" if c.baseline else ""}>{html.escape(c.label)}</th>' for c in columns) + "</tr>"
     body = []
     for r in rows:
         cells = []
         for i, text in enumerate(r["cells"]):
-            cls = ' class="best"' if i == r["best"] and r["significant"] else (' class="best ns"' if i == r["best"] else "")
-            suffix = "" if i != r["best"] or r["significant"] else " <small>(n.s.)</small>"
+            mark = lead_mark(r) if i == r["best"] else ""
+            cls = ' class="best"' if mark == "*" else (' class="best ns"' if mark else (' class="baseline"' if columns[i].baseline else ""))
+            suffix = "" if not mark else (" *" if mark == "*" else f" <small>({html.escape(mark)})</small>")
             cells.append(f"<td{cls}>{html.escape(text)}{suffix}</td>")
         body.append(f"<tr><td>{html.escape(r['group'])}</td><td>{html.escape(r['label'])}</td>{''.join(cells)}</tr>")
     return f"<table>{head}{''.join(body)}</table>"
+
+
+def verdict_markdown(columns: list["Column"]) -> list[str]:
+    from textgen_cli.compare import verdicts
+
+    lines = ["## Verdict", ""]
+    for label, verdict in verdicts(columns):
+        if verdict["ok"]:
+            lines.append(f"- **{label}: OK** ({'; '.join(verdict['passed'])})")
+        else:
+            lines.append(f"- **{label}: FLAGGED, do not trust its ranking**")
+            lines += [f"  - {flag}" for flag in verdict["flags"]]
+    return [*lines, ""]
+
+
+def verdict_html(columns: list["Column"]) -> str:
+    from textgen_cli.compare import verdicts
+
+    items = []
+    for label, verdict in verdicts(columns):
+        if verdict["ok"]:
+            items.append(f'<li class="ok"><b>{html.escape(label)}: OK</b> ({html.escape("; ".join(verdict["passed"]))})</li>')
+        else:
+            reasons = "".join(f"<li>{html.escape(flag)}</li>" for flag in verdict["flags"])
+            items.append(f'<li class="flagged"><b>{html.escape(label)}: FLAGGED, do not trust its ranking</b><ul>{reasons}</ul></li>')
+    return f"<h2>Verdict</h2><ul>{''.join(items)}</ul>"
 
 
 def runs_used(models: list["Model"]) -> list[dict[str, Any]]:
@@ -226,20 +270,33 @@ def write_report(folder: Path, columns: list["Column"], rows: list[dict[str, Any
     try:
         prov = provenance(models, match, seeds)
         records = metric_records(columns, models)
-        (tmp / "metrics.json").write_text(json.dumps({"metrics": records, "provenance": prov, "runs": runs_used(models)}, indent=2), encoding="utf-8")
-        with (tmp / "metrics.csv").open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(records[0]))
-            writer.writeheader()
-            writer.writerows(records)
+        from textgen_cli.compare import verdicts
+
+        judged = [{"model": label, **verdict} for label, verdict in verdicts(columns)]
+        from textgen_cli.compare import pretraining_effects
+
+        write_text_atomic(tmp / "metrics.json", json.dumps({"metrics": records, "verdicts": judged, "pretraining": pretraining_effects(columns), "provenance": prov, "runs": runs_used(models)}, indent=2))
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+        write_text_atomic(tmp / "metrics.csv", table.getvalue())
         images = plots(tmp, columns, models)
         diff = recipe_diff(models)
         samples = examples(models)
         used = runs_used(models)
         names = list(dict.fromkeys(m.loaded.name for m in models))
 
-        md = [f"# textgen compare: {' vs '.join(c.label for c in columns)}", "", markdown_table(columns, rows), ""]
-        md += ["**bold**: best in row; (n.s.): its lead over the runner-up is inside the intervals (paired bootstrap for BLEU/chrF/ROUGE-L with one seed; ±1 std with several seeds).", ""]
-        md += ["## Plots", "", "![training loss](loss_vs_tokens.png)", "", "![validation loss](validation.png)", "", "![metrics](metrics.png)", ""]
+        from textgen_cli.compare import legend
+
+        models_only = [c for c in columns if not c.baseline]
+        from textgen_cli.compare import effect_lines, pretraining_effects
+
+        effects = pretraining_effects(columns)
+        effects_md = ["## Does pretraining help?", "", *(f"- {line}" for line in effect_lines(effects)), ""] if effects else []
+        md = [f"# textgen compare: {' vs '.join(c.label for c in models_only)}", "", *verdict_markdown(columns), *effects_md, "## Results", "", markdown_table(columns, rows), ""]
+        md += [f"**bold**: best model in row. {legend(rows)}. With one seed the tests are paired bootstraps over the test examples (BLEU/chrF/ROUGE-L) or the 95% intervals; with several seeds Welch's t-test over the seed values (cells: mean ± std).", ""]
+        md += ["## Plots", "", "![training loss](loss_vs_tokens.png)", "", "![validation loss](validation.png)", "", "![validation BLEU against training tokens](bleu_vs_tokens.png)", "", "![metrics](metrics.png)", ""]
         md += ["## Runs used", "", "| model | stage | run | reused | steps |", "|---|---|---|---|---:|"]
         md += [f"| {u['model']} | {u['stage']} | `{u['run']}` | {'yes' if u['reused'] else 'trained now'} | {u['steps']} |" for u in used]
         md += ["", "## Settings that differ", "", "| key | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -250,7 +307,7 @@ def write_report(folder: Path, columns: list["Column"], rows: list[dict[str, Any
             md += [f"- {label}: {text}" for label, text in sample["outputs"].items()]
             md += [""]
         md += ["## Provenance", "", "```json", json.dumps(prov, indent=2), "```", ""]
-        (tmp / "report.md").write_text("\n".join(md), encoding="utf-8")
+        write_text_atomic(tmp / "report.md", "\n".join(md))
 
         embedded = {name: base64.b64encode(path.read_bytes()).decode() for name, path in images.items()}
         example_html = "".join(
@@ -271,15 +328,20 @@ def write_report(folder: Path, columns: list["Column"], rows: list[dict[str, Any
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; }} th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
 td:first-child, td:nth-child(2), th {{ text-align: left; }} td.best {{ background: #e3f6e3; font-weight: bold; }} td.ns {{ background: #f4f4f4; }}
+td.baseline, th.baseline {{ color: #666; font-style: italic; }} li.flagged {{ color: #a00; }} li.ok {{ color: #060; }} li.flagged li {{ color: #222; }}
 img {{ max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }} pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
 </style></head><body>
 <h1>textgen compare</h1>
-<p>{html.escape(' vs '.join(c.label for c in columns))} on {prov['test_examples']} test examples, the same metrics and decoding settings for every model.
-Best in each row highlighted; grey: the lead over the runner-up is not significant.</p>
+{verdict_html(columns)}
+{("<h2>Does pretraining help?</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in effect_lines(effects)) + "</ul>") if effects else ""}
+<p>{html.escape(' vs '.join(c.label for c in columns if not c.baseline))} on {prov['test_examples']} test examples, the same metrics and decoding settings for every model.
+Best model in each row highlighted; grey: the lead over the runner-up is not significant (n.s.) or untested.</p>
 <h2>Results</h2>{html_table(columns, rows)}
+<p><small>{html.escape(legend(rows))}</small></p>
 <h2>Plots</h2>
 <img alt="training loss against tokens" src="data:image/png;base64,{embedded['loss_vs_tokens.png']}">
 <img alt="validation loss against tokens" src="data:image/png;base64,{embedded['validation.png']}">
+<img alt="validation BLEU against tokens" src="data:image/png;base64,{embedded['bleu_vs_tokens.png']}">
 <img alt="metrics with intervals" src="data:image/png;base64,{embedded['metrics.png']}">
 <h2>Runs used</h2>{runs_html}
 <h2>Settings that differ</h2>{diff_html}
@@ -287,7 +349,7 @@ Best in each row highlighted; grey: the lead over the runner-up is not significa
 <h2>Provenance</h2><pre>{html.escape(json.dumps(prov, indent=2))}</pre>
 </body></html>
 """
-        (tmp / "report.html").write_text(page, encoding="utf-8")
+        write_text_atomic(tmp / "report.html", page)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)

@@ -109,6 +109,7 @@ class TrainSection:
     compile: bool = _key(False, "torch.compile the model (pays off on CUDA for long runs; off by default on CPU, where it did not measure faster).")
     on_nonfinite: str = _key("stop", "A non-finite loss or gradient: `stop` the run (keeping the last good checkpoint) or `skip` the step.")
     max_skips: int = _key(3, "With on_nonfinite=skip: stop after this many skipped steps.")
+    eval_generate: int = _key(0, "Finetune and adv-train: at every validation pass also greedy-decode this many validation examples and log their BLEU as `val_bleu` in metrics.jsonl (0: off; one process only).")
 
 
 @dataclass
@@ -183,6 +184,10 @@ class EvalSection:
     max_examples: Optional[int] = _key(None, "Score at most this many examples of the split (null: all).")
     perturb: List[str] = _key([], "Robustness: also score perturbed sources, e.g. [\"char:0.1\", \"word_drop:0.1\"] (KIND:RATE).")
     after_finetune: bool = _key(True, "Evaluate on the test split right after `finetune` (and `adv-train`) when the recipe has one.")
+    input_check: int = _key(128, "Input-use check: score the reference bits per byte of the first N examples with their own sources and with sources rotated by one example (0: off).")
+    min_input_gap: float = _key(0.1, "Verdict: flag a model whose shuffled-minus-true bits per byte gap (input_check) is below this: it ignores its input.")
+    min_distinct_outputs: float = _key(0.5, "Verdict: flag a model with distinct outputs for fewer than this share of the distinct sources (degenerate).")
+    max_repetition_excess: float = _key(0.2, "Verdict: flag a model whose repeated 4-gram rate exceeds the references' own by more than this (degenerate).")
 
 
 @dataclass

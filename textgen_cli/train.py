@@ -503,7 +503,10 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
             if step % section.eval_every == 0 or step == steps:
                 state.last_val = evaluate_loss(model, val_set, section.batch_size, section.eval_batches, device, ranks)
                 if ranks.main:
-                    run.append_metrics({"step": step, "tokens": state.tokens_seen, **state.last_val})
+                    from textgen_cli.train_eval import validation_generation  # train.eval_generate: val_bleu ({} when off)
+
+                    generated = validation_generation(loaded, stage, accelerator.unwrap_model(model), tokenizer, ranks.world)
+                    run.append_metrics({"step": step, "tokens": state.tokens_seen, **state.last_val, **generated})
                 reporter.message(f"{stage} step {step}: validation loss {state.last_val['val_loss']:.4f} (ppl {state.last_val['val_ppl']:.2f})")
             state.elapsed = time.perf_counter() - clock
             if stop_votes > 0:  # a signal reached at least one process: all of them stop here

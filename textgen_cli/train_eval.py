@@ -1,0 +1,65 @@
+"""BLEU during training: a learning curve of what the model writes, not only of its loss.
+
+With `train.eval_generate: N` (N > 0), every validation pass of `finetune` and `adv-train`
+greedy-decodes the first N validation examples with the model being trained and logs their corpus
+BLEU (sacreBLEU, the shipped `bleu` metric's defaults) as `val_bleu` in metrics.jsonl, beside
+`val_loss`. `textgen compare` plots it against training tokens for every model. Decoding is greedy
+and in eval mode, so it draws no random numbers: the training run is the same with or without it.
+One process only (with several, the other processes would wait at the next collective).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from textgen_cli.progress import log
+
+_EXAMPLES: dict[tuple[str, int], list] = {}
+_WARNED: set[str] = set()
+
+
+def validation_examples(loaded, n: int) -> list:
+    from textgen_cli.data import read_finetune_examples
+    from textgen_cli.evaluate import examples_from
+
+    finetune = loaded.recipe.data.finetune
+    key = (str(finetune.validation), n)
+    if key not in _EXAMPLES:
+        _EXAMPLES[key] = examples_from(read_finetune_examples(finetune, "validation", n), finetune.task)[:n]
+    return _EXAMPLES[key]
+
+
+def validation_generation(loaded, stage: str, model, tokenizer, world: int = 1) -> dict[str, Any]:
+    """{"val_bleu": ..., "val_bleu_examples": n} for a validation pass, or {} when off."""
+    n = loaded.recipe.train.eval_generate
+    if n <= 0 or stage not in ("finetune", "adv-train"):
+        return {}
+    if world > 1:
+        if stage not in _WARNED:
+            log(f"{stage}: train.eval_generate is skipped with {world} processes (one process only)")
+            _WARNED.add(stage)
+        return {}
+    import sacrebleu
+
+    from textgen_cli.generate import Generator, prompt_format
+    from textgen_cli.train import configure_generation
+
+    r = loaded.recipe
+    examples = validation_examples(loaded, n)
+    if not examples:
+        return {}
+    configure_generation(model, tokenizer, r.model.context)
+    settings = dataclasses.replace(r.generate, do_sample=False, num_beams=1)
+    generator = Generator(
+        model, tokenizer, r.model.family, prompt_format(r.model.family, r.data.finetune.task, stage, r.generate.prompt_format),
+        r.data.finetune.task, r.prompt.system if r.model.family == "chatgpt" else "", settings, Path("."), stage, r,
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        outputs = [result.output for result in generator.batch([e.prompt for e in examples])]
+    finally:
+        model.train(was_training)
+    return {"val_bleu": sacrebleu.corpus_bleu(outputs, [[e.reference for e in examples]]).score, "val_bleu_examples": len(examples)}
