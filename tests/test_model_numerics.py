@@ -36,3 +36,17 @@ def test_chatgpt_fused_gelu_matches_gpt2_gelu_new(tokenizer):
     assert not torch.equal(fused_logits, torch.zeros_like(fused_logits))
     torch.testing.assert_close(fused_logits, unfused_logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fused_grad, unfused_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_training_uses_the_fused_adamw_kernel_on_cpu():
+    """torch's default AdamW on CPU is a per-parameter Python loop; the loop asks for the fused kernel."""
+    from textgen_cli.train import build_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    optimizer = build_optimizer(model, weight_decay=0.01, lr=1e-3, device_type="cpu")
+    assert [group["fused"] for group in optimizer.param_groups] == [True, True]
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [0.01, 0.0]
+    model(torch.randn(2, 4)).sum().backward()
+    before = model[0].weight.detach().clone()
+    optimizer.step()
+    assert not torch.equal(before, model[0].weight)
