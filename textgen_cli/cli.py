@@ -15,7 +15,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from textgen_cli import __version__
-from textgen_cli.errors import Interrupted, TrainingDiverged, UserError
+from textgen_cli.errors import Interrupted, TrainingDiverged, UserError, WorkerDied
 
 # textgen never talks to a hub: models, tokenizers, data and metrics are all local.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -53,7 +53,7 @@ def guarded(debug: bool, action: Callable[[], Any]) -> Any:
     except Interrupted as exc:
         print(f"{exc}", file=sys.stderr)
         raise typer.Exit(exc.exit_code) from None
-    except TrainingDiverged as exc:
+    except (TrainingDiverged, WorkerDied) as exc:
         if debug:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)

@@ -13,6 +13,10 @@ class TrainingDiverged(RuntimeError):
     """A non-finite loss or gradient. Not the user's input, so the exit code is 1."""
 
 
+class WorkerDied(RuntimeError):
+    """A worker process was killed (the out-of-memory killer, usually). Not the user's input: exit code 1."""
+
+
 class Interrupted(Exception):
     """SIGINT or SIGTERM: a checkpoint was saved; exit with 128 + the signal number (130 / 143)."""
 
