@@ -238,11 +238,11 @@ NANOGPT = ["model.layers=4", "model.heads=4", "model.hidden=128", "model.ffn=512
            "model.attention_dropout=0", "train.batch_size=12", "tokenizer.vocab_size=4096"]
 
 
-def reference_tokens_per_s(loaded, tokens: np.ndarray, steps: int, warmup: int, fused: bool) -> float:
+def reference_tokens_per_s(loaded, tokens: np.ndarray, steps: int, warmup: int, fused: bool) -> tuple[float, float]:
     """nanoGPT's training loop on `ReferenceGPT`: random windows of the token stream per step (its
     `get_batch`), AdamW over decay / no-decay groups (torch's default implementation unless `fused`,
     as nanoGPT does on CPU), clipping at 1.0, `loss.item()` every step (its CPU `log_interval=1`);
-    wall-clock tokens/s over the steps after `warmup`."""
+    (wall-clock, CPU-time) tokens/s over the steps after `warmup`."""
     m, batch = loaded.recipe.model, loaded.recipe.train.batch_size
     torch.manual_seed(0)
     model = ReferenceGPT(loaded.recipe.tokenizer.vocab_size, m.context, m.hidden, m.layers, m.heads, m.ffn)
@@ -261,7 +261,7 @@ def reference_tokens_per_s(loaded, tokens: np.ndarray, steps: int, warmup: int, 
     x, y = get_batch()
     for step in range(warmup + steps):
         if step == warmup:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
         loss = model(x, y)
         x, y = get_batch()
         loss.backward()
@@ -269,26 +269,39 @@ def reference_tokens_per_s(loaded, tokens: np.ndarray, steps: int, warmup: int, 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         loss.item()
-    return steps * batch * m.context / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return steps * batch * m.context / wall, steps * batch * m.context / cpu
 
 
-def textgen_wall_tokens_per_s(loaded, data, steps: int, warmup: int) -> float:
-    """textgen's `train_stage`, wall-clock tokens/s between the end of step `warmup` and the last
-    step (its logged `elapsed_s`, which counts everything the loop does, logging included)."""
+def textgen_wall_tokens_per_s(loaded, data, steps: int, warmup: int) -> tuple[float, float]:
+    """textgen's `train_stage`, (wall-clock, CPU-time) tokens/s between the logging of step
+    `warmup` and of the last step: everything the loop does, logging included. The clocks are read
+    when the loop writes a metrics row (a wrapper around `RunDir.append_metrics`, benchmark only)."""
+    from textgen_cli.runs import RunDir
     from textgen_cli.train import train_stage
 
     torch.manual_seed(0)
     model = FAMILIES[loaded.recipe.model.family].build(loaded.recipe.model, Vocab(loaded.recipe.tokenizer.vocab_size))
-    with tempfile.TemporaryDirectory() as root:
-        run = load_recipe(str(loaded.path), [*loaded.overrides, f"run.root={root}", "run.name=bench", f"pretrain.steps={warmup + steps}",
-                                             f"train.eval_every={10 * (warmup + steps)}", f"train.log_every={warmup}", "train.eval_batches=1",
-                                             "checkpoint.every=0"])
-        train_stage(run, "pretrain", model, _NoTokenizer(), data, data, {})
-        rows = [json.loads(line) for line in (Path(root) / "bench/pretrain/metrics.jsonl").read_text().splitlines()]
-    windows = [r for r in rows if "tokens_per_s" in r]
-    first, last = windows[0], windows[-1]
-    assert first["step"] == warmup and last["step"] == warmup + steps
-    return (last["tokens"] - first["tokens"]) / (last["elapsed_s"] - first["elapsed_s"])
+    marks: list[tuple[int, int, float, float]] = []  # (step, tokens, wall, cpu) at each logging window
+    append = RunDir.append_metrics
+
+    def timed_append(self, row, *args, **kwargs):
+        if "tokens_per_s" in row:
+            marks.append((row["step"], row["tokens"], time.perf_counter(), time.process_time()))
+        return append(self, row, *args, **kwargs)
+
+    RunDir.append_metrics = timed_append
+    try:
+        with tempfile.TemporaryDirectory() as root:
+            run = load_recipe(str(loaded.path), [*loaded.overrides, f"run.root={root}", "run.name=bench", f"pretrain.steps={warmup + steps}",
+                                                 f"train.eval_every={10 * (warmup + steps)}", f"train.log_every={warmup}", "train.eval_batches=1",
+                                                 "checkpoint.every=0"])
+            train_stage(run, "pretrain", model, _NoTokenizer(), data, data, {})
+    finally:
+        RunDir.append_metrics = append
+    (first_step, first_tokens, first_wall, first_cpu), (last_step, last_tokens, last_wall, last_cpu) = marks[0], marks[-1]
+    assert first_step == warmup and last_step == warmup + steps
+    return (last_tokens - first_tokens) / (last_wall - first_wall), (last_tokens - first_tokens) / (last_cpu - first_cpu)
 
 
 def load_average() -> float:
@@ -306,13 +319,17 @@ def compare_nanogpt(args) -> None:
         "reference_fused_adamw": lambda: reference_tokens_per_s(loaded, tokens, args.steps, args.warmup, fused=True),
     }
     runs: dict[str, list[float]] = {name: [] for name in ways}
+    cpu_runs: dict[str, list[float]] = {name: [] for name in ways}
     loads: list[float] = []
     for repeat in range(args.repeats):
         order = list(ways) if repeat % 2 == 0 else list(reversed(ways))  # alternate, so no way always goes first
         for name in order:
             loads.append(load_average())
-            runs[name].append(ways[name]())
-        print(f"repeat {repeat + 1}: " + "  ".join(f"{n} {runs[n][-1]:,.0f}" for n in ways) + f"  (load average {loads[-1]:.2f})", flush=True)
+            wall, cpu = ways[name]()
+            runs[name].append(wall)
+            cpu_runs[name].append(cpu)
+        print(f"repeat {repeat + 1}: " + "  ".join(f"{n} {runs[n][-1]:,.0f} ({cpu_runs[n][-1]:,.0f} per CPU s)" for n in ways)
+              + f"  (load average {loads[-1]:.2f})", flush=True)
     ref_params = sum(p.numel() for p in ReferenceGPT(4096, 64, 128, 4, 4, 512).parameters())
     ours_params = sum(p.numel() for p in FAMILIES["chatgpt"].build(loaded.recipe.model, Vocab(4096)).parameters())
     result = {
@@ -322,16 +339,21 @@ def compare_nanogpt(args) -> None:
         "repeats": args.repeats,
         "parameters": {"textgen": ours_params, "reference": ref_params},
         "median_tokens_per_s": {name: statistics.median(values) for name, values in runs.items()},
+        "median_tokens_per_cpu_s": {name: statistics.median(values) for name, values in cpu_runs.items()},
+        # the median over repeats of each repeat's ratio (each pair ran back to back)
         "ratio_textgen_to_reference": statistics.median(a / b for a, b in zip(runs["textgen"], runs["reference"])),
         "ratio_textgen_to_reference_fused_adamw": statistics.median(a / b for a, b in zip(runs["textgen"], runs["reference_fused_adamw"])),
+        "cpu_ratio_textgen_to_reference": statistics.median(a / b for a, b in zip(cpu_runs["textgen"], cpu_runs["reference"])),
+        "cpu_ratio_textgen_to_reference_fused_adamw": statistics.median(a / b for a, b in zip(cpu_runs["textgen"], cpu_runs["reference_fused_adamw"])),
         "load_average_1min": {"min": min(loads), "median": statistics.median(loads), "max": max(loads)},
         "runs": runs,
+        "cpu_runs": cpu_runs,
     }
-    for name, value in result["median_tokens_per_s"].items():
-        print(f"{name:<22} {value:>9,.0f} tokens/s")
-    print(f"textgen / reference GPT: {result['ratio_textgen_to_reference']:.3f}   "
-          f"textgen / reference GPT with fused AdamW: {result['ratio_textgen_to_reference_fused_adamw']:.3f}   "
-          f"load average {result['load_average_1min']}")
+    for name in ways:
+        print(f"{name:<22} {result['median_tokens_per_s'][name]:>9,.0f} tokens/s  {result['median_tokens_per_cpu_s'][name]:>9,.0f} tokens per CPU s")
+    print(f"textgen / reference GPT: wall {result['ratio_textgen_to_reference']:.3f}, CPU {result['cpu_ratio_textgen_to_reference']:.3f}   "
+          f"textgen / reference GPT with fused AdamW: wall {result['ratio_textgen_to_reference_fused_adamw']:.3f}, "
+          f"CPU {result['cpu_ratio_textgen_to_reference_fused_adamw']:.3f}   load average {result['load_average_1min']}")
     output = Path(args.output).with_name("train-nanogpt.json") if args.output.endswith("train.json") else Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2))
