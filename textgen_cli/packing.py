@@ -240,7 +240,6 @@ def _encoded(batches: Iterable[list[str]], tokenizer_json: str, split_special_to
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
-
     from concurrent.futures.process import BrokenProcessPool
 
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker, initargs=(tokenizer_json, split_special_tokens, os.getpid()))
