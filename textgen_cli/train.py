@@ -344,7 +344,6 @@ def train_stage(
 
 
 def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, accelerator, ranks: Ranks, run: RunDir, resume_from, signals: StopSignals) -> dict[str, Any]:
-    import torch
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
     from textgen_cli import checkpoint, fsdp
