@@ -15,8 +15,18 @@ The ratio textgen / baseline is measured in the same process, interleaved, media
     python benchmarks/bench_train.py              # `make bench`; a few minutes on 2 CPU cores
     python benchmarks/bench_train.py --steps 30 --repeats 5 --sizes default
     python benchmarks/bench_train.py --compile     # train.compile=true vs eager (steady state)
+    OMP_NUM_THREADS=2 python benchmarks/bench_train.py --nanogpt   # against a reference GPT (below)
+    python benchmarks/bench_train.py --adamw       # AdamW: per-parameter loop vs foreach vs fused
 
-Writes benchmarks/results/train.json and prints a table.
+`--nanogpt` measures at nanoGPT's own CPU settings (4 layers, 4 heads, hidden 128, block 64,
+batch 12, fp32, no compile, dropout 0, vocabulary 4096) three ways, interleaved, wall-clock tokens/s
+after 20 warm-up steps: textgen's `train_stage`; `ReferenceGPT` (below: nanoGPT's model and loop
+re-typed in plain PyTorch, since nanoGPT itself cannot be downloaded here) with nanoGPT's AdamW
+choice (torch's default: the per-parameter loop on CPU); and the same reference with the fused AdamW
+textgen uses, which splits the gap into model + loop and optimizer.
+
+Writes benchmarks/results/train.json (train-compile.json, train-nanogpt.json, train-adamw.json for
+the modes) and prints a table.
 """
 
 from __future__ import annotations
@@ -38,6 +48,8 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 
 from textgen_cli.flops import flops_model, pretrain_tokens_per_sequence  # noqa: E402
 from textgen_cli.progress import quiet_libraries  # noqa: E402
@@ -177,6 +189,227 @@ def baseline_tokens_per_s(loaded, data, steps: int) -> float:
     return tokens / (time.perf_counter() - start)
 
 
+class ReferenceBlock(nn.Module):
+    """A pre-LayerNorm GPT-2 block: causal SDPA attention and a tanh-GELU MLP, with biases."""
+
+    def __init__(self, hidden: int, heads: int, ffn: int):
+        super().__init__()
+        self.heads = heads
+        self.ln_1, self.ln_2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+        self.qkv, self.proj = nn.Linear(hidden, 3 * hidden), nn.Linear(hidden, hidden)
+        self.fc, self.fc_out = nn.Linear(hidden, ffn), nn.Linear(ffn, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, hidden = x.shape
+        q, k, v = self.qkv(self.ln_1(x)).split(hidden, dim=2)
+        q, k, v = (t.view(batch, length, self.heads, hidden // self.heads).transpose(1, 2) for t in (q, k, v))
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(attended.transpose(1, 2).reshape(batch, length, hidden))
+        return x + self.fc_out(F.gelu(self.fc(self.ln_2(x)), approximate="tanh"))
+
+
+class ReferenceGPT(nn.Module):
+    """nanoGPT's model in plain PyTorch, the size of textgen's `chatgpt` (GPT-2 layout: learned
+    positions, biases, a final LayerNorm, the output layer tied to the token embeddings); the loss
+    is the mean cross-entropy over every position, as nanoGPT computes it."""
+
+    def __init__(self, vocab: int, context: int, hidden: int, layers: int, heads: int, ffn: int):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, hidden), nn.Embedding(context, hidden)
+        self.blocks = nn.ModuleList(ReferenceBlock(hidden, heads, ffn) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(hidden)
+        self.lm_head = nn.Linear(hidden, vocab, bias=False)
+        self.lm_head.weight = self.wte.weight
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        x = self.wte(ids) + self.wpe(torch.arange(ids.shape[1]))
+        for block in self.blocks:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+NANOGPT = ["model.layers=4", "model.heads=4", "model.hidden=128", "model.ffn=512", "model.context=64", "model.dropout=0",
+           "model.attention_dropout=0", "train.batch_size=12", "tokenizer.vocab_size=4096"]
+
+
+def reference_tokens_per_s(loaded, tokens: np.ndarray, steps: int, warmup: int, fused: bool) -> tuple[float, float]:
+    """nanoGPT's training loop on `ReferenceGPT`: random windows of the token stream per step (its
+    `get_batch`), AdamW over decay / no-decay groups (torch's default implementation unless `fused`,
+    as nanoGPT does on CPU), clipping at 1.0, `loss.item()` every step (its CPU `log_interval=1`);
+    (wall-clock, CPU-time) tokens/s over the steps after `warmup`."""
+    m, batch = loaded.recipe.model, loaded.recipe.train.batch_size
+    torch.manual_seed(0)
+    model = ReferenceGPT(loaded.recipe.tokenizer.vocab_size, m.context, m.hidden, m.layers, m.heads, m.ffn)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1}, {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99), **({"fused": True} if fused else {}))
+    rng = np.random.default_rng(0)
+
+    def get_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        starts = rng.integers(0, len(tokens) - m.context - 1, size=batch)
+        x = torch.stack([torch.from_numpy(tokens[i : i + m.context].astype(np.int64)) for i in starts])
+        y = torch.stack([torch.from_numpy(tokens[i + 1 : i + 1 + m.context].astype(np.int64)) for i in starts])
+        return x, y
+
+    x, y = get_batch()
+    for step in range(warmup + steps):
+        if step == warmup:
+            start, cpu_start = time.perf_counter(), time.process_time()
+        loss = model(x, y)
+        x, y = get_batch()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return steps * batch * m.context / wall, steps * batch * m.context / cpu
+
+
+def textgen_wall_tokens_per_s(loaded, data, steps: int, warmup: int) -> tuple[float, float]:
+    """textgen's `train_stage`, (wall-clock, CPU-time) tokens/s between the logging of step
+    `warmup` and of the last step: everything the loop does, logging included. The clocks are read
+    when the loop writes a metrics row (a wrapper around `RunDir.append_metrics`, benchmark only)."""
+    from textgen_cli.runs import RunDir
+    from textgen_cli.train import train_stage
+
+    torch.manual_seed(0)
+    model = FAMILIES[loaded.recipe.model.family].build(loaded.recipe.model, Vocab(loaded.recipe.tokenizer.vocab_size))
+    marks: list[tuple[int, int, float, float]] = []  # (step, tokens, wall, cpu) at each logging window
+    append = RunDir.append_metrics
+
+    def timed_append(self, row, *args, **kwargs):
+        if "tokens_per_s" in row:
+            marks.append((row["step"], row["tokens"], time.perf_counter(), time.process_time()))
+        return append(self, row, *args, **kwargs)
+
+    RunDir.append_metrics = timed_append
+    try:
+        with tempfile.TemporaryDirectory() as root:
+            run = load_recipe(str(loaded.path), [*loaded.overrides, f"run.root={root}", "run.name=bench", f"pretrain.steps={warmup + steps}",
+                                                 f"train.eval_every={10 * (warmup + steps)}", f"train.log_every={warmup}", "train.eval_batches=1",
+                                                 "checkpoint.every=0"])
+            train_stage(run, "pretrain", model, _NoTokenizer(), data, data, {})
+    finally:
+        RunDir.append_metrics = append
+    (first_step, first_tokens, first_wall, first_cpu), (last_step, last_tokens, last_wall, last_cpu) = marks[0], marks[-1]
+    assert first_step == warmup and last_step == warmup + steps
+    return (last_tokens - first_tokens) / (last_wall - first_wall), (last_tokens - first_tokens) / (last_cpu - first_cpu)
+
+
+def load_average() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def compare_nanogpt(args) -> None:
+    """`--nanogpt`: textgen against the reference GPT at nanoGPT's CPU settings, interleaved."""
+    loaded = load_recipe(str(REPO / "recipes/chatgpt.yaml"), NANOGPT)
+    data = dataset(loaded, n_blocks=2048)
+    tokens = np.random.default_rng(1).integers(10, loaded.recipe.tokenizer.vocab_size, size=1_000_000).astype(np.uint16)
+    ways = {
+        "textgen": lambda: textgen_wall_tokens_per_s(loaded, data, args.steps, args.warmup),
+        "reference": lambda: reference_tokens_per_s(loaded, tokens, args.steps, args.warmup, fused=False),
+        "reference_fused_adamw": lambda: reference_tokens_per_s(loaded, tokens, args.steps, args.warmup, fused=True),
+    }
+    runs: dict[str, list[float]] = {name: [] for name in ways}
+    cpu_runs: dict[str, list[float]] = {name: [] for name in ways}
+    loads: list[float] = []
+    for repeat in range(args.repeats):
+        order = list(ways) if repeat % 2 == 0 else list(reversed(ways))  # alternate, so no way always goes first
+        for name in order:
+            loads.append(load_average())
+            wall, cpu = ways[name]()
+            runs[name].append(wall)
+            cpu_runs[name].append(cpu)
+        print(f"repeat {repeat + 1}: " + "  ".join(f"{n} {runs[n][-1]:,.0f} ({cpu_runs[n][-1]:,.0f} per CPU s)" for n in ways)
+              + f"  (load average {loads[-1]:.2f})", flush=True)
+    ref_params = sum(p.numel() for p in ReferenceGPT(4096, 64, 128, 4, 4, 512).parameters())
+    ours_params = sum(p.numel() for p in FAMILIES["chatgpt"].build(loaded.recipe.model, Vocab(4096)).parameters())
+    result = {
+        "threads": torch.get_num_threads(),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "parameters": {"textgen": ours_params, "reference": ref_params},
+        "median_tokens_per_s": {name: statistics.median(values) for name, values in runs.items()},
+        "median_tokens_per_cpu_s": {name: statistics.median(values) for name, values in cpu_runs.items()},
+        # the median over repeats of each repeat's ratio (each pair ran back to back)
+        "ratio_textgen_to_reference": statistics.median(a / b for a, b in zip(runs["textgen"], runs["reference"])),
+        "ratio_textgen_to_reference_fused_adamw": statistics.median(a / b for a, b in zip(runs["textgen"], runs["reference_fused_adamw"])),
+        "cpu_ratio_textgen_to_reference": statistics.median(a / b for a, b in zip(cpu_runs["textgen"], cpu_runs["reference"])),
+        "cpu_ratio_textgen_to_reference_fused_adamw": statistics.median(a / b for a, b in zip(cpu_runs["textgen"], cpu_runs["reference_fused_adamw"])),
+        "load_average_1min": {"min": min(loads), "median": statistics.median(loads), "max": max(loads)},
+        "runs": runs,
+        "cpu_runs": cpu_runs,
+    }
+    for name in ways:
+        print(f"{name:<22} {result['median_tokens_per_s'][name]:>9,.0f} tokens/s  {result['median_tokens_per_cpu_s'][name]:>9,.0f} tokens per CPU s")
+    print(f"textgen / reference GPT: wall {result['ratio_textgen_to_reference']:.3f}, CPU {result['cpu_ratio_textgen_to_reference']:.3f}   "
+          f"textgen / reference GPT with fused AdamW: wall {result['ratio_textgen_to_reference_fused_adamw']:.3f}, "
+          f"CPU {result['cpu_ratio_textgen_to_reference_fused_adamw']:.3f}   load average {result['load_average_1min']}")
+    output = Path(args.output).with_name("train-nanogpt.json") if args.output.endswith("train.json") else Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2))
+    print(f"wrote {output}")
+
+
+def compare_adamw(args) -> None:
+    """`--adamw`: one training step of the default `chatgpt` at nanoGPT's settings in a plain loop,
+    with each AdamW implementation, interleaved: ms per whole step and per `optimizer.step()`."""
+    loaded = load_recipe(str(REPO / "recipes/chatgpt.yaml"), NANOGPT)
+    r = loaded.recipe
+    data = dataset(loaded)
+    batches = [data.collate(list(range(i * r.train.batch_size, (i + 1) * r.train.batch_size)), 0) for i in range(args.steps)]
+    kinds = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+    models, optimizers = {}, {}
+    for name, kind in kinds.items():
+        torch.manual_seed(0)
+        models[name] = FAMILIES["chatgpt"].build(r.model, Vocab(r.tokenizer.vocab_size)).train()
+        optimizers[name] = torch.optim.AdamW(models[name].parameters(), lr=r.train.lr, betas=(0.9, 0.95), weight_decay=r.train.weight_decay, **kind)
+    step_ms: dict[str, list[float]] = {name: [] for name in kinds}
+    optimizer_ms: dict[str, list[float]] = {name: [] for name in kinds}
+    loads = []
+    for repeat in range(args.repeats + 1):  # the first round warms up and is not kept
+        for name in kinds:
+            model, optimizer = models[name], optimizers[name]
+            loads.append(load_average())
+            in_optimizer = 0.0
+            start = time.perf_counter()
+            for batch in batches:
+                model(**batch).loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), r.train.clip_grad)
+                before = time.perf_counter()
+                optimizer.step()
+                in_optimizer += time.perf_counter() - before
+                optimizer.zero_grad(set_to_none=True)
+            if repeat:
+                step_ms[name].append(1e3 * (time.perf_counter() - start) / len(batches))
+                optimizer_ms[name].append(1e3 * in_optimizer / len(batches))
+    result = {
+        "threads": torch.get_num_threads(),
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "median_step_ms": {n: statistics.median(v) for n, v in step_ms.items()},
+        "median_optimizer_step_ms": {n: statistics.median(v) for n, v in optimizer_ms.items()},
+        "load_average_1min": {"min": min(loads), "median": statistics.median(loads), "max": max(loads)},
+        "runs": {"step_ms": step_ms, "optimizer_step_ms": optimizer_ms},
+    }
+    for name in kinds:
+        print(f"AdamW {name:<8} step {result['median_step_ms'][name]:7.2f} ms   optimizer.step {result['median_optimizer_step_ms'][name]:6.2f} ms")
+    print(f"load average {result['load_average_1min']}")
+    output = Path(args.output).with_name("train-adamw.json") if args.output.endswith("train.json") else Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2))
+    print(f"wrote {output}")
+
+
 def flops_per_token(loaded) -> float:
     r = loaded.recipe
     model = FAMILIES[r.model.family].build(r.model, Vocab(r.tokenizer.vocab_size))
@@ -192,9 +425,18 @@ def main() -> None:
     parser.add_argument("--sizes", default="default,larger")
     parser.add_argument("--output", default=str(REPO / "benchmarks/results/train.json"))
     parser.add_argument("--compile", action="store_true", help="measure train.compile=true against eager instead (writes train-compile.json)")
+    parser.add_argument("--nanogpt", action="store_true", help="textgen against the reference GPT at nanoGPT's CPU settings (writes train-nanogpt.json)")
+    parser.add_argument("--adamw", action="store_true", help="AdamW per-parameter loop vs foreach vs fused (writes train-adamw.json)")
+    parser.add_argument("--warmup", type=int, default=20, help="--nanogpt: steps before the clock starts")
     args = parser.parse_args()
 
     quiet_libraries()
+    if args.nanogpt:
+        compare_nanogpt(args)
+        return
+    if args.adamw:
+        compare_adamw(args)
+        return
     peak = matmul_peak()
     print(f"measured fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads)")
     if args.compile:

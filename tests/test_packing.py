@@ -18,7 +18,7 @@ import pytest
 
 from conftest import REPO, moby_lines
 from textgen_cli import packing
-from textgen_cli.errors import UserError
+from textgen_cli.errors import UserError, WorkerDied
 from textgen_cli.objectives import pack_blocks
 from textgen_cli.packing import TextSource, file_digest, packed_blocks
 
@@ -159,6 +159,72 @@ def test_interrupt_and_worker_failure_leave_nothing_behind(tmp_path, monkeypatch
     with pytest.raises(RuntimeError, match="the tokenizer failed"):
         packed_blocks(source(path), tokenizer, BLOCK)
     no_leftovers(tmp_path)
+
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the pool is used on Linux only")
+def test_a_worker_killed_by_the_oom_killer_is_a_clear_error(tmp_path, monkeypatch, tokenizer, small_batches, capsys):
+    """The OOM killer SIGKILLs a worker: no raw BrokenProcessPool, but an error naming the file and
+    memory, which the CLI prints without a traceback and exits 1 on; nothing is left behind."""
+    import typer
+
+    from textgen_cli.cli import guarded
+
+    path, _ = corpus(tmp_path)
+    calls = use_pool(monkeypatch)
+    batches = TextSource.batches
+    killed: list[int] = []
+
+    def oom_killer(self, rows=None):
+        for number, texts in enumerate(batches(self, rows)):
+            if number == 6:
+                worker = multiprocessing.active_children()[0]
+                os.kill(worker.pid, signal.SIGKILL)
+                worker.join(10)
+                killed.append(worker.exitcode)
+            yield texts
+
+    monkeypatch.setattr(TextSource, "batches", oom_killer)
+    with pytest.raises(WorkerDied) as died:
+        packed_blocks(source(path), tokenizer, BLOCK)
+    assert calls and killed == [-signal.SIGKILL]
+    message = str(died.value)
+    assert message.startswith(f"{path}: a tokenizer worker process was killed") and "out-of-memory killer" in message and "ran out of memory" in message
+    no_leftovers(tmp_path)
+
+    with pytest.raises(typer.Exit) as exited:
+        guarded(False, lambda: packed_blocks(source(path), tokenizer, BLOCK))
+    assert exited.value.exit_code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: a tokenizer worker process was killed") and "Traceback" not in err and "BrokenProcessPool" not in err
+
+
+@pytest.mark.parametrize(
+    "files, quota",
+    [
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu.max": "200000 100000\n", "cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),  # v2 wins
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0.5),
+        ({"cpu,cpuacct/cpu.cfs_quota_us": "300000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 3.0),
+        ({"cpu.max": "garbage\n"}, None),
+        ({}, None),
+    ],
+)
+def test_cgroup_cpu_quota_is_read_from_v2_or_v1_files(tmp_path, files, quota):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert packing.cgroup_cpu_quota(tmp_path) == quota
+
+
+@pytest.mark.parametrize("cpu_max, cores", [("150000 100000", 2), ("50000 100000", 1), ("1600000 100000", 8), ("max 100000", 8)])
+def test_usable_cores_honours_the_cgroup_quota(tmp_path, monkeypatch, cpu_max, cores):
+    """8 cores in the affinity mask: a quota of 1.5 cores gives 2 workers, half a core 1, 16 cores 8."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    (tmp_path / "cpu.max").write_text(cpu_max + "\n")
+    assert packing.usable_cores(tmp_path) == cores
 
 
 CTRL_C_CHILD = textwrap.dedent(

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from textgen_cli import __version__
-from textgen_cli.errors import DiskFull, Interrupted, TrainingDiverged, UserError
+from textgen_cli.errors import DiskFull, Interrupted, TrainingDiverged, UserError, WorkerDied
 
 # Data and metrics are always local files: `datasets` and `evaluate` never need the hub. Models
 # may come from it (model.init_from=owner/name, through the transformers cache), so HF_HUB_OFFLINE
@@ -81,7 +81,7 @@ def guarded(debug: bool, action: Callable[[], Any], verbose: bool = False, quiet
     except Interrupted as exc:
         print(f"{exc}", file=sys.stderr)
         raise typer.Exit(exc.exit_code) from None
-    except (TrainingDiverged, DiskFull) as exc:
+    except (TrainingDiverged, DiskFull, WorkerDied) as exc:
         if debug:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)

@@ -20,6 +20,10 @@ class DiskFull(RuntimeError):
     exit_code = 1
 
 
+class WorkerDied(RuntimeError):
+    """A worker process was killed (the out-of-memory killer, usually). Not the user's input: exit code 1."""
+
+
 class Interrupted(Exception):
     """SIGINT or SIGTERM: a checkpoint was saved; exit with 128 + the signal number (130 / 143)."""
 

@@ -24,6 +24,7 @@ import gc
 import hashlib
 import itertools
 import json
+import math
 import os
 import signal
 import sys
@@ -37,7 +38,7 @@ import numpy as np
 
 from textgen_cli import diskspace
 from textgen_cli.data import file_format, load_rows, local_file, _line_of_row
-from textgen_cli.errors import Interrupted, UserError
+from textgen_cli.errors import Interrupted, UserError, WorkerDied
 from textgen_cli.objectives import pack_blocks
 from textgen_cli.runs import write_text_atomic
 from textgen_cli.tokenizer import cache_dir
@@ -73,11 +74,37 @@ def _can_fork_workers() -> bool:
     return sys.platform.startswith("linux") and not multiprocessing.current_process().daemon
 
 
-def usable_cores() -> int:
+def usable_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup CPU quota (a container's
+    `--cpus`), which the affinity does not show: more workers than the quota only take turns."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup_root)
+    return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
+
+
+def cgroup_cpu_quota(root: Path) -> float | None:
+    """CPUs' worth of time per period that the cgroup allows (1.5 = one and a half cores), or None
+    for no quota: cgroup v2's `cpu.max` ("QUOTA PERIOD", QUOTA "max" for none), else cgroup v1's
+    `cpu.cfs_quota_us` (-1 for none) over `cpu.cfs_period_us`. Unreadable or odd files: no quota."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else _positive_ratio(quota, period)
+    except (OSError, ValueError):
+        pass
+    for folder in (root / "cpu", root / "cpu,cpuacct", root / "cpuacct,cpu"):
+        try:
+            return _positive_ratio((folder / "cpu.cfs_quota_us").read_text(), (folder / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _positive_ratio(quota: str, period: str) -> float | None:
+    quota_us, period_us = int(quota.strip()), int(period.strip())
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
 @dataclass
@@ -230,12 +257,19 @@ def _encoded(batches: Iterable[list[str]], tokenizer_json: str, split_special_to
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker, initargs=(tokenizer_json, split_special_tokens, os.getpid()))
     try:
         with _quiet_fork():
             pool.submit(_started)  # the first submission forks every worker: do it here
         yield _pooled(pool, batches, workers * IN_FLIGHT_PER_WORKER)
+    except BrokenProcessPool as exc:
+        # a worker died without a Python exception: on Linux, almost always the out-of-memory killer
+        raise WorkerDied(
+            f"a tokenizer worker process was killed while tokenizing (most likely by the kernel's out-of-memory killer: "
+            f"this machine ran out of memory, with {workers} worker processes); nothing was cached. Free some memory and run again"
+        ) from exc
     finally:
         # Running batches finish (a fraction of a second), queued ones are dropped; then the workers exit.
         pool.shutdown(wait=True, cancel_futures=True)
@@ -244,9 +278,11 @@ def _encoded(batches: Iterable[list[str]], tokenizer_json: str, split_special_to
 @contextlib.contextmanager
 def _termination_raises(source: TextSource) -> Iterator[None]:
     """SIGTERM (what torchrun and schedulers send) becomes an exception while packing, so that the
-    worker pool is shut down and the partial blocks file deleted instead of left behind."""
+    worker pool is shut down and the partial blocks file deleted instead of left behind; a worker
+    that died is reported naming the file."""
     if threading.current_thread() is not threading.main_thread():
-        yield
+        with _naming_the_file(source):
+            yield
         return
 
     def stop(signum: int, frame) -> None:
@@ -254,9 +290,18 @@ def _termination_raises(source: TextSource) -> Iterator[None]:
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        yield
+        with _naming_the_file(source):
+            yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _naming_the_file(source: TextSource) -> Iterator[None]:
+    try:
+        yield
+    except WorkerDied as exc:
+        raise WorkerDied(f"{source.path}: {exc}") from exc.__cause__
 
 
 def _pooled(pool, batches: Iterable[list[str]], in_flight: int) -> Iterator[Encoded]:

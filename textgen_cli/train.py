@@ -212,6 +212,18 @@ def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def build_optimizer(model, weight_decay: float, lr: float, device_type: str):
+    """AdamW (betas 0.9/0.95) over `param_groups`, with its fastest implementation for the device.
+
+    Left alone, torch runs AdamW as a per-parameter Python loop on CPU (foreach is its default only
+    on CUDA). The fused kernel (one pass over every parameter) exists on CPU and CUDA; on CPU its
+    `optimizer.step()` measured 3x faster than the loop or foreach (docs/performance.md)."""
+    import torch
+
+    kernel = {"fused": True} if device_type in ("cpu", "cuda") else {"foreach": True}
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.95), eps=1e-8, **kernel)
+
+
 def check_split_sizes(train_set: Examples, val_set: Examples, batch_size: int, what: str, world: int = 1) -> None:
     if len(train_set) < batch_size * world:
         per = f" x {world} processes" if world > 1 else ""
@@ -338,7 +350,6 @@ def train_stage(
 
 
 def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, accelerator, ranks: Ranks, run: RunDir, resume_from, signals: StopSignals) -> dict[str, Any]:
-    import torch
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
     from textgen_cli import checkpoint, fsdp
@@ -364,9 +375,7 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
     blocks = transformer_blocks(model)  # before sharding renames their classes (FSDPGPT2Block)
     if ranks.sharded:
         fsdp.shard(model)  # before the optimizer is built: it must hold the sharded parameters
-    # fused AdamW on CUDA (one kernel for all parameters); foreach, the default, on CPU
-    fused = {"fused": True} if device.type == "cuda" else {}
-    optimizer = torch.optim.AdamW(param_groups(model, section.weight_decay), lr=lr, betas=(0.9, 0.95), eps=1e-8, **fused)
+    optimizer = build_optimizer(model, section.weight_decay, lr, device.type)
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, num_warmup_steps=min(section.warmup_steps, steps), num_training_steps=steps, min_lr_rate=section.min_lr_ratio
     )
