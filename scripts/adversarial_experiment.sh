@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 TEXTGEN=${TEXTGEN:-.venv/bin/textgen}
 PERTURB='eval.perturb=[char:0.1,word_drop:0.1]'
 for recipe in sora chatgpt; do
-  [ -d "runs/$recipe/finetune/final" ] || { "$TEXTGEN" pretrain --recipe "$recipe.yaml"; "$TEXTGEN" finetune --recipe "$recipe.yaml"; }
+  # the stages the recipe lists (finetune only, from scratch, for the shipped recipes)
+  [ -d "runs/$recipe/finetune/final" ] || "$TEXTGEN" finetune --recipe "$recipe.yaml"
   runs=("runs/$recipe/finetune")
   for method in none fgm pgd freelb r3f; do  # none: the same extra steps without adversary (the control)
     if [ ! -f "runs/$recipe-$method/adv-train/summary.json" ]; then

@@ -80,7 +80,7 @@ def test_the_distribution_is_textgen_cli_and_the_command_textgen():
     assert {"tensorboard", "wandb", "mlflow"} <= set(project["optional-dependencies"])
 
 
-@pytest.mark.parametrize(("words", "cword", "expected"), [("textgen fin", 1, ["finetune"]), ("textgen pretrain --recipe so", 3, ["sora-chat.yaml", "sora.yaml"])])
+@pytest.mark.parametrize(("words", "cword", "expected"), [("textgen fin", 1, ["finetune"]), ("textgen pretrain --recipe sora-", 3, ["sora-chat.yaml", "sora-long.yaml", "sora-pretrained.yaml"])])
 def test_shell_completion_completes_commands_and_shipped_recipes(words, cword, expected):
     """What the script of `textgen --install-completion` asks the program for on <TAB> (bash)."""
     import os
