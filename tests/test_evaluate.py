@@ -527,7 +527,7 @@ def _prose_generator(tokenizer, context: int):
 
     torch.manual_seed(0)
     model = FAMILIES["chatgpt"].build(ModelSection(family="chatgpt", layers=1, hidden=32, heads=2, ffn=64, context=context, dropout=0.0), tokenizer).eval()
-    return SimpleNamespace(tokenizer=tokenizer, model=model, family="chatgpt")
+    return SimpleNamespace(tokenizer=tokenizer, model=model, family="chatgpt", role=FAMILIES["chatgpt"])
 
 
 def test_prose_sliding_window_scores_every_token_once(tokenizer, tmp_path):
@@ -567,5 +567,6 @@ def test_prose_is_skipped_for_sora_with_a_reason(tokenizer, tmp_path):
     from types import SimpleNamespace
 
     from textgen_cli.evaluate import prose_likelihood
+    from textgen_cli.models import FAMILIES
 
-    assert "encoder-decoder" in prose_likelihood(SimpleNamespace(family="sora"), "x.txt", "text", 8)["skipped"]
+    assert "encoder-decoder" in prose_likelihood(SimpleNamespace(family="sora", role=FAMILIES["sora"]), "x.txt", "text", 8)["skipped"]

@@ -321,7 +321,8 @@ def test_a_full_disk_while_saving_the_final_model_removes_it_and_names_the_check
     message = failed.err.strip().splitlines()[-1]
     print(message)
     assert message.startswith(f"error: no space left on the device for the final model {work / 'final'}: it needs about ")
-    assert f"the newest complete checkpoint, {work / 'checkpoints' / 'step-0000030'}, is intact: free some space, then continue with --resume" in message
+    # the stage saves its last step's checkpoint before final/ (checkpoint.keep_final keeps it)
+    assert f"the newest complete checkpoint, {work / 'checkpoints' / 'step-0000040'}, is intact: free some space, then continue with --resume" in message
     assert not (tmp_path / work / "final").exists()
     assert not (tmp_path / work.with_name("pretrain")).exists()
 

@@ -8,6 +8,7 @@ pushed to a hub as it is. Written when `final/` is written, and again after eval
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,10 @@ from typing import Any
 import yaml
 
 from textgen_cli import __version__
+from textgen_cli.models.roles import role_for
 from textgen_cli.runs import FINAL_DIR, RECIPE_FILE, write_text_atomic
 
 CARD_FILE = "README.md"
-PIPELINE = {"sora": "text2text-generation", "chatgpt": "text-generation"}
-ARCHITECTURE = {"sora": "encoder-decoder Transformer (BART layout, `BartForConditionalGeneration`)", "chatgpt": "decoder-only Transformer (GPT-2 layout, `GPT2LMHeadModel`)"}
-AUTO_CLASS = {"sora": "AutoModelForSeq2SeqLM", "chatgpt": "AutoModelForCausalLM"}
 HUB_DATASET = "hf:"  # data paths naming a hub dataset (data.py)
 # a checkpoint inside the HF cache names its hub model: .../models--ORG--NAME/snapshots/<sha>
 CACHED_MODEL = re.compile(r"models--([^/]+?)--([^/]+)/snapshots/[^/]+/?$")
@@ -31,8 +30,18 @@ def write_model_card(run_path: Path, summary: dict[str, Any], eval_report: dict[
     stage was evaluated, the evaluation report; returns the card's path."""
     recipe = yaml.safe_load((run_path / RECIPE_FILE).read_text(encoding="utf-8"))
     card = run_path / FINAL_DIR / CARD_FILE
-    write_text_atomic(card, render(recipe, summary, eval_report))
+    write_text_atomic(card, render(recipe, summary, eval_report, saved_layout(run_path / FINAL_DIR)))
     return card
+
+
+def saved_layout(final: Path) -> tuple[str | None, str | None]:
+    """(model_type, model class) of the saved model, from its config.json: the layout it really
+    has, whichever `model.arch` or checkpoint it came from."""
+    try:
+        config = json.loads((final / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, None
+    return config.get("model_type"), (config.get("architectures") or [None])[0]
 
 
 def base_checkpoint(recipe: dict[str, Any], summary: dict[str, Any]) -> str | None:
@@ -59,13 +68,14 @@ def hub_datasets(data: dict[str, str]) -> list[str]:
     return sorted({"/".join(name.split("/")[:2]) for name in names if not name.startswith(("/", ".", "~"))})
 
 
-def metadata(recipe: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+def metadata(recipe: dict[str, Any], summary: dict[str, Any], model_type: str | None = None) -> dict[str, Any]:
     family = recipe["model"]["family"]
     stage = summary["stage"]
+    role = role_for(family)
     meta: dict[str, Any] = {
         "library_name": "transformers",
-        "pipeline_tag": PIPELINE[family],
-        "tags": ["textgen", family, "bart" if family == "sora" else "gpt2", stage],
+        "pipeline_tag": role.pipeline_tag,
+        "tags": ["textgen", family, model_type or role.default_arch, stage],
     }
     base = hub_model_id(base_checkpoint(recipe, summary))
     if base:
@@ -76,12 +86,15 @@ def metadata(recipe: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def render(recipe: dict[str, Any], summary: dict[str, Any], eval_report: dict[str, Any] | None) -> str:
+def render(recipe: dict[str, Any], summary: dict[str, Any], eval_report: dict[str, Any] | None, layout: tuple[str | None, str | None] = (None, None)) -> str:
     family, stage, model = recipe["model"]["family"], summary["stage"], recipe["model"]
+    role = role_for(family)
+    model_type, model_class = layout
+    described = f"{role.kind} Transformer ({model_type or role.default_arch} layout" + (f", `{model_class}`)" if model_class else ")")
     base = base_checkpoint(recipe, summary)
     lines = [
         "---",
-        yaml.safe_dump(metadata(recipe, summary), sort_keys=False).rstrip(),
+        yaml.safe_dump(metadata(recipe, summary, model_type), sort_keys=False).rstrip(),
         "---",
         "",
         f"# {summary['recipe_name']} · {stage}",
@@ -91,8 +104,8 @@ def render(recipe: dict[str, Any], summary: dict[str, Any], eval_report: dict[st
         "",
         "## Model",
         "",
-        f"- family: `{family}`: {ARCHITECTURE[family]}",
-        f"- {summary['parameters']:,} parameters: {model['layers']} layer{'s' if model['layers'] != 1 else ''}{' (encoder and decoder each)' if family == 'sora' else ''}, "
+        f"- family: `{family}`: {described}",
+        f"- {summary['parameters']:,} parameters: {model['layers']} layer{'s' if model['layers'] != 1 else ''}{' (encoder and decoder each)' if role.kind == 'encoder-decoder' else ''}, "
         f"hidden size {model['hidden']}, {model['heads']} heads, feed-forward {model['ffn']}, context {model['context']} tokens",
         f"- started from: {f'`{base}`' if base else 'random weights (trained from scratch)'}",
         "",
@@ -119,8 +132,8 @@ def render(recipe: dict[str, Any], summary: dict[str, Any], eval_report: dict[st
         "## Use",
         "",
         "```python",
-        f"from transformers import {AUTO_CLASS[family]}, AutoTokenizer",
-        f'model = {AUTO_CLASS[family]}.from_pretrained("PATH_OR_HUB_ID")',
+        f"from transformers import {role.auto_class}, AutoTokenizer",
+        f'model = {role.auto_class}.from_pretrained("PATH_OR_HUB_ID")',
         'tokenizer = AutoTokenizer.from_pretrained("PATH_OR_HUB_ID")',
         "```",
         "",

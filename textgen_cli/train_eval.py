@@ -44,17 +44,18 @@ def validation_generation(loaded, stage: str, model, tokenizer, world: int = 1) 
     import sacrebleu
 
     from textgen_cli.generate import Generator, prompt_format
-    from textgen_cli.train import configure_generation
+    from textgen_cli.models import role_of_model
 
     r = loaded.recipe
     examples = validation_examples(loaded, n)
     if not examples:
         return {}
-    configure_generation(model, tokenizer, r.model.context)
+    role = role_of_model(model)
+    role.configure_generation(model, tokenizer, r.model.context)
     settings = dataclasses.replace(r.generate, do_sample=False, num_beams=1)
     generator = Generator(
-        model, tokenizer, r.model.family, prompt_format(r.model.family, r.data.finetune.task, stage, r.generate.prompt_format),
-        r.data.finetune.task, r.prompt.system if r.model.family == "chatgpt" else "", settings, Path("."), stage, r,
+        model, tokenizer, role.name, prompt_format(role, r.data.finetune.task, stage, r.generate.prompt_format),
+        r.data.finetune.task, role.system_prompt(r), settings, Path("."), stage, r,
     )
     was_training = model.training
     model.eval()

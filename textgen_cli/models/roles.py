@@ -44,6 +44,16 @@ class Role:
     text_prompt: TextPrompt
     left_padding: bool  # batched decoding: pad on the left so every row continues right after its prompt
 
+    @property
+    def kind(self) -> str:
+        """`encoder-decoder` or `decoder-only`, for the words of reports and model cards."""
+        return "encoder-decoder" if self.is_encoder_decoder else "decoder-only"
+
+    @property
+    def pipeline_tag(self) -> str:
+        """The hub's task name for a model of this role (the model card's metadata)."""
+        return "text2text-generation" if self.is_encoder_decoder else "text-generation"
+
     # ------------------------------------------------------------------ building and loading
 
     def arch(self, section: "ModelSection", source: str = "recipe") -> Arch:
