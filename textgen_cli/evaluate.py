@@ -196,7 +196,9 @@ def likelihood(generator, examples: list[EvalExample], batch_size: int) -> dict[
     (counted in `skipped_too_long`), and a decoder-only prompt loses its oldest tokens to make room."""
     from textgen_cli.metrics import bits_per_byte, perplexity
     from textgen_cli.generate import model_context
+    from textgen_cli.models import role_for
 
+    role = role_for(generator.family)
     tokenizer, model = generator.tokenizer, generator.model
     context = model_context(model)
     eos = tokenizer.eos_token_id
@@ -207,10 +209,10 @@ def likelihood(generator, examples: list[EvalExample], batch_size: int) -> dict[
         if len(target) > context - 1:
             continue  # the reference alone does not fit: it cannot be scored whole, so it is left out
         scored.append(example)
-        pairs.append(generator.role.scoring_pair(prompt, target, context))
+        pairs.append(role.scoring_pair(prompt, target, context))
     if not scored:
         return {"examples": 0, "skipped_too_long": len(examples), "nll_sum": None, "tokens": 0, "bytes": 0, "nll_per_token": None, "perplexity": None, "bits_per_byte": None}
-    dataset = generator.role.scoring_set(pairs, tokenizer, model)
+    dataset = role.scoring_set(pairs, tokenizer, model)
     total, tokens = summed_nll(model, dataset, batch_size, model.device)
     n_bytes = sum(len(example.reference.encode("utf-8")) for example in scored)
     return {
@@ -235,11 +237,13 @@ def prose_likelihood(generator, path: str | None, text_field: str, batch_size: i
     from textgen_cli.data import read_texts
     from textgen_cli.generate import model_context
     from textgen_cli.metrics import bits_per_byte, perplexity
+    from textgen_cli.models import role_for
 
     if not path:
         return {"skipped": "the recipe names no data.pretrain.validation text"}
-    if generator.role.prose_unscorable():
-        return {"skipped": generator.role.prose_unscorable()}
+    unscorable = role_for(generator.family).prose_unscorable()
+    if unscorable:
+        return {"skipped": unscorable}
     texts = read_texts(path, text_field)
     tokenizer, model = generator.tokenizer, generator.model
     stream = [t for ids in encode_texts(tokenizer, texts) for t in (*ids, tokenizer.eos_token_id)]
