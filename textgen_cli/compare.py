@@ -99,17 +99,18 @@ def with_overrides(loaded: LoadedRecipe, extra: list[str]) -> LoadedRecipe:
     return load_recipe(str(loaded.path), [*loaded.overrides, *extra])
 
 
-def finetune_tokens_per_sequence(loaded: LoadedRecipe, stage: str) -> tuple[float, float]:
-    """Mean (encoder, decoder) tokens of one finetuning example, from the real tokenized data."""
+def finetune_step_inputs(loaded: LoadedRecipe, stage: str) -> tuple[float, float, Any]:
+    """Mean (encoder, decoder) tokens of one finetuning example, from the real tokenized data, and
+    the model the stage starts from (random weights for `model.init_from: scratch`)."""
     from textgen_cli.finetune import build_examples, prepare, starting_point
     from textgen_cli.train import count_tokens
 
-    start = starting_point(loaded) if stage == "finetune" else loaded.run_dir("finetune") / FINAL_DIR
+    start = starting_point(loaded) if stage == "finetune" else str(loaded.run_dir("finetune") / FINAL_DIR)
     setup = prepare(loaded, start, stage)
     train_set, _, _ = build_examples(loaded, setup, stage)
     n = min(len(train_set), 512)
     enc, dec = count_tokens(train_set.collate(list(range(n)), 0))
-    return enc / n, dec / n
+    return enc / n, dec / n, setup.model
 
 
 def step_cost(loaded: LoadedRecipe, stage: str, match: str) -> float:
@@ -117,7 +118,6 @@ def step_cost(loaded: LoadedRecipe, stage: str, match: str) -> float:
     stages before it must be done: finetuning's tokens come from its starting model's tokenizer)."""
     from textgen_cli.flops import flops_model, pretrain_tokens_per_sequence, step_flops
     from textgen_cli.models import FAMILIES
-    from textgen_cli.tokenizer import load_tokenizer
 
     r = loaded.recipe
     sequences = r.train.batch_size * r.train.grad_accum
@@ -125,11 +125,7 @@ def step_cost(loaded: LoadedRecipe, stage: str, match: str) -> float:
         enc, dec = pretrain_tokens_per_sequence(r.model.family, r.model.context, r.pretrain.mask_ratio, r.pretrain.poisson_lambda)
         model = FAMILIES[r.model.family].build(r.model, _FakeVocab(r.tokenizer.vocab_size))
     else:
-        from textgen_cli.finetune import starting_point
-
-        enc, dec = finetune_tokens_per_sequence(loaded, stage)
-        start = starting_point(loaded) if stage == "finetune" else loaded.run_dir("finetune") / FINAL_DIR
-        model = FAMILIES[r.model.family].build(r.model, load_tokenizer(start))
+        enc, dec, model = finetune_step_inputs(loaded, stage)
     return step_flops(flops_model(model), enc * sequences, dec * sequences) if match == "flops" else (enc + dec) * sequences
 
 
