@@ -294,7 +294,7 @@ def test_model_arch_builds_the_layout_with_the_recipe_sizes(tokenizer, arch, fam
     model = FAMILIES[family].build(section, tokenizer)
     assert model.config.model_type == model_type
     assert model.config.num_hidden_layers == 2 and model.get_input_embeddings().weight.shape == (len(tokenizer), 32)
-    assert context_of(model.config) in (48, None)
+    assert context_of(model.config) == 48
 
 
 def test_default_layouts_are_todays_builders(tokenizer):

@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
 
 def build_t5(section: "ModelSection", tokenizer: "PreTrainedTokenizerFast") -> "PreTrainedModel":
-    """T5 (v1.1 style, gated GELU): relative position buckets, so the context is not a config field
-    (textgen takes it from `model.context`). The decoder starts from bos, as textgen's BART does."""
+    """T5 (v1.1 style, gated GELU): relative position buckets, so T5 has no context field; textgen
+    records `model.context` as `n_positions`. The decoder starts from bos, as textgen's BART does."""
     from transformers import T5Config, T5ForConditionalGeneration
 
     config = T5Config(
@@ -41,6 +41,7 @@ def build_t5(section: "ModelSection", tokenizer: "PreTrainedTokenizerFast") -> "
         bos_token_id=tokenizer.bos_token_id,
         decoder_start_token_id=tokenizer.bos_token_id,
         tie_word_embeddings=True,
+        n_positions=section.context,  # not T5's own field: where textgen reads the context back from
     )
     return T5ForConditionalGeneration(config)
 
