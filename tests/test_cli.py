@@ -98,6 +98,9 @@ def test_show_completion_prints_the_script_for_the_shell():
 
     from conftest import textgen_exe
 
-    result = subprocess.run([textgen_exe(), "--show-completion", "bash"], env={**os.environ, "SHELL": "/bin/bash"}, capture_output=True, text=True, timeout=60)
+    # Typer detects the shell from the parent process (`sh` under make, as in CI); its testing switch
+    # turns detection off, and the option then takes the shell as its value
+    env = {**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+    result = subprocess.run([textgen_exe(), "--show-completion", "bash"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "complete -o default -F _textgen_completion textgen" in result.stdout

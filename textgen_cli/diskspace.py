@@ -133,8 +133,14 @@ def check_writable(folder: Path, keep: bool = True) -> None:
     folders this made are removed again (a check before any work, which may still fail later)."""
     made = [parent for parent in (folder, *folder.parents) if not parent.exists()]
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".textgen-write-test-")
+        for attempt in range(3):  # another process's check may remove a folder it made meanwhile
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                fd, probe = tempfile.mkstemp(dir=folder, prefix=".textgen-write-test-")
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:

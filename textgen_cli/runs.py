@@ -14,6 +14,7 @@ import os
 import platform
 import resource
 import shutil
+import stat
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -34,11 +35,20 @@ def check_run_location(path: Path, keep: bool = True) -> None:
     """Refuse (exit 2) a stage's run directory `path` that cannot be written: a file in its way, a
     read-only or unwritable run.root. `keep=False`: leave no folders behind (a check before any work)."""
     for parent in (path.parent, *path.parent.parents):
-        if parent.exists() and not parent.is_dir():
+        if _is_a_file(parent):
             raise UserError(f"run directory '{path}': '{parent}' is a file, expected a directory")
-    if path.exists() and not path.is_dir():
+    if _is_a_file(path):
         raise UserError(f"run directory '{path}' is a file, expected a directory")
     diskspace.check_writable(path.parent, keep=keep)
+
+
+def _is_a_file(path: Path) -> bool:
+    """Something other than a folder stands at `path`. One stat, so a folder that another process's
+    write check removes meanwhile (check_writable with keep=False) is not taken for a file."""
+    try:
+        return not stat.S_ISDIR(path.stat().st_mode)
+    except FileNotFoundError:
+        return False
 
 
 class RunDir:
