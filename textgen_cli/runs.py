@@ -308,7 +308,8 @@ def write_text_atomic(path: Path, text: str, then: "str | Callable[[], str]" = N
     """Replace `path` with `text` in one step: a crash leaves the old content or the new, and a full
     disk raises DiskFull (exit 1) naming `path` and the space needed, followed by `then`, with the
     temporary copy removed and the old content untouched."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    # one temporary name per process: two processes may write the same shared file (the packing cache)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     data = text.encode("utf-8")
     with diskspace.writing("file", path, len(data), then, partial=tmp):
         with tmp.open("wb") as handle:
