@@ -47,7 +47,7 @@ def _is_a_file(path: Path) -> bool:
     write check removes meanwhile (check_writable with keep=False) is not taken for a file."""
     try:
         return not stat.S_ISDIR(path.stat().st_mode)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # absent, or below a file (the caller checks that one)
         return False
 
 
