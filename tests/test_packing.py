@@ -180,14 +180,14 @@ def test_a_worker_killed_by_the_oom_killer_is_a_clear_error(tmp_path, monkeypatc
             if number == 6:
                 worker = multiprocessing.active_children()[0]
                 os.kill(worker.pid, signal.SIGKILL)
-                worker.join(10)
-                killed.append(worker.exitcode)
+                # not worker.exitcode: the pool's own thread may reap the dead worker first
+                killed.append(worker.pid)
             yield texts
 
     monkeypatch.setattr(TextSource, "batches", oom_killer)
     with pytest.raises(WorkerDied) as died:
         packed_blocks(source(path), tokenizer, BLOCK)
-    assert calls and killed == [-signal.SIGKILL]
+    assert calls and len(killed) == 1
     message = str(died.value)
     assert message.startswith(f"{path}: a tokenizer worker process was killed") and "out-of-memory killer" in message and "ran out of memory" in message
     no_leftovers(tmp_path)
