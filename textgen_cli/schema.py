@@ -96,7 +96,7 @@ class TrainSection:
     batch_size: int = _key(16, "Sequences per micro-batch.")
     grad_accum: int = _key(1, "Micro-batches accumulated per optimizer step.")
     lr: float = _key(1e-3, "Peak learning rate (AdamW), for every stage unless the stage sets its own.")
-    min_lr_ratio: float = _key(0.1, "Cosine schedule floor as a fraction of the peak learning rate.")
+    min_lr_ratio: float = _key(0.1, "Cosine schedule floor as a fraction of the peak learning rate; 1.0 keeps the peak after warmup (a constant rate: the shipped recipes, docs/training.md).")
     warmup_steps: int = _key(20, "Linear warmup steps.")
     weight_decay: float = _key(0.01, "AdamW weight decay (matrices only; not biases, norms).")
     clip_grad: float = _key(1.0, "Gradient norm clipping threshold (0 disables).")
