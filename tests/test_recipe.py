@@ -278,11 +278,14 @@ def test_values_in_hand_load_like_the_same_file(tmp_path):
     overrides = ["generate.seed=3"]
     assert load_recipe_values(values, file, overrides).to_dict() == load_recipe(str(file), overrides).to_dict()
     assert load_recipe_values(values, file).recipe.data.finetune.test == str(file.parent / "t.jsonl")
-    for bad in ({"generate": {"temprature": 0.5}}, {"generate": {"top_p": 2.0}}, {"generate": {"top_k": "lots"}}):
-        file.write_text(yaml.safe_dump({**values, **bad}), encoding="utf-8")
+    for bad, message in [
+        ({"temprature": 0.5}, "unknown key 'generate.temprature'; did you mean 'generate.temperature'?"),
+        ({"top_p": 2.0}, "key 'generate.top_p': expected a probability in (0, 1], got 2.0"),
+        ({"top_k": "lots"}, "key 'generate.top_k': expected an integer, got 'lots'"),
+    ]:
+        file.write_text(yaml.safe_dump({**values, "generate": bad}), encoding="utf-8")
         with pytest.raises(UserError) as from_file:
             load_recipe(str(file))
         with pytest.raises(UserError) as from_values:
-            load_recipe_values({**values, **bad}, file)
-        assert str(from_values.value) == str(from_file.value)
-        assert str(from_file.value).startswith(f"{file}: key 'generate.")
+            load_recipe_values({**values, "generate": bad}, file)
+        assert str(from_values.value) == str(from_file.value) == f"{file}: {message}"
