@@ -2,7 +2,8 @@
 
 This file is the single source of truth. Validation (`recipe.py`), `textgen recipes keys` and
 `docs/recipes.md` are all derived from these dataclasses, so a key documented anywhere exists here.
-Help lives in `field(metadata={"help": ...})`; allowed values for string choices in `CHOICES`.
+Help lives in `field(metadata={"help": ...})`; allowed values for string choices in `CHOICES`; a
+section's own range checks in its `out_of_range` method (`recipe.validate_values` reports them).
 """
 
 from __future__ import annotations
