@@ -21,9 +21,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import torch  # noqa: E402
 
-import textgen_cli.generate as G  # noqa: E402
+import textgen_cli.decoding as D  # noqa: E402
 from bench_generate import tokenizer_for, verses  # noqa: E402
 from textgen_cli.models import FAMILIES  # noqa: E402
+from textgen_cli.prompts import prompt_format  # noqa: E402
 from textgen_cli.recipe import load_recipe  # noqa: E402
 from textgen_cli.schema import GenerateSection  # noqa: E402
 
@@ -37,9 +38,9 @@ def main() -> None:
     model = FAMILIES[family].build(recipe.model, tokenizer).eval()
     settings = GenerateSection(max_new_tokens=new_tokens, min_new_tokens=new_tokens, batch_size=32)
     texts = verses(32)
-    fmt = G.prompt_format(family, recipe.data.finetune.task)
+    fmt = prompt_format(family, recipe.data.finetune.task)
     system = recipe.prompt.system if family == "chatgpt" else ""
-    dynamic = G.generation_config
+    dynamic = D.generation_config
 
     def static(*args):
         config = dynamic(*args)
@@ -49,8 +50,8 @@ def main() -> None:
     variants = {"dynamic": dynamic, "static": static}
 
     def run(batch: int, variant: str):
-        G.generation_config = variants[variant]
-        return G.generate_batch(model, tokenizer, texts, settings, family, batch_size=batch, system=system, fmt=fmt)
+        D.generation_config = variants[variant]  # _decode_batch looks it up in decoding.py at each call
+        return D.generate_batch(model, tokenizer, texts, settings, family, batch_size=batch, system=system, fmt=fmt)
 
     outputs = {(v, b): [r.output_ids for r in run(b, v)] for v in variants for b in (1, 32)}
     print("outputs identical:", all(o == outputs[("dynamic", 1)] for o in outputs.values()))

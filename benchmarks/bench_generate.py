@@ -30,7 +30,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from textgen_cli.generate import build_prompt, generate_batch, generation_config, prompt_budget, prompt_format  # noqa: E402
+from textgen_cli.decoding import generate_batch, generation_config  # noqa: E402
+from textgen_cli.prompts import build_prompt, prompt_budget, prompt_format  # noqa: E402
 from textgen_cli.recipe import load_recipe  # noqa: E402
 from textgen_cli.schema import GenerateSection  # noqa: E402
 

@@ -46,7 +46,7 @@ def test_bf16_training_step_lowers_the_loss_on_cuda(family, tokenizer):
 
 
 def test_greedy_generation_on_cuda_matches_cpu(tokenizer):
-    from textgen_cli.generate import generate_batch
+    from textgen_cli.decoding import generate_batch
     from textgen_cli.schema import GenerateSection
 
     model = _tiny("chatgpt", tokenizer).eval()

@@ -14,23 +14,14 @@ from pathlib import Path
 import pytest
 
 from conftest import textgen_exe
+from textgen_cli.batch_io import read_inputs
+from textgen_cli.chat_session import ChatSession, run_chat
 from textgen_cli.data import Dialogue
+from textgen_cli.decoding import GenerationStats, generate_batch, generate_stream
 from textgen_cli.errors import UserError
-from textgen_cli.generate import (
-    ChatSession,
-    Generator,
-    GenerationStats,
-    build_prompt,
-    check_settings,
-    chatgpt_prompt_ids,
-    generate_batch,
-    generate_stream,
-    load_generator,
-    prompt_budget,
-    read_inputs,
-    run_chat,
-    sora_source_ids,
-)
+from textgen_cli.generate import Generator, load_generator
+from textgen_cli.prompts import build_prompt, prompt_budget, prompt_format
+from textgen_cli.recipe import load_recipe
 from textgen_cli.schema import GenerateSection, ModelSection
 
 FAMILIES = ("chatgpt", "sora")
@@ -118,7 +109,6 @@ def _argmax_loop(model, prompt_ids: list[int], max_new_tokens: int, eos: int, st
 def test_chat_prompt_is_byte_for_byte_the_finetuning_template(tokenizer, tmp_path):
     from textgen_cli.finetune import chatgpt_examples
     from textgen_cli.objectives import IGNORE_INDEX, TruncationCount
-    from textgen_cli.recipe import load_recipe
 
     system = "Rewrite the King James verse in modern English."
     recipe = tmp_path / "r.yaml"
@@ -134,7 +124,6 @@ def test_chat_prompt_is_byte_for_byte_the_finetuning_template(tokenizer, tmp_pat
     assert train_ids[: len(prompt)] == prompt
     assert labels[len(prompt) - 1] == IGNORE_INDEX and labels[len(prompt)] != IGNORE_INDEX
     messages = [{"role": "system", "content": system}, {"role": "user", "content": source}]
-    assert prompt == chatgpt_prompt_ids(tokenizer, messages)
     assert prompt == list(tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"])
     text = tokenizer.decode(prompt, skip_special_tokens=False)
     assert text == f"<s><|system|>{system}<|end|><|user|>{source}<|end|><|assistant|>"
@@ -150,9 +139,7 @@ def test_dialogue_system_turn_wins_over_the_recipe_prompt(tokenizer):
 @pytest.mark.parametrize("task", ["pairs", "dialogue"])
 def test_sora_source_is_what_finetuning_encodes(tokenizer, tmp_path, task):
     from textgen_cli.finetune import sora_examples
-    from textgen_cli.generate import prompt_format
     from textgen_cli.objectives import TruncationCount
-    from textgen_cli.recipe import load_recipe
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"model: {{family: sora}}\nstages: []\ndata: {{finetune: {{task: {task}}}}}\n", encoding="utf-8")
@@ -163,14 +150,19 @@ def test_sora_source_is_what_finetuning_encodes(tokenizer, tmp_path, task):
     fmt = prompt_format("sora", task)
     assert fmt == ("text" if task == "pairs" else "chat")
     item = turns if task == "dialogue" else "How are you?"
-    assert build_prompt(tokenizer, item, "sora", fmt, budget=512).ids == trained_source == sora_source_ids(tokenizer, item, fmt)
+    assert build_prompt(tokenizer, item, "sora", fmt, budget=512).ids == trained_source
+    # against references built without textgen's encoders: the tokenizer's own chat template, plain tokenizing
     if task == "pairs":
-        assert trained_source[0] == tokenizer.bos_token_id and trained_source[-1] == tokenizer.eos_token_id
+        expected = [tokenizer.bos_token_id, *tokenizer("How are you?", add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+        text = "<s>How are you?</s>"
+    else:
+        expected = [*tokenizer.apply_chat_template(turns)["input_ids"], tokenizer.eos_token_id]
+        text = "<s><|user|>Hello there.<|end|><|assistant|>Hi.</s><|user|>How are you?<|end|></s>"
+    assert trained_source == expected
+    assert tokenizer.decode(trained_source, skip_special_tokens=False) == text
 
 
 def test_prompt_formats_follow_the_training_stage():
-    from textgen_cli.generate import prompt_format
-
     assert prompt_format("chatgpt", "pairs", "finetune") == "chat"
     assert prompt_format("chatgpt", "pairs", "pretrain") == "text"
     assert prompt_format("sora", "dialogue", "finetune") == "chat"
@@ -339,9 +331,11 @@ def test_bad_prompts_are_user_errors(tokenizer, item, message):
         ("batch_size", 0, "a positive integer"),
     ],
 )
-def test_bad_settings_are_user_errors(key, value, message):
-    with pytest.raises(UserError, match=f"key 'generate.{key}'.*{message}"):
-        check_settings(dataclasses.replace(GenerateSection(), **{key: value}), "r.yaml")
+def test_bad_settings_are_user_errors(tmp_path, key, value, message):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{family: chatgpt}}\nstages: []\ngenerate: {{{key}: {json.dumps(value)}}}\n", encoding="utf-8")
+    with pytest.raises(UserError, match=f"r.yaml: key 'generate.{key}': expected .*{message}"):
+        load_recipe(str(recipe))
 
 
 def test_read_inputs_formats_and_errors(tmp_path):
@@ -430,7 +424,10 @@ def test_recipe_model_is_the_latest_trained_one(workdir, tiny, monkeypatch):
 def _generator(tiny, tokenizer, family: str, **settings) -> Generator:
     path, model = tiny[family]
     section = dataclasses.replace(GenerateSection(), **{"max_new_tokens": 12, **settings})
-    return Generator(model, tokenizer, family, "chat", "dialogue", "Be brief." if family == "chatgpt" else "", section, path, "finetune")
+    return Generator(
+        model=model, tokenizer=tokenizer, family=family, fmt="chat", task="dialogue", system="Be brief." if family == "chatgpt" else "",
+        settings=section, path=path, stage="finetune",
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)

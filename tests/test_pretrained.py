@@ -201,9 +201,10 @@ def test_context_comes_from_the_config_field_else_model_context(space):
 
 def test_own_chat_template_is_used_byte_for_byte(space):
     from textgen_cli.data import Dialogue
-    from textgen_cli.generate import build_prompt, load_generator
+    from textgen_cli.generate import load_generator
     from textgen_cli.models import DECODER_ONLY
     from textgen_cli.objectives import IGNORE_INDEX, TruncationCount
+    from textgen_cli.prompts import build_prompt
 
     run = finetuned(space, "qwen2-chat")
     generator = load_generator(None, run["summary"]["final_dir"])
@@ -228,7 +229,7 @@ def test_own_chat_template_is_used_byte_for_byte(space):
 def test_a_too_long_message_is_cut_to_fit_the_own_template(space):
     from transformers import AutoTokenizer
 
-    from textgen_cli.generate import build_prompt
+    from textgen_cli.prompts import build_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(space.checkpoints["qwen2-chat"])
     prompt = build_prompt(tokenizer, "word " * 200, "chatgpt", "chat", 40)

@@ -10,7 +10,7 @@ import yaml
 
 from conftest import REPO, run_cli
 from textgen_cli.errors import UserError
-from textgen_cli.recipe import all_keys, find_recipe, load_recipe, schema_markdown, shipped_recipes, shipped_recipes_dir
+from textgen_cli.recipe import all_keys, find_recipe, load_recipe, load_recipe_values, schema_markdown, shipped_recipes, shipped_recipes_dir
 from textgen_cli.schema import CHOICES, PATH_KEYS
 
 FAMILIES = CHOICES["model.family"]
@@ -268,3 +268,24 @@ def test_relative_recipe_path_from_the_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     loaded = load_recipe("sub/r.yaml")
     assert Path(loaded.recipe.data.pretrain.train) == tmp_path / "sub" / "p.txt"
+
+
+def test_values_in_hand_load_like_the_same_file(tmp_path):
+    """load_recipe_values (no file read) gives what load_recipe gives for a file of those values."""
+    values = {"model": {"family": "chatgpt"}, "stages": [], "data": {"finetune": {"test": "t.jsonl"}}, "generate": {"top_p": 0.5}}
+    file = tmp_path.resolve() / "r.yaml"  # load_recipe resolves the path it finds
+    file.write_text(yaml.safe_dump(values), encoding="utf-8")
+    overrides = ["generate.seed=3"]
+    assert load_recipe_values(values, file, overrides).to_dict() == load_recipe(str(file), overrides).to_dict()
+    assert load_recipe_values(values, file).recipe.data.finetune.test == str(file.parent / "t.jsonl")
+    for bad, message in [
+        ({"temprature": 0.5}, "unknown key 'generate.temprature'; did you mean 'generate.temperature'?"),
+        ({"top_p": 2.0}, "key 'generate.top_p': expected a probability in (0, 1], got 2.0"),
+        ({"top_k": "lots"}, "key 'generate.top_k': expected an integer, got 'lots'"),
+    ]:
+        file.write_text(yaml.safe_dump({**values, "generate": bad}), encoding="utf-8")
+        with pytest.raises(UserError) as from_file:
+            load_recipe(str(file))
+        with pytest.raises(UserError) as from_values:
+            load_recipe_values({**values, "generate": bad}, file)
+        assert str(from_values.value) == str(from_file.value) == f"{file}: {message}"

@@ -217,11 +217,10 @@ def generate(
     """
 
     def action() -> None:
-        from textgen_cli import generate as gen
-        from textgen_cli.progress import log
+        from textgen_cli.recipe import load_generate_recipe
 
         if print_recipe:
-            sys.stdout.write(gen.load_generate_recipe(recipe, model, overrides).to_yaml())
+            sys.stdout.write(load_generate_recipe(recipe, model, overrides).to_yaml())
             return
         chosen = [name for name, given in (("--prompt", prompt is not None), ("--chat", chat), ("--input", input_file is not None)) if given]
         if len(chosen) > 1:
@@ -234,47 +233,58 @@ def generate(
         if chat and json_output:
             raise UserError("--json applies to --prompt and batch mode, not to --chat")
         if batch:
-            _generate_batch(gen, recipe, model, stage, overrides, input_file or "-", output)
+            _generate_batch(recipe, model, stage, overrides, input_file or "-", output)
             return
+        from textgen_cli.batch_io import InputRecord, output_record
+        from textgen_cli.chat_session import run_chat
+        from textgen_cli.decoding import GenerationStats
+        from textgen_cli.generate import load_generator
+        from textgen_cli.progress import log
+        from textgen_cli.prompts import check_input
+
         if prompt is not None:
-            gen.check_input(prompt, "--prompt")  # before the model loads
-        generator = gen.load_generator(recipe, model, stage, overrides)
+            check_input(prompt, "--prompt")  # before the model loads
+        generator = load_generator(recipe, model, stage, overrides)
         if chat:
-            stats = gen.run_chat(generator, sys.stdin, sys.stdout, sys.stderr, interactive=sys.stdin.isatty())
+            stats = run_chat(generator, sys.stdin, sys.stdout, sys.stderr, interactive=sys.stdin.isatty())
             if stats.prompts:
                 log(stats.line(mean_first_token=True))
             return
-        stats = gen.GenerationStats()
-        built = generator.prompt(gen.check_input(prompt, "--prompt"), where="--prompt")
+        stats = GenerationStats()
+        built = generator.prompt(check_input(prompt, "--prompt"), where="--prompt")
         if built.truncated or built.dropped_turns:
             log(f"warning: the prompt is longer than the model's context allows ({generator.budget} tokens with generate.max_new_tokens="
-                f"{generator.settings.max_new_tokens}); it was truncated")
+                f"{generator.max_new_tokens}); it was truncated")
         if json_output:
-            result = gen.generate_stream(generator.model, generator.tokenizer, built, generator.settings, lambda _: None, stats)
-            record = gen.output_record(gen.InputRecord(prompt, "--prompt"), result, generator.settings, generator.path)
+            result = generator.stream(built, lambda _: None, stats)
+            record = output_record(InputRecord(prompt, "--prompt"), result, generator.path, generator.decoding_settings())
             print(json.dumps({**record, "tokens_per_s": stats.tokens_per_s, "time_to_first_token_s": stats.first_token_s}, ensure_ascii=False))
         else:
-            gen.generate_stream(generator.model, generator.tokenizer, built, generator.settings, lambda text: (sys.stdout.write(text), sys.stdout.flush()), stats)
+            generator.stream(built, lambda text: (sys.stdout.write(text), sys.stdout.flush()), stats)
             print()
         log(stats.line())
 
     guarded(debug, action, verbose, quiet)
 
 
-def _generate_batch(gen, recipe: str | None, model: str | None, stage: str | None, overrides: list[str] | None, source: str, output: str | None) -> None:
+def _generate_batch(recipe: str | None, model: str | None, stage: str | None, overrides: list[str] | None, source: str, output: str | None) -> None:
     """Batch mode: every input line becomes one JSON line, in input order."""
     from pathlib import Path
 
+    from textgen_cli.batch_io import output_record, read_inputs
+    from textgen_cli.decoding import GenerationStats
+    from textgen_cli.generate import load_generator
     from textgen_cli.progress import Reporter, log
+    from textgen_cli.recipe import load_generate_recipe
 
     if output is not None and output != "-" and not Path(output).expanduser().resolve().parent.is_dir():
         raise UserError(f"--output '{output}': the folder '{Path(output).expanduser().parent}' does not exist")
-    loaded = gen.load_generate_recipe(recipe, model, overrides)
+    loaded = load_generate_recipe(recipe, model, overrides)
     finetune_data = loaded.recipe.data.finetune
-    records = gen.read_inputs(source, sys.stdin, finetune_data.source_field, finetune_data.messages_field)
-    generator = gen.load_generator(recipe, model, stage, overrides, loaded=loaded)
-    size = generator.settings.batch_size
-    stats = gen.GenerationStats()
+    records = read_inputs(source, sys.stdin, finetune_data.source_field, finetune_data.messages_field)
+    generator = load_generator(recipe, model, stage, overrides, loaded=loaded)
+    size = generator.batch_size
+    stats = GenerationStats()
     reporter = Reporter("generate", -(-len(records) // size))
     try:
         results = generator.batch(
@@ -285,7 +295,8 @@ def _generate_batch(gen, recipe: str | None, model: str | None, stage: str | Non
         )
     finally:
         reporter.close()
-    lines = "".join(json.dumps(gen.output_record(r, res, generator.settings, generator.path), ensure_ascii=False) + "\n" for r, res in zip(records, results))
+    settings = generator.decoding_settings()
+    lines = "".join(json.dumps(output_record(r, res, generator.path, settings), ensure_ascii=False) + "\n" for r, res in zip(records, results))
     if output is None or output == "-":
         sys.stdout.write(lines)
         sys.stdout.flush()

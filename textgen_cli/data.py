@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 HUB_PREFIX = "hf:"
 FORMATS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 ROLES = ("system", "user", "assistant")
+# A conversation: {role, content} turns, oldest first (the `messages` that apply_chat_template takes).
+Messages = list[dict[str, str]]
 
 
 @dataclass
@@ -40,8 +42,10 @@ class Pair:
 
 @dataclass
 class Dialogue:
+    """One dialogue record of a data file: its id and its turns."""
+
     id: str
-    messages: list[dict[str, str]]
+    messages: Messages
 
 
 def is_dataset(value: str | Path) -> bool:
@@ -294,7 +298,7 @@ def pair_to_chat(pair: Pair) -> Dialogue:
     return Dialogue(id=pair.id, messages=[{"role": "user", "content": pair.source}, {"role": "assistant", "content": pair.target}])
 
 
-def with_system_prompt(dialogue: Dialogue, system: str) -> list[dict[str, str]]:
+def with_system_prompt(dialogue: Dialogue, system: str) -> Messages:
     """The recipe's system prompt goes first, unless the data brings its own."""
     if not system or (dialogue.messages and dialogue.messages[0]["role"] == "system"):
         return list(dialogue.messages)

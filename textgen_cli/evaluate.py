@@ -195,8 +195,8 @@ def likelihood(generator, examples: list[EvalExample], batch_size: int) -> dict[
     Every scored reference is scored whole: a reference longer than the context is left out
     (counted in `skipped_too_long`), and a decoder-only prompt loses its oldest tokens to make room."""
     from textgen_cli.metrics import bits_per_byte, perplexity
-    from textgen_cli.generate import model_context
     from textgen_cli.models import role_for
+    from textgen_cli.prompts import model_context
 
     role = role_for(generator.family)
     tokenizer, model = generator.tokenizer, generator.model
@@ -235,9 +235,9 @@ def prose_likelihood(generator, path: str | None, text_field: str, batch_size: i
     the newline that separates documents in the byte count."""
 
     from textgen_cli.data import read_texts
-    from textgen_cli.generate import model_context
     from textgen_cli.metrics import bits_per_byte, perplexity
     from textgen_cli.models import role_for
+    from textgen_cli.prompts import model_context
 
     if not path:
         return {"skipped": "the recipe names no data.pretrain.validation text"}
@@ -353,7 +353,8 @@ def run_evaluate(
     output: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    from textgen_cli.generate import GenerationStats, load_generator, settings_dict
+    from textgen_cli.decoding import GenerationStats, settings_dict
+    from textgen_cli.generate import load_generator
     from textgen_cli.perturb import parse_spec
 
     recipe = loaded.recipe

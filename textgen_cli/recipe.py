@@ -21,6 +21,7 @@ from omegaconf import errors as oc_errors
 
 from textgen_cli.data import is_dataset, resolve_dataset_value
 from textgen_cli.errors import UserError
+from textgen_cli.runs import RECIPE_FILE
 from textgen_cli.schema import CHOICES, PATH_KEYS, STAGES, TRACKERS, Recipe
 
 
@@ -105,14 +106,25 @@ class LoadedRecipe:
 
 def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> LoadedRecipe:
     path = find_recipe(name_or_path)
+    return _validated(_read_yaml(path), path, overrides)
+
+
+def load_recipe_values(values: dict[str, Any], path: Path, overrides: list[str] | None = None) -> LoadedRecipe:
+    """`load_recipe` for values already in hand, with the same checks and messages; no file is read.
+    `path` stands for where the values come from: errors name it, its stem is the recipe's name, and
+    relative paths among the values resolve against its folder."""
+    return _validated(OmegaConf.create(values), path, overrides)
+
+
+def _validated(values: DictConfig, path: Path, overrides: list[str] | None) -> LoadedRecipe:
+    """Check the values (from `path`) with the overrides merged in, and resolve their paths."""
     overrides = list(overrides or [])
-    file_values = _read_yaml(path)
-    check_keys(OmegaConf.to_container(file_values), Recipe, source=str(path))
+    check_keys(OmegaConf.to_container(values), Recipe, source=str(path))
     override_values = _parse_overrides(overrides)
     check_keys(OmegaConf.to_container(override_values), Recipe, source="command line override")
 
     # Untyped merge first, so that an override can fix a bad value in the file.
-    combined = OmegaConf.merge(file_values, override_values)
+    combined = OmegaConf.merge(values, override_values)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Recipe), combined)
     except oc_errors.ValidationError as exc:
@@ -131,6 +143,31 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Loaded
     validate_values(recipe, source=str(path), override_keys=override_keys)
     _resolve_paths(recipe, base=path.parent, override_keys=override_keys)
     return LoadedRecipe(recipe=recipe, path=path, overrides=overrides)
+
+
+def load_generate_recipe(recipe: str | None, model_dir: str | None, overrides: list[str] | None = None) -> LoadedRecipe:
+    """The recipe that supplies decoding settings and the system prompt (`generate`, `evaluate`):
+    --recipe, else the one saved beside the --model checkpoint by its training run, else the schema
+    defaults."""
+    from textgen_cli.models import family_of_checkpoint  # numpy: `textgen recipes` does not need it
+
+    if recipe is None and model_dir is None:
+        raise UserError("give --recipe NAME (uses its latest trained model) or --model DIR")
+    if recipe is not None:
+        return load_recipe(recipe, overrides)
+    path = Path(model_dir).expanduser()  # type: ignore[arg-type]
+    if not path.is_dir():
+        raise UserError(f"model directory '{model_dir}' does not exist")
+    return recipe_for_checkpoint(path, family_of_checkpoint(path), list(overrides or []))
+
+
+def recipe_for_checkpoint(path: Path, family: str, overrides: list[str]) -> LoadedRecipe:
+    """The recipe a textgen run saved beside the checkpoint, else the schema defaults for `family`;
+    overrides applied."""
+    saved = path.parent / RECIPE_FILE
+    if saved.is_file():
+        return load_recipe(str(saved), overrides)
+    return load_recipe_values({"model": {"family": family}, "stages": []}, Path(f"{path} (schema defaults)"), overrides)
 
 
 def _read_yaml(path: Path) -> DictConfig:
@@ -291,9 +328,10 @@ def validate_values(recipe: Recipe, source: str, override_keys: set[str] = froze
         section = stage.replace("-", "_")
         if getattr(recipe, section).steps < 1:
             fail(f"{section}.steps", "a positive integer", getattr(recipe, section).steps)
-    from textgen_cli.generate import check_settings
-
-    check_settings(recipe.generate, source, {key for key in override_keys if key.startswith("generate.")})
+    problem = recipe.generate.out_of_range()
+    if problem is not None:
+        key, expected, value = problem
+        fail(f"generate.{key}", expected, value)
     if recipe.eval.bootstrap < 1:
         fail("eval.bootstrap", "a positive number of resamples", recipe.eval.bootstrap)
     if recipe.eval.max_examples is not None and recipe.eval.max_examples < 1:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from textgen_cli import __version__, diskspace
 from textgen_cli.errors import UserError
+from textgen_cli.schema import STAGES
 
 if TYPE_CHECKING:
     from textgen_cli.recipe import LoadedRecipe
@@ -49,6 +50,40 @@ def _is_a_file(path: Path) -> bool:
         return not stat.S_ISDIR(path.stat().st_mode)
     except (FileNotFoundError, NotADirectoryError):  # absent, or below a file (the caller checks that one)
         return False
+
+
+def trained_model(loaded: "LoadedRecipe", stage: str | None = None) -> tuple[Path, str]:
+    """The recipe's latest trained model: the output of its last stage that has one (finetune before
+    pretrain), or of `stage`."""
+    candidates = [stage] if stage else list(reversed(STAGES))
+    for name in candidates:
+        path = loaded.run_dir(name) / FINAL_DIR
+        if path.is_dir():
+            return path, name
+    if stage:
+        raise UserError(
+            f"recipe '{loaded.name}' has no trained {stage} model: '{loaded.run_dir(stage) / FINAL_DIR}' does not exist; "
+            f"run `textgen {stage} --recipe {loaded.path.name}` first"
+        )
+    first = loaded.recipe.stages[0] if loaded.recipe.stages else "pretrain"
+    tried = ", ".join(f"'{loaded.run_dir(name) / FINAL_DIR}'" for name in candidates)
+    raise UserError(
+        f"recipe '{loaded.name}' has no trained model (none of {tried} exists); "
+        f"run `textgen {first} --recipe {loaded.path.name}` first, or pass --model DIR"
+    )
+
+
+def checkpoint_stage(path: Path) -> str | None:
+    """Which stage wrote a checkpoint: from its run's summary.json, else the folder name."""
+    summary = path.parent / SUMMARY_FILE
+    if summary.is_file():
+        try:
+            stage = json.loads(summary.read_text(encoding="utf-8")).get("stage")
+            if stage in STAGES:
+                return stage
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            pass
+    return path.parent.name if path.parent.name in STAGES else None
 
 
 class RunDir:

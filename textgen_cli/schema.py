@@ -2,13 +2,14 @@
 
 This file is the single source of truth. Validation (`recipe.py`), `textgen recipes keys` and
 `docs/recipes.md` are all derived from these dataclasses, so a key documented anywhere exists here.
-Help lives in `field(metadata={"help": ...})`; allowed values for string choices in `CHOICES`.
+Help lives in `field(metadata={"help": ...})`; allowed values for string choices in `CHOICES`; a
+section's own range checks in its `out_of_range` method (`recipe.validate_values` reports them).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
@@ -156,6 +157,31 @@ class GenerateSection:
     too_long: str = _key("truncate", "A prompt whose last message alone is longer than the context (older turns are always dropped first): `truncate` keeps its beginning (for `chatgpt` plain text, its end), `error` stops.")
     prompt_format: str = _key("auto", "How prompts are encoded: `chat` (chat template for `chatgpt`, role-tagged history for `sora`), `text` (plain text; `sora`: [bos] text [eos]) or `auto` (what the model was trained on: `text` for a pretrain checkpoint and for `sora` pairs tasks, else `chat`).")
     device: str = _key("auto", "`auto` (CUDA when available), `cpu` or `cuda`.")
+
+    def out_of_range(self) -> Optional[tuple[str, str, Any]]:
+        """The first value outside its range, as (key in this section, what was expected, the value),
+        or None. `recipe.validate_values` words it like every other recipe error."""
+        if self.max_new_tokens < 1:
+            return "max_new_tokens", "a positive integer", self.max_new_tokens
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            return "min_new_tokens", f"an integer in [0, generate.max_new_tokens={self.max_new_tokens}]", self.min_new_tokens
+        if not self.temperature > 0:
+            return "temperature", "a positive number (for greedy decoding set generate.do_sample=false)", self.temperature
+        if self.top_k < 0:
+            return "top_k", "an integer >= 0 (0 disables top-k)", self.top_k
+        if not 0 < self.top_p <= 1:
+            return "top_p", "a probability in (0, 1]", self.top_p
+        if self.num_beams < 1:
+            return "num_beams", "a positive integer", self.num_beams
+        if not self.repetition_penalty > 0:
+            return "repetition_penalty", "a positive number (1.0 disables it)", self.repetition_penalty
+        if self.no_repeat_ngram_size < 0:
+            return "no_repeat_ngram_size", "an integer >= 0 (0 disables it)", self.no_repeat_ngram_size
+        if self.batch_size < 1:
+            return "batch_size", "a positive integer", self.batch_size
+        if any(not isinstance(stop, str) or stop == "" for stop in self.stop):
+            return "stop", "a list of non-empty strings", list(self.stop)
+        return None
 
 
 @dataclass

@@ -43,7 +43,7 @@ def validation_generation(loaded, stage: str, model, tokenizer, world: int = 1) 
         return {}
     import sacrebleu
 
-    from textgen_cli.generate import Generator, prompt_format
+    from textgen_cli.generate import Generator
     from textgen_cli.models import role_of_model
 
     r = loaded.recipe
@@ -53,10 +53,7 @@ def validation_generation(loaded, stage: str, model, tokenizer, world: int = 1) 
     role = role_of_model(model)
     role.configure_generation(model, tokenizer, r.model.context)
     settings = dataclasses.replace(r.generate, do_sample=False, num_beams=1)
-    generator = Generator(
-        model, tokenizer, role.name, prompt_format(role, r.data.finetune.task, stage, r.generate.prompt_format),
-        r.data.finetune.task, role.system_prompt(r), settings, Path("."), stage, r,
-    )
+    generator = Generator.from_recipe(model, tokenizer, r, family=role.name, stage=stage, path=Path("."), settings=settings)
     was_training = model.training
     model.eval()
     try:
