@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo data bench docs clean
+.PHONY: install test lint demo data bench docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ install: $(STAMP)
 
 test: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# ruff (pinned in the `test` extra; settings in pyproject.toml): lint findings and unformatted files
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The main job: train both shipped recipes (what is not already trained), evaluate both models
 # the same way, print the side-by-side table and write the report under reports/.
