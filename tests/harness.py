@@ -375,9 +375,12 @@ class ForkServer:
         spec = {"id": n, "args": args, "cwd": str(cwd), "out": str(out), "err": str(err)}
         self.popen.stdin.write((json.dumps(spec) + "\n").encode())
         self.popen.stdin.flush()
+        # the first run waits for the server's imports: minutes on a starved machine (a dead server
+        # ends the wait at once)
         with self.changed:
-            started = self.changed.wait_for(lambda: n in self.pids or self.popen.poll() is not None, timeout=120)
-        assert started and n in self.pids, "the fork server died (see the captured stderr)"
+            self.changed.wait_for(lambda: n in self.pids or self.popen.poll() is not None, timeout=600)
+        assert self.popen.poll() is None, "the fork server died (see the captured stderr)"
+        assert n in self.pids, "the fork server has not started the run in 600 s"
         return ForkedProc(self, n, self.pids[n], err)
 
     def close(self) -> None:
