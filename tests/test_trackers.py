@@ -12,6 +12,7 @@ import pytest
 
 from harness import moby_lines, write_recipe
 
+
 @pytest.fixture
 def recipe(tmp_path, monkeypatch):
     (tmp_path / "train.txt").write_text("".join(moby_lines(200)), encoding="utf-8")
