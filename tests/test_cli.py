@@ -84,7 +84,7 @@ def test_the_distribution_is_textgen_cli_and_the_command_textgen():
 def test_shell_completion_completes_commands_and_shipped_recipes(words, cword, expected):
     """What the script of `textgen --install-completion` asks the program for on <TAB> (bash)."""
     env = cli_env(_TEXTGEN_COMPLETE="complete_bash", COMP_WORDS=words, COMP_CWORD=str(cword))
-    result = textgen([], env=env, timeout=60)
+    result = textgen([], env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == expected
 
@@ -93,6 +93,6 @@ def test_show_completion_prints_the_script_for_the_shell():
     # Typer detects the shell from the parent process (`sh` under make, as in CI); its testing switch
     # turns detection off, and the option then takes the shell as its value
     env = cli_env(_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION="1")
-    result = textgen(["--show-completion", "bash"], env=env, timeout=60)
+    result = textgen(["--show-completion", "bash"], env=env)
     assert result.returncode == 0, result.stderr
     assert "complete -o default -F _textgen_completion textgen" in result.stdout

@@ -580,7 +580,7 @@ def test_cli_errors_exit_2_without_traceback(cli, name):
 
 
 def test_cli_help_mentions_every_mode():
-    result = textgen(["generate", "--help"], timeout=60)
+    result = textgen(["generate", "--help"])
     assert result.returncode == 0
     for flag in ("--recipe", "--model", "--prompt", "--chat", "--input", "--output", "--stage", "--json"):
         assert flag in result.stdout

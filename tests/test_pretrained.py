@@ -342,7 +342,7 @@ def test_a_finetune_only_recipe_from_scratch_runs_end_to_end(space):
 def test_a_hub_id_not_in_the_cache_offline_exits_2_with_the_fetch_command(space, tmp_path):
     env = cli_env(HF_HOME=str(tmp_path / "empty-hf-home"))
     args = ["finetune", "--recipe", str(space.recipe("chatgpt")), "model.init_from=openai-community/gpt2"]
-    result = textgen(args, cwd=space.root, env=env, timeout=120)
+    result = textgen(args, cwd=space.root, env=env)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]

@@ -59,7 +59,7 @@ def test_a_recipe_cannot_run_code(good, reliability_ws, tmp_path):
     text = f'description: !!python/object/apply:os.system ["touch {marker}"]\nmodel: {{family: chatgpt}}\nrun: {{name: good}}\n'
     (tmp_path / "evil.yaml").write_text(text)
     before = good()
-    done = textgen(["pretrain", "--recipe", "evil.yaml"], cwd=tmp_path, timeout=120)
+    done = textgen(["pretrain", "--recipe", "evil.yaml"], cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert "evil.yaml" in done.stderr and "line 1" in done.stderr and "Traceback" not in done.stderr
     assert not marker.exists()

@@ -33,7 +33,7 @@ def test_a_bad_recipe_exits_2_and_touches_nothing(case, good, reliability_ws, tm
     data = f"run: {{name: good}}\ndata: {{pretrain: {{train: {reliability_ws / 'data' / 'train.txt'}}}}}\n"
     (tmp_path / "bad.yaml").write_text(text.format(data=data), encoding="utf-8")
     before = good()
-    done = textgen(["pretrain", "--recipe", "bad.yaml"], cwd=tmp_path, timeout=120)
+    done = textgen(["pretrain", "--recipe", "bad.yaml"], cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
     for part in expected:
