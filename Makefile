@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo data bench docs clean
+.PHONY: install test lint demo data bench docs clean
 
 # What textgen needs to run (the demo needs no more); `install` adds the test tools and trackers
 # (pytest, TensorBoard, W&B, MLflow), which take longer to install than the rest together.
@@ -29,6 +29,11 @@ install: $(STAMP)
 
 test: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# ruff (pinned in the `test` extra; settings in pyproject.toml): lint findings and unformatted files
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The main job: train both shipped recipes (what is not already trained), evaluate both models
 # the same way, print the side-by-side table and write the report under reports/.

@@ -1,79 +1,47 @@
-"""Shared fixtures: the installed `textgen` entry point, a tiny workspace, a trained tokenizer,
-and tiny end-to-end runs (trained once per session, shared by every test that inspects them)."""
+"""Shared fixtures: an offline environment for the whole session, a trained tokenizer, tiny end-to-end
+runs (trained once per session, shared by every test that inspects them), the CLI run in this process,
+and the reliability workspace. Helpers that tests import are in harness.py."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SHIPPED = REPO / "recipes"
-FAMILIES = ("chatgpt", "sora")
+from harness import (
+    FAMILIES,
+    OFFLINE,
+    References,
+    Result,
+    end_to_end_recipe,
+    in_process,
+    moby_lines,
+    save_recipe,
+    shortest_verse_pairs,
+    stop_background_runs,
+    textgen,
+    tree_snapshot,
+    write_reliability_workspace,
+)
 
 # Never touch the network or the user's caches, in this process and in every subprocess.
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="textgen-tests-"))
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.update(OFFLINE)
 os.environ["HF_DATASETS_CACHE"] = str(_SESSION_TMP / "hf-datasets")
 os.environ["TEXTGEN_CACHE_DIR"] = str(_SESSION_TMP / "textgen-cache")
-os.environ["TOKENIZERS_PARALLELISM"] = "false"
 # Tiny models gain nothing from a second thread, and on a busy 2-core machine threads that wait on
 # each other make every subprocess several times slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ["TRANSFORMERS_VERBOSITY"] = "error"
 
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)
-
-
-def textgen_exe() -> str:
-    """The installed console script (what a user runs), not `python -m`."""
-    found = shutil.which("textgen")
-    if found:
-        return found
-    candidate = Path(sys.executable).parent / "textgen"
-    assert candidate.is_file(), f"the textgen entry point is not installed beside {sys.executable}"
-    return str(candidate)
-
-
-def run_cli(args: list[str], cwd: Path, cache: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["HF_HUB_OFFLINE"] = "1"
-    env["TEXTGEN_CACHE_DIR"] = str(cache or (_SESSION_TMP / "textgen-cache"))
-    return subprocess.run([textgen_exe(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def moby_lines(n: int, split: str = "train") -> list[str]:
-    with (SHIPPED / "data" / "moby-dick" / f"{split}.txt").open(encoding="utf-8") as handle:
-        return [next(handle) for _ in range(n)]
-
-
-def write_tiny_pretrain(folder: Path, train_lines: int = 300, val_lines: int = 40, **sections: str) -> Path:
-    """A 1-layer `chatgpt` pretraining recipe `tiny.yaml` on Moby-Dick lines in `folder`; keyword
-    arguments replace a top-level section (`train="{batch_size: 4}"`)."""
-    (folder / "train.txt").write_text("".join(moby_lines(train_lines)), encoding="utf-8")
-    (folder / "val.txt").write_text("".join(moby_lines(val_lines, "validation")), encoding="utf-8")
-    recipe = {
-        "stages": "[pretrain]",
-        "model": "{family: chatgpt, layers: 1, hidden: 32, heads: 2, ffn: 64, context: 32, dropout: 0.0}",
-        "tokenizer": "{vocab_size: 400}",
-        "data": "{pretrain: {train: train.txt, validation: val.txt}}",
-        "train": "{batch_size: 8, log_every: 5, eval_every: 20, eval_batches: null}",
-        "pretrain": "{steps: 40}",
-        "checkpoint": "{every: 10}",
-        **sections,
-    }
-    (folder / "tiny.yaml").write_text("".join(f"{key}: {value}\n" for key, value in recipe.items()), encoding="utf-8")
-    return folder / "tiny.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -91,29 +59,6 @@ def tokenizer(moby_texts):
 
 # ---------------------------------------------------------------- tiny end-to-end workspace
 
-TINY_RECIPE = """\
-description: "tiny {family} for the test suite"
-stages: [pretrain, finetune]
-model: {{family: {family}, layers: 1, hidden: 32, heads: 2, ffn: 64, context: 64, dropout: 0.1}}
-tokenizer: {{vocab_size: 400}}
-data:
-  pretrain: {{train: data/pretrain-train.txt, validation: data/pretrain-val.txt}}
-  finetune: {{task: pairs, train: data/finetune-train.jsonl, validation: data/finetune-val.jsonl}}
-prompt: {{system: "Modern English."}}
-train: {{seed: 7, device: cpu, batch_size: 8, lr: 3.0e-3, warmup_steps: 5, log_every: 5, eval_every: 20, eval_batches: 2}}
-pretrain: {{steps: 40}}
-finetune: {{steps: 40}}
-"""
-
-
-def tiny_extra() -> str:
-    """Recipe lines that keep generation settings (where the schema has them) within a tiny context, so
-    that training tests test training only (test_recipe checks small contexts validate with defaults)."""
-    from textgen_cli.recipe import all_keys
-
-    return "generate: {max_new_tokens: 8}\n" if "generate.max_new_tokens" in all_keys() else ""
-
-
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory) -> Path:
     """tmp/recipe/{tiny-chatgpt,tiny-sora}.yaml with data/ beside them; runs are made from tmp/ (the cwd),
@@ -123,14 +68,11 @@ def workspace(tmp_path_factory) -> Path:
     data.mkdir(parents=True)
     (data / "pretrain-train.txt").write_text("".join(moby_lines(200)), encoding="utf-8")
     (data / "pretrain-val.txt").write_text("".join(moby_lines(40, "validation")), encoding="utf-8")
-    # the shortest ~240 verse pairs, so that most fit a 64-token context
-    with (SHIPPED / "data" / "bible-modern" / "train.jsonl").open(encoding="utf-8") as handle:
-        rows = handle.readlines()
-    rows.sort(key=lambda line: (lambda r: len(r["source"]) + len(r["target"]))(json.loads(line)))
+    rows = shortest_verse_pairs()  # most of the first ~240 fit a 64-token context
     (data / "finetune-train.jsonl").write_text("".join(rows[:200]), encoding="utf-8")
     (data / "finetune-val.jsonl").write_text("".join(rows[200:240]), encoding="utf-8")
     for family in FAMILIES:
-        (root / "recipe" / f"tiny-{family}.yaml").write_text(TINY_RECIPE.format(family=family) + tiny_extra(), encoding="utf-8")
+        save_recipe(root / "recipe" / f"tiny-{family}.yaml", end_to_end_recipe(family))
     return root
 
 
@@ -154,8 +96,8 @@ def trained_run(workspace: Path, family: str) -> TrainedRun:
     if family not in _RUNS:
         recipe = workspace / "recipe" / f"tiny-{family}.yaml"
         args = ["--recipe", f"recipe/{recipe.name}", "--json"]
-        pretrain = run_cli(["pretrain", *args], cwd=workspace)
-        finetune = run_cli(["finetune", *args], cwd=workspace) if pretrain.returncode == 0 else pretrain
+        pretrain = textgen(["pretrain", *args], cwd=workspace)
+        finetune = textgen(["finetune", *args], cwd=workspace) if pretrain.returncode == 0 else pretrain
         _RUNS[family] = TrainedRun(family, workspace, recipe, pretrain, finetune)
     return _RUNS[family]
 
@@ -163,3 +105,67 @@ def trained_run(workspace: Path, family: str) -> TrainedRun:
 @pytest.fixture(scope="session", params=FAMILIES)
 def trained(request, workspace) -> TrainedRun:
     return trained_run(workspace, request.param)
+
+
+# ---------------------------------------------------------------- running the CLI in this process
+
+
+@pytest.fixture
+def textgen_here(monkeypatch, capsys) -> Callable[..., Result]:
+    """`textgen_here(*ARGS, cwd=FOLDER)`: `textgen ARGS` run in this process (harness.in_process)."""
+    return lambda *args, cwd: in_process(list(args), cwd, monkeypatch, capsys)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """In-process runs on one thread, like the subprocesses: tiny models gain nothing from more,
+    and on a busy 2-core machine spinning OpenMP threads slow them down many times over."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- the reliability workspace
+# Shared by the tests of stopped, killed and failing runs (harness.write_reliability_workspace), once
+# per session: the uninterrupted reference runs are trained once for all of them.
+
+
+@pytest.fixture(scope="session")
+def reliability_ws(tmp_path_factory) -> Iterator[Path]:
+    yield write_reliability_workspace(tmp_path_factory.mktemp("reliability"))
+    stop_background_runs()
+
+
+@pytest.fixture(scope="session")
+def references(reliability_ws) -> References:
+    """The uninterrupted runs, both families' pretraining started in the background at once."""
+    found = References(reliability_ws)
+    for family in FAMILIES:
+        found.start_pretrain(family)
+    return found
+
+
+@pytest.fixture(scope="session")
+def small_runs(reliability_ws) -> Path:
+    """Finished tiny runs made in this process: runs/small-{chatgpt,sora}/pretrain and small-chatgpt/finetune."""
+    from textgen_cli.finetune import run_finetune
+    from textgen_cli.pretrain import run_pretrain
+    from textgen_cli.recipe import load_recipe
+
+    ws = reliability_ws
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ws)
+        for family in FAMILIES:
+            run_pretrain(load_recipe(str(ws / f"{family}.yaml"), [f"run.name=small-{family}", "pretrain.steps=4", "checkpoint.every=0"]))
+        run_finetune(load_recipe(str(ws / "chatgpt.yaml"), ["run.name=small-chatgpt", "finetune.steps=2", "checkpoint.every=0"]))
+    return ws / "runs"
+
+
+@pytest.fixture
+def good(small_runs, tmp_path) -> Callable[[], dict[str, str]]:
+    """tmp_path/runs/good: a finished pretrain + finetune run; returns a snapshot of tmp_path/runs."""
+    shutil.copytree(small_runs / "small-chatgpt", tmp_path / "runs" / "good")
+    return lambda: tree_snapshot(tmp_path / "runs")

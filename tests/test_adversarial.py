@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import FAMILIES, run_cli
+from harness import FAMILIES, textgen
 from textgen_cli import adversarial
 from textgen_cli.adversarial import (
     DEFAULTS,
@@ -720,7 +720,7 @@ def test_adv_train_command_end_to_end(tiny):
         "stages=[pretrain,finetune,adv-train]", "adv_train.steps=4", f"adv_train.method={method}",
         "adv_train.augment_rate=0.1", "train.log_every=2", *extra,
     ]  # fmt: skip
-    result = run_cli(args, cwd=tiny.root.parent)
+    result = textgen(args, cwd=tiny.root.parent)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
     stage_dir = tiny.root / f"adv-{tiny.family}" / "adv-train"
@@ -746,7 +746,7 @@ def test_adv_train_command_end_to_end(tiny):
 
 @pytest.mark.slow
 def test_adv_train_without_a_finetune_output_exits_2(workspace):
-    result = run_cli(["adv-train", "--recipe", "recipe/tiny-chatgpt.yaml", f"run.root={workspace / 'adv-runs'}", "run.name=never-finetuned"], cwd=workspace)
+    result = textgen(["adv-train", "--recipe", "recipe/tiny-chatgpt.yaml", f"run.root={workspace / 'adv-runs'}", "run.name=never-finetuned"], cwd=workspace)
     assert result.returncode == 2, result.stderr
     assert "finetune" in result.stderr and "does not exist" in result.stderr
     assert "Traceback" not in result.stderr
@@ -754,7 +754,7 @@ def test_adv_train_without_a_finetune_output_exits_2(workspace):
 
 @pytest.mark.slow
 def test_adv_train_unknown_method_exits_2_with_the_choices(workspace):
-    result = run_cli(["adv-train", "--recipe", "recipe/tiny-sora.yaml", "adv_train.method=fgsm"], cwd=workspace)
+    result = textgen(["adv-train", "--recipe", "recipe/tiny-sora.yaml", "adv_train.method=fgsm"], cwd=workspace)
     assert result.returncode == 2, result.stderr
     assert "adv_train.method" in result.stderr
     for choice in METHODS:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import run_cli
+from harness import cli_env, textgen
 from textgen_cli import __version__
 
 HEAVY = ("torch", "transformers", "accelerate", "datasets")
@@ -53,16 +53,16 @@ def test_python_m_textgen_cli_help(tmp_path):
 
 
 def test_installed_entry_point_help_and_version(tmp_path):
-    result = run_cli(["--help"], cwd=tmp_path)
+    result = textgen(["--help"], cwd=tmp_path)
     assert result.returncode == 0 and "pretrain" in result.stdout
-    result = run_cli(["pretrain", "--help"], cwd=tmp_path)
+    result = textgen(["pretrain", "--help"], cwd=tmp_path)
     assert result.returncode == 0 and "--recipe" in result.stdout and "--json" in result.stdout
-    result = run_cli(["--version"], cwd=tmp_path)
+    result = textgen(["--version"], cwd=tmp_path)
     assert result.returncode == 0 and __version__ in result.stdout
 
 
 def test_recipes_lists_shipped_recipes_with_descriptions(tmp_path):
-    result = run_cli(["recipes"], cwd=tmp_path)
+    result = textgen(["recipes"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "sora.yaml" in result.stdout and "chatgpt.yaml" in result.stdout
     assert "encoder-decoder" in result.stdout and "decoder-only" in result.stdout
@@ -83,24 +83,16 @@ def test_the_distribution_is_textgen_cli_and_the_command_textgen():
 @pytest.mark.parametrize(("words", "cword", "expected"), [("textgen fin", 1, ["finetune"]), ("textgen pretrain --recipe sora-", 3, ["sora-chat.yaml", "sora-long.yaml", "sora-pretrained.yaml"])])
 def test_shell_completion_completes_commands_and_shipped_recipes(words, cword, expected):
     """What the script of `textgen --install-completion` asks the program for on <TAB> (bash)."""
-    import os
-
-    from conftest import textgen_exe
-
-    env = {**os.environ, "_TEXTGEN_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(cword)}
-    result = subprocess.run([textgen_exe()], env=env, capture_output=True, text=True, timeout=60)
+    env = cli_env(_TEXTGEN_COMPLETE="complete_bash", COMP_WORDS=words, COMP_CWORD=str(cword))
+    result = textgen([], env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == expected
 
 
 def test_show_completion_prints_the_script_for_the_shell():
-    import os
-
-    from conftest import textgen_exe
-
     # Typer detects the shell from the parent process (`sh` under make, as in CI); its testing switch
     # turns detection off, and the option then takes the shell as its value
-    env = {**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
-    result = subprocess.run([textgen_exe(), "--show-completion", "bash"], env=env, capture_output=True, text=True, timeout=60)
+    env = cli_env(_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION="1")
+    result = textgen(["--show-completion", "bash"], env=env)
     assert result.returncode == 0, result.stderr
     assert "complete -o default -F _textgen_completion textgen" in result.stdout

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import csv
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHIPPED, moby_lines, textgen_exe
+from harness import SHIPPED, end_to_end_recipe, merged, moby_lines, ok, save_recipe, textgen, usage_error
 
 pytestmark = pytest.mark.slow
 
@@ -31,41 +30,24 @@ STAGES = ("pretrain", "finetune")
 PNGS = ("loss_vs_tokens.png", "validation.png", "bleu_vs_tokens.png", "metrics.png")
 N_TEST = 16
 
-RECIPE = """\
-description: "tiny {family} for the compare tests"
-stages: [pretrain, finetune]
-model: {{family: {family}, layers: 1, hidden: 32, heads: 2, ffn: 64, context: 64, dropout: 0.1}}
-tokenizer: {{vocab_size: 400}}
-data:
-  pretrain: {{train: ../data/pretrain-train.txt, validation: ../data/pretrain-val.txt}}
-  finetune: {{task: pairs, train: ../data/finetune-train.jsonl, validation: ../data/finetune-val.jsonl, test: ../data/{test}}}
-prompt: {{system: "Modern English."}}
-train: {{seed: 7, device: cpu, batch_size: 8, lr: 3.0e-3, warmup_steps: 5, log_every: 5, eval_every: 30, eval_batches: 2, eval_generate: 4}}
-pretrain: {{steps: 30}}
-finetune: {{steps: {finetune_steps}}}
-generate: {{max_new_tokens: 16}}
-eval: {{bootstrap: 100}}
-"""
-
-
-def write_recipe(root: Path, name: str, family: str, test: str = "test.jsonl", finetune_steps: int = 30) -> None:
-    text = RECIPE.format(family=family, test=test, finetune_steps=finetune_steps)
-    (root / "recipes" / f"{name}.yaml").write_text(text, encoding="utf-8")
-
-
-def textgen(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    """The installed entry point, offline. One intra-op thread: the models are tiny and the test
-    machine is shared, where more threads only contend (measured 2-5x slower per step)."""
-    env = dict(os.environ)
-    env["HF_HUB_OFFLINE"] = "1"
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.run([textgen_exe(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-5000:]}"
-    assert "Traceback" not in result.stderr
-    return result
+def compare_recipe(root: Path, name: str, family: str, test: str = "test.jsonl", finetune_steps: int = 30) -> None:
+    """recipes/NAME.yaml: the end-to-end tiny recipe, 30 steps a stage, a test split, data in ../data."""
+    values = merged(
+        end_to_end_recipe(family),
+        {
+            "description": f"tiny {family} for the compare tests",
+            "data": {
+                "pretrain": {"train": "../data/pretrain-train.txt", "validation": "../data/pretrain-val.txt"},
+                "finetune": {"train": "../data/finetune-train.jsonl", "validation": "../data/finetune-val.jsonl", "test": f"../data/{test}"},
+            },
+            "train": {"eval_every": 30, "eval_generate": 4},
+            "pretrain": {"steps": 30},
+            "finetune": {"steps": finetune_steps},
+            "generate": {"max_new_tokens": 16},
+            "eval": {"bootstrap": 100},
+        },
+    )
+    save_recipe(root / "recipes" / f"{name}.yaml", values)
 
 
 def report_folder(result: subprocess.CompletedProcess, root: Path) -> Path:
@@ -151,9 +133,9 @@ def root(tmp_path_factory) -> Path:
     (root / "data" / "finetune-val.jsonl").write_text("".join(train[200:240]), encoding="utf-8")
     (root / "data" / "test.jsonl").write_text("".join(test[:N_TEST]), encoding="utf-8")
     (root / "data" / "other-test.jsonl").write_text("".join(test[N_TEST : 2 * N_TEST]), encoding="utf-8")
-    write_recipe(root, GPT, "chatgpt")
-    write_recipe(root, BART, "sora")
-    write_recipe(root, "cmp-other", "sora", test="other-test.jsonl")
+    compare_recipe(root, GPT, "chatgpt")
+    compare_recipe(root, BART, "sora")
+    compare_recipe(root, "cmp-other", "sora", test="other-test.jsonl")
     return root
 
 
@@ -176,7 +158,7 @@ def rerun(root, first):
 @pytest.fixture(scope="module")
 def changed(root, rerun):
     """The chatgpt recipe's finetune.steps changes from 30 to 20 in its file."""
-    write_recipe(root, GPT, "chatgpt", finetune_steps=20)
+    compare_recipe(root, GPT, "chatgpt", finetune_steps=20)
     result = ok(textgen(["compare", *RECIPES], cwd=root))
     return {"result": result, "folder": report_folder(result, root), "summaries": summaries(root), "before": rerun["summaries"]}
 
@@ -472,26 +454,18 @@ def test_seeds_report_mean_and_std(root):
 # ------------------------------------------------------------------------------------ errors
 
 
-def assert_usage_error(result: subprocess.CompletedProcess, *words: str) -> None:
-    assert result.returncode == 2, f"exit {result.returncode}\n{result.stderr[-3000:]}"
-    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
-    assert "error: " in result.stderr
-    for word in words:
-        assert word in result.stderr, (word, result.stderr[-2000:])
-
-
 def test_one_recipe_is_a_usage_error(root):
-    assert_usage_error(textgen(["compare", "--recipe", f"recipes/{GPT}.yaml"], cwd=root), "two or more")
+    usage_error(textgen(["compare", "--recipe", f"recipes/{GPT}.yaml"], cwd=root), "two or more")
 
 
 def test_different_test_files_is_a_usage_error(root):
     result = textgen(["compare", "--recipe", f"recipes/{GPT}.yaml", "--recipe", "recipes/cmp-other.yaml"], cwd=root)
-    assert_usage_error(result, "different test files", "other-test.jsonl")
+    usage_error(result, "different test files", "other-test.jsonl")
     assert not (root / "runs" / "cmp-other").exists()  # refused before any training
 
 
 def test_unknown_match_is_a_usage_error(root):
-    assert_usage_error(textgen(["compare", *RECIPES, "--match", "nonsense"], cwd=root), "nonsense")
+    usage_error(textgen(["compare", *RECIPES, "--match", "nonsense"], cwd=root), "nonsense")
 
 
 # ------------------------------------------------------------------------------------ significance (no training)

@@ -4,20 +4,19 @@ CPU), on every path that calls them, and the run logs the eager run's losses."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import write_tiny_pretrain
+from harness import cli_env, write_tiny_pretrain
 
 pytestmark = pytest.mark.slow
 
 
 def pretrain(folder: Path, *overrides: str) -> list[dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TORCHINDUCTOR_CACHE_DIR": str(folder / "inductor")}
+    env = cli_env(TORCHINDUCTOR_CACHE_DIR=str(folder / "inductor"))
     done = subprocess.run([sys.executable, "-m", "textgen_cli", "pretrain", "-r", "tiny.yaml", *overrides], cwd=folder, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     name = next(o.split("=", 1)[1] for o in overrides if o.startswith("run.name="))
@@ -25,7 +24,7 @@ def pretrain(folder: Path, *overrides: str) -> list[dict]:
 
 
 def test_compiled_blocks_train_like_eager(tmp_path):
-    write_tiny_pretrain(tmp_path, 200, 20, train="{batch_size: 8, log_every: 2, eval_every: 100, eval_batches: 2}", pretrain="{steps: 6}", checkpoint="{every: 0}")
+    write_tiny_pretrain(tmp_path, 200, 20, train={"log_every": 2, "eval_every": 100, "eval_batches": 2}, pretrain={"steps": 6}, checkpoint={"every": 0})
     eager = pretrain(tmp_path, "run.name=eager")
     compiled = pretrain(tmp_path, "run.name=compiled", "train.compile=true")
     # the compiled kernels ran: inductor wrote code for them

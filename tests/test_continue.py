@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import write_tiny_pretrain
+from harness import write_tiny_pretrain
 
 SETTINGS = ["train.log_every=5", "train.eval_every=5", "checkpoint.every=0"]
 
@@ -15,7 +15,7 @@ SETTINGS = ["train.log_every=5", "train.eval_every=5", "checkpoint.every=0"]
 @pytest.fixture(scope="module")
 def space(tmp_path_factory):
     folder = tmp_path_factory.mktemp("continue")
-    write_tiny_pretrain(folder, train="{batch_size: 8, warmup_steps: 3, eval_batches: 2}")
+    write_tiny_pretrain(folder, train={"warmup_steps": 3, "eval_batches": 2})  # log_every, eval_every: SETTINGS
     return folder
 
 

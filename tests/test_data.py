@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import run_cli, tiny_extra
+from harness import textgen, write_recipe
 from textgen_cli.data import Dialogue, pair_to_chat, read_dialogues, read_finetune_examples, read_pairs, read_texts, with_system_prompt
 from textgen_cli.errors import UserError
 from textgen_cli.schema import FinetuneData
@@ -189,10 +189,8 @@ def test_dialogue_messages_not_a_list(tmp_path):
 def test_data_error_through_the_cli_exits_2(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a"}\n{"text": \n')
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("model: {family: chatgpt, layers: 1, hidden: 32, heads: 2, ffn: 64, context: 32}\n"
-                      "stages: [pretrain]\ndata: {pretrain: {train: bad.jsonl}}\ntokenizer: {vocab_size: 400}\n" + tiny_extra())
-    result = run_cli(["pretrain", "--recipe", str(recipe)], cwd=tmp_path)
+    recipe = write_recipe(tmp_path / "r.yaml", stages=["pretrain"], model={"context": 32}, data={"pretrain": {"train": "bad.jsonl"}}, generate={"max_new_tokens": 8})
+    result = textgen(["pretrain", "--recipe", str(recipe)], cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert f"{bad}:2:" in result.stderr

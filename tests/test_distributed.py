@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_tiny_pretrain
+from harness import cli_env, write_tiny_pretrain
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ def workspace(tmp_path_factory) -> Path:
 
 def torchrun(workspace: Path, nproc: int, *args: str) -> tuple[list[str], dict[str, str]]:
     torchrun_bin = Path(sys.executable).parent / "torchrun"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = cli_env()
     return [str(torchrun_bin), "--nproc_per_node", str(nproc), "--master_port", str(29500 + os.getpid() % 1000), "-m", "textgen_cli", *args], env
 
 
@@ -128,7 +128,7 @@ def test_fsdp_run_resumes_with_another_number_of_processes(workspace, two_proces
     interrupt(workspace, 2, "moved", "train.batch_size=4", "distributed.strategy=fsdp")
     command = [*run_cli_args("moved", "--resume")]
     # one process with the old per-process batch would cut the data differently: refused, checkpoint kept
-    refused = subprocess.run(command, cwd=workspace, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(command, cwd=workspace, env=cli_env(), capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert "2 process(es) x train.batch_size=4 = 8 sequences per micro-batch" in refused.stderr
     assert "resume with train.batch_size=8" in refused.stderr and "Traceback" not in refused.stderr

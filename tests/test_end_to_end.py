@@ -10,7 +10,8 @@ import shutil
 
 import pytest
 
-from conftest import run_cli, trained_run
+from conftest import trained_run
+from harness import textgen
 
 pytestmark = pytest.mark.slow
 
@@ -149,7 +150,7 @@ def test_same_seed_same_losses(workspace, tmp_path):
     """A second identical chatgpt pretrain (other run root, fresh tokenizer cache) logs identical losses."""
     first = trained_run(workspace, "chatgpt")
     completed(first, "pretrain")
-    result = run_cli(["pretrain", "--recipe", "recipe/tiny-chatgpt.yaml", "run.root=runs-again", "--json"], cwd=workspace, cache=tmp_path / "cache")
+    result = textgen(["pretrain", "--recipe", "recipe/tiny-chatgpt.yaml", "run.root=runs-again", "--json"], cwd=workspace, cache=tmp_path / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "tokenizer: training" in result.stderr  # really a fresh tokenizer, not the cached one
     a = read_metrics(first.stage_dir("pretrain") / "metrics.jsonl")
@@ -160,7 +161,7 @@ def test_same_seed_same_losses(workspace, tmp_path):
 
 
 def test_finetune_without_pretrain_output_suggests_pretrain(workspace):
-    result = run_cli(["finetune", "--recipe", "recipe/tiny-chatgpt.yaml", "run.name=never-pretrained"], cwd=workspace)
+    result = textgen(["finetune", "--recipe", "recipe/tiny-chatgpt.yaml", "run.name=never-pretrained"], cwd=workspace)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "textgen pretrain" in result.stderr
@@ -175,7 +176,7 @@ def test_failed_run_leaves_no_partial_and_keeps_the_previous_result(workspace, t
     root = tmp_path / "runs"
     shutil.copytree(first.stage_dir("pretrain"), root / "tiny-chatgpt" / "pretrain")
     before = (root / "tiny-chatgpt" / "pretrain" / "summary.json").read_text()
-    result = run_cli(["pretrain", "--recipe", "recipe/tiny-chatgpt.yaml", f"run.root={root}", "train.lr=1e30", "train.warmup_steps=0", "pretrain.steps=10"], cwd=workspace)
+    result = textgen(["pretrain", "--recipe", "recipe/tiny-chatgpt.yaml", f"run.root={root}", "train.lr=1e30", "train.warmup_steps=0", "pretrain.steps=10"], cwd=workspace)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "non-finite" in result.stderr
     assert "Traceback" not in result.stderr

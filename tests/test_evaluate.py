@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import FAMILIES, SHIPPED, moby_lines, textgen_exe, trained_run
+from conftest import trained_run
+from harness import FAMILIES, SHIPPED, moby_lines, ok, textgen, usage_error
 
 pytestmark = pytest.mark.slow
 
@@ -27,22 +28,6 @@ ROWS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum", "distinct_1",
 SIGNED = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum", "distinct_1", "distinct_2", "self_bleu")
 INTERVALS = ("bleu", "chrf", "rougeL")
 LIKELIHOOD = ("nll_sum", "tokens", "bytes", "perplexity", "bits_per_byte")
-
-
-def textgen(args: list[str], cwd: Path, env: dict[str, str] | None = None, prefix: tuple[str, ...] = (), timeout: float = 300) -> subprocess.CompletedProcess:
-    """The installed entry point, offline. One intra-op thread: the models are tiny and the test
-    machine is shared, where more threads only contend (measured 2-5x slower per step)."""
-    if env is None:
-        env = dict(os.environ)
-        env["HF_HUB_OFFLINE"] = "1"
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.run([*prefix, textgen_exe(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout[-2000:]}\nstderr:\n{result.stderr[-4000:]}"
-    assert "Traceback" not in result.stderr
-    return result
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -361,7 +346,7 @@ def robustness(space, tmp_path_factory):
     recipe = "recipe/evaltest-chatgpt.yaml"
     a = ok(textgen(["evaluate", "--recipe", recipe, "--perturb", "char:0.1", "--perturb", "word_drop:0.1", "--output", str(first), "--json"], cwd=space))
     # the second run only needs the perturbed sources and predictions: fewer metrics, fewer resamples
-    b = ok(textgen(["evaluate", "--recipe", recipe, "eval.metrics=[chrf]", "eval.bootstrap=10", "--perturb", "char:0.1", "--output", str(second), "--json"], cwd=space))
+    ok(textgen(["evaluate", "--recipe", recipe, "eval.metrics=[chrf]", "eval.bootstrap=10", "--perturb", "char:0.1", "--output", str(second), "--json"], cwd=space))
     return json.loads(a.stdout), first, second
 
 
@@ -487,31 +472,23 @@ def test_nothing_touches_the_network(space, tmp_path):
 # ------------------------------------------------------------------------------------ errors
 
 
-def assert_usage_error(result: subprocess.CompletedProcess, *words: str) -> None:
-    assert result.returncode == 2, f"exit {result.returncode}\n{result.stderr[-3000:]}"
-    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
-    assert result.stderr.startswith("error: ") or "\nerror: " in result.stderr, result.stderr[-2000:]
-    for word in words:
-        assert word in result.stderr, (word, result.stderr[-2000:])
-
-
 def test_unknown_metric_name_suggests_the_closest(space, tmp_path):
     trained_run(space, "chatgpt")
     args = ["eval.metrics=[bleu,chrff]", "eval.max_examples=2", "generate.max_new_tokens=2"]  # fail fast where it fails late
     result = textgen(["evaluate", "--recipe", "recipe/evaltest-chatgpt.yaml", *args, "--output", str(tmp_path)], cwd=space)
-    assert_usage_error(result, "chrff", "Did you mean 'chrf'?")
+    usage_error(result, "chrff", "Did you mean 'chrf'?")
     assert not (tmp_path / "eval.json").exists()
 
 
 def test_bad_split_is_a_usage_error(space):
     result = textgen(["evaluate", "--recipe", "recipe/evaltest-chatgpt.yaml", "--split", "nonsense"], cwd=space)
-    assert_usage_error(result, "nonsense")
+    usage_error(result, "nonsense")
 
 
 @pytest.mark.parametrize("spec", ["char", "sparkle:0.1", "word_drop:2"])
 def test_bad_perturb_spec_is_a_usage_error(space, spec):
     result = textgen(["evaluate", "--recipe", "recipe/evaltest-chatgpt.yaml", "--perturb", spec], cwd=space)
-    assert_usage_error(result, "--perturb", spec)
+    usage_error(result, "--perturb", spec)
 
 
 # ---------------------------------------------------------------- held-out prose, sliding window

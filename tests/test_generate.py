@@ -7,13 +7,11 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import textgen_exe
+from harness import ok, textgen
 from textgen_cli.batch_io import read_inputs
 from textgen_cli.chat_session import ChatSession, run_chat
 from textgen_cli.data import Dialogue
@@ -469,17 +467,6 @@ def test_chat_session_trims_the_oldest_turns_and_says_so(tiny, tokenizer):
 # them all at once (in threads) and each test checks its own.
 
 
-def _textgen(args: list[str], cwd: Path, stdin: str = "") -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    return subprocess.run([textgen_exe(), "generate", *args], cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=300)
-
-
-def _ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    return result
-
-
 SAMPLING = ["generate.max_new_tokens=9", "generate.do_sample=true", "generate.temperature=0.7", "generate.seed=3"]
 DIALOGUE = [{"role": "user", "content": "Where is the whale?"}]
 ERRORS = {
@@ -525,13 +512,13 @@ def cli(tiny, tokenizer, tmp_path_factory) -> dict[str, object]:
         **{name: (args, "") for name, (args, _) in NO_MODEL_ERRORS.items()},
     }
     with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {name: pool.submit(_textgen, args, root, stdin) for name, (args, stdin) in specs.items()}
+        futures = {name: pool.submit(textgen, ["generate", *args], root, stdin=stdin) for name, (args, stdin) in specs.items()}
         futures["root"] = root  # type: ignore[assignment]
         yield futures
 
 
 def test_cli_single_prompt_streams_the_greedy_reply(cli, tiny, tokenizer):
-    result = _ok(cli["single"].result())
+    result = ok(cli["single"].result())
     settings = dataclasses.replace(GREEDY, max_new_tokens=16)
     [expected] = generate_batch(tiny["chatgpt"][1], tokenizer, [PROMPTS[2]], settings, "chatgpt", fmt="text")  # a pretrain model continues text
     assert result.stdout == expected.output + "\n"
@@ -539,7 +526,7 @@ def test_cli_single_prompt_streams_the_greedy_reply(cli, tiny, tokenizer):
 
 
 def test_cli_json_prompt_with_overrides_is_reproducible(cli, tiny, tokenizer):
-    record = json.loads(_ok(cli["json"].result()).stdout)
+    record = json.loads(ok(cli["json"].result()).stdout)
     assert record["prompt"] == PROMPTS[0] and 0 < record["output_tokens"] <= 9
     assert record["settings"]["do_sample"] is True and record["settings"]["temperature"] == 0.7
     # same seed, same output, in another process
@@ -549,7 +536,7 @@ def test_cli_json_prompt_with_overrides_is_reproducible(cli, tiny, tokenizer):
 
 
 def test_cli_batch_jsonl_in_and_out(cli, tiny, tokenizer):
-    result = _ok(cli["batch"].result())
+    result = ok(cli["batch"].result())
     records = [json.loads(line) for line in (cli["root"] / "out.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["id"] for r in records] == [*range(len(PROMPTS)), "d"]
     assert records[-1]["messages"] == DIALOGUE and records[0]["prompt"] == PROMPTS[0]
@@ -565,14 +552,14 @@ def test_cli_batch_jsonl_in_and_out(cli, tiny, tokenizer):
 
 
 def test_cli_stdin_to_stdout(cli):
-    result = _ok(cli["stdin"].result())
+    result = ok(cli["stdin"].result())
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r.get("prompt") or r.get("messages") for r in records] == ["first prompt", "second one", DIALOGUE]
     assert all(0 < r["output_tokens"] <= 5 for r in records)
 
 
 def test_cli_chat_over_stdin_until_end_of_input(cli):
-    result = _ok(cli["chat"].result())
+    result = ok(cli["chat"].result())
     assert len(result.stdout.splitlines()) == 2
     assert "conversation cleared" in result.stderr and "tokens/s" in result.stderr
     messages = json.loads((cli["root"] / "chat.jsonl").read_text(encoding="utf-8"))["messages"]
@@ -590,7 +577,7 @@ def test_cli_errors_exit_2_without_traceback(cli, name):
 
 
 def test_cli_help_mentions_every_mode():
-    result = subprocess.run([textgen_exe(), "generate", "--help"], capture_output=True, text=True, timeout=60)
+    result = textgen(["generate", "--help"])
     assert result.returncode == 0
     for flag in ("--recipe", "--model", "--prompt", "--chat", "--input", "--output", "--stage", "--json"):
         assert flag in result.stdout

@@ -5,10 +5,11 @@ dataset that is not in the offline cache is one clear error naming it."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from conftest import REPO, moby_lines, run_cli
+from harness import moby_lines, textgen, write_recipe
 
 PAIRS = [{"kjv": f"And it came to pass, verse {i}.", "modern": f"It happened, verse {i}."} for i in range(12)]
 
@@ -28,26 +29,24 @@ def folders(tmp_path_factory):
     return root
 
 
-def write_recipe(root, **data: str):
-    recipe = root / "hub.yaml"
-    recipe.write_text(
-        f"stages: [{'pretrain' if 'pretrain' in data else 'finetune'}]\n"
-        "model: {family: chatgpt, layers: 1, hidden: 32, heads: 2, ffn: 64, context: 32}\n"
-        "tokenizer: {vocab_size: 400}\n"
-        f"data: {json.dumps(data)}\n"
-        "train: {batch_size: 4, log_every: 1, eval_every: 2, eval_batches: 1}\n"
-        "pretrain: {steps: 2}\n"
-        "checkpoint: {every: 0}\n",
-        encoding="utf-8",
+def hub_recipe(root, **data: dict) -> Path:
+    """root/hub.yaml: a 2-step run of the stage that `data` names (pretrain, if it names both)."""
+    return write_recipe(
+        root / "hub.yaml",
+        stages=["pretrain" if "pretrain" in data else "finetune"],
+        model={"context": 32},
+        data=data,
+        train={"batch_size": 4, "log_every": 1, "eval_every": 2, "eval_batches": 1},
+        pretrain={"steps": 2},
+        checkpoint={"every": 0},
     )
-    return recipe
 
 
 def test_a_save_to_disk_folder_maps_columns_and_splits(folders):
     from textgen_cli.data import read_finetune_examples
     from textgen_cli.recipe import load_recipe
 
-    recipe = write_recipe(folders, finetune={"task": "pairs", "train": "hf:./verses", "validation": "hf:./verses", "test": "hf:./verses:train[:3]", "source_field": "kjv", "target_field": "modern"})
+    recipe = hub_recipe(folders, finetune={"task": "pairs", "train": "hf:./verses", "validation": "hf:./verses", "test": "hf:./verses:train[:3]", "source_field": "kjv", "target_field": "modern"})
     loaded = load_recipe(str(recipe))
     section = loaded.recipe.data.finetune
     # the recipe keeps the name, made explicit: the folder resolved against the recipe, the split named
@@ -59,8 +58,8 @@ def test_a_save_to_disk_folder_maps_columns_and_splits(folders):
 
 
 def test_pretrain_reads_a_folder_of_parquet_files_through_the_cli(folders):
-    recipe = write_recipe(folders, pretrain={"train": "hf:./prose", "validation": "hf:./prose", "text_field": "body"}, finetune={"train": "hf:./verses", "source_field": "kjv", "target_field": "modern"})
-    result = run_cli(["pretrain", "--recipe", str(recipe), "--json"], cwd=folders)
+    recipe = hub_recipe(folders, pretrain={"train": "hf:./prose", "validation": "hf:./prose", "text_field": "body"}, finetune={"train": "hf:./verses", "source_field": "kjv", "target_field": "modern"})
+    result = textgen(["pretrain", "--recipe", str(recipe), "--json"], cwd=folders)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["steps"] == 2 and summary["train_examples"] > 0
@@ -71,7 +70,7 @@ def test_a_missing_column_names_the_dataset_and_the_key(folders):
     from textgen_cli.errors import UserError
     from textgen_cli.recipe import load_recipe
 
-    section = load_recipe(str(write_recipe(folders, finetune={"train": "hf:./verses"}))).recipe.data.finetune
+    section = load_recipe(str(hub_recipe(folders, finetune={"train": "hf:./verses"}))).recipe.data.finetune
     with pytest.raises(UserError, match=rf"^hf:{folders / 'verses'}:train: records have no field 'source' \(set by data.finetune.source_field\); fields found: kjv, modern$"):
         read_finetune_examples(section, "train", None)
 
@@ -81,14 +80,14 @@ def test_an_unknown_split_is_named(folders):
     from textgen_cli.errors import UserError
     from textgen_cli.recipe import load_recipe
 
-    section = load_recipe(str(write_recipe(folders, finetune={"train": "hf:./verses:dev"}))).recipe.data.finetune
+    section = load_recipe(str(hub_recipe(folders, finetune={"train": "hf:./verses:dev"}))).recipe.data.finetune
     with pytest.raises(UserError, match=rf"^dataset '{folders / 'verses'}' has no split 'dev'; splits found: train, validation$"):
         read_finetune_examples(section, "train", None)
 
 
 def test_a_hub_dataset_missing_from_the_offline_cache_exits_2_naming_it(folders):
-    recipe = write_recipe(folders, pretrain={"train": "hf:acme/no-such-verses"})
-    result = run_cli(["pretrain", "--recipe", str(recipe)], cwd=folders)
+    recipe = hub_recipe(folders, pretrain={"train": "hf:acme/no-such-verses"})
+    result = textgen(["pretrain", "--recipe", str(recipe)], cwd=folders)
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == (
         "error: dataset 'acme/no-such-verses' is not in the local datasets cache, and textgen runs offline; download it once with "

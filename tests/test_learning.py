@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAMILIES, run_cli
+from harness import FAMILIES, recipe, save_recipe, textgen
 
 pytestmark = pytest.mark.slow
 
@@ -30,17 +30,20 @@ STEPS = 400
 MAX_LOSS = 0.6
 MIN_GAP = 1.8
 
-RECIPE = """\
-stages: [finetune]
-model: {{family: {family}, init_from: scratch, layers: 2, hidden: 64, heads: 4, ffn: 256, context: 32, dropout: 0.0}}
-tokenizer: {{vocab_size: 300}}
-data:
-  finetune: {{task: pairs, train: train.jsonl, validation: validation.jsonl}}
-train: {{seed: 7, device: cpu, batch_size: 32, lr: 1.0e-3, warmup_steps: 20, log_every: 50, eval_every: 100}}
-finetune: {{steps: {steps}}}
-eval: {{after_finetune: false}}
-generate: {{max_new_tokens: 16}}
-"""
+
+def reverse_recipe(family: str) -> dict:
+    """Finetuning from scratch (2 layers, 64 wide), STEPS steps of 32 examples."""
+    return recipe(
+        family,
+        stages=["finetune"],
+        model={"init_from": "scratch", "layers": 2, "hidden": 64, "heads": 4, "ffn": 256, "context": 32, "dropout": 0.0},
+        tokenizer={"vocab_size": 300},
+        data={"finetune": {"task": "pairs", "train": "train.jsonl", "validation": "validation.jsonl"}},
+        train={"seed": 7, "device": "cpu", "batch_size": 32, "lr": 1.0e-3, "warmup_steps": 20, "log_every": 50, "eval_every": 100},
+        finetune={"steps": STEPS},
+        eval={"after_finetune": False},
+        generate={"max_new_tokens": 16},
+    )
 
 
 def words(rng: random.Random) -> list[str]:
@@ -92,13 +95,13 @@ def reverse_task(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("reverse")
     write_reverse_task(folder)
     for family in FAMILIES:
-        (folder / f"{family}.yaml").write_text(RECIPE.format(family=family, steps=STEPS), encoding="utf-8")
+        save_recipe(folder / f"{family}.yaml", reverse_recipe(family))
     return folder
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_learns_a_task_that_needs_its_input(reverse_task, family):
-    result = run_cli(["finetune", "--recipe", f"{family}.yaml"], cwd=reverse_task)
+    result = textgen(["finetune", "--recipe", f"{family}.yaml"], cwd=reverse_task)
     assert result.returncode == 0, result.stderr[-3000:]
     true_loss, rotated_loss = validation_losses(reverse_task, family)
     assert true_loss < MAX_LOSS, f"{family} did not learn to reverse its source: validation loss {true_loss:.3f}"

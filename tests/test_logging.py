@@ -8,25 +8,25 @@ import logging
 
 import pytest
 
-from conftest import run_cli, write_tiny_pretrain
+from harness import textgen, write_tiny_pretrain
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("logging")
-    write_tiny_pretrain(folder, pretrain="{steps: 2}", checkpoint="{every: 0}")
+    write_tiny_pretrain(folder, pretrain={"steps": 2}, checkpoint={"every": 0})
     return folder
 
 
 def test_quiet_prints_the_result_and_nothing_else(tiny):
-    result = run_cli(["-q", "pretrain", "--recipe", "tiny.yaml", "run.name=quiet"], cwd=tiny)
+    result = textgen(["-q", "pretrain", "--recipe", "tiny.yaml", "run.name=quiet"], cwd=tiny)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert result.stdout.startswith("pretrain finished: runs/quiet/pretrain/final")
 
 
 def test_verbose_adds_debug_detail_and_json_stays_clean(tiny):
-    result = run_cli(["pretrain", "--recipe", "tiny.yaml", "run.name=loud", "--verbose", "--json"], cwd=tiny)
+    result = textgen(["pretrain", "--recipe", "tiny.yaml", "run.name=loud", "--verbose", "--json"], cwd=tiny)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["steps"] == 2  # stdout holds the JSON document only
     assert "locked runs/loud/pretrain.lock" in result.stderr  # a debug line
@@ -35,13 +35,13 @@ def test_verbose_adds_debug_detail_and_json_stays_clean(tiny):
 
 
 def test_errors_still_show_under_quiet(tiny):
-    result = run_cli(["pretrain", "-q", "--recipe", "tiny.yaml", "model.layrs=3"], cwd=tiny)
+    result = textgen(["pretrain", "-q", "--recipe", "tiny.yaml", "model.layrs=3"], cwd=tiny)
     assert result.returncode == 2
     assert result.stderr.startswith("error: command line override: unknown key 'model.layrs'")
 
 
 def test_verbose_and_quiet_together_is_an_error(tiny):
-    result = run_cli(["-v", "pretrain", "-q", "--recipe", "tiny.yaml"], cwd=tiny)
+    result = textgen(["-v", "pretrain", "-q", "--recipe", "tiny.yaml"], cwd=tiny)
     assert result.returncode == 2
     assert "error: --verbose and --quiet cannot be combined; choose one" in result.stderr
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import yaml
 
-from conftest import run_cli, trained_run
+from conftest import trained_run
+from harness import textgen
 
 
 def card_of(stage_dir):
@@ -50,7 +50,7 @@ def test_the_card_is_rewritten_with_the_evaluation_table(workspace, tmp_path):
         "eval.bootstrap=20",
         "eval.max_examples=6",
     ]
-    result = run_cli(["finetune", "--recipe", f"recipe/{run.recipe.name}", *overrides, "--json"], cwd=workspace)
+    result = textgen(["finetune", "--recipe", f"recipe/{run.recipe.name}", *overrides, "--json"], cwd=workspace)
     assert result.returncode == 0, result.stderr
     stage = workspace / "runs" / "card-chatgpt" / "finetune"
     card = card_of(stage)

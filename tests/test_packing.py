@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, moby_lines
+from harness import REPO, moby_lines
 from textgen_cli import packing
 from textgen_cli.errors import UserError, WorkerDied
 from textgen_cli.objectives import pack_blocks

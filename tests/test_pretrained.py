@@ -16,23 +16,27 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHIPPED, moby_lines, run_cli
+from harness import OMIT, REPO, SHIPPED, cli_env, moby_lines, textgen, write_recipe
 from foreign_checkpoints import ARCHITECTURES, CHAT_TEMPLATE, SPECIALS, save_checkpoint
 
 from textgen_cli.errors import UserError
 
 STEPS = 4
-RECIPE = """\
-stages: [finetune]
-model: {{family: {family}, context: 64}}
-data:
-  finetune: {{task: pairs, train: data/train.jsonl, validation: data/val.jsonl, test: data/test.jsonl}}
-prompt: {{system: "Modern English."}}
-train: {{seed: 7, device: cpu, batch_size: 4, lr: 3.0e-3, warmup_steps: 1, log_every: 2, eval_every: 4, eval_batches: 1}}
-finetune: {{steps: {steps}}}
-eval: {{bootstrap: 20, max_examples: 4}}
-generate: {{max_new_tokens: 4}}
-"""
+# the model's sizes and tokenizer come from the checkpoint it starts from (model.init_from)
+FROM_A_CHECKPOINT = {"layers": OMIT, "hidden": OMIT, "heads": OMIT, "ffn": OMIT}
+
+
+def finetune_sections(steps: int) -> dict:
+    """A short finetuning on the verse pairs of the space, evaluated on 4 test examples."""
+    return {
+        "stages": ["finetune"],
+        "data": {"finetune": {"task": "pairs", "train": "data/train.jsonl", "validation": "data/val.jsonl", "test": "data/test.jsonl"}},
+        "prompt": {"system": "Modern English."},
+        "train": {"seed": 7, "device": "cpu", "batch_size": 4, "lr": 3.0e-3, "warmup_steps": 1, "log_every": 2, "eval_every": 4, "eval_batches": 1},
+        "finetune": {"steps": steps},
+        "eval": {"bootstrap": 20, "max_examples": 4},
+        "generate": {"max_new_tokens": 4},
+    }
 
 
 @dataclass
@@ -57,7 +61,7 @@ def space(tmp_path_factory) -> Space:
     for name, chosen in (("train", rows[:40]), ("val", rows[40:48]), ("test", rows[48:52])):
         (root / "data" / f"{name}.jsonl").write_text("".join(chosen), encoding="utf-8")
     for family in ("chatgpt", "sora"):
-        (root / f"{family}.yaml").write_text(RECIPE.format(family=family, steps=STEPS), encoding="utf-8")
+        write_recipe(root / f"{family}.yaml", family, model=FROM_A_CHECKPOINT, tokenizer=OMIT, **finetune_sections(STEPS))
     return Space(root, checkpoints)
 
 
@@ -127,8 +131,6 @@ def test_generate_from_a_finetuned_foreign_checkpoint(space, name):
 
 def readme_commands() -> list[str]:
     """The commands of the README's "Compare two pretrained models" section."""
-    from conftest import REPO
-
     text = (REPO / "README.md").read_text(encoding="utf-8")
     section = text.split("## Compare two pretrained models", 1)[1].split("\n## ", 1)[0]
     block = section.split("```bash", 1)[1].split("```", 1)[0]
@@ -149,7 +151,7 @@ def test_the_readme_comparison_of_two_pretrained_models_runs_offline(space, tmp_
         args = [next((arg.replace(hub, path) for hub, path in local.items() if hub in arg), arg) for arg in args]
         if args[0] == "finetune":
             args += tiny
-        result = run_cli(args, cwd=tmp_path)
+        result = textgen(args, cwd=tmp_path)
         assert result.returncode == 0, f"{command}\n{result.stderr[-3000:]}"
     assert "gpt2" in result.stdout and "bart-base" in result.stdout and "BLEU" in result.stdout
 
@@ -317,7 +319,7 @@ def test_default_layouts_are_todays_builders(tokenizer):
 
 
 def test_an_arch_of_the_other_family_exits_2(space):
-    result = run_cli(["finetune", "--recipe", str(space.recipe("chatgpt")), "model.init_from=scratch", "model.arch=t5"], cwd=space.root)
+    result = textgen(["finetune", "--recipe", str(space.recipe("chatgpt")), "model.init_from=scratch", "model.arch=t5"], cwd=space.root)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "key 'model.arch': `t5` builds a `sora` model, but model.family is `chatgpt`" in result.stderr
 
@@ -326,8 +328,8 @@ def test_a_finetune_only_recipe_from_scratch_runs_end_to_end(space):
     """`stages: [finetune]` with `model.init_from: scratch`: random weights, a tokenizer trained on
     the finetune training split (no pretraining text), then the evaluation."""
     recipe = space.root / "scratch.yaml"
-    recipe.write_text(RECIPE.format(family="chatgpt", steps=3).replace("context: 64}", "context: 64, layers: 1, hidden: 32, heads: 2, ffn: 64, init_from: scratch}") + "tokenizer: {vocab_size: 400}\n", encoding="utf-8")
-    result = run_cli(["finetune", "--recipe", str(recipe), "--json"], cwd=space.root)
+    write_recipe(recipe, "chatgpt", model={"init_from": "scratch"}, **finetune_sections(3))  # the tiny model and tokenizer
+    result = textgen(["finetune", "--recipe", str(recipe), "--json"], cwd=space.root)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
     assert summary["from_scratch"] is True and summary["init_from"] == "scratch"
@@ -339,13 +341,9 @@ def test_a_finetune_only_recipe_from_scratch_runs_end_to_end(space):
 
 
 def test_a_hub_id_not_in_the_cache_offline_exits_2_with_the_fetch_command(space, tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "empty-hf-home"))
-    from conftest import textgen_exe
-
-    result = subprocess.run(
-        [textgen_exe(), "finetune", "--recipe", str(space.recipe("chatgpt")), "model.init_from=openai-community/gpt2"],
-        cwd=space.root, env=env, capture_output=True, text=True, timeout=120,
-    )
+    env = cli_env(HF_HOME=str(tmp_path / "empty-hf-home"))
+    args = ["finetune", "--recipe", str(space.recipe("chatgpt")), "model.init_from=openai-community/gpt2"]
+    result = textgen(args, cwd=space.root, env=env)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
@@ -448,8 +446,6 @@ def test_fp16_on_cpu_is_a_clear_error():
 def test_no_family_tests_outside_the_models_package():
     """Everything that differs between the roles is asked of the role object (models/roles.py)."""
     import re
-
-    from conftest import REPO
 
     pattern = re.compile(r"""family\s*[!=]=|[!=]=\s*["'](sora|chatgpt)["']|["'](sora|chatgpt)["']\s*[!=]=|is_encoder_decoder""")
     found = [

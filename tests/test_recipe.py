@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, run_cli
+from harness import REPO, textgen
 from textgen_cli.errors import UserError
 from textgen_cli.recipe import all_keys, find_recipe, load_recipe, load_recipe_values, schema_markdown, shipped_recipes, shipped_recipes_dir
 from textgen_cli.schema import CHOICES, PATH_KEYS
@@ -49,7 +49,7 @@ def test_shipped_recipe_validates_and_its_data_exists(path):
 
 
 def test_recipes_validate_command_accepts_every_shipped_recipe(tmp_path):
-    result = run_cli(["recipes", "validate", *[str(p) for p in shipped_recipes()]], cwd=tmp_path)
+    result = textgen(["recipes", "validate", *[str(p) for p in shipped_recipes()]], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("ok:") == len(shipped_recipes())
 
@@ -78,7 +78,7 @@ def test_override_can_fix_a_bad_value_in_the_file(tmp_path):
 
 
 def test_override_wins_through_the_cli(tmp_path):
-    result = run_cli(["recipes", "show", "sora", "model.layers=5", "train.batch_size=3"], cwd=tmp_path)
+    result = textgen(["recipes", "show", "sora", "model.layers=5", "train.batch_size=3"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     shown = yaml.safe_load(result.stdout)
     assert shown["model"]["layers"] == 5
@@ -87,7 +87,7 @@ def test_override_wins_through_the_cli(tmp_path):
 
 
 def test_print_recipe_applies_overrides(tmp_path):
-    result = run_cli(["pretrain", "--recipe", "chatgpt", "--print-recipe", "model.heads=8"], cwd=tmp_path)
+    result = textgen(["pretrain", "--recipe", "chatgpt", "--print-recipe", "model.heads=8"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert yaml.safe_load(result.stdout)["model"]["heads"] == 8
     assert not (tmp_path / "runs").exists()
@@ -111,7 +111,7 @@ def test_bad_override_is_blamed_on_the_command_line(override, key):
 def test_typo_key_names_file_and_key_with_suggestion(tmp_path):
     recipe = tmp_path / "typo.yaml"
     recipe.write_text("model:\n  family: sora\n  layrs: 3\n" + DATA)
-    result = run_cli(["pretrain", "--recipe", str(recipe)], cwd=tmp_path)
+    result = textgen(["pretrain", "--recipe", str(recipe)], cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert str(recipe) in result.stderr
@@ -123,14 +123,14 @@ def test_typo_key_names_file_and_key_with_suggestion(tmp_path):
 def test_debug_shows_the_traceback(tmp_path):
     recipe = tmp_path / "typo.yaml"
     recipe.write_text("model:\n  family: sora\n  layrs: 3\n" + DATA)
-    result = run_cli(["pretrain", "--recipe", str(recipe), "--debug"], cwd=tmp_path)
+    result = textgen(["pretrain", "--recipe", str(recipe), "--debug"], cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback (most recent call last)" in result.stderr
     assert "did you mean 'model.layers'" in result.stderr
 
 
 def test_typo_in_a_cli_override_is_blamed_on_the_command_line(tmp_path):
-    result = run_cli(["pretrain", "--recipe", "sora", "model.layrs=3"], cwd=tmp_path)
+    result = textgen(["pretrain", "--recipe", "sora", "model.layrs=3"], cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "command line override" in result.stderr
@@ -160,7 +160,7 @@ def test_bad_recipe_exits_2_naming_file_and_key(tmp_path, name):
     text, expected = BAD_RECIPES[name]
     recipe = tmp_path / f"{name}.yaml"
     recipe.write_text(text, encoding="utf-8")
-    result = run_cli(["pretrain", "--recipe", str(recipe)], cwd=tmp_path)
+    result = textgen(["pretrain", "--recipe", str(recipe)], cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ")
@@ -185,7 +185,7 @@ def test_interpolation_to_an_existing_key_works(tmp_path):
 
 
 def test_unknown_recipe_name_exits_2(tmp_path):
-    result = run_cli(["pretrain", "--recipe", "no-such-recipe"], cwd=tmp_path)
+    result = textgen(["pretrain", "--recipe", "no-such-recipe"], cwd=tmp_path)
     assert result.returncode == 2
     assert "no-such-recipe" in result.stderr and "sora.yaml" in result.stderr
     assert "Traceback" not in result.stderr
@@ -202,7 +202,7 @@ def test_schema_markdown_lists_every_key():
 
 
 def test_recipes_keys_prints_schema_markdown(tmp_path):
-    result = run_cli(["recipes", "keys"], cwd=tmp_path)
+    result = textgen(["recipes", "keys"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == schema_markdown()
 
@@ -223,7 +223,7 @@ def test_bare_shipped_name_resolves_from_an_empty_folder(tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     stem = name.removesuffix(".yaml")
     assert find_recipe(name) == (shipped_recipes_dir() / f"{stem}.yaml").resolve()
-    result = run_cli(["recipes", "show", name], cwd=tmp_path)
+    result = textgen(["recipes", "show", name], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     shown = yaml.safe_load(result.stdout)
     assert shown["model"]["family"] == stem

@@ -10,23 +10,21 @@ import struct
 
 import pytest
 
-from conftest import moby_lines
-
-RECIPE = """\
-stages: [pretrain]
-model: {family: chatgpt, layers: 1, hidden: 32, heads: 2, ffn: 64, context: 32}
-tokenizer: {vocab_size: 400}
-data: {pretrain: {train: train.txt, validation: val.txt}}
-train: {batch_size: 8, log_every: 5, eval_every: 10, eval_batches: 2, lr: 0.002, tensorboard: true, report_to: [wandb, mlflow]}
-pretrain: {steps: 20}
-"""
+from harness import moby_lines, write_recipe
 
 
 @pytest.fixture
 def recipe(tmp_path, monkeypatch):
     (tmp_path / "train.txt").write_text("".join(moby_lines(200)), encoding="utf-8")
     (tmp_path / "val.txt").write_text("".join(moby_lines(40, "validation")), encoding="utf-8")
-    (tmp_path / "tiny.yaml").write_text(RECIPE, encoding="utf-8")
+    write_recipe(
+        tmp_path / "tiny.yaml",
+        stages=["pretrain"],
+        model={"context": 32},
+        data={"pretrain": {"train": "train.txt", "validation": "val.txt"}},
+        train={"batch_size": 8, "log_every": 5, "eval_every": 10, "eval_batches": 2, "lr": 0.002, "tensorboard": True, "report_to": ["wandb", "mlflow"]},
+        pretrain={"steps": 20},
+    )
     monkeypatch.chdir(tmp_path)
     # W&B offline and an MLflow file store, all under tmp_path: no account, no network, no home dir
     for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
