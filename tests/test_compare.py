@@ -221,6 +221,24 @@ def test_metrics_equal_the_runs_own_eval_and_summary(first, root):
     assert by_json[(GPT, "parameters")]["value"] != by_json[(BART, "parameters")]["value"]
 
 
+def test_every_registered_metric_is_a_row_of_the_table(first):
+    """Each entry of metrics/registry.py reaches the report: a row of the comparison table under its
+    label and group, and a record of metrics.json for both models.
+    A metric registered but left out of what compare reads fails here."""
+    from textgen_cli.metrics.registry import ROWS, TABLE_ROWS
+
+    md = (first["folder"] / "report.md").read_text(encoding="utf-8")
+    table = md.split("## Results", 1)[1].split("## Plots", 1)[0]
+    shown = [line.split(" | ")[:2] for line in table.splitlines() if line.startswith("| ") and not line.startswith(("| group", "|---"))]
+    stripped = [(group.removeprefix("| "), label) for group, label in shown]
+    assert [(row.group, row.label) for row in TABLE_ROWS] == stripped[: len(TABLE_ROWS)]  # the terminal prints the same rows (labels may wrap there)
+    by_json = records(first["folder"])
+    for row in ROWS:  # table=False rows too: they are in the files, only not in the table
+        for model in (GPT, BART):
+            assert (model, row.name) in by_json, f"{row.name} missing for {model} in metrics.json"
+            assert by_json[(model, row.name)]["group"] == row.group
+
+
 def test_verdicts_above_the_table_and_atop_the_reports(first, root):
     """Tiny 30-step models are below copy-source: each is flagged above the terminal table and at the
     top of report.md and report.html; metrics.json keeps the verdicts."""

@@ -547,3 +547,33 @@ def test_prose_is_skipped_for_sora_with_a_reason(tokenizer, tmp_path):
     from textgen_cli.models import FAMILIES
 
     assert "encoder-decoder" in prose_likelihood(SimpleNamespace(family="sora", role=FAMILIES["sora"]), "x.txt", "text", 8)["skipped"]
+
+
+def _eval_hash_before_the_helper(loaded, stage, split: str) -> str:
+    """evaluate.eval_hash as it was written before recipe.settings_digest served every hash: an
+    evaluation made then must still be reused by `textgen compare`, so the hash must not change."""
+    import dataclasses
+    import hashlib
+
+    r = loaded.recipe
+    blob = json.dumps(
+        {
+            "model": loaded.stage_hash(stage) if stage in ("pretrain", "finetune", "adv-train") else None,
+            "eval": dataclasses.asdict(r.eval),
+            "generate": dataclasses.asdict(r.generate),
+            "split": getattr(r.data.finetune, split),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def test_eval_hash_is_unchanged_by_the_shared_hash_helper():
+    from textgen_cli.evaluate import eval_hash
+    from textgen_cli.recipe import load_recipe, shipped_recipes_dir
+
+    for overrides in ([], ["eval.bootstrap=7", "generate.max_new_tokens=5"]):
+        loaded = load_recipe(str(shipped_recipes_dir() / "sora.yaml"), overrides)
+        for stage in ("pretrain", "finetune", "adv-train", None):
+            for split in ("test", "validation"):
+                assert eval_hash(loaded, stage, split) == _eval_hash_before_the_helper(loaded, stage, split), (overrides, stage, split)

@@ -325,6 +325,27 @@ def test_exact_match(modules):
     assert out == {"exact_match": 0.75, "matches": 3, "total": 4}
 
 
+def test_registry_lists_every_shipped_module_and_the_rows_it_computes(modules):
+    """metrics/registry.py is the one list: every module directory shipped in textgen_cli/metrics/ is
+    registered, `evaluate.metric_rows` turns each module's result into exactly its registered rows,
+    and every interval row has a fast bootstrap."""
+    from pathlib import Path
+
+    import textgen_cli.metrics as package
+    from textgen_cli.evaluate import metric_rows
+    from textgen_cli.metrics import BOOTSTRAP_METRICS
+    from textgen_cli.metrics.registry import INTERVAL_ROWS, ROWS
+
+    here = Path(package.__file__).parent
+    shipped = {d.name for d in here.iterdir() if (d / f"{d.name}.py").is_file()}
+    assert shipped == set(METRIC_NAMES)
+    rows, signatures = metric_rows(compute_metrics(list(METRIC_NAMES), PREDICTIONS, REFERENCES))
+    assert list(rows) == [row.name for row in sorted((r for r in ROWS if r.module), key=lambda r: METRIC_NAMES.index(r.module))]
+    assert set(signatures) == {row for row in rows if not row.startswith("exact_match")}
+    assert rows["bleu"] == pytest.approx(sacrebleu.corpus_bleu(PREDICTIONS, [REFERENCES]).score)
+    assert set(INTERVAL_ROWS) <= set(BOOTSTRAP_METRICS) and set(INTERVAL_ROWS) <= set(rows)
+
+
 def test_compute_metrics_returns_signatures(modules):
     results = compute_metrics(list(METRIC_NAMES), PREDICTIONS, REFERENCES)
     assert list(results) == list(METRIC_NAMES)

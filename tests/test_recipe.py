@@ -289,3 +289,77 @@ def test_values_in_hand_load_like_the_same_file(tmp_path):
         with pytest.raises(UserError) as from_values:
             load_recipe_values({**values, "generate": bad}, file)
         assert str(from_values.value) == str(from_file.value) == f"{file}: {message}"
+
+
+# ------------------------------------------------------------------ the stage table and the stage hash
+
+
+def _stage_hash_before_the_table(loaded, stage: str) -> str:
+    """LoadedRecipe.stage_hash as it was written before stages.py (inline keys and chain): runs made
+    then must still be found, so the hash must not change."""
+    import hashlib
+    import json
+
+    keys = {
+        "pretrain": ["model", "tokenizer", "data.pretrain", "data.max_examples", "train", "pretrain"],
+        "finetune": ["data.finetune", "data.too_long", "prompt", "finetune"],
+        "adv-train": ["adv_train"],
+    }
+    values = loaded.to_dict()
+    parts = {}
+    chain = {"pretrain": [], "finetune": ["pretrain"], "adv-train": ["pretrain", "finetune"]}[stage]
+    for name in [*chain, stage]:
+        for dotted in keys[name]:
+            node = values
+            for key in dotted.split("."):
+                node = node[key]
+            parts[dotted] = node
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def test_stage_hash_is_unchanged_by_the_stage_table():
+    from textgen_cli.stages import STAGES
+
+    name = "sora.yaml"
+    path = shipped_recipes_dir() / name
+    base, finetune_changed, train_changed = (
+        load_recipe(str(path), overrides) for overrides in ([], ["finetune.lr=1e-4", "adv_train.epsilon=0.5"], ["train.lr=1.234e-3", "prompt.system=x"])
+    )
+    hashes = []
+    for loaded in (base, finetune_changed, train_changed):
+        hashes.append({stage: loaded.stage_hash(stage) for stage in STAGES})
+        for stage in STAGES:
+            assert hashes[-1][stage] == _stage_hash_before_the_table(loaded, stage), (name, loaded.overrides, stage)
+    # each stage's hash covers its own keys and its previous stages', nothing later
+    assert hashes[0]["pretrain"] == hashes[1]["pretrain"] and hashes[0]["finetune"] != hashes[1]["finetune"]
+    assert all(hashes[0][stage] != hashes[2][stage] for stage in STAGES)
+
+
+def test_stage_table_entries_name_real_sections_data_and_runners():
+    """Every stage's recipe section has steps and lr, its data section a train file, its hash keys
+    exist, it starts from a stage listed before it, and its runner is a function of its module."""
+    import ast
+    import importlib.util
+
+    from textgen_cli.schema import STAGES as SCHEMA_STAGES
+    from textgen_cli.schema import Recipe
+    from textgen_cli.stages import EVALUATED_STAGES, STAGE_TABLE, STAGES, lineage, section_of
+
+    assert SCHEMA_STAGES == STAGES == ("pretrain", "finetune", "adv-train")
+    assert EVALUATED_STAGES == ("finetune", "adv-train")
+    assert [lineage(s) for s in STAGES] == [["pretrain"], ["pretrain", "finetune"], ["pretrain", "finetune", "adv-train"]]
+    assert section_of("adv-train") == "adv_train"
+    values = load_recipe(str(shipped_recipes()[0])).to_dict()
+    recipe = Recipe()
+    for position, (name, stage) in enumerate(STAGE_TABLE.items()):
+        assert stage.name == name
+        assert hasattr(getattr(recipe, stage.section), "steps") and hasattr(getattr(recipe, stage.section), "lr")
+        assert hasattr(getattr(recipe.data, stage.data), "train")
+        assert stage.previous is None or stage.previous in STAGES[:position]
+        for dotted in stage.hash_keys:
+            node = values
+            for key in dotted.split("."):
+                node = node[key]  # KeyError: a hash key the recipe does not have
+        module, function = stage.runner.split(":")
+        source = Path(importlib.util.find_spec(module).origin).read_text(encoding="utf-8")  # not imported: no torch here
+        assert function in {node.name for node in ast.parse(source).body if isinstance(node, ast.FunctionDef)}, stage.runner

@@ -98,6 +98,7 @@ def guarded(debug: bool, action: Callable[[], Any], verbose: bool = False, quiet
 
 def _stage_command(stage: str, recipe: str, overrides: list[str] | None, print_recipe: bool, json_output: bool, debug: bool, resume: bool, verbose: bool, quiet: bool) -> None:
     from textgen_cli.recipe import load_recipe
+    from textgen_cli.stages import STAGE_TABLE, run_stage
 
     def action() -> None:
         loaded = load_recipe(recipe, [*(overrides or []), *(["resume=auto"] if resume else [])])
@@ -112,17 +113,11 @@ def _stage_command(stage: str, recipe: str, overrides: list[str] | None, print_r
         from textgen_cli.progress import log, quiet_libraries
 
         quiet_libraries()
-        if stage == "pretrain":
-            from textgen_cli.pretrain import run_pretrain as run
-        elif stage == "finetune":
-            from textgen_cli.finetune import run_finetune as run
-        else:
-            from textgen_cli.adv_train import run_adv_train as run
-        summary = run(loaded)
+        summary = run_stage(loaded, stage)
         if int(os.environ.get("RANK", "0")) != 0:
             return  # in a distributed run only rank 0 evaluates and reports
         recipe_eval = loaded.recipe.eval
-        if stage != "pretrain" and recipe_eval.after_finetune and loaded.recipe.data.finetune.test:
+        if STAGE_TABLE[stage].evaluated and recipe_eval.after_finetune and loaded.recipe.data.finetune.test:
             from pathlib import Path
 
             from textgen_cli.evaluate import print_table, run_evaluate

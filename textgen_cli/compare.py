@@ -12,63 +12,17 @@ import dataclasses
 import json
 import statistics
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from textgen_cli.comparison import Cell, Column, Model, effect_lines, lead_mark, legend, verdicts
 from textgen_cli.errors import UserError
+from textgen_cli.metrics.registry import INTERVAL_ROWS, TABLE_ROWS
 from textgen_cli.progress import log
 from textgen_cli.recipe import LoadedRecipe, load_recipe
+from textgen_cli.report import write_report
 from textgen_cli.runs import FINAL_DIR, RECIPE_FILE, SUMMARY_FILE
-
-EVALUATED_STAGES = ("finetune", "adv-train")
-# (group, row, label, higher is better)
-ROWS = [
-    ("quality", "bleu", "BLEU", True),
-    ("quality", "chrf", "chrF", True),
-    ("quality", "rouge1", "ROUGE-1", True),
-    ("quality", "rouge2", "ROUGE-2", True),
-    ("quality", "rougeL", "ROUGE-L", True),
-    ("quality", "bits_per_byte", "bits per byte (test references)", False),
-    ("quality", "perplexity", "perplexity (test references)", False),
-    ("quality", "val_loss", "validation loss (own tokenizer)", False),
-    ("diversity", "distinct_1", "distinct-1", True),
-    ("diversity", "distinct_2", "distinct-2", True),
-    ("diversity", "self_bleu", "self-BLEU (lower: more diverse)", False),
-    ("diversity", "distinct_outputs_share", "distinct outputs / distinct sources", True),
-    ("diversity", "repeated_4gram_rate", "repeated 4-gram rate (lower: fewer loops)", False),
-    ("input use", "input_bpb_true", "bits per byte, own sources (input check)", False),
-    ("input use", "input_bpb_shuffled", "bits per byte, shuffled sources", None),
-    ("input use", "input_gap", "input-use gap (shuffled - own)", True),
-    ("cost", "parameters", "parameters", None),
-    ("cost", "tokens", "training tokens (all stages)", None),
-    ("cost", "flops", "training FLOPs (estimated)", None),
-    ("cost", "wall_time_s", "training wall time (s)", False),
-    ("cost", "tokens_per_s", "training tokens/s", True),
-    ("cost", "peak_memory_mb", "peak memory (MB)", False),
-    ("cost", "generation_tokens_per_s", "generation tokens/s", True),
-]
-INTERVAL_ROWS = ("bleu", "chrf", "rougeL")
-
-
-@dataclass
-class Model:
-    """One column of the report: a trained model and everything measured about it."""
-
-    label: str
-    loaded: LoadedRecipe
-    stage: str
-    seed: int
-    run_dirs: list[Path] = field(default_factory=list)  # every stage that led to this model
-    reused: dict[str, bool] = field(default_factory=dict)
-    summaries: list[dict[str, Any]] = field(default_factory=list)
-    eval: dict[str, Any] = field(default_factory=dict)
-    predictions: list[str] = field(default_factory=list)
-    eval_dir: Path | None = None  # where its eval.json and predictions.jsonl are
-
-    @property
-    def final_dir(self) -> Path:
-        return self.loaded.run_dir(self.stage) / FINAL_DIR
+from textgen_cli.stages import EVALUATED_STAGES, STAGES, run_stage, section_of
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,16 +37,6 @@ def stage_done(loaded: LoadedRecipe, stage: str) -> bool:
         return json.loads(summary.read_text(encoding="utf-8")).get("stage_hash") == loaded.stage_hash(stage)
     except ValueError:
         return False
-
-
-def run_stage(loaded: LoadedRecipe, stage: str) -> dict[str, Any]:
-    if stage == "pretrain":
-        from textgen_cli.pretrain import run_pretrain as run
-    elif stage == "finetune":
-        from textgen_cli.finetune import run_finetune as run
-    else:
-        from textgen_cli.adv_train import run_adv_train as run
-    return run(loaded)
 
 
 def with_overrides(loaded: LoadedRecipe, extra: list[str]) -> LoadedRecipe:
@@ -134,7 +78,7 @@ def match_budgets(entries: list[LoadedRecipe], stage: str, match: str) -> list[L
     from textgen_cli.flops import matched_steps
 
     per_step = [step_cost(loaded, stage, match) for loaded in entries]
-    section = stage.replace("-", "_")
+    section = section_of(stage)
     budget = per_step[0] * getattr(entries[0].recipe, section).steps
     matched = [entries[0]]
     for loaded, cost in zip(entries[1:], per_step[1:]):
@@ -192,7 +136,7 @@ def train_all(entries: list[LoadedRecipe], match: str | None) -> tuple[list[Load
     same = [i for i, loaded in enumerate(entries) if list(loaded.recipe.stages) == first_stages]
     differing = [i for i in range(len(entries)) if i not in same] if match else []
     staged = [i for i in range(len(entries)) if i not in differing]
-    for stage in ("pretrain", "finetune", "adv-train"):
+    for stage in STAGES:
         having = [i for i in staged if stage in entries[i].recipe.stages]
         if not having:
             continue
@@ -204,7 +148,7 @@ def train_all(entries: list[LoadedRecipe], match: str | None) -> tuple[list[Load
             train_or_reuse(entries[i], stage, reused)
     if differing:
         first = entries[0]
-        budget = sum(step_cost(first, stage, match) * getattr(first.recipe, stage.replace("-", "_")).steps for stage in first_stages)  # type: ignore[arg-type]
+        budget = sum(step_cost(first, stage, match) * getattr(first.recipe, section_of(stage)).steps for stage in first_stages)  # type: ignore[arg-type]
         for i in differing:
             entries[i] = train_to_total(entries[i], budget, match, first, reused)  # type: ignore[arg-type]
     return entries, reused
@@ -215,7 +159,7 @@ def train_to_total(loaded: LoadedRecipe, budget: float, match: str, first: Loade
     stages = list(loaded.recipe.stages)
     plan: list[tuple[str, float, int]] = []
     for k, stage in enumerate(stages):
-        section = stage.replace("-", "_")
+        section = section_of(stage)
         cost = step_cost(loaded, stage, match)  # its earlier stages are done by now
         if k == len(stages) - 1:
             steps = last_stage_steps(budget, [*plan, (stage, cost, 0)], loaded.name)
@@ -322,24 +266,6 @@ def intervals_of(model: Model) -> dict[str, tuple[float, float]]:
 # The comparison table
 
 
-@dataclass
-class Cell:
-    value: float
-    low: float | None = None
-    high: float | None = None
-    std: float | None = None
-    n: int = 1
-    values: list[float] = field(default_factory=list)  # one per seed
-
-
-@dataclass
-class Column:
-    label: str
-    models: list[Model]  # one per seed; none for a baseline
-    cells: dict[str, Cell] = field(default_factory=dict)
-    baseline: bool = False  # a trivial system (copy source, retrieval, ...): shown, never ranked
-
-
 def build_columns(models: list[Model]) -> list[Column]:
     columns: dict[str, Column] = {}
     for model in models:
@@ -425,9 +351,10 @@ def format_value(row: str, cell: Cell) -> str:
 def table_rows(columns: list[Column], n_resamples: int, seed: int) -> list[dict[str, Any]]:
     """Rows for every output: group, label, formatted cells, the best column and significance."""
     rows = []
-    known = {row for _, row, _, _ in ROWS}
+    known = {row.name for row in TABLE_ROWS}
     extra = sorted({row for c in columns for row in c.cells if row not in known and ("@" in row)})
-    definitions = list(ROWS) + [("robustness", row, row, " drop@" not in row) for row in extra]
+    definitions = [(row.group, row.name, row.label, row.higher_is_better) for row in TABLE_ROWS]
+    definitions += [("robustness", row, row, " drop@" not in row) for row in extra]
     for group, row, label, higher in definitions:
         if not any(row in c.cells for c in columns):
             continue
@@ -500,45 +427,6 @@ def pretraining_effects(columns: list[Column], n_resamples: int = 1000, seed: in
             )
     _EFFECTS[key] = (columns, effects)
     return effects
-
-
-def effect_lines(effects: list[dict[str, Any]]) -> list[str]:
-    return [
-        f"does pretraining help? {e['answer']}: {e['pretrained']} minus {e['scratch']}: {e['detail']} "
-        f"(95% paired bootstrap; training FLOPs {e['flops']['pretrained']:.3g} vs {e['flops']['scratch']:.3g})"
-        for e in effects
-    ]
-
-
-UNTESTED = "†"
-
-
-def lead_mark(r: dict[str, Any]) -> str:
-    """The marker after the best cell: `*` a significant lead, `* n.s.` a tested lead inside the
-    noise, `†` a lead that no interval or test backs (never to be read as a win)."""
-    if r["test"] == "untested":
-        return UNTESTED
-    return "*" if r["significant"] else "* n.s."
-
-
-def legend(rows: list[dict[str, Any]]) -> str:
-    tests = sorted({r["test"] for r in rows if r["test"] not in ("untested", "not ranked")})
-    return (
-        f"*: best model in row, its lead over the runner-up significant at 95% ({', '.join(tests) or 'no test ran'}); "
-        f"n.s.: the lead is inside the noise; {UNTESTED}: best in row but untested (no interval, no test): not a significant win; "
-        "baseline columns are never ranked (the verdicts compare each model with them)"
-    )
-
-
-def verdicts(columns: list[Column]) -> list[tuple[str, dict[str, Any]]]:
-    """(model label, verdict) for every trained model, each seed on its own."""
-    out = []
-    for column in columns:
-        for model in column.models:
-            if "verdict" in model.eval:
-                label = column.label if len(column.models) == 1 else f"{column.label} (seed {model.seed})"
-                out.append((label, model.eval["verdict"]))
-    return out
 
 
 def print_table(columns: list[Column], rows: list[dict[str, Any]], stream=None) -> None:
@@ -620,8 +508,6 @@ def models_from_runs(paths: Sequence[str], overrides: list[str]) -> list[Model]:
 
 
 def run_compare(recipes: Sequence[str], runs: Sequence[str], overrides: list[str], seeds: int, match: str | None, name: str | None, reports_root: str = "reports") -> dict[str, Any]:
-    from textgen_cli.report import write_report
-
     started = time.perf_counter()
     if recipes and runs:
         raise UserError("give either --recipe (train what is missing) or run directories (compare finished runs), not both")
@@ -648,7 +534,7 @@ def run_compare(recipes: Sequence[str], runs: Sequence[str], overrides: list[str
     reference = models[0].loaded
     for model in models:
         model.loaded = common_settings(model.loaded, reference)
-        model.reused = {stage: reused.get((model.loaded.name, stage), True) for stage in ("pretrain", "finetune", "adv-train") if stage in model.loaded.recipe.stages}
+        model.reused = {stage: reused.get((model.loaded.name, stage), True) for stage in STAGES if stage in model.loaded.recipe.stages}
         collect(model)
         evaluate_model(model)
     columns = build_columns(models)
@@ -661,5 +547,5 @@ def run_compare(recipes: Sequence[str], runs: Sequence[str], overrides: list[str
     while folder.exists() or folder.with_name(folder.name + ".partial").exists():  # two reports in one second
         folder = Path(reports_root) / f"{report_name}-{stamp}-{suffix}"
         suffix += 1
-    write_report(folder, columns, rows, models, match, seeds)
+    write_report(folder, columns, rows, models, match, seeds, effects)
     return {"report": str(folder), "columns": columns, "rows": rows, "pretraining": effects, "elapsed_s": time.perf_counter() - started}

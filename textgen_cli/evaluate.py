@@ -11,7 +11,6 @@ perturbed sources (robustness).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from collections import Counter
@@ -21,14 +20,13 @@ from typing import Any, Sequence
 
 from textgen_cli.data import Dialogue, read_finetune_examples
 from textgen_cli.errors import UserError
+from textgen_cli.metrics.registry import INTERVAL_ROWS, METRIC_NAMES, higher_is_better, module_rows
 from textgen_cli.objectives import IGNORE_INDEX, encode_texts
 from textgen_cli.progress import log
+from textgen_cli.recipe import settings_digest
 from textgen_cli.runs import write_text_atomic
+from textgen_cli.stages import STAGES
 from textgen_cli.train import summed_nll
-
-# Rows with bootstrap intervals, as (row name, bootstrap metric name).
-INTERVAL_ROWS = {"bleu": "bleu", "chrf": "chrf", "rougeL": "rougeL"}
-HIGHER_IS_BETTER = {"self_bleu": False, "perplexity": False, "bits_per_byte": False, "nll_per_token": False}
 
 
 @dataclass
@@ -53,18 +51,12 @@ def examples_from(dialogues: list[Dialogue], task: str) -> list[EvalExample]:
     return examples
 
 
-def flatten(results: dict[str, dict]) -> tuple[dict[str, float], dict[str, str]]:
-    """One number per table row, and the signature of each metric that has one."""
+def metric_rows(results: dict[str, dict]) -> tuple[dict[str, float], dict[str, str]]:
+    """One number per row (a shipped module's rows are its entries in metrics/registry.py; a user's
+    module gives every number it returns), and the signature of each metric that has one."""
     rows: dict[str, float] = {}
     signatures: dict[str, str] = {}
-    picks = {
-        "bleu": {"score": "bleu"},
-        "chrf": {"score": "chrf"},
-        "rouge": {"rouge1": "rouge1", "rouge2": "rouge2", "rougeL": "rougeL", "rougeLsum": "rougeLsum"},
-        "distinct": {"distinct_1": "distinct_1", "distinct_2": "distinct_2"},
-        "self_bleu": {"self_bleu": "self_bleu"},
-        "exact_match": {"exact_match": "exact_match"},
-    }
+    picks = {module: module_rows(module) for module in METRIC_NAMES}
     for entry, result in results.items():
         wanted = picks.get(entry) or {key: key if key == entry else f"{Path(entry).stem}.{key}" for key, value in result.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
         for key, row in wanted.items():
@@ -79,15 +71,15 @@ def flatten(results: dict[str, dict]) -> tuple[dict[str, float], dict[str, str]]
 def score(names: Sequence[str], predictions: list[str], references: list[str], sources: list[str]) -> tuple[dict[str, float], dict[str, str]]:
     from textgen_cli.metrics import compute_metrics
 
-    return flatten(compute_metrics(list(names), predictions, references, sources))
+    return metric_rows(compute_metrics(list(names), predictions, references, sources))
 
 
 def intervals(predictions: list[str], references: list[str], n_resamples: int, seed: int) -> dict[str, dict[str, float]]:
     from textgen_cli.metrics import paired_bootstrap
 
     out = {}
-    for row, metric in INTERVAL_ROWS.items():
-        result = paired_bootstrap(metric, predictions, None, references, n_resamples=n_resamples, seed=seed)
+    for row in INTERVAL_ROWS:  # an interval row's name is also its bootstrap metric's
+        result = paired_bootstrap(row, predictions, None, references, n_resamples=n_resamples, seed=seed)
         out[row] = {"low": result["low"], "high": result["high"]}
     return out
 
@@ -97,8 +89,8 @@ def versus(predictions: list[str], baseline: list[str], references: list[str], n
     from textgen_cli.metrics import paired_bootstrap
 
     out = {}
-    for row, metric in INTERVAL_ROWS.items():
-        result = paired_bootstrap(metric, predictions, baseline, references, n_resamples=n_resamples, seed=seed)
+    for row in INTERVAL_ROWS:
+        result = paired_bootstrap(row, predictions, baseline, references, n_resamples=n_resamples, seed=seed)
         out[row] = {"diff": result["diff"]["score"], "low": result["diff"]["low"], "high": result["diff"]["high"], "model_wins": result["a_wins"]}
     return out
 
@@ -291,16 +283,14 @@ def eval_hash(loaded, stage: str | None, split: str) -> str:
     """What an evaluation depends on: the model's stage settings, the eval and decoding settings, the
     split file. `textgen compare` reuses an eval.json whose hash matches."""
     r = loaded.recipe
-    blob = json.dumps(
+    return settings_digest(
         {
-            "model": loaded.stage_hash(stage) if stage in ("pretrain", "finetune", "adv-train") else None,
+            "model": loaded.stage_hash(stage) if stage in STAGES else None,
             "eval": dataclasses.asdict(r.eval),
             "generate": dataclasses.asdict(r.generate),
             "split": getattr(r.data.finetune, split),
-        },
-        sort_keys=True,
+        }
     )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 EVALS_DIR = "evals"
@@ -476,7 +466,7 @@ def write_outputs(folder: Path, split: str, report: dict[str, Any], examples: li
 def diff_cell(row: str, diff: dict[str, Any] | None, value: float, base: float | None) -> str:
     """Model minus baseline: green when significantly better, red when significantly worse, `n.s.`
     inside the interval; without an interval the plain difference, marked untested."""
-    better = HIGHER_IS_BETTER.get(row, True)
+    better = higher_is_better(row) is not False
     if diff is not None:
         worse = (diff["high"] < 0) if better else (diff["low"] > 0)
         significant = diff["low"] > 0 or diff["high"] < 0

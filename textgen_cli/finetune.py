@@ -18,14 +18,11 @@ from textgen_cli.objectives import ChatExamples, Seq2SeqExamples, TruncationCoun
 from textgen_cli.progress import log
 from textgen_cli.recipe import LoadedRecipe
 from textgen_cli.runs import FINAL_DIR, reset_peak_memory
+from textgen_cli.stages import STAGE_TABLE
 from textgen_cli.tokenizer import adapt_tokenizer
 from textgen_cli.train import train_stage
 
 HOLDOUT_FRACTION = 0.05
-
-
-# The stage each stage continues from, when model.init_from does not say otherwise.
-PREVIOUS_STAGE = {"finetune": "pretrain", "adv-train": "finetune"}
 
 
 def starting_point(loaded: LoadedRecipe, stage: str = "finetune") -> str:
@@ -33,7 +30,7 @@ def starting_point(loaded: LoadedRecipe, stage: str = "finetune") -> str:
     the stage before `stage`."""
     if loaded.recipe.model.init_from:
         return init_from(loaded)
-    previous = PREVIOUS_STAGE[stage]
+    previous = STAGE_TABLE[stage].previous
     path = loaded.run_dir(previous) / FINAL_DIR
     if not path.is_dir():
         raise UserError(

@@ -18,6 +18,7 @@ import yaml
 from textgen_cli import __version__
 from textgen_cli.models.roles import role_for
 from textgen_cli.runs import FINAL_DIR, RECIPE_FILE, write_text_atomic
+from textgen_cli.stages import STAGE_TABLE
 
 CARD_FILE = "README.md"
 HUB_DATASET = "hf:"  # data paths naming a hub dataset (data.py)
@@ -58,7 +59,7 @@ def hub_model_id(path: str | None) -> str | None:
 
 def stage_data(recipe: dict[str, Any], stage: str) -> dict[str, str]:
     """The stage's data splits (split -> path or hf:NAME)."""
-    section = recipe["data"]["pretrain" if stage == "pretrain" else "finetune"]
+    section = recipe["data"][STAGE_TABLE[stage].data]
     return {split: section[split] for split in ("train", "validation", "test") if section.get(split)}
 
 
@@ -150,7 +151,7 @@ def render(recipe: dict[str, Any], summary: dict[str, Any], eval_report: dict[st
 
 
 def _stage_lr(recipe: dict[str, Any], stage: str) -> Any:
-    own = recipe.get(stage.replace("-", "_"), {}).get("lr")
+    own = recipe.get(STAGE_TABLE[stage].section, {}).get("lr")
     return own if own is not None else recipe["train"]["lr"]
 
 

@@ -23,14 +23,7 @@ from textgen_cli.data import is_dataset, resolve_dataset_value
 from textgen_cli.errors import UserError
 from textgen_cli.runs import RECIPE_FILE
 from textgen_cli.schema import CHOICES, PATH_KEYS, STAGES, TRACKERS, Recipe
-
-
-# The recipe sections that decide what each stage trains (see LoadedRecipe.stage_hash).
-STAGE_KEYS = {
-    "pretrain": ["model", "tokenizer", "data.pretrain", "data.max_examples", "train", "pretrain"],
-    "finetune": ["data.finetune", "data.too_long", "prompt", "finetune"],
-    "adv-train": ["adv_train"],
-}
+from textgen_cli.stages import STAGE_TABLE, lineage
 
 
 def shipped_recipes_dir() -> Path:
@@ -59,7 +52,9 @@ def find_recipe(name_or_path: str) -> Path:
 
 
 def settings_digest(values: dict[str, Any]) -> str:
-    """A short hash of resolved recipe values (as `LoadedRecipe.to_dict` gives them)."""
+    """A short hash of resolved recipe values (as `LoadedRecipe.to_dict` gives them): the settings
+    hash, the stage hash and the eval hash are all this one function, so that a run made before a
+    change of code is still found (`textgen compare` reuses runs and evaluations by these hashes)."""
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -90,15 +85,13 @@ class LoadedRecipe:
         equal hashes mean a finished stage can be reused (`textgen compare` does)."""
         values = self.to_dict()
         parts: dict[str, Any] = {}
-        chain = {"pretrain": [], "finetune": ["pretrain"], "adv-train": ["pretrain", "finetune"]}[stage]
-        for name in [*chain, stage]:
-            for dotted in STAGE_KEYS[name]:
+        for name in lineage(stage):
+            for dotted in STAGE_TABLE[name].hash_keys:
                 node: Any = values
                 for key in dotted.split("."):
                     node = node[key]
                 parts[dotted] = node
-        blob = json.dumps(parts, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return settings_digest(parts)
 
     def run_dir(self, stage: str) -> Path:
         return Path(self.recipe.run.root) / self.name / stage
@@ -325,7 +318,7 @@ def validate_values(recipe: Recipe, source: str, override_keys: set[str] = froze
         if value < 0:
             fail(key, "a value >= 0", value)
     for stage in STAGES:
-        section = stage.replace("-", "_")
+        section = STAGE_TABLE[stage].section
         if getattr(recipe, section).steps < 1:
             fail(f"{section}.steps", "a positive integer", getattr(recipe, section).steps)
     problem = recipe.generate.out_of_range()
@@ -369,11 +362,10 @@ def validate_values(recipe: Recipe, source: str, override_keys: set[str] = froze
         fail("pretrain.poisson_lambda", "a positive number", recipe.pretrain.poisson_lambda)
     if recipe.data.max_examples is not None and recipe.data.max_examples < 1:
         fail("data.max_examples", "a positive integer or null", recipe.data.max_examples)
-    if "pretrain" in recipe.stages and not recipe.data.pretrain.train:
-        raise UserError(f"{source}: key 'data.pretrain.train' is required when stages include pretrain")
-    for stage in ("finetune", "adv-train"):
-        if stage in recipe.stages and not recipe.data.finetune.train:
-            raise UserError(f"{source}: key 'data.finetune.train' is required when stages include {stage}")
+    for stage in STAGES:
+        data = STAGE_TABLE[stage].data
+        if stage in recipe.stages and not getattr(recipe.data, data).train:
+            raise UserError(f"{source}: key 'data.{data}.train' is required when stages include {stage}")
 
 
 def _get(obj: Any, dotted: str) -> Any:

@@ -14,13 +14,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from textgen_cli import __version__
+from textgen_cli.comparison import Column, Model, effect_lines, lead_mark, legend, verdicts
+from textgen_cli.metrics.registry import ROW_BY_NAME
 from textgen_cli.runs import read_metrics, write_text_atomic
-
-if TYPE_CHECKING:
-    from textgen_cli.compare import Column, Model
 
 N_EXAMPLES = 5
 
@@ -61,9 +60,6 @@ def provenance(models: list["Model"], match: str | None, seeds: int) -> dict[str
 
 
 def metric_records(columns: list["Column"], models: list["Model"]) -> list[dict[str, Any]]:
-    from textgen_cli.compare import ROWS
-
-    groups = {row: group for group, row, _, _ in ROWS}
     signatures = {}
     for model in models:
         signatures.update(model.eval.get("signatures", {}))
@@ -75,7 +71,7 @@ def metric_records(columns: list["Column"], models: list["Model"]) -> list[dict[
                     "model": column.label,
                     "kind": "baseline" if column.baseline else "model",
                     "metric": row,
-                    "group": groups.get(row, "robustness" if "@" in row else "other"),
+                    "group": ROW_BY_NAME[row].group if row in ROW_BY_NAME else ("robustness" if "@" in row else "other"),
                     "value": cell.value,
                     "low": cell.low,
                     "high": cell.high,
@@ -199,8 +195,6 @@ def plots(folder: Path, columns: list["Column"], models: list["Model"]) -> dict[
 
 
 def markdown_table(columns: list["Column"], rows: list[dict[str, Any]]) -> str:
-    from textgen_cli.compare import lead_mark
-
     lines = ["| group | metric | " + " | ".join(c.label for c in columns) + " |", "|---|---|" + "---:|" * len(columns)]
     for r in rows:
         cells = []
@@ -214,8 +208,6 @@ def markdown_table(columns: list["Column"], rows: list[dict[str, Any]]) -> str:
 
 
 def html_table(columns: list["Column"], rows: list[dict[str, Any]]) -> str:
-    from textgen_cli.compare import lead_mark
-
     head = "<tr><th>group</th><th>metric</th>" + "".join(f'<th{" class=baseline" if c.baseline else ""}>{html.escape(c.label)}</th>' for c in columns) + "</tr>"
     body = []
     for r in rows:
@@ -230,8 +222,6 @@ def html_table(columns: list["Column"], rows: list[dict[str, Any]]) -> str:
 
 
 def verdict_markdown(columns: list["Column"]) -> list[str]:
-    from textgen_cli.compare import verdicts
-
     lines = ["## Verdict", ""]
     for label, verdict in verdicts(columns):
         if verdict["ok"]:
@@ -243,8 +233,6 @@ def verdict_markdown(columns: list["Column"]) -> list[str]:
 
 
 def verdict_html(columns: list["Column"]) -> str:
-    from textgen_cli.compare import verdicts
-
     items = []
     for label, verdict in verdicts(columns):
         if verdict["ok"]:
@@ -263,19 +251,16 @@ def runs_used(models: list["Model"]) -> list[dict[str, Any]]:
     return out
 
 
-def write_report(folder: Path, columns: list["Column"], rows: list[dict[str, Any]], models: list["Model"], match: str | None, seeds: int) -> None:
+def write_report(folder: Path, columns: list["Column"], rows: list[dict[str, Any]], models: list["Model"], match: str | None, seeds: int, effects: list[dict[str, Any]]) -> None:
+    """`effects`: compare.pretraining_effects of the columns (the same the terminal shows)."""
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         prov = provenance(models, match, seeds)
         records = metric_records(columns, models)
-        from textgen_cli.compare import verdicts
-
         judged = [{"model": label, **verdict} for label, verdict in verdicts(columns)]
-        from textgen_cli.compare import pretraining_effects
-
-        write_text_atomic(tmp / "metrics.json", json.dumps({"metrics": records, "verdicts": judged, "pretraining": pretraining_effects(columns), "provenance": prov, "runs": runs_used(models)}, indent=2))
+        write_text_atomic(tmp / "metrics.json", json.dumps({"metrics": records, "verdicts": judged, "pretraining": effects, "provenance": prov, "runs": runs_used(models)}, indent=2))
         table = io.StringIO(newline="")
         writer = csv.DictWriter(table, fieldnames=list(records[0]))
         writer.writeheader()
@@ -286,13 +271,7 @@ def write_report(folder: Path, columns: list["Column"], rows: list[dict[str, Any
         samples = examples(models)
         used = runs_used(models)
         names = list(dict.fromkeys(m.loaded.name for m in models))
-
-        from textgen_cli.compare import legend
-
         models_only = [c for c in columns if not c.baseline]
-        from textgen_cli.compare import effect_lines, pretraining_effects
-
-        effects = pretraining_effects(columns)
         effects_md = ["## Does pretraining help?", "", *(f"- {line}" for line in effect_lines(effects)), ""] if effects else []
         md = [f"# textgen compare: {' vs '.join(c.label for c in models_only)}", "", *verdict_markdown(columns), *effects_md, "## Results", "", markdown_table(columns, rows), ""]
         md += [f"**bold**: best model in row. {legend(rows)}. With one seed the tests are paired bootstraps over the test examples (BLEU/chrF/ROUGE-L) or the 95% intervals; with several seeds Welch's t-test over the seed values (cells: mean ± std).", ""]

@@ -13,6 +13,8 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
+from textgen_cli.stages import STAGES  # noqa: F401 - the stage names, in training order (the table: stages.py)
+
 
 def _key(default, help: str, **kwargs):
     """A schema key: its default and its one-line help text."""
@@ -258,7 +260,6 @@ CHOICES = {
     "adv_train.norm": ("l2", "inf"),
     "adv_train.positions": ("context", "all"),
 }
-STAGES = ("pretrain", "finetune", "adv-train")
 TRACKERS = ("tensorboard", "wandb", "mlflow")  # train.report_to
 # Keys holding input paths, resolved relative to the recipe file.
 PATH_KEYS = (

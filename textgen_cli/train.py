@@ -27,6 +27,7 @@ from textgen_cli.models.lora import merged_for_saving
 from textgen_cli.objectives import IGNORE_INDEX, token_loss_sum
 from textgen_cli.progress import Reporter, log
 from textgen_cli.runs import FINAL_DIR, RECIPE_FILE, SUMMARY_FILE, RunDir, peak_memory_mb, versions, write_text_atomic
+from textgen_cli.stages import section_of
 
 if TYPE_CHECKING:
     import torch
@@ -325,7 +326,7 @@ def train_stage(
     check_split_sizes(train_set, val_set, recipe.train.batch_size, f"{stage} data", ranks.world)
     run = RunDir(loaded.run_dir(stage))
     resume = recipe.resume == "auto"
-    resume_from = run.begin(resume=resume, steps=getattr(recipe, stage.replace("-", "_")).steps) if ranks.main else None
+    resume_from = run.begin(resume=resume, steps=getattr(recipe, section_of(stage)).steps) if ranks.main else None
     if ranks.main:
         try:
             check_disk_space(run, model, tokenizer, recipe, stage)
@@ -356,7 +357,7 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
 
     recipe = loaded.recipe
     section = recipe.train
-    stage_section = getattr(recipe, stage.replace("-", "_"))
+    stage_section = getattr(recipe, section_of(stage))
     steps = stage_section.steps
     lr = stage_section.lr if stage_section.lr is not None else section.lr
     device = accelerator.device
@@ -605,7 +606,7 @@ def check_disk_space(run: RunDir, model, tokenizer, recipe, stage: str) -> None:
     estimate = diskspace.estimate_run(
         parameter_bytes(model),
         tokenizer_bytes(tokenizer),
-        getattr(recipe, stage.replace("-", "_")).steps,
+        getattr(recipe, section_of(stage)).steps,
         recipe.checkpoint.every,
         recipe.checkpoint.keep_last,
         # a resumed run's checkpoints are on the disk already (set-aside damaged ones stay, so they do not count)

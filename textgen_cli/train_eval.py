@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from textgen_cli.progress import log
+from textgen_cli.stages import STAGE_TABLE
 
 _EXAMPLES: dict[tuple[str, int], list] = {}
 _WARNED: set[str] = set()
@@ -34,7 +35,7 @@ def validation_examples(loaded, n: int) -> list:
 def validation_generation(loaded, stage: str, model, tokenizer, world: int = 1) -> dict[str, Any]:
     """{"val_bleu": ..., "val_bleu_examples": n} for a validation pass, or {} when off."""
     n = loaded.recipe.train.eval_generate
-    if n <= 0 or stage not in ("finetune", "adv-train"):
+    if n <= 0 or not STAGE_TABLE[stage].evaluated:
         return {}
     if world > 1:
         if stage not in _WARNED:

@@ -1,7 +1,7 @@
 """Text-generation metrics, shipped as local `evaluate` modules (no Hub, no network).
 
 API for the evaluate verb:
-    METRIC_NAMES                         shipped metric names
+    METRIC_NAMES                         shipped metric names (from registry.py: every reported number, one entry each)
     load_metric(name_or_path)            -> evaluate.EvaluationModule
     compute_metrics(names, predictions, references, sources=None, options=None) -> {name: {...}}
     paired_bootstrap(metric_fn, predictions_a, predictions_b, references, n_resamples, seed, confidence)
@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 from textgen_cli.errors import UserError
 from textgen_cli.metrics._bootstrap import BOOTSTRAP_METRICS, paired_bootstrap
 from textgen_cli.metrics.likelihood import LikelihoodTotals, bits_per_byte, perplexity, utf8_bytes
+from textgen_cli.metrics.registry import METRIC_NAMES
 
 __all__ = [
     "METRIC_NAMES",
@@ -35,8 +36,6 @@ __all__ = [
     "utf8_bytes",
     "LikelihoodTotals",
 ]
-
-METRIC_NAMES: tuple[str, ...] = ("bleu", "chrf", "rouge", "distinct", "self_bleu", "exact_match")
 
 _HERE = Path(__file__).resolve().parent
 
