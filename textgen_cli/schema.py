@@ -45,7 +45,7 @@ class ModelSection:
     heads: int = _key(4, "Attention heads; must divide `hidden`.")
     ffn: int = _key(512, "Feed-forward inner size.")
     context: int = _key(256, "Context length in tokens (at least 8).")
-    dropout: float = _key(0.1, "Dropout probability during training, on the embeddings and on each attention and feed-forward output.")
+    dropout: float = _key(0.1, "Dropout probability during training, on the embeddings and on each attention and feed-forward output (BART, T5, GPT-2). The Llama and Qwen2 layouts have no such dropout: there only model.attention_dropout applies.")
     attention_dropout: float = _key(0.0, "Dropout on the attention probabilities during training (both families). 0 keeps the fused attention kernel; 0.1 made a default-size `chatgpt` CPU training step about 25% slower.")
     init_from: Optional[str] = _key(None, "Where a stage starts instead of random weights (pretrain) or the previous stage's output (finetune, adv-train): a local save_pretrained directory, a Hugging Face hub id (e.g. `openai-community/gpt2`, loaded through the transformers cache), or `scratch` (random weights from this section, tokenizer trained as pretrain trains it). See docs/models.md.")
     lora: LoraSection = _section(LoraSection, "Parameter-efficient finetuning with LoRA (peft).")
