@@ -333,7 +333,7 @@ def _label_positions_loss(model, batch: dict[str, "torch.Tensor"], inputs_embeds
     return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), int(keep.sum())
 
 
-def summed_nll(model, examples: Examples, batch_size: int, device, max_batches: int | None = None, ranks: "Ranks | None" = None) -> tuple[float, int]:
+def summed_nll(model, examples: Examples, batch_size: int, device, *, max_batches: int | None = None, ranks: "Ranks | None" = None) -> tuple[float, int]:
     """NLL summed over every label token of `examples`, and the token count (never a mean of batch
     means); with several processes each scores every world-th batch and the sums are added up."""
     import torch

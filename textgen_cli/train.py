@@ -167,9 +167,9 @@ def count_tokens(batch: dict[str, "torch.Tensor"]) -> tuple[int, int]:
     return 0, inputs
 
 
-def evaluate_loss(model, examples: Examples, batch_size: int, max_batches: int | None, device, ranks: "Ranks | None" = None) -> dict[str, float]:
+def evaluate_loss(model, examples: Examples, *, batch_size: int, max_batches: int | None, device, ranks: "Ranks | None" = None) -> dict[str, float]:
     """Validation loss per token, perplexity and the number of tokens scored."""
-    total, n_tokens = summed_nll(model, examples, batch_size, device, max_batches, ranks)
+    total, n_tokens = summed_nll(model, examples, batch_size, device, max_batches=max_batches, ranks=ranks)
     loss = total / max(n_tokens, 1)
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": n_tokens}
 
@@ -663,7 +663,7 @@ def close_log_window(loop: Loop, stats: StepStats) -> dict[str, Any] | None:
 
 def validation_loss(loop: Loop) -> dict[str, float]:
     section = loop.section
-    return evaluate_loss(loop.model, loop.val_set, section.batch_size, section.eval_batches, loop.device, loop.ranks)
+    return evaluate_loss(loop.model, loop.val_set, batch_size=section.batch_size, max_batches=section.eval_batches, device=loop.device, ranks=loop.ranks)
 
 
 def validate(loop: Loop, step: int) -> None:
