@@ -536,7 +536,7 @@ def verdicts(columns: list[Column]) -> list[tuple[str, dict[str, Any]]]:
     out = []
     for column in columns:
         for model in column.models:
-            if model.eval.verdict is not None:
+            if model.eval is not None and model.eval.verdict is not None:
                 label = column.label if len(column.models) == 1 else f"{column.label} (seed {model.seed})"
                 out.append((label, model.eval.verdict))
     return out
