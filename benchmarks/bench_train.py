@@ -102,8 +102,8 @@ def textgen_tokens_per_s(loaded, data, steps: int) -> float:
     with tempfile.TemporaryDirectory() as root:
         run = load_recipe(str(loaded.path), [*loaded.overrides, f"run.root={root}", f"pretrain.steps={steps}", f"train.eval_every={10 * steps}",
                                              f"train.log_every={steps}", "train.eval_batches=1", "checkpoint.every=0", "eval.after_finetune=false"])
-        summary = train_stage(run, "pretrain", model, _NoTokenizer(), data, data, {})
-    return summary["tokens_per_s"]
+        summary = train_stage(run, "pretrain", model=model, tokenizer=_NoTokenizer(), train_set=data, val_set=data, notes={})
+    return summary.tokens_per_s
 
 
 def textgen_steady_tokens_per_s(loaded, data, steps: int, compile: bool, first_window: int = 5) -> tuple[float, float]:
@@ -117,7 +117,7 @@ def textgen_steady_tokens_per_s(loaded, data, steps: int, compile: bool, first_w
         run = load_recipe(str(loaded.path), [*loaded.overrides, f"run.root={root}", "run.name=bench", f"pretrain.steps={first_window + steps}",
                                              f"train.eval_every={10 * steps}", f"train.log_every={first_window}", "train.eval_batches=1",
                                              "checkpoint.every=0", f"train.compile={str(compile).lower()}"])
-        train_stage(run, "pretrain", model, _NoTokenizer(), data, data, {})
+        train_stage(run, "pretrain", model=model, tokenizer=_NoTokenizer(), train_set=data, val_set=data, notes={})
         rows = [json.loads(line) for line in (Path(root) / "bench/pretrain/metrics.jsonl").read_text().splitlines()]
     windows = [r for r in rows if "tokens_per_s" in r]
     first, rest = windows[0], windows[1:]
@@ -296,7 +296,7 @@ def textgen_wall_tokens_per_s(loaded, data, steps: int, warmup: int) -> tuple[fl
             run = load_recipe(str(loaded.path), [*loaded.overrides, f"run.root={root}", "run.name=bench", f"pretrain.steps={warmup + steps}",
                                                  f"train.eval_every={10 * (warmup + steps)}", f"train.log_every={warmup}", "train.eval_batches=1",
                                                  "checkpoint.every=0"])
-            train_stage(run, "pretrain", model, _NoTokenizer(), data, data, {})
+            train_stage(run, "pretrain", model=model, tokenizer=_NoTokenizer(), train_set=data, val_set=data, notes={})
     finally:
         RunDir.append_metrics = append
     (first_step, first_tokens, first_wall, first_cpu), (last_step, last_tokens, last_wall, last_cpu) = marks[0], marks[-1]

@@ -18,6 +18,7 @@ import statistics
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -550,7 +551,7 @@ def test_pretraining_effect_is_a_paired_bootstrap_between_the_two_models(tmp_pat
     (tmp_path / "predictions.jsonl").write_text("".join(json.dumps({"reference": r}) + "\n" for r in references), encoding="utf-8")
 
     def model(label: str, stages: list[str], predictions: list[str]) -> Model:
-        m = Model(label=label, loaded=None, stage="finetune", seed=1, summaries=[{"stage": s, "flops": 1e9} for s in stages], predictions=predictions)  # type: ignore[arg-type]
+        m = Model(label=label, loaded=None, stage="finetune", seed=1, summaries=[SimpleNamespace(stage=s, flops=1e9) for s in stages], predictions=predictions)  # type: ignore[arg-type]
         m.eval_dir = tmp_path
         return m
 

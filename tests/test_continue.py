@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import pytest
 
 from harness import write_tiny_pretrain
+
+if TYPE_CHECKING:
+    from textgen_cli.results import RunSummary
 
 SETTINGS = ["train.log_every=5", "train.eval_every=5", "checkpoint.every=0"]
 
@@ -19,7 +23,7 @@ def space(tmp_path_factory):
     return folder
 
 
-def pretrain(space, monkeypatch, *overrides: str) -> dict:
+def pretrain(space, monkeypatch, *overrides: str) -> "RunSummary":
     from textgen_cli.pretrain import run_pretrain
     from textgen_cli.recipe import load_recipe
 
@@ -42,7 +46,7 @@ def test_resume_with_more_steps_continues_a_finished_stage(space, monkeypatch):
     first = metrics(stage)
 
     summary = pretrain(space, monkeypatch, "run.name=more", "pretrain.steps=20", "resume=auto")
-    assert summary["steps"] == 20 and summary["resumed"] is True
+    assert summary.steps == 20 and summary.resumed is True
     assert checkpoints(stage) == ["step-0000020"]
     continued = metrics(stage)
     assert continued[: len(first)] == first  # the first 10 steps' record is kept as it was
@@ -50,10 +54,10 @@ def test_resume_with_more_steps_continues_a_finished_stage(space, monkeypatch):
 
     # the schedule after step 10 is the one a 20-step run follows: cosine stretched to the new total
     straight = pretrain(space, monkeypatch, "run.name=straight", "pretrain.steps=20")
-    assert straight["steps"] == 20
+    assert straight.steps == 20
     planned = {r["step"]: r["lr"] for r in metrics(space / "runs" / "straight" / "pretrain") if "lr" in r}
     assert [(r["step"], pytest.approx(r["lr"], rel=1e-9)) for r in continued if "lr" in r and r["step"] > 10] == [(15, planned[15]), (20, planned[20])]
-    assert summary["tokens"] == straight["tokens"]  # the same batches, step for step
+    assert summary.tokens == straight.tokens  # the same batches, step for step
 
 
 def test_resume_without_more_steps_is_refused_and_changes_nothing(space, monkeypatch):
@@ -73,4 +77,4 @@ def test_keep_final_false_keeps_no_checkpoint(space, monkeypatch):
     pretrain(space, monkeypatch, "run.name=lean", "pretrain.steps=5", "checkpoint.keep_final=false")
     assert not (stage / "checkpoints").exists()
     summary = pretrain(space, monkeypatch, "run.name=lean", "pretrain.steps=10", "checkpoint.keep_final=false", "resume=auto")
-    assert summary["resumed"] is False  # nothing to continue from: trained afresh
+    assert summary.resumed is False  # nothing to continue from: trained afresh

@@ -70,7 +70,7 @@ def validation_losses(folder: Path, family: str) -> tuple[float, float]:
     from textgen_cli.objectives import TruncationCount
     from textgen_cli.recipe import load_recipe
     from textgen_cli.tokenizer import load_tokenizer
-    from textgen_cli.train import summed_nll
+    from textgen_cli.objectives import summed_nll
 
     loaded = load_recipe(str(folder / f"{family}.yaml"), [f"run.root={folder / 'runs'}"])
     final = loaded.run_dir("finetune") / "final"

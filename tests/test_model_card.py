@@ -69,6 +69,6 @@ def test_a_checkpoint_from_the_hf_cache_is_named_as_base_model():
     assert hub_model_id(cached) == "openai-community/gpt2"
     assert hub_model_id("/work/runs/sora/pretrain/final") is None
     recipe = {"model": {"family": "chatgpt", "init_from": cached}, "data": {"finetune": {"train": "hf:acme/verses", "validation": "hf:/tmp/local-dir"}}}
-    meta = metadata(recipe, {"stage": "finetune"})
+    meta = metadata(recipe, "finetune", None)
     assert meta["base_model"] == "openai-community/gpt2"
     assert meta["datasets"] == ["acme/verses"]  # a local dataset folder is no hub name

@@ -84,7 +84,7 @@ def finetuned(space: Space, name: str, *overrides: str) -> dict:
         run_name = name + "".join(f"-{abs(hash(o)) % 10_000}" for o in overrides)
         loaded = load_recipe(str(space.recipe(family_of(name))), [f"model.init_from={space.checkpoints[name]}", f"run.root={space.root / 'runs'}", f"run.name={run_name}", *overrides])
         summary = run_finetune(loaded)
-        report = run_evaluate(loaded, summary["final_dir"], None, "test", [])
+        report = run_evaluate(loaded, summary.final_dir, None, "test", [])
         _RUNS[key] = {"summary": summary, "eval": report, "loaded": loaded}
     return _RUNS[key]
 
@@ -100,11 +100,11 @@ def test_a_foreign_checkpoint_finetunes_evaluates_and_reloads(space, name):
 
     run = finetuned(space, name)
     summary, report = run["summary"], run["eval"]
-    assert summary["steps"] == STEPS and summary["init_from"] == str(space.checkpoints[name])
-    assert math.isfinite(summary["final_val_loss"]) and summary["final_val_loss"] < summary["initial_val_loss"], summary
-    assert report["n_examples"] == 4 and set(report["metrics"]) >= {"bleu", "chrf", "rougeL"}
-    assert math.isfinite(report["likelihood"]["bits_per_byte"])
-    final = Path(summary["final_dir"])
+    assert summary.steps == STEPS and summary.init_from == str(space.checkpoints[name])
+    assert math.isfinite(summary.final_val_loss) and summary.final_val_loss < summary.initial_val_loss, summary
+    assert report.n_examples == 4 and set(report.metrics) >= {"bleu", "chrf", "rougeL"}
+    assert math.isfinite(report.likelihood["bits_per_byte"])
+    final = Path(summary.final_dir)
     role = FAMILIES[family_of(name)]
     model = getattr(transformers, role.auto_class).from_pretrained(final)  # plain transformers reloads it
     tokenizer = transformers.AutoTokenizer.from_pretrained(final)
@@ -117,7 +117,7 @@ def test_a_foreign_checkpoint_finetunes_evaluates_and_reloads(space, name):
 def test_generate_from_a_finetuned_foreign_checkpoint(space, name):
     from textgen_cli.generate import load_generator
 
-    final = finetuned(space, name)["summary"]["final_dir"]
+    final = finetuned(space, name)["summary"].final_dir
     generator = load_generator(None, final, overrides=["generate.max_new_tokens=5"])
     assert generator.family == family_of(name)
     prompts = ["And God said, Let there be light.", "Jesus wept."]
@@ -209,7 +209,7 @@ def test_own_chat_template_is_used_byte_for_byte(space):
     from textgen_cli.prompts import build_prompt
 
     run = finetuned(space, "qwen2-chat")
-    generator = load_generator(None, run["summary"]["final_dir"])
+    generator = load_generator(None, run["summary"].final_dir)
     tokenizer = generator.tokenizer
     assert tokenizer.chat_template == CHAT_TEMPLATE  # kept through finetuning
     source, target = "And God said, Let there be light.", "God said, Let there be light."
@@ -281,8 +281,8 @@ def test_continued_pretraining_of_a_t5_checkpoint(space, tmp_path):
     from textgen_cli.recipe import load_recipe
 
     summary = run_pretrain(load_recipe(str(recipe), [f"model.init_from={space.checkpoints['t5']}", f"run.root={tmp_path / 'runs'}"]))
-    assert summary["block_size"] == 30 and math.isfinite(summary["final_val_loss"])
-    assert summary["init_from"] == str(space.checkpoints["t5"])
+    assert summary.notes["block_size"] == 30 and math.isfinite(summary.final_val_loss)
+    assert summary.init_from == str(space.checkpoints["t5"])
 
 
 # ------------------------------------------------------------------ layouts from scratch
@@ -412,27 +412,27 @@ def test_lora_finetune_and_adv_train_save_merged_models(space):
 
     run = finetuned(space, "gpt2", "model.lora.rank=4", "model.lora.keep_adapter=true", "train.gradient_checkpointing=true")
     summary = run["summary"]
-    lora = summary["lora"]
+    lora = summary.notes["lora"]
     assert lora["target_modules"] == ["c_attn", "c_proj", "c_fc"] and 0 < lora["trainable_share"] < 0.5
-    final = Path(summary["final_dir"])
+    final = Path(summary.final_dir)
     assert (final / "adapter" / "adapter_config.json").is_file()
     model = transformers.AutoModelForCausalLM.from_pretrained(final)
     assert not any("lora" in name for name in model.state_dict())
-    assert summary["final_val_loss"] < summary["initial_val_loss"]
+    assert summary.final_val_loss < summary.initial_val_loss
 
     from textgen_cli.adv_train import run_adv_train
     from textgen_cli.recipe import load_recipe
 
     loaded = load_recipe(str(space.recipe("chatgpt")), [f"model.init_from={final}", f"run.root={space.root / 'runs'}", "run.name=lora-adv", "model.lora.rank=2", "adv_train.steps=2", "adv_train.method=fgm"])
     adv = run_adv_train(loaded)
-    assert adv["lora"]["rank"] == 2 and math.isfinite(adv["final_val_loss"])
-    assert not any("lora" in name for name in transformers.AutoModelForCausalLM.from_pretrained(adv["final_dir"]).state_dict())
+    assert adv.notes["lora"]["rank"] == 2 and math.isfinite(adv.final_val_loss)
+    assert not any("lora" in name for name in transformers.AutoModelForCausalLM.from_pretrained(adv.final_dir).state_dict())
 
 
 def test_gradient_checkpointing_gives_the_same_run(space):
     plain = finetuned(space, "bart")["summary"]
     checkpointed = finetuned(space, "bart", "train.gradient_checkpointing=true")["summary"]
-    assert checkpointed["final_val_loss"] == pytest.approx(plain["final_val_loss"], rel=1e-5)
+    assert checkpointed.final_val_loss == pytest.approx(plain.final_val_loss, rel=1e-5)
 
 
 def test_fp16_on_cpu_is_a_clear_error():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
-from typing import Any
 
 from textgen_cli.adversarial import AdversarialStep, settings_from
 from textgen_cli.data import Dialogue
@@ -17,6 +16,7 @@ from textgen_cli.finetune import build_examples, prepare, starting_point
 from textgen_cli.perturb import perturb
 from textgen_cli.progress import log
 from textgen_cli.recipe import LoadedRecipe
+from textgen_cli.results import RunSummary
 from textgen_cli.runs import reset_peak_memory
 from textgen_cli.train import clean_step, train_stage
 
@@ -41,7 +41,7 @@ def augment(dialogues: list[Dialogue], rate: float, kinds: list[str], strength: 
     return copies
 
 
-def run_adv_train(loaded: LoadedRecipe) -> dict[str, Any]:
+def run_adv_train(loaded: LoadedRecipe) -> RunSummary:
     reset_peak_memory()  # the stage's own peak, data preparation included
     recipe = loaded.recipe
     section = recipe.adv_train
@@ -66,4 +66,4 @@ def run_adv_train(loaded: LoadedRecipe) -> dict[str, Any]:
         "augmented_examples": len(extra_dialogues),
         **setup.notes,
     }
-    return train_stage(loaded, "adv-train", setup.model, setup.tokenizer, train_set, val_set, extra, step_fn=step_fn)
+    return train_stage(loaded, "adv-train", model=setup.model, tokenizer=setup.tokenizer, train_set=train_set, val_set=val_set, notes=extra, step_fn=step_fn)

@@ -11,12 +11,15 @@ import logging
 import os
 import sys
 import traceback
-from typing import Annotated, Any, Callable, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
 import typer
 
 from textgen_cli import __version__
 from textgen_cli.errors import DiskFull, Interrupted, TrainingDiverged, UserError, WorkerDied
+
+if TYPE_CHECKING:
+    from textgen_cli.results import RunSummary
 
 # Data and metrics are always local files: `datasets` and `evaluate` never need the hub. Models
 # may come from it (model.init_from=owner/name, through the transformers cache), so HF_HUB_OFFLINE
@@ -117,6 +120,7 @@ def _stage_command(stage: str, recipe: str, overrides: list[str] | None, print_r
         if int(os.environ.get("RANK", "0")) != 0:
             return  # in a distributed run only rank 0 evaluates and reports
         recipe_eval = loaded.recipe.eval
+        evaluation = None  # the evaluation after training, for --json
         if STAGE_TABLE[stage].evaluated and recipe_eval.after_finetune and loaded.recipe.data.finetune.test:
             from pathlib import Path
 
@@ -124,30 +128,32 @@ def _stage_command(stage: str, recipe: str, overrides: list[str] | None, print_r
             from textgen_cli.model_card import write_model_card
 
             try:
-                report = run_evaluate(loaded, summary["final_dir"], None, "test", [])
+                report = run_evaluate(loaded, summary.final_dir, None, "test", [])
             except (UserError, DiskFull) as exc:  # the trained model is saved; say why it was not scored
-                log(f"warning: evaluation after {stage} failed: {exc}; the model is saved in {summary['final_dir']}", level=logging.WARNING)
+                log(f"warning: evaluation after {stage} failed: {exc}; the model is saved in {summary.final_dir}", level=logging.WARNING)
             else:
-                summary["eval"] = {key: report[key] for key in ("metrics", "intervals", "likelihood", "n_examples", "eval_time_s")} | {"file": report["files"]["eval"]}
-                write_model_card(Path(summary["run_dir"]), summary, report)
+                evaluation = {"metrics": report.metrics, "intervals": report.intervals, "likelihood": report.likelihood, "n_examples": report.n_examples, "eval_time_s": report.eval_time_s, "file": report.files["eval"]}
+                write_model_card(Path(summary.run_dir), summary, report)
                 if not json_output:
                     print_table(report, stream=sys.stderr)
-        print_summary(summary, json_output)
+        print_summary(summary, json_output, evaluation)
 
     guarded(debug, action, verbose, quiet)
 
 
-def print_summary(summary: dict[str, Any], json_output: bool) -> None:
+def print_summary(summary: RunSummary, json_output: bool, evaluation: dict[str, Any] | None = None) -> None:
+    """The finished stage: its summary.json as JSON on stdout (with `eval`, the evaluation after
+    training, when there was one), or three lines."""
     if json_output:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary.to_dict() | ({"eval": evaluation} if evaluation is not None else {}), indent=2))
         return
     from textgen_cli.progress import format_duration
 
     print(
-        f"{summary['stage']} finished: {summary['final_dir']}\n"
-        f"  validation loss {summary['initial_val_loss']:.4f} -> {summary['final_val_loss']:.4f} (perplexity {summary['final_val_ppl']:.2f})\n"
-        f"  {summary['steps']} steps, {summary['tokens']:,} tokens, {summary['tokens_per_s']:,.0f} tokens/s, "
-        f"{format_duration(summary['wall_time_s'])} wall, peak memory {summary['peak_memory_mb']:,.0f} MB"
+        f"{summary.stage} finished: {summary.final_dir}\n"
+        f"  validation loss {summary.initial_val_loss:.4f} -> {summary.final_val_loss:.4f} (perplexity {summary.final_val_ppl:.2f})\n"
+        f"  {summary.steps} steps, {summary.tokens:,} tokens, {summary.tokens_per_s:,.0f} tokens/s, "
+        f"{format_duration(summary.wall_time_s)} wall, peak memory {summary.peak_memory_mb:,.0f} MB"
     )
 
 
@@ -341,7 +347,7 @@ def evaluate(
         quiet_libraries()
         report = run_evaluate(loaded, model, stage, split or loaded.recipe.eval.split, perturb or [], output)
         if json_output:
-            print(json.dumps(report, indent=2, ensure_ascii=False))
+            print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
         else:
             print_table(report)
 

@@ -21,6 +21,7 @@ from textgen_cli.metrics.registry import INTERVAL_ROWS, TABLE_ROWS
 from textgen_cli.progress import log
 from textgen_cli.recipe import LoadedRecipe, load_recipe
 from textgen_cli.report import write_report
+from textgen_cli.results import EvalReport, RunSummary
 from textgen_cli.runs import FINAL_DIR, RECIPE_FILE, SUMMARY_FILE
 from textgen_cli.stages import EVALUATED_STAGES, STAGES, run_stage, section_of
 
@@ -34,8 +35,8 @@ def stage_done(loaded: LoadedRecipe, stage: str) -> bool:
     if not summary.is_file() or not (loaded.run_dir(stage) / FINAL_DIR).is_dir():
         return False
     try:
-        return json.loads(summary.read_text(encoding="utf-8")).get("stage_hash") == loaded.stage_hash(stage)
-    except ValueError:
+        return RunSummary.read(summary).stage_hash == loaded.stage_hash(stage)
+    except UserError:  # unreadable: trained again
         return False
 
 
@@ -195,9 +196,9 @@ def evaluate_model(model: Model) -> None:
     if found is None:
         log(f"compare: evaluating {model.label}")
         report = run_evaluate(model.loaded, str(model.final_dir), None, "test", [])
-        found = Path(report["files"]["eval"]).parent
+        found = Path(report.files["eval"]).parent
     else:
-        report = json.loads((found / "eval.json").read_text(encoding="utf-8"))
+        report = EvalReport.read(found / "eval.json")
         log(f"compare: reusing the evaluation in {found / 'eval.json'}")
     model.eval = report
     model.eval_dir = found
@@ -207,32 +208,32 @@ def evaluate_model(model: Model) -> None:
 def collect(model: Model) -> None:
     """The summaries of every stage behind the model, for the cost rows and the curves: this stage,
     then the run it started from (`init_from` in its summary), and so on back to pretraining."""
-    chain: list[tuple[Path, dict[str, Any]]] = []
+    chain: list[tuple[Path, RunSummary]] = []
     run_dir: Path | None = model.loaded.run_dir(model.stage)
     while run_dir is not None and (run_dir / SUMMARY_FILE).is_file() and all(run_dir != seen for seen, _ in chain):
-        summary = json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
+        summary = RunSummary.read(run_dir / SUMMARY_FILE)
         chain.insert(0, (run_dir, summary))
-        run_dir = Path(summary["init_from"]).parent if summary.get("init_from") else None
+        run_dir = Path(summary.init_from).parent if summary.init_from else None
     model.run_dirs = [run_dir for run_dir, _ in chain]
     model.summaries = [summary for _, summary in chain]
 
 
 def values_of(model: Model) -> dict[str, float]:
     e, s = model.eval, model.summaries
-    values = dict(e["metrics"])
-    if e["likelihood"]["bits_per_byte"] is not None:
-        values["bits_per_byte"] = e["likelihood"]["bits_per_byte"]
-        values["perplexity"] = e["likelihood"]["perplexity"]
-    values["val_loss"] = s[-1]["final_val_loss"]
-    values["parameters"] = s[-1]["parameters"]
-    values["tokens"] = sum(x["tokens"] for x in s)
-    values["flops"] = sum(x.get("flops", 0.0) for x in s)
-    values["wall_time_s"] = sum(x["wall_time_s"] for x in s)
-    values["tokens_per_s"] = values["tokens"] / max(sum(x["train_time_s"] for x in s), 1e-9)
-    values["peak_memory_mb"] = max(x["peak_memory_mb"] for x in s)
-    values["generation_tokens_per_s"] = e["generation"]["tokens_per_s"]
+    values = dict(e.metrics)
+    if e.likelihood["bits_per_byte"] is not None:
+        values["bits_per_byte"] = e.likelihood["bits_per_byte"]
+        values["perplexity"] = e.likelihood["perplexity"]
+    values["val_loss"] = s[-1].final_val_loss
+    values["parameters"] = s[-1].parameters
+    values["tokens"] = sum(x.tokens for x in s)
+    values["flops"] = sum(x.flops for x in s)
+    values["wall_time_s"] = sum(x.wall_time_s for x in s)
+    values["tokens_per_s"] = values["tokens"] / max(sum(x.train_time_s for x in s), 1e-9)
+    values["peak_memory_mb"] = max(x.peak_memory_mb for x in s)
+    values["generation_tokens_per_s"] = e.generation["tokens_per_s"]
     values.update(sanity_values(e))
-    for r in e.get("robustness", []):
+    for r in e.robustness:
         for row in ("bleu", "chrf"):
             if row in r["metrics"]:
                 values[f"{row}@{r['perturbation']}"] = r["metrics"][row]
@@ -240,13 +241,13 @@ def values_of(model: Model) -> dict[str, float]:
     return values
 
 
-def sanity_values(report: dict[str, Any]) -> dict[str, float]:
+def sanity_values(report: EvalReport) -> dict[str, float]:
     """The input-use check and the degeneration statistics of an eval report, as table rows."""
     values = {}
-    use = report.get("input_use") or {}
+    use = report.input_use or {}
     if use.get("gap") is not None:
         values.update(input_bpb_true=use["bits_per_byte_true"], input_bpb_shuffled=use["bits_per_byte_shuffled"], input_gap=use["gap"])
-    degeneration = report.get("degeneration") or {}
+    degeneration = report.degeneration or {}
     for key in ("distinct_outputs_share", "repeated_4gram_rate"):
         if key in degeneration:
             values[key] = degeneration[key]
@@ -255,8 +256,8 @@ def sanity_values(report: dict[str, Any]) -> dict[str, float]:
 
 def intervals_of(model: Model) -> dict[str, tuple[float, float]]:
     """Bootstrap intervals of the clean rows and of the scores under each perturbation."""
-    out = {row: (b["low"], b["high"]) for row, b in model.eval.get("intervals", {}).items()}
-    for r in model.eval.get("robustness", []):
+    out = {row: (b["low"], b["high"]) for row, b in model.eval.intervals.items()}
+    for r in model.eval.robustness:
         for row, b in r.get("intervals", {}).items():
             out[f"{row}@{r['perturbation']}"] = (b["low"], b["high"])
     return out
@@ -287,7 +288,7 @@ def baseline_columns(models: list[Model]) -> list[Column]:
     """One column per baseline of the first model's evaluation (every model is scored on the same
     examples with the same metrics, so the baselines are the same for all)."""
     columns = []
-    for baseline in models[0].eval.get("baselines", []):
+    for baseline in models[0].eval.baselines:
         label = f"baseline: {baseline['label']}"
         columns.append(Column(label, [], {row: Cell(value) for row, value in baseline["metrics"].items()}, baseline=True))
     return columns
@@ -376,7 +377,7 @@ def table_rows(columns: list[Column], n_resamples: int, seed: int) -> list[dict[
 
 def pretrained(model: Model) -> bool:
     """Whether a pretraining stage is behind the model (its own, or one it was initialised from)."""
-    return any(summary.get("stage") == "pretrain" for summary in model.summaries)
+    return any(summary.stage == "pretrain" for summary in model.summaries)
 
 
 # computed once per table (the terminal and the report files show the same); the cache holds the
@@ -413,7 +414,7 @@ def pretraining_effects(columns: list[Column], n_resamples: int = 1000, seed: in
             answer = ("pretraining " + words.pop()) if len(words) == 1 and "no significant difference" not in words else (
                 "no significant difference from pretraining" if words == {"no significant difference"} else "mixed: pretraining " + ", ".join(f"{w} on {t.split()[0]}" for w, t in verdicts)
             )
-            flops = [sum(s.get("flops", 0.0) for s in m.summaries) for m in (ma, mb)]
+            flops = [sum(s.flops for s in m.summaries) for m in (ma, mb)]
             effects.append(
                 {
                     "pretrained": a.label,
@@ -502,7 +503,7 @@ def models_from_runs(paths: Sequence[str], overrides: list[str]) -> list[Model]:
             loaded = load_recipe(str(stage_dir / RECIPE_FILE), overrides)
             # the saved recipe's run name is the run directory's parent name; keep outputs where they are
             loaded = LoadedRecipe(dataclasses.replace(loaded.recipe, run=dataclasses.replace(loaded.recipe.run, root=str(stage_dir.parent.parent), name=stage_dir.parent.name)), loaded.path, [])
-            stage = json.loads((stage_dir / SUMMARY_FILE).read_text(encoding="utf-8"))["stage"]
+            stage = RunSummary.read(stage_dir / SUMMARY_FILE).stage
             models.append(Model(label=f"{stage_dir.parent.name} {stage}", loaded=loaded, stage=stage, seed=loaded.recipe.train.seed))
     return models
 

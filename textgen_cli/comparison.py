@@ -16,6 +16,7 @@ from textgen_cli.runs import FINAL_DIR
 
 if TYPE_CHECKING:
     from textgen_cli.recipe import LoadedRecipe
+    from textgen_cli.results import EvalReport, RunSummary
 
 
 @dataclass
@@ -28,8 +29,8 @@ class Model:
     seed: int
     run_dirs: list[Path] = field(default_factory=list)  # every stage that led to this model
     reused: dict[str, bool] = field(default_factory=dict)
-    summaries: list[dict[str, Any]] = field(default_factory=list)
-    eval: dict[str, Any] = field(default_factory=dict)
+    summaries: list[RunSummary] = field(default_factory=list)
+    eval: EvalReport | None = None  # set by evaluate_model
     predictions: list[str] = field(default_factory=list)
     eval_dir: Path | None = None  # where its eval.json and predictions.jsonl are
 
@@ -93,7 +94,7 @@ def verdicts(columns: list[Column]) -> list[tuple[str, dict[str, Any]]]:
     out = []
     for column in columns:
         for model in column.models:
-            if "verdict" in model.eval:
+            if model.eval is not None and model.eval.verdict is not None:
                 label = column.label if len(column.models) == 1 else f"{column.label} (seed {model.seed})"
-                out.append((label, model.eval["verdict"]))
+                out.append((label, model.eval.verdict))
     return out

@@ -21,12 +21,12 @@ from typing import Any, Sequence
 from textgen_cli.data import Dialogue, read_finetune_examples
 from textgen_cli.errors import UserError
 from textgen_cli.metrics.registry import INTERVAL_ROWS, METRIC_NAMES, higher_is_better, module_rows
-from textgen_cli.objectives import IGNORE_INDEX, encode_texts
+from textgen_cli.objectives import IGNORE_INDEX, encode_texts, summed_nll
 from textgen_cli.progress import log
 from textgen_cli.recipe import settings_digest
+from textgen_cli.results import EvalReport
 from textgen_cli.runs import write_text_atomic
 from textgen_cli.stages import STAGES
-from textgen_cli.train import summed_nll
 
 
 @dataclass
@@ -342,7 +342,7 @@ def run_evaluate(
     perturbations: Sequence[str],
     output: str | None = None,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> EvalReport:
     from textgen_cli.decoding import GenerationStats, settings_dict
     from textgen_cli.generate import load_generator
     from textgen_cli.perturb import parse_spec
@@ -408,44 +408,44 @@ def run_evaluate(
         )
 
     elapsed = time.perf_counter() - started
-    report = {
-        "model": str(generator.path.resolve()),
-        "stage": generator.stage,
-        "family": generator.family,
-        "recipe": str(loaded.path),
-        "recipe_name": loaded.name,
-        "settings_hash": loaded.settings_hash(),
-        "eval_hash": eval_hash(loaded, generator.stage, split),
-        "split": split,
-        "n_examples": len(examples),
-        "task": recipe.data.finetune.task,
-        "decoding": settings_dict(generator.settings),
-        "metrics": metrics,
-        "intervals": bounds,
-        "signatures": signatures,
-        "bootstrap": {"resamples": section.bootstrap, "seed": section.seed, "confidence": 0.95, "method": "paired percentile bootstrap over examples"},
-        "likelihood": scored,
-        "prose": prose,
-        "baseline": {key: baselines[0][key] for key in ("name", "metrics", "versus")},  # the first baseline (compatibility)
-        "baselines": baselines,
-        "input_use": uses_input,
-        "degeneration": degeneration(sources, predictions, references),
-        "robustness": [{k: v for k, v in r.items() if k not in ("predictions", "prompts")} for r in robustness],
-        "generation": {"new_tokens": stats.new_tokens, "seconds": stats.seconds, "tokens_per_s": stats.tokens_per_s, "examples_per_s": len(examples) / max(stats.seconds, 1e-9)},
-        "eval_time_s": elapsed,
-        "examples_per_s": len(examples) / max(elapsed, 1e-9),
-    }
+    report = EvalReport(
+        model=str(generator.path.resolve()),
+        stage=generator.stage,
+        family=generator.family,
+        recipe=str(loaded.path),
+        recipe_name=loaded.name,
+        settings_hash=loaded.settings_hash(),
+        eval_hash=eval_hash(loaded, generator.stage, split),
+        split=split,
+        n_examples=len(examples),
+        task=recipe.data.finetune.task,
+        decoding=settings_dict(generator.settings),
+        metrics=metrics,
+        intervals=bounds,
+        signatures=signatures,
+        bootstrap={"resamples": section.bootstrap, "seed": section.seed, "confidence": 0.95, "method": "paired percentile bootstrap over examples"},
+        likelihood=scored,
+        prose=prose,
+        baseline={key: baselines[0][key] for key in ("name", "metrics", "versus")},  # the first baseline (compatibility)
+        baselines=baselines,
+        input_use=uses_input,
+        degeneration=degeneration(sources, predictions, references),
+        robustness=[{k: v for k, v in r.items() if k not in ("predictions", "prompts")} for r in robustness],
+        generation={"new_tokens": stats.new_tokens, "seconds": stats.seconds, "tokens_per_s": stats.tokens_per_s, "examples_per_s": len(examples) / max(stats.seconds, 1e-9)},
+        eval_time_s=elapsed,
+        examples_per_s=len(examples) / max(elapsed, 1e-9),
+    )
     from textgen_cli.verdict import judge, thresholds_of
 
-    report["verdict"] = judge(report, thresholds_of(section))
-    folder = output_dir(generator, output, split, report["eval_hash"])
+    report.verdict = judge(report.to_dict(), thresholds_of(section))
+    folder = output_dir(generator, output, split, report.eval_hash)
     write_outputs(folder, "test" if folder.parent.name == EVALS_DIR else split, report, examples, predictions, robustness)
     where = "the stage's default evaluation" if not output and folder == generator.path.parent else ("a separate record; the stage's default evaluation is untouched" if not output else "--output")
-    log(f"evaluate: wrote {report['files']['eval']} ({where})")
+    log(f"evaluate: wrote {report.files['eval']} ({where})")
     return report
 
 
-def write_outputs(folder: Path, split: str, report: dict[str, Any], examples: list[EvalExample], predictions: list[str], robustness: list[dict[str, Any]]) -> None:
+def write_outputs(folder: Path, split: str, report: EvalReport, examples: list[EvalExample], predictions: list[str], robustness: list[dict[str, Any]]) -> None:
     suffix = "" if split == "test" else f"-{split}"
     folder.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -459,8 +459,8 @@ def write_outputs(folder: Path, split: str, report: dict[str, Any], examples: li
             for e, prompt, p in zip(examples, r["prompts"], r["predictions"])
         ]
         write_text_atomic(folder / f"predictions{suffix}-{r['kind']}-{r['rate']:g}.jsonl", "\n".join(noisy) + "\n")
-    report["files"] = {"eval": str((folder / f"eval{suffix}.json").resolve()), "predictions": str((folder / f"predictions{suffix}.jsonl").resolve())}
-    write_text_atomic(folder / f"eval{suffix}.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    report.files = {"eval": str((folder / f"eval{suffix}.json").resolve()), "predictions": str((folder / f"predictions{suffix}.jsonl").resolve())}
+    write_text_atomic(folder / f"eval{suffix}.json", json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
 
 
 def diff_cell(row: str, diff: dict[str, Any] | None, value: float, base: float | None) -> str:
@@ -478,31 +478,31 @@ def diff_cell(row: str, diff: dict[str, Any] | None, value: float, base: float |
     return ""
 
 
-def print_verdict(report: dict[str, Any], console) -> None:
+def print_verdict(report: EvalReport, console) -> None:
     from rich.markup import escape
 
     from textgen_cli.verdict import verdict_lines
 
-    verdict = report.get("verdict")
+    verdict = report.verdict
     if verdict is None:
         return
-    lines = verdict_lines(f"verdict for {report['recipe_name']} {report['stage'] or 'model'}", verdict)
+    lines = verdict_lines(f"verdict for {report.recipe_name} {report.stage or 'model'}", verdict)
     style = "green" if verdict["ok"] else "bold red"
     console.print(f"[{style}]{escape(lines[0])}[/{style}]", soft_wrap=True)
     for line in lines[1:]:
         console.print(escape(line), soft_wrap=True)
 
 
-def print_table(report: dict[str, Any], stream=None) -> None:
+def print_table(report: EvalReport, stream=None) -> None:
     """The terminal view: the verdict, then the model against every baseline with intervals."""
     from rich.console import Console
     from rich.table import Table
 
     console = Console(file=stream, width=140)
     print_verdict(report, console)
-    baselines = report.get("baselines") or [{"label": report["baseline"]["name"], **report["baseline"]}]
+    baselines = report.baselines or [{"label": report.baseline["name"], **report.baseline}]
     table = Table(
-        title=f"{report['recipe_name']} · {report['stage'] or 'model'} · {report['split']} split · {report['n_examples']} examples",
+        title=f"{report.recipe_name} · {report.stage or 'model'} · {report.split} split · {report.n_examples} examples",
         caption="model - baseline: paired bootstrap 95% interval; green/red: significantly better/worse; n.s.: inside the interval; untested: no interval",
     )
     table.add_column("metric")
@@ -511,38 +511,38 @@ def print_table(report: dict[str, Any], stream=None) -> None:
     for baseline in baselines:
         table.add_column(baseline["label"][:30], justify="right")
         table.add_column(f"model - {baseline['label'][:22]} [95%]", justify="right")
-    for row, value in report["metrics"].items():
-        bound = report["intervals"].get(row)
+    for row, value in report.metrics.items():
+        bound = report.intervals.get(row)
         cells = [row, f"{value:.4g}", f"[{bound['low']:.4g}, {bound['high']:.4g}]" if bound else ""]
         for baseline in baselines:
             base = baseline["metrics"].get(row)
             cells += [f"{base:.4g}" if base is not None else "", diff_cell(row, baseline["versus"].get(row), value, base)]
         table.add_row(*cells)
     blank = [""] * (2 * len(baselines))
-    lik = report["likelihood"]
+    lik = report.likelihood
     if lik["bits_per_byte"] is not None:
         skipped = f"{lik['skipped_too_long']} references longer than the context left out" if lik["skipped_too_long"] else ""
         table.add_row("bits per byte", f"{lik['bits_per_byte']:.4f}", skipped, *blank)
         table.add_row("perplexity", f"{lik['perplexity']:.2f}", "", *blank)
-    use = report.get("input_use") or {}
+    use = report.input_use or {}
     if use.get("gap") is not None:
         table.add_row(f"bits per byte, own sources ({use['examples']})", f"{use['bits_per_byte_true']:.4f}", "", *blank)
         table.add_row(f"bits per byte, shuffled sources ({use['examples']})", f"{use['bits_per_byte_shuffled']:.4f}", "", *blank)
         table.add_row("input-use gap (shuffled - own)", f"{use['gap']:+.4f}", "", *blank)
-    degenerate = report.get("degeneration") or {}
+    degenerate = report.degeneration or {}
     if degenerate:
         table.add_row("distinct outputs / distinct sources", f"{degenerate['distinct_outputs_share']:.3f}", f"{degenerate['distinct_outputs']} / {degenerate['distinct_sources']}", *blank)
         table.add_row("repeated 4-gram rate", f"{degenerate['repeated_4gram_rate']:.3f}", f"references {degenerate['reference_repeated_4gram_rate']:.3f}", *blank)
-    prose = report.get("prose", {})
+    prose = report.prose
     if "bits_per_byte" in prose:
         table.add_row("prose bits per byte", f"{prose['bits_per_byte']:.4f}", f"window {prose['window']}, stride {prose['stride']}", *blank)
     console.print(table)
-    for r in report["robustness"]:
-        parts = ", ".join(f"{row} {report['metrics'][row]:.4g} -> {r['metrics'][row]:.4g} ({-r['drop'][row]:+.4g}, {-100 * r['relative_drop'][row]:+.1f}%)" for row in ("bleu", "chrf", "rougeL") if row in r["metrics"])
+    for r in report.robustness:
+        parts = ", ".join(f"{row} {report.metrics[row]:.4g} -> {r['metrics'][row]:.4g} ({-r['drop'][row]:+.4g}, {-100 * r['relative_drop'][row]:+.1f}%)" for row in ("bleu", "chrf", "rougeL") if row in r["metrics"])
         console.print(f"robustness {r['perturbation']}: {parts}")
-    gen = report["generation"]
+    gen = report.generation
     console.print(
-        f"generated {gen['new_tokens']:,} tokens at {gen['tokens_per_s']:,.0f} tokens/s; evaluation took {report['eval_time_s']:.1f} s "
-        f"({report['examples_per_s']:.1f} examples/s)"
+        f"generated {gen['new_tokens']:,} tokens at {gen['tokens_per_s']:,.0f} tokens/s; evaluation took {report.eval_time_s:.1f} s "
+        f"({report.examples_per_s:.1f} examples/s)"
     )
-    console.print(f"evaluation written to {report['files']['eval']} (predictions: {report['files']['predictions']})", soft_wrap=True)
+    console.print(f"evaluation written to {report.files['eval']} (predictions: {report.files['predictions']})", soft_wrap=True)

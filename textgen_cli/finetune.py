@@ -17,6 +17,7 @@ from textgen_cli.models import DECODER_ONLY, ENCODER_DECODER, FAMILIES, SCRATCH,
 from textgen_cli.objectives import ChatExamples, Seq2SeqExamples, TruncationCount
 from textgen_cli.progress import log
 from textgen_cli.recipe import LoadedRecipe
+from textgen_cli.results import RunSummary
 from textgen_cli.runs import FINAL_DIR, reset_peak_memory
 from textgen_cli.stages import STAGE_TABLE
 from textgen_cli.tokenizer import adapt_tokenizer
@@ -118,10 +119,10 @@ def build_examples(loaded: LoadedRecipe, setup: FinetuneSetup, stage: str) -> tu
     return train_set, val_set, count.truncated
 
 
-def run_finetune(loaded: LoadedRecipe) -> dict[str, Any]:
+def run_finetune(loaded: LoadedRecipe) -> RunSummary:
     reset_peak_memory()  # the stage's own peak, data preparation included
     setup = prepare(loaded, starting_point(loaded), "finetune")
     train_set, val_set, truncated = build_examples(loaded, setup, "finetune")
     recipe = loaded.recipe
     extra = {"init_from": setup.start, "task": recipe.data.finetune.task, "truncated_examples": truncated, "system_prompt": setup.role.system_prompt(recipe), **setup.notes}
-    return train_stage(loaded, "finetune", setup.model, setup.tokenizer, train_set, val_set, extra)
+    return train_stage(loaded, "finetune", model=setup.model, tokenizer=setup.tokenizer, train_set=train_set, val_set=val_set, notes=extra)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -20,13 +20,16 @@ from textgen_cli.models.roles import role_for
 from textgen_cli.runs import FINAL_DIR, RECIPE_FILE, write_text_atomic
 from textgen_cli.stages import STAGE_TABLE
 
+if TYPE_CHECKING:
+    from textgen_cli.results import EvalReport, RunSummary
+
 CARD_FILE = "README.md"
 HUB_DATASET = "hf:"  # data paths naming a hub dataset (data.py)
 # a checkpoint inside the HF cache names its hub model: .../models--ORG--NAME/snapshots/<sha>
 CACHED_MODEL = re.compile(r"models--([^/]+?)--([^/]+)/snapshots/[^/]+/?$")
 
 
-def write_model_card(run_path: Path, summary: dict[str, Any], eval_report: dict[str, Any] | None = None) -> Path:
+def write_model_card(run_path: Path, summary: "RunSummary", eval_report: "EvalReport | None" = None) -> Path:
     """Write `<run_path>/final/README.md` from the stage's summary, its recipe.yaml and, when the
     stage was evaluated, the evaluation report; returns the card's path."""
     recipe = yaml.safe_load((run_path / RECIPE_FILE).read_text(encoding="utf-8"))
@@ -45,9 +48,9 @@ def saved_layout(final: Path) -> tuple[str | None, str | None]:
     return config.get("model_type"), (config.get("architectures") or [None])[0]
 
 
-def base_checkpoint(recipe: dict[str, Any], summary: dict[str, Any]) -> str | None:
+def base_checkpoint(recipe: dict[str, Any], init_from: str | None) -> str | None:
     """The checkpoint the stage started from (a pretrain from scratch has none)."""
-    return summary.get("init_from") or recipe["model"].get("init_from")
+    return init_from or recipe["model"].get("init_from")
 
 
 def hub_model_id(path: str | None) -> str | None:
@@ -69,16 +72,15 @@ def hub_datasets(data: dict[str, str]) -> list[str]:
     return sorted({"/".join(name.split("/")[:2]) for name in names if not name.startswith(("/", ".", "~"))})
 
 
-def metadata(recipe: dict[str, Any], summary: dict[str, Any], model_type: str | None = None) -> dict[str, Any]:
+def metadata(recipe: dict[str, Any], stage: str, init_from: str | None, model_type: str | None = None) -> dict[str, Any]:
     family = recipe["model"]["family"]
-    stage = summary["stage"]
     role = role_for(family)
     meta: dict[str, Any] = {
         "library_name": "transformers",
         "pipeline_tag": role.pipeline_tag,
         "tags": ["textgen", family, model_type or role.default_arch, stage],
     }
-    base = hub_model_id(base_checkpoint(recipe, summary))
+    base = hub_model_id(base_checkpoint(recipe, init_from))
     if base:
         meta["base_model"] = base
     datasets = hub_datasets(stage_data(recipe, stage))
@@ -87,44 +89,44 @@ def metadata(recipe: dict[str, Any], summary: dict[str, Any], model_type: str | 
     return meta
 
 
-def render(recipe: dict[str, Any], summary: dict[str, Any], eval_report: dict[str, Any] | None, layout: tuple[str | None, str | None] = (None, None)) -> str:
-    family, stage, model = recipe["model"]["family"], summary["stage"], recipe["model"]
+def render(recipe: dict[str, Any], summary: "RunSummary", eval_report: "EvalReport | None", layout: tuple[str | None, str | None] = (None, None)) -> str:
+    family, stage, model = recipe["model"]["family"], summary.stage, recipe["model"]
     role = role_for(family)
     model_type, model_class = layout
     described = f"{role.kind} Transformer ({model_type or role.default_arch} layout" + (f", `{model_class}`)" if model_class else ")")
-    base = base_checkpoint(recipe, summary)
+    base = base_checkpoint(recipe, summary.init_from)
     lines = [
         "---",
-        yaml.safe_dump(metadata(recipe, summary, model_type), sort_keys=False).rstrip(),
+        yaml.safe_dump(metadata(recipe, stage, summary.init_from, model_type), sort_keys=False).rstrip(),
         "---",
         "",
-        f"# {summary['recipe_name']} · {stage}",
+        f"# {summary.recipe_name} · {stage}",
         "",
         f"A `{family}` text generator trained with [textgen](https://pypi.org/project/textgen-cli/) {__version__} "
-        f"(stage `{stage}` of recipe `{summary['recipe_name']}`).",
+        f"(stage `{stage}` of recipe `{summary.recipe_name}`).",
         "",
         "## Model",
         "",
         f"- family: `{family}`: {described}",
-        f"- {summary['parameters']:,} parameters: {model['layers']} layer{'s' if model['layers'] != 1 else ''}{' (encoder and decoder each)' if role.kind == 'encoder-decoder' else ''}, "
+        f"- {summary.parameters:,} parameters: {model['layers']} layer{'s' if model['layers'] != 1 else ''}{' (encoder and decoder each)' if role.kind == 'encoder-decoder' else ''}, "
         f"hidden size {model['hidden']}, {model['heads']} heads, feed-forward {model['ffn']}, context {model['context']} tokens",
         f"- started from: {f'`{base}`' if base else 'random weights (trained from scratch)'}",
         "",
         "## Data",
         "",
         *[f"- {split}: `{where}`" for split, where in stage_data(recipe, stage).items()],
-        f"- {summary['train_examples']:,} training examples" + (f", task `{summary['task']}`" if summary.get("task") else ""),
+        f"- {summary.train_examples:,} training examples" + (f", task `{summary.task}`" if summary.task else ""),
         "",
         "## Training",
         "",
         "| | |",
         "|---|---|",
-        f"| steps | {summary['steps']:,} of {summary['global_batch']} sequences (global batch) |",
-        f"| tokens | {summary['tokens']:,} |",
+        f"| steps | {summary.steps:,} of {summary.global_batch} sequences (global batch) |",
+        f"| tokens | {summary.tokens:,} |",
         f"| peak learning rate | {_stage_lr(recipe, stage)} |",
-        f"| validation loss | {summary['initial_val_loss']:.4f} -> {summary['final_val_loss']:.4f} (perplexity {summary['final_val_ppl']:.2f}) |",
-        f"| wall time | {summary['wall_time_s']:.0f} s on {summary['device']} ({summary['processes']} process{'es' if summary['processes'] > 1 else ''}) |",
-        f"| seed | {summary['seed']} |",
+        f"| validation loss | {summary.initial_val_loss:.4f} -> {summary.final_val_loss:.4f} (perplexity {summary.final_val_ppl:.2f}) |",
+        f"| wall time | {summary.wall_time_s:.0f} s on {summary.device} ({summary.processes} process{'es' if summary.processes > 1 else ''}) |",
+        f"| seed | {summary.seed} |",
         "",
     ]
     if eval_report is not None:
@@ -155,23 +157,23 @@ def _stage_lr(recipe: dict[str, Any], stage: str) -> Any:
     return own if own is not None else recipe["train"]["lr"]
 
 
-def evaluation_table(report: dict[str, Any]) -> list[str]:
+def evaluation_table(report: "EvalReport") -> list[str]:
     """The metrics with their 95% bootstrap intervals beside the baseline, as `textgen evaluate` prints them."""
-    baseline = report.get("baseline") or {}
+    baseline = report.baseline or {}
     rows = [
         "## Evaluation",
         "",
-        f"{report.get('split', 'test')} split, {report['n_examples']:,} examples; intervals: 95% paired bootstrap.",
+        f"{report.split} split, {report.n_examples:,} examples; intervals: 95% paired bootstrap.",
         "",
         f"| metric | model | 95% interval | {baseline.get('name', 'baseline')} |",
         "|---|---:|---:|---:|",
     ]
-    for metric, value in report["metrics"].items():
-        bound = report.get("intervals", {}).get(metric)
+    for metric, value in report.metrics.items():
+        bound = report.intervals.get(metric)
         base = baseline.get("metrics", {}).get(metric)
         interval = f"[{bound['low']:.4g}, {bound['high']:.4g}]" if bound else ""
         rows.append(f"| {metric} | {value:.4g} | {interval} | {f'{base:.4g}' if base is not None else ''} |")
-    likelihood = report.get("likelihood") or {}
+    likelihood = report.likelihood or {}
     if likelihood.get("bits_per_byte") is not None:
         rows.append(f"| bits per byte | {likelihood['bits_per_byte']:.4f} | | |")
         rows.append(f"| perplexity | {likelihood['perplexity']:.2f} | | |")

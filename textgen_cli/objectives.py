@@ -12,6 +12,7 @@ lets a resumed run see exactly the batches the interrupted one would have.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
@@ -22,6 +23,8 @@ from textgen_cli.tokenizer import END_OF_TURN, ROLE_TOKENS
 
 if TYPE_CHECKING:
     import torch
+
+    from textgen_cli.train import Examples, Ranks
 
 IGNORE_INDEX = -100
 
@@ -328,3 +331,33 @@ def _label_positions_loss(model, batch: dict[str, "torch.Tensor"], inputs_embeds
     keep = targets != IGNORE_INDEX
     logits = model.get_output_embeddings()(hidden[:, :-1][keep])
     return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), int(keep.sum())
+
+
+def summed_nll(model, examples: Examples, batch_size: int, device, *, max_batches: int | None = None, ranks: "Ranks | None" = None) -> tuple[float, int]:
+    """NLL summed over every label token of `examples`, and the token count (never a mean of batch
+    means); with several processes each scores every world-th batch and the sums are added up."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    total, n_tokens = 0.0, 0
+    n_batches = math.ceil(len(examples) / batch_size)
+    if max_batches is not None:
+        n_batches = min(n_batches, max_batches)
+    rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
+    rounds = math.ceil(n_batches / world)
+    with torch.no_grad():
+        for b in range(rank, rounds * world if ranks is not None and ranks.sharded else n_batches, world):
+            # under FSDP a rank out of batches scores batch 0 again (and ignores it) so that the
+            # other ranks' parameter all-gathers do not wait for it forever
+            surplus = b >= n_batches
+            indices = range(0, min(len(examples), batch_size)) if surplus else range(b * batch_size, min(len(examples), (b + 1) * batch_size))
+            batch = {k: v.to(device) for k, v in examples.collate(list(indices), epoch=0).items()}
+            loss_sum, tokens = token_loss_sum(model, batch, examples.causal)
+            if not surplus:
+                total += float(loss_sum)
+                n_tokens += tokens
+    model.train(was_training)
+    if ranks is not None:
+        total, n_tokens = ranks.total(total, n_tokens)
+    return total, int(n_tokens)

@@ -8,7 +8,6 @@ infilling (T5 span corruption for a tokenizer with T5's sentinels).
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from textgen_cli.errors import UserError
 from textgen_cli.data import read_finetune_examples
@@ -16,6 +15,7 @@ from textgen_cli.models import FAMILIES, SCRATCH, context_of, init_from, load_pr
 from textgen_cli.packing import TextSource, packed_blocks, split_sources
 from textgen_cli.progress import log
 from textgen_cli.recipe import LoadedRecipe
+from textgen_cli.results import RunSummary
 from textgen_cli.runs import reset_peak_memory
 from textgen_cli.tokenizer import Corpus, adapt_tokenizer, get_tokenizer, texts_corpus
 from textgen_cli.train import train_stage
@@ -73,7 +73,7 @@ def scratch_model(loaded: LoadedRecipe, tokenizer):
     return arch.build(loaded.recipe.model, tokenizer)
 
 
-def run_pretrain(loaded: LoadedRecipe) -> dict[str, Any]:
+def run_pretrain(loaded: LoadedRecipe) -> RunSummary:
     import accelerate
 
     recipe = loaded.recipe
@@ -111,4 +111,4 @@ def run_pretrain(loaded: LoadedRecipe) -> dict[str, Any]:
     extra = {"block_size": block_size, "corpus_tokens": train_packed.tokens, "tokenizer_vocab": len(tokenizer), "data_prep_s": seconds, "data_cache_hit": train_packed.cached}
     if start != SCRATCH:
         extra["init_from"] = start
-    return train_stage(loaded, "pretrain", model, tokenizer, train_set, val_set, extra)
+    return train_stage(loaded, "pretrain", model=model, tokenizer=tokenizer, train_set=train_set, val_set=val_set, notes=extra)

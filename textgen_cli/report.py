@@ -39,22 +39,22 @@ def provenance(models: list["Model"], match: str | None, seeds: int) -> dict[str
         commit = None
     signatures = {}
     for model in models:
-        signatures.update(model.eval.get("signatures", {}))
+        signatures.update(model.eval.signatures)
     return {
         "textgen": __version__,
         "git_commit": commit,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "packages": packages,
-        "devices": sorted({s["device"] for m in models for s in m.summaries}),
+        "devices": sorted({s.device for m in models for s in m.summaries}),
         "seeds": sorted({m.seed for m in models}),
         "match": match,
         "seeds_per_recipe": seeds,
         "recipes": {m.loaded.name: {"path": str(m.loaded.path), "settings_hash": m.loaded.settings_hash(), "overrides": m.loaded.overrides} for m in models},
         "metric_signatures": signatures,
-        "decoding": models[0].eval.get("decoding"),
-        "bootstrap": models[0].eval.get("bootstrap"),
-        "test_examples": models[0].eval.get("n_examples"),
+        "decoding": models[0].eval.decoding,
+        "bootstrap": models[0].eval.bootstrap,
+        "test_examples": models[0].eval.n_examples,
         "flops_formula": "6 x parameters passed per token x tokens + 12 x layers x context x hidden per token for attention (x2 for sora's decoder: self + cross)",
     }
 
@@ -62,7 +62,7 @@ def provenance(models: list["Model"], match: str | None, seeds: int) -> dict[str
 def metric_records(columns: list["Column"], models: list["Model"]) -> list[dict[str, Any]]:
     signatures = {}
     for model in models:
-        signatures.update(model.eval.get("signatures", {}))
+        signatures.update(model.eval.signatures)
     records = []
     for column in columns:
         for row, cell in column.cells.items():
@@ -136,7 +136,7 @@ def plots(folder: Path, columns: list["Column"], models: list["Model"]) -> dict[
             records = read_metrics(run_dir)
             train = [(offset + r["tokens"], r["loss"]) for r in records if "loss" in r]
             val = [(offset + r.get("tokens", 0), r["val_loss"]) for r in records if "val_loss" in r]
-            label = f"{model.label}: {summary['stage']}"
+            label = f"{model.label}: {summary.stage}"
             if train:
                 ax_train.plot(*zip(*train), label=label)
             if val:
@@ -145,7 +145,7 @@ def plots(folder: Path, columns: list["Column"], models: list["Model"]) -> dict[
             if bleu:
                 ax_bleu.plot(*zip(*bleu), marker="o", markersize=3, label=label)
                 curves += 1
-            offset += summary["tokens"]
+            offset += summary.tokens
     for fig, ax, title, ylabel, name in (
         (fig_train, ax_train, "Training loss against tokens (stages one after another)", "training loss (nats/token)", "loss_vs_tokens.png"),
         (fig_val, ax_val, "Validation loss against tokens", "validation loss (nats/token)", "validation.png"),
@@ -247,7 +247,7 @@ def runs_used(models: list["Model"]) -> list[dict[str, Any]]:
     out = []
     for model in models:
         for run_dir, summary in zip(model.run_dirs, model.summaries):
-            out.append({"model": model.label, "stage": summary["stage"], "run": str(run_dir), "reused": model.reused.get(summary["stage"], True), "steps": summary["steps"], "stage_hash": summary.get("stage_hash")})
+            out.append({"model": model.label, "stage": summary.stage, "run": str(run_dir), "reused": model.reused.get(summary.stage, True), "steps": summary.steps, "stage_hash": summary.stage_hash})
     return out
 
 

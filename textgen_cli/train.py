@@ -24,8 +24,9 @@ from textgen_cli.flops import flops_model, step_flops
 from textgen_cli.model_card import write_model_card
 from textgen_cli.models import role_of_model, transformer_blocks
 from textgen_cli.models.lora import merged_for_saving
-from textgen_cli.objectives import IGNORE_INDEX, token_loss_sum
+from textgen_cli.objectives import IGNORE_INDEX, summed_nll, token_loss_sum
 from textgen_cli.progress import Reporter, log
+from textgen_cli.results import RunSummary
 from textgen_cli.runs import FINAL_DIR, RECIPE_FILE, SUMMARY_FILE, RunDir, peak_memory_mb, versions, write_text_atomic
 from textgen_cli.stages import section_of
 
@@ -167,39 +168,9 @@ def count_tokens(batch: dict[str, "torch.Tensor"]) -> tuple[int, int]:
     return 0, inputs
 
 
-def summed_nll(model, examples: Examples, batch_size: int, device, max_batches: int | None = None, ranks: "Ranks | None" = None) -> tuple[float, int]:
-    """NLL summed over every label token of `examples`, and the token count (never a mean of batch
-    means); with several processes each scores every world-th batch and the sums are added up."""
-    import torch
-
-    was_training = model.training
-    model.eval()
-    total, n_tokens = 0.0, 0
-    n_batches = math.ceil(len(examples) / batch_size)
-    if max_batches is not None:
-        n_batches = min(n_batches, max_batches)
-    rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
-    rounds = math.ceil(n_batches / world)
-    with torch.no_grad():
-        for b in range(rank, rounds * world if ranks is not None and ranks.sharded else n_batches, world):
-            # under FSDP a rank out of batches scores batch 0 again (and ignores it) so that the
-            # other ranks' parameter all-gathers do not wait for it forever
-            surplus = b >= n_batches
-            indices = range(0, min(len(examples), batch_size)) if surplus else range(b * batch_size, min(len(examples), (b + 1) * batch_size))
-            batch = {k: v.to(device) for k, v in examples.collate(list(indices), epoch=0).items()}
-            loss_sum, tokens = token_loss_sum(model, batch, examples.causal)
-            if not surplus:
-                total += float(loss_sum)
-                n_tokens += tokens
-    model.train(was_training)
-    if ranks is not None:
-        total, n_tokens = ranks.total(total, n_tokens)
-    return total, int(n_tokens)
-
-
-def evaluate_loss(model, examples: Examples, batch_size: int, max_batches: int | None, device, ranks: "Ranks | None" = None) -> dict[str, float]:
+def evaluate_loss(model, examples: Examples, *, batch_size: int, max_batches: int | None, device, ranks: "Ranks | None" = None) -> dict[str, float]:
     """Validation loss per token, perplexity and the number of tokens scored."""
-    total, n_tokens = summed_nll(model, examples, batch_size, device, max_batches, ranks)
+    total, n_tokens = summed_nll(model, examples, batch_size, device, max_batches=max_batches, ranks=ranks)
     loss = total / max(n_tokens, 1)
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": n_tokens}
 
@@ -308,14 +279,16 @@ def check_strategy(strategy: str, world: int, adversarial: bool, stage: str, met
 def train_stage(
     loaded: "LoadedRecipe",
     stage: str,
+    *,
     model,
     tokenizer,
     train_set: Examples,
     val_set: Examples,
-    extra: dict[str, Any],
+    notes: dict[str, Any],
     step_fn: Callable[..., dict[str, float]] = clean_step,
-) -> dict[str, Any]:
-    """Train `model` for one stage and write the run directory. Returns the summary.
+) -> RunSummary:
+    """Train `model` for one stage and write the run directory. Returns the summary; `notes` are
+    the stage's own keys for it (`init_from`, `task`, ...).
 
     `step_fn` computes and backpropagates one micro-batch's loss (`clean_step`, or an adversarial
     objective); everything else, from the schedule to checkpoints, is the same for every stage."""
@@ -339,7 +312,12 @@ def train_stage(
     resume_from = ranks.gather(resume_from)[0]  # rank 0 picked (and checked) the checkpoint: every rank resumes from it
     try:
         with StopSignals() as signals:
-            summary = _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, accelerator, ranks, run, resume_from, signals)
+            loop = start_loop(
+                loaded, stage, model=model, tokenizer=tokenizer, train_set=train_set, val_set=val_set, step_fn=step_fn, accelerator=accelerator, ranks=ranks, run=run, signals=signals
+            )
+            resume_or_begin(loop, resume_from)
+            train_steps(loop)
+            summary = finish(loop, notes=notes, resumed=resume_from is not None)
     except BaseException:
         if ranks.main:
             run.abort()
@@ -350,10 +328,76 @@ def train_stage(
     return summary
 
 
-def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, accelerator, ranks: Ranks, run: RunDir, resume_from, signals: StopSignals) -> dict[str, Any]:
+@dataclass
+class Loop:
+    """One stage's training as each of its steps sees it: what is trained and how, on what data,
+    and where it is written. `state` is what a checkpoint saves besides the weights."""
+
+    loaded: "LoadedRecipe"
+    stage: str
+    steps: int  # the stage's optimizer steps
+    model: Any  # as accelerate prepared it (DDP-wrapped, or sharded by FSDP)
+    plain_class: type  # the model's own class, before sharding: what final/ holds
+    n_params: int
+    tokenizer: Any
+    optimizer: Any
+    scheduler: Any  # warmup + cosine decay, stepped once per optimizer step
+    step_fn: Callable[..., dict[str, float]]  # one micro-batch's forward and backward (clean_step, ...)
+    train_set: Examples
+    val_set: Examples
+    sampler: EpochSampler
+    accelerator: Any
+    ranks: Ranks
+    run: RunDir
+    signals: StopSignals
+    state: LoopState = field(default_factory=LoopState)
+    reporter: Reporter | None = None  # the progress lines; set while steps run
+    clock: float = 0.0  # time.perf_counter() at the start of the run, less the time a resumed run had spent
+
+    @property
+    def section(self) -> "TrainSection":
+        return self.loaded.recipe.train
+
+    @property
+    def device(self):
+        return self.accelerator.device
+
+
+@dataclass
+class StepStats:
+    """One optimizer step, summed over its micro-batches and every process."""
+
+    step: int
+    loss: float  # per label token of the whole step; not finite when it diverged (the step was skipped)
+    extras: dict[str, float]  # step_fn's other statistics (adv_loss, delta_norm, ...)
+    grad_norm: float  # before clipping
+    lr: float  # the learning rate the step was taken with
+    encoder_tokens: int
+    decoder_tokens: int
+    seconds: float
+    stop_requested: bool  # a signal reached at least one process: every process stops after this step
+
+
+def start_loop(
+    loaded: "LoadedRecipe",
+    stage: str,
+    *,
+    model,
+    tokenizer,
+    train_set: Examples,
+    val_set: Examples,
+    step_fn: Callable[..., dict[str, float]],
+    accelerator,
+    ranks: Ranks,
+    run: RunDir,
+    signals: StopSignals,
+) -> Loop:
+    """Everything before the first step: the resolved recipe saved in the run, the model on the
+    device (gradient checkpointing, FSDP sharding and compiled blocks as the recipe says), AdamW,
+    the warmup + cosine schedule and the sampler."""
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-    from textgen_cli import checkpoint, fsdp
+    from textgen_cli import fsdp
 
     recipe = loaded.recipe
     section = recipe.train
@@ -368,11 +412,7 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
     model.train()
     plain_class = type(model)
     if section.gradient_checkpointing:
-        # non-reentrant: works with frozen embeddings (LoRA) and with perturbed input embeddings
-        if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_gradient_checkpointing(model)
     blocks = transformer_blocks(model)  # before sharding renames their classes (FSDPGPT2Block)
     if ranks.sharded:
         fsdp.shard(model)  # before the optimizer is built: it must hold the sharded parameters
@@ -399,193 +439,341 @@ def _train(loaded, stage, model, tokenizer, train_set, val_set, extra, step_fn, 
             f"{steps} steps of {section.batch_size}x{section.grad_accum}{world} = {section.batch_size * section.grad_accum * ranks.world} "
             f"sequences (global batch) on {device}"
         )
+    return Loop(
+        loaded=loaded, stage=stage, steps=steps, model=model, plain_class=plain_class, n_params=n_params, tokenizer=tokenizer,
+        optimizer=optimizer, scheduler=scheduler, step_fn=step_fn, train_set=train_set, val_set=val_set, sampler=sampler,
+        accelerator=accelerator, ranks=ranks, run=run, signals=signals,
+    )
 
-    settings = resume_settings_hash(loaded, ranks.world)
-    state = LoopState(settings_hash=settings)
+
+def enable_gradient_checkpointing(model) -> None:
+    # non-reentrant: works with frozen embeddings (LoRA) and with perturbed input embeddings
+    if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def resume_or_begin(loop: Loop, resume_from: Path | None) -> None:
+    """A resumed run takes its state, weights, optimizer and schedule from the checkpoint (and
+    cuts metrics.jsonl back to it); a new one first logs the untrained model's validation loss."""
+    from textgen_cli import checkpoint
+
+    ranks = loop.ranks
+    settings = resume_settings_hash(loop.loaded, ranks.world)
+    state = loop.state = LoopState(settings_hash=settings)
     if resume_from is not None:
-        saved = checkpoint.load(resume_from, accelerator.unwrap_model(model), optimizer, scheduler, ranks.rank)
-        state = LoopState(**saved)
-        check_resume_layout(state, section.batch_size, ranks.world, resume_from)
+        saved = checkpoint.load(resume_from, loop.accelerator.unwrap_model(loop.model), loop.optimizer, loop.scheduler, ranks.rank)
+        state = loop.state = LoopState(**saved)
+        check_resume_layout(state, loop.section.batch_size, ranks.world, resume_from)
         if state.settings_hash != settings:
             log(f"warning: the recipe's settings differ from those of the interrupted run ({resume_from})")
             state.settings_hash = settings
         if ranks.main:
-            run.truncate_metrics(state.metrics_lines)
+            loop.run.truncate_metrics(state.metrics_lines)
             moved = f", now with {ranks.world} processes instead of {state.processes}" if state.processes != ranks.world else ""
-            log(f"{stage}: resumed at step {state.step}/{steps}{moved}")
+            log(f"{loop.stage}: resumed at step {state.step}/{loop.steps}{moved}")
     else:
-        state.first_val = state.last_val = evaluate_loss(model, val_set, section.batch_size, section.eval_batches, device, ranks)
+        state.first_val = state.last_val = validation_loss(loop)
         if ranks.main:
-            run.append_metrics({"step": 0, **state.first_val})
-            log(f"{stage}: validation loss before training {state.first_val['val_loss']:.4f}")
+            loop.run.append_metrics({"step": 0, **state.first_val})
+            log(f"{loop.stage}: validation loss before training {state.first_val['val_loss']:.4f}")
     # how this run cuts the data, saved with its checkpoints
-    state.processes, state.global_micro_batch = ranks.world, sampler.global_batch
+    state.processes, state.global_micro_batch = ranks.world, loop.sampler.global_batch
 
-    def save_checkpoint() -> Path:
-        state.metrics_lines = run.metrics_lines
-        return checkpoint.save(run.work, state.step, accelerator.unwrap_model(model), optimizer, scheduler, asdict(state), recipe.checkpoint.keep_last, ranks)
 
-    reporter = Reporter(stage, steps, start_step=state.step, enabled=ranks.main)
+def train_steps(loop: Loop) -> None:
+    """The optimizer steps from where the state stands to the stage's last. Each: one step, its
+    logging window, validation when due, then a checkpoint when due or when a signal asks."""
+    state, section = loop.state, loop.section
+    loop.reporter = Reporter(loop.stage, loop.steps, start_step=state.step, enabled=loop.ranks.main)
     first_step = state.step
-    clock = time.perf_counter() - state.elapsed
+    loop.clock = time.perf_counter() - state.elapsed
     try:
-        while state.step < steps:
-            step = state.step + 1
-            step_start = time.perf_counter()
-            batches = [sampler.batch((step - 1) * section.grad_accum + m) for m in range(section.grad_accum)]
-            micro = [{k: v.to(device) for k, v in train_set.collate(idx, epoch).items()} for idx, epoch in batches]
-            # the tokens of the whole optimizer step, over every micro-batch and every process
-            (step_label_tokens,) = ranks.total(sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro))
-            # DDP averages gradients over processes, hence world / tokens
-            scale = ranks.world / max(step_label_tokens, 1)
-            step_loss = 0.0
-            local_extras: dict[str, float] = {}
-            for index, batch in enumerate(micro):
-                sync = index == len(micro) - 1 or ranks.world == 1
-                with (contextlib.nullcontext() if sync else fsdp.gradient_sync(model, False) if ranks.sharded else accelerator.no_sync(model)):
-                    stats = step_fn(model, batch, train_set.causal, scale, accelerator)
-                step_loss += stats.pop("loss_sum")
-                for key, value in stats.items():
-                    local_extras[key] = local_extras.get(key, 0.0) + value
-            split = [count_tokens(b) for b in micro]
-            keys = sorted(local_extras)
-            totals = ranks.total(step_loss, *(local_extras[k] for k in keys), sum(e for e, _ in split), sum(d for _, d in split), float(signals.received is not None))
-            step_loss = totals[0] / max(step_label_tokens, 1)
-            step_extras: dict[str, float] = {}
-            for key, value in zip(keys, totals[1 : 1 + len(keys)]):
-                # `*_sum` values are token sums (normalised like the loss); others are averaged
-                if key.endswith("_sum"):
-                    step_extras[key[:-4]] = value / max(step_label_tokens, 1)
-                else:
-                    step_extras[key] = value / (len(micro) * ranks.world)
-            step_encoder_tokens, step_decoder_tokens, stop_votes = totals[-3:]
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), section.clip_grad if section.clip_grad > 0 else float("inf"))
-            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP: a DTensor
-            current_lr = scheduler.get_last_lr()[0]
-            state.step = step
-            # fp16: an overflowing gradient is the grad scaler's to handle (it skips the step and lowers the scale)
-            scaler_overflow = accelerator.scaler is not None and math.isfinite(step_loss)
-            if not (math.isfinite(step_loss) and (math.isfinite(grad_norm) or scaler_overflow)):
-                what = "loss" if not math.isfinite(step_loss) else "gradient"
-                optimizer.zero_grad(set_to_none=True)
-                state.skipped += 1
-                if section.on_nonfinite == "stop" or state.skipped > section.max_skips:
-                    found = checkpoint.latest(run.work)
-                    kept = f"; the last good checkpoint is {found} (resume with --resume, e.g. with a lower train.lr)" if found else ""
-                    raise TrainingDiverged(f"{stage}: non-finite {what} at step {step}{' after ' + str(state.skipped - 1) + ' skipped steps' if state.skipped > 1 else ''}; stopping{kept}")
-                reporter.message(f"{stage} step {step}: non-finite {what}, step skipped ({state.skipped}/{section.max_skips})")
-            else:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-
-            state.encoder_tokens += int(step_encoder_tokens)
-            state.decoder_tokens += int(step_decoder_tokens)
-            step_tokens = int(step_encoder_tokens + step_decoder_tokens)
-            elapsed_step = time.perf_counter() - step_start
-            state.tokens_seen += step_tokens
-            state.train_time += elapsed_step
-            state.window_tokens += step_tokens
-            state.window_time += elapsed_step
-            if math.isfinite(step_loss):
-                state.window_loss += step_loss
-                state.window_steps += 1
-                for key, value in step_extras.items():
-                    state.window_extras[key] = state.window_extras.get(key, 0.0) + value
-            metrics = None
-            if (step % section.log_every == 0 or step == steps) and state.window_steps:
-                metrics = {
-                    "step": step,
-                    "loss": state.window_loss / state.window_steps,
-                    "lr": current_lr,
-                    "grad_norm": grad_norm,
-                    "tokens": state.tokens_seen,
-                    "tokens_per_s": state.window_tokens / max(state.window_time, 1e-9),
-                    "elapsed_s": time.perf_counter() - clock,
-                    **{key: value / state.window_steps for key, value in state.window_extras.items()},
-                }
-                if ranks.main:
-                    run.append_metrics(metrics)
-                state.last_loss = metrics["loss"]
-                state.window_tokens, state.window_time, state.window_loss, state.window_steps = 0, 0.0, 0.0, 0
-                state.window_extras = {}
-            reporter.step(step, metrics)
-            if step % section.eval_every == 0 or step == steps:
-                state.last_val = evaluate_loss(model, val_set, section.batch_size, section.eval_batches, device, ranks)
-                if ranks.main:
-                    from textgen_cli.train_eval import validation_generation  # train.eval_generate: val_bleu ({} when off)
-
-                    generated = validation_generation(loaded, stage, accelerator.unwrap_model(model), tokenizer, ranks.world)
-                    run.append_metrics({"step": step, "tokens": state.tokens_seen, **state.last_val, **generated})
-                reporter.message(f"{stage} step {step}: validation loss {state.last_val['val_loss']:.4f} (ppl {state.last_val['val_ppl']:.2f})")
-            state.elapsed = time.perf_counter() - clock
-            if stop_votes > 0:  # a signal reached at least one process: all of them stop here
-                saved_at = save_checkpoint()
-                signum = signals.received or signal.SIGTERM
-                raise Interrupted(f"{stage} interrupted at step {step}; checkpoint saved to {saved_at}; continue with --resume", 128 + signum)
-            if recipe.checkpoint.every and step % recipe.checkpoint.every == 0 and step < steps:
-                save_checkpoint()
+        while state.step < loop.steps:
+            stats = optimizer_step(loop)
+            count_step(state, stats)
+            loop.reporter.step(stats.step, close_log_window(loop, stats))
+            if stats.step % section.eval_every == 0 or stats.step == loop.steps:
+                validate(loop, stats.step)
+            state.elapsed = time.perf_counter() - loop.clock
+            stop_or_checkpoint(loop, stats)
     finally:
-        reporter.close()
-    if recipe.checkpoint.keep_final and state.step > first_step:
-        save_checkpoint()  # the finished stage keeps it: --resume with more steps continues from here
+        loop.reporter.close()
+    if loop.loaded.recipe.checkpoint.keep_final and state.step > first_step:
+        save_checkpoint(loop)  # the finished stage keeps it: --resume with more steps continues from here
 
-    final_dir = run.work / FINAL_DIR
-    model = accelerator.unwrap_model(model)
+
+def optimizer_step(loop: Loop) -> StepStats:
+    """One optimizer step: forward and backward over its micro-batches, the sums over processes,
+    gradient clipping, then the update (or a skipped step, see `update_or_skip`) and the schedule."""
+    ranks, section = loop.ranks, loop.section
+    step = loop.state.step + 1
+    started = time.perf_counter()
+    micro = micro_batches(loop, step)
+    # the tokens of the whole optimizer step, over every micro-batch and every process
+    (label_tokens,) = ranks.total(sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro))
+    # DDP averages gradients over processes, hence world / tokens
+    loss_sum, extras = backward(loop, micro, scale=ranks.world / max(label_tokens, 1))
+    split = [count_tokens(b) for b in micro]
+    summed = sum_over_ranks(
+        ranks,
+        step={
+            "loss_sum": loss_sum,
+            "encoder_tokens": sum(e for e, _ in split),
+            "decoder_tokens": sum(d for _, d in split),
+            "stop_votes": float(loop.signals.received is not None),
+        },
+        extras=extras,
+    )
+    totals = summed["step"]
+    loss = totals["loss_sum"] / max(label_tokens, 1)
+    grad_norm = loop.accelerator.clip_grad_norm_(loop.model.parameters(), section.clip_grad if section.clip_grad > 0 else float("inf"))
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP: a DTensor
+    lr = loop.scheduler.get_last_lr()[0]
+    loop.state.step = step
+    update_or_skip(loop, step, loss=loss, grad_norm=grad_norm)
+    loop.scheduler.step()
+    return StepStats(
+        step=step,
+        loss=loss,
+        extras=per_step(summed["extras"], label_tokens=label_tokens, micro_batches=len(micro) * ranks.world),
+        grad_norm=grad_norm,
+        lr=lr,
+        encoder_tokens=int(totals["encoder_tokens"]),
+        decoder_tokens=int(totals["decoder_tokens"]),
+        seconds=time.perf_counter() - started,
+        stop_requested=totals["stop_votes"] > 0,
+    )
+
+
+def micro_batches(loop: Loop, step: int) -> list[dict[str, "torch.Tensor"]]:
+    """This process's train.grad_accum micro-batches of optimizer step `step` (1-based), on the
+    device: a pure function of the step, so a resumed run sees the batches the whole run would."""
+    grad_accum = loop.section.grad_accum
+    batches = [loop.sampler.batch((step - 1) * grad_accum + m) for m in range(grad_accum)]
+    return [{k: v.to(loop.device) for k, v in loop.train_set.collate(idx, epoch).items()} for idx, epoch in batches]
+
+
+def backward(loop: Loop, micro: list[dict[str, "torch.Tensor"]], *, scale: float) -> tuple[float, dict[str, float]]:
+    """`step_fn` on every micro-batch (it backpropagates the loss times `scale`), gradients
+    synchronised across processes on the last one only. Returns the summed loss and the sums of
+    step_fn's other statistics."""
+    from textgen_cli import fsdp
+
+    ranks, model = loop.ranks, loop.model
+    loss_sum = 0.0
+    extras: dict[str, float] = {}
+    for index, batch in enumerate(micro):
+        sync = index == len(micro) - 1 or ranks.world == 1
+        with (contextlib.nullcontext() if sync else fsdp.gradient_sync(model, False) if ranks.sharded else loop.accelerator.no_sync(model)):
+            stats = loop.step_fn(model, batch, loop.train_set.causal, scale, loop.accelerator)
+        loss_sum += stats.pop("loss_sum")
+        for key, value in stats.items():
+            extras[key] = extras.get(key, 0.0) + value
+    return loss_sum, extras
+
+
+def sum_over_ranks(ranks: Ranks, **groups: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Named values summed over every process in one all-reduce: packed into one tensor in sorted
+    order (the same on every process), unpacked by name. One process: the values as they are."""
+    names = [(group, key) for group in sorted(groups) for key in sorted(groups[group])]
+    totals = ranks.total(*(groups[group][key] for group, key in names))
+    out: dict[str, dict[str, float]] = {group: {} for group in groups}
+    for (group, key), value in zip(names, totals):
+        out[group][key] = value
+    return out
+
+
+def per_step(extras: dict[str, float], *, label_tokens: float, micro_batches: int) -> dict[str, float]:
+    """step_fn's statistics for the whole step: `*_sum` values are token sums, divided by the step's
+    label tokens like the loss (and named without `_sum`); the others are averaged over the
+    micro-batches of every process."""
+    out = {}
+    for key, value in extras.items():
+        if key.endswith("_sum"):
+            out[key[:-4]] = value / max(label_tokens, 1)
+        else:
+            out[key] = value / micro_batches
+    return out
+
+
+def update_or_skip(loop: Loop, step: int, *, loss: float, grad_norm: float) -> None:
+    """Apply the update. A non-finite loss or gradient skips the step instead (train.on_nonfinite:
+    skip), or stops the run (stop, or more than train.max_skips skipped steps)."""
+    from textgen_cli import checkpoint
+
+    section, state, optimizer = loop.section, loop.state, loop.optimizer
+    # fp16: an overflowing gradient is the grad scaler's to handle (it skips the step and lowers the scale)
+    scaler_overflow = loop.accelerator.scaler is not None and math.isfinite(loss)
+    if math.isfinite(loss) and (math.isfinite(grad_norm) or scaler_overflow):
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return
+    what = "loss" if not math.isfinite(loss) else "gradient"
+    optimizer.zero_grad(set_to_none=True)
+    state.skipped += 1
+    if section.on_nonfinite == "stop" or state.skipped > section.max_skips:
+        found = checkpoint.latest(loop.run.work)
+        kept = f"; the last good checkpoint is {found} (resume with --resume, e.g. with a lower train.lr)" if found else ""
+        after = f" after {state.skipped - 1} skipped steps" if state.skipped > 1 else ""
+        raise TrainingDiverged(f"{loop.stage}: non-finite {what} at step {step}{after}; stopping{kept}")
+    loop.reporter.message(f"{loop.stage} step {step}: non-finite {what}, step skipped ({state.skipped}/{section.max_skips})")
+
+
+def count_step(state: LoopState, stats: StepStats) -> None:
+    """Add the step to the run's totals and to the logging window (a diverged step's loss and
+    statistics are left out of the window's means)."""
+    tokens = stats.encoder_tokens + stats.decoder_tokens
+    state.encoder_tokens += stats.encoder_tokens
+    state.decoder_tokens += stats.decoder_tokens
+    state.tokens_seen += tokens
+    state.train_time += stats.seconds
+    state.window_tokens += tokens
+    state.window_time += stats.seconds
+    if math.isfinite(stats.loss):
+        state.window_loss += stats.loss
+        state.window_steps += 1
+        for key, value in stats.extras.items():
+            state.window_extras[key] = state.window_extras.get(key, 0.0) + value
+
+
+def close_log_window(loop: Loop, stats: StepStats) -> dict[str, Any] | None:
+    """Every train.log_every steps and at the last: the window's mean loss, throughput and
+    statistics as one metrics.jsonl line, and a new window. None between them."""
+    state = loop.state
+    if not ((stats.step % loop.section.log_every == 0 or stats.step == loop.steps) and state.window_steps):
+        return None
+    metrics = {
+        "step": stats.step,
+        "loss": state.window_loss / state.window_steps,
+        "lr": stats.lr,
+        "grad_norm": stats.grad_norm,
+        "tokens": state.tokens_seen,
+        "tokens_per_s": state.window_tokens / max(state.window_time, 1e-9),
+        "elapsed_s": time.perf_counter() - loop.clock,
+        **{key: value / state.window_steps for key, value in state.window_extras.items()},
+    }
+    if loop.ranks.main:
+        loop.run.append_metrics(metrics)
+    state.last_loss = metrics["loss"]
+    state.window_tokens, state.window_time, state.window_loss, state.window_steps = 0, 0.0, 0.0, 0
+    state.window_extras = {}
+    return metrics
+
+
+def validation_loss(loop: Loop) -> dict[str, float]:
+    section = loop.section
+    return evaluate_loss(loop.model, loop.val_set, batch_size=section.batch_size, max_batches=section.eval_batches, device=loop.device, ranks=loop.ranks)
+
+
+def validate(loop: Loop, step: int) -> None:
+    """The validation loss (and, with train.eval_generate, the BLEU of generated replies) into metrics.jsonl."""
+    state = loop.state
+    state.last_val = validation_loss(loop)
+    if loop.ranks.main:
+        from textgen_cli.train_eval import validation_generation  # train.eval_generate: val_bleu ({} when off)
+
+        generated = validation_generation(loop.loaded, loop.stage, loop.accelerator.unwrap_model(loop.model), loop.tokenizer, loop.ranks.world)
+        loop.run.append_metrics({"step": step, "tokens": state.tokens_seen, **state.last_val, **generated})
+    loop.reporter.message(f"{loop.stage} step {step}: validation loss {state.last_val['val_loss']:.4f} (ppl {state.last_val['val_ppl']:.2f})")
+
+
+def stop_or_checkpoint(loop: Loop, stats: StepStats) -> None:
+    """After a signal (on any process): a checkpoint, then exit with 128 + signal. Otherwise a
+    checkpoint every checkpoint.every steps (the last step's is the final model's business)."""
+    if stats.stop_requested:
+        saved_at = save_checkpoint(loop)
+        signum = loop.signals.received or signal.SIGTERM
+        raise Interrupted(f"{loop.stage} interrupted at step {stats.step}; checkpoint saved to {saved_at}; continue with --resume", 128 + signum)
+    every = loop.loaded.recipe.checkpoint.every
+    if every and stats.step % every == 0 and stats.step < loop.steps:
+        save_checkpoint(loop)
+
+
+def save_checkpoint(loop: Loop) -> Path:
+    from textgen_cli import checkpoint
+
+    state = loop.state
+    state.metrics_lines = loop.run.metrics_lines
+    unwrapped = loop.accelerator.unwrap_model(loop.model)
+    return checkpoint.save(loop.run.work, state.step, unwrapped, loop.optimizer, loop.scheduler, asdict(state), loop.loaded.recipe.checkpoint.keep_last, loop.ranks)
+
+
+def finish(loop: Loop, *, notes: dict[str, Any], resumed: bool) -> RunSummary:
+    """final/ (the trained model with any LoRA adapters merged, its generation settings, the
+    tokenizer), summary.json and the model card."""
+    ranks = loop.ranks
+    final_dir = loop.run.work / FINAL_DIR
+    model, weight_hashes = final_model(loop)
+    model = merged_for_saving(model, final_dir, save=ranks.main)  # LoRA: the adapters merged into the weights
+    role_of_model(model).configure_generation(model, loop.tokenizer, loop.loaded.recipe.model.context)
+    if ranks.main:
+        save_final(model, loop.tokenizer, final_dir, loop.run)
+    summary = run_summary(loop, model, weight_hashes=weight_hashes, notes=notes, resumed=resumed)
+    if ranks.main:
+        loop.run.write_json(SUMMARY_FILE, summary.to_dict())
+        write_model_card(loop.run.work, summary)  # final/README.md; rewritten with the scores if the stage is evaluated
+    return summary
+
+
+def final_model(loop: Loop) -> tuple[Any, list[str]]:
+    """The trained model as a plain one (on rank 0 under FSDP), and the fingerprint of every
+    process's weights."""
+    from textgen_cli import fsdp
+
+    ranks = loop.ranks
+    model = loop.accelerator.unwrap_model(loop.model)
     if ranks.sharded:
         # gather the shards (every rank takes part) into a plain model on rank 0: that is what is saved
         weights = fsdp.full_model_state(model)
         if ranks.main:
-            model = unsharded_copy(plain_class, model.config, weights)
-        weight_hashes = [weights_fingerprint(model)] if ranks.main else []
-    else:
-        # every process must end with the same weights; record each one's fingerprint to show it
-        weight_hashes = ranks.gather(weights_fingerprint(model))
-    model = merged_for_saving(model, final_dir, save=ranks.main)  # LoRA: the adapters merged into the weights
-    role_of_model(model).configure_generation(model, tokenizer, recipe.model.context)
-    if ranks.main:
-        save_final(model, tokenizer, final_dir, run)
-    summary = {
-        "stage": stage,
-        "recipe": str(loaded.path),
-        "recipe_name": loaded.name,
-        "settings_hash": loaded.settings_hash(),
-        "stage_hash": loaded.stage_hash(stage),
-        "family": recipe.model.family,
-        "parameters": n_params,
-        "steps": steps,
-        "batch_size": section.batch_size,
-        "grad_accum": section.grad_accum,
-        "train_examples": len(train_set),
-        "tokens": state.tokens_seen,
-        "encoder_tokens": state.encoder_tokens,
-        "decoder_tokens": state.decoder_tokens,
-        "flops": step_flops(flops_model(model, recipe.model.context), state.encoder_tokens, state.decoder_tokens),
-        "wall_time_s": state.elapsed,
-        "train_time_s": state.train_time,
-        "tokens_per_s": state.tokens_seen / max(state.train_time, 1e-9),
-        "final_train_loss": state.last_loss,
-        "initial_val_loss": state.first_val["val_loss"],
-        "final_val_loss": state.last_val["val_loss"],
-        "final_val_ppl": state.last_val["val_ppl"],
-        "skipped_steps": state.skipped,
-        "resumed": resume_from is not None,
-        "peak_memory_mb": peak_memory_mb(device.type),
-        "device": str(device),
-        "processes": ranks.world,
-        "rank_weight_hashes": weight_hashes,
-        "strategy": recipe.distributed.strategy if ranks.world > 1 else "single",
-        "global_batch": section.batch_size * section.grad_accum * ranks.world,
-        "seed": section.seed,
-        "versions": versions(),
-        "run_dir": str(run.path),
-        "final_dir": str(run.path / FINAL_DIR),
-        **extra,
-    }
-    if ranks.main:
-        run.write_json(SUMMARY_FILE, summary)
-        write_model_card(run.work, summary)  # final/README.md; rewritten with the scores if the stage is evaluated
-    return summary
+            model = unsharded_copy(loop.plain_class, model.config, weights)
+        return model, [weights_fingerprint(model)] if ranks.main else []
+    # every process must end with the same weights; record each one's fingerprint to show it
+    return model, ranks.gather(weights_fingerprint(model))
+
+
+def run_summary(loop: Loop, model, *, weight_hashes: list[str], notes: dict[str, Any], resumed: bool) -> RunSummary:
+    loaded, state, section, ranks = loop.loaded, loop.state, loop.section, loop.ranks
+    recipe = loaded.recipe
+    return RunSummary(
+        stage=loop.stage,
+        recipe=str(loaded.path),
+        recipe_name=loaded.name,
+        settings_hash=loaded.settings_hash(),
+        stage_hash=loaded.stage_hash(loop.stage),
+        family=recipe.model.family,
+        parameters=loop.n_params,
+        steps=loop.steps,
+        batch_size=section.batch_size,
+        grad_accum=section.grad_accum,
+        train_examples=len(loop.train_set),
+        tokens=state.tokens_seen,
+        encoder_tokens=state.encoder_tokens,
+        decoder_tokens=state.decoder_tokens,
+        flops=step_flops(flops_model(model, recipe.model.context), state.encoder_tokens, state.decoder_tokens),
+        wall_time_s=state.elapsed,
+        train_time_s=state.train_time,
+        tokens_per_s=state.tokens_seen / max(state.train_time, 1e-9),
+        final_train_loss=state.last_loss,
+        initial_val_loss=state.first_val["val_loss"],
+        final_val_loss=state.last_val["val_loss"],
+        final_val_ppl=state.last_val["val_ppl"],
+        skipped_steps=state.skipped,
+        resumed=resumed,
+        peak_memory_mb=peak_memory_mb(loop.device.type),
+        device=str(loop.device),
+        processes=ranks.world,
+        rank_weight_hashes=weight_hashes,
+        strategy=recipe.distributed.strategy if ranks.world > 1 else "single",
+        global_batch=section.batch_size * section.grad_accum * ranks.world,
+        seed=section.seed,
+        versions=versions(),
+        run_dir=str(loop.run.path),
+        final_dir=str(loop.run.path / FINAL_DIR),
+        notes=notes,
+    )
 
 
 def parameter_bytes(model) -> int:
