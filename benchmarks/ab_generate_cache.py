@@ -20,9 +20,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import torch  # noqa: E402
+from bench_generate import tokenizer_for, verses  # noqa: E402
 
 import textgen_cli.decoding as D  # noqa: E402
-from bench_generate import tokenizer_for, verses  # noqa: E402
 from textgen_cli.models import FAMILIES  # noqa: E402
 from textgen_cli.prompts import prompt_format  # noqa: E402
 from textgen_cli.recipe import load_recipe  # noqa: E402
@@ -64,8 +64,10 @@ def main() -> None:
     for v in variants:
         c1, c32 = (min(t[0] for t in times[(v, b)]) for b in (1, 32))
         w1, w32 = (min(t[1] for t in times[(v, b)]) for b in (1, 32))
-        print(f"{family} {new_tokens} new tokens, {v} cache: CPU s batch 1 {c1:.3f}, batch 32 {c32:.3f} (x{c1 / c32:.2f}); "
-              f"wall s batch 1 {w1:.3f}, batch 32 {w32:.3f} (x{w1 / w32:.2f})")
+        print(
+            f"{family} {new_tokens} new tokens, {v} cache: CPU s batch 1 {c1:.3f}, batch 32 {c32:.3f} (x{c1 / c32:.2f}); "
+            f"wall s batch 1 {w1:.3f}, batch 32 {w32:.3f} (x{w1 / w32:.2f})"
+        )
     print("load average", Path("/proc/loadavg").read_text().split()[:3])
 
 

@@ -135,10 +135,20 @@ def make_corpus(corpus: Path, megabytes: int) -> None:
 
 
 def run_child(script: str, corpus: Path, tokenizer_dir: Path, caches: Path) -> dict:
-    env = {**os.environ, "TEXTGEN_CACHE_DIR": str(caches / "textgen"), "HF_DATASETS_CACHE": str(caches / "hf"), "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "TEXTGEN_CACHE_DIR": str(caches / "textgen"),
+        "HF_DATASETS_CACHE": str(caches / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+    }
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", script, str(REPO), str(corpus), str(tokenizer_dir)], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(REPO), str(corpus), str(tokenizer_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise SystemExit(f"benchmark child failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -169,8 +179,11 @@ def against_datasets_map(args) -> None:
                 for run in ("cold", "cached"):
                     result = run_child(script, corpus, tokenizer_dir, caches)
                     runs[f"{way}_{run}"].append(result)
-                    print(f"repeat {repeat + 1} {way:<4} {run:<6} {result['seconds']:7.2f} s  {result['cores_used']:.2f} cores  {result['blocks']:,} blocks  "
-                          f"peak RSS {result['peak_rss_mb']:,.0f} MB  load average {result['load_average_1min']:.2f}", flush=True)
+                    print(
+                        f"repeat {repeat + 1} {way:<4} {run:<6} {result['seconds']:7.2f} s  {result['cores_used']:.2f} cores  {result['blocks']:,} blocks  "
+                        f"peak RSS {result['peak_rss_mb']:,.0f} MB  load average {result['load_average_1min']:.2f}",
+                        flush=True,
+                    )
     results = {
         "megabytes": args.megabytes,
         "repeats": args.repeats,
@@ -188,7 +201,9 @@ def against_datasets_map(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--megabytes", type=int, default=100)
-    parser.add_argument("--against-datasets-map", action="store_true", help="textgen's worker pool against datasets.map(num_proc=cores)")
+    parser.add_argument(
+        "--against-datasets-map", action="store_true", help="textgen's worker pool against datasets.map(num_proc=cores)"
+    )
     parser.add_argument("--repeats", type=int, default=2, help="--against-datasets-map: alternations")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
@@ -204,19 +219,32 @@ def main() -> None:
         make_corpus(corpus, args.megabytes)
         tokenizer_dir = folder / "tokenizer"
         train_tokenizer([line for line in moby.splitlines() if line.strip()], 4096, 2).save_pretrained(tokenizer_dir)
-        env = {**os.environ, "TEXTGEN_CACHE_DIR": str(folder / "cache"), "HF_DATASETS_CACHE": str(folder / "hf"), "HF_HUB_OFFLINE": "1"}
+        env = {
+            **os.environ,
+            "TEXTGEN_CACHE_DIR": str(folder / "cache"),
+            "HF_DATASETS_CACHE": str(folder / "hf"),
+            "HF_HUB_OFFLINE": "1",
+        }
         results = {"megabytes": corpus.stat().st_size / 2**20, "cpu_count": os.cpu_count()}
         for run in ("cold", "cached"):
             start = time.perf_counter()
-            done = subprocess.run([sys.executable, "-c", CHILD, str(REPO), str(corpus), str(tokenizer_dir)], env=env, capture_output=True, text=True, check=True)
+            done = subprocess.run(
+                [sys.executable, "-c", CHILD, str(REPO), str(corpus), str(tokenizer_dir)],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             result = json.loads(done.stdout.strip().splitlines()[-1])
             result["process_seconds"] = time.perf_counter() - start
             result["tokens_per_s"] = result["tokens"] / result["seconds"]
             result["cores_used"] = (result["cpu_seconds"] + result["worker_cpu_seconds"]) / result["seconds"]
             results[run] = result
-            print(f"{run:<7} {result['seconds']:7.2f} s  {result['tokens_per_s']:>12,.0f} tokens/s  {result['cores_used']:.2f} cores "
-                  f"({result['workers']} worker processes)  peak RSS {result['peak_rss_mb']:,.0f} MB  "
-                  f"peak PSS with workers {result['peak_pss_total_mb']:,.0f} MB  cache hit: {result['cached']}")
+            print(
+                f"{run:<7} {result['seconds']:7.2f} s  {result['tokens_per_s']:>12,.0f} tokens/s  {result['cores_used']:.2f} cores "
+                f"({result['workers']} worker processes)  peak RSS {result['peak_rss_mb']:,.0f} MB  "
+                f"peak PSS with workers {result['peak_pss_total_mb']:,.0f} MB  cache hit: {result['cached']}"
+            )
     out = REPO / "benchmarks/results/data.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

@@ -28,8 +28,21 @@ def main() -> None:
             sys.exit(f"runs/{recipe}/finetune/final is missing: run `make demo` first (from the folder holding runs/)")
         reports = []
         for _ in range(3):
-            done = subprocess.run([TEXTGEN, "evaluate", "--recipe", f"{recipe}.yaml", "--json", "--output", f"/tmp/textgen-bench-eval-{recipe}"],
-                                  capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=True)
+            done = subprocess.run(
+                [
+                    TEXTGEN,
+                    "evaluate",
+                    "--recipe",
+                    f"{recipe}.yaml",
+                    "--json",
+                    "--output",
+                    f"/tmp/textgen-bench-eval-{recipe}",
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                check=True,
+            )
             reports.append(json.loads(done.stdout))
         seconds = statistics.median(r["eval_time_s"] for r in reports)
         generating = statistics.median(r["generation"]["seconds"] for r in reports)
@@ -41,8 +54,10 @@ def main() -> None:
             "generation_tokens_per_s": statistics.median(r["generation"]["tokens_per_s"] for r in reports),
         }
         row = results[recipe]
-        print(f"{recipe:<8} {row['examples']} examples in {seconds:.1f} s ({row['examples_per_s']:.1f} examples/s), generating {generating:.1f} s "
-              f"at {row['generation_tokens_per_s']:,.0f} tokens/s")
+        print(
+            f"{recipe:<8} {row['examples']} examples in {seconds:.1f} s ({row['examples_per_s']:.1f} examples/s), generating {generating:.1f} s "
+            f"at {row['generation_tokens_per_s']:,.0f} tokens/s"
+        )
     out = REPO / "benchmarks/results/eval.json"
     out.write_text(json.dumps(results, indent=2))
     print(f"wrote {out}")

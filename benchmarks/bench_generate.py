@@ -39,7 +39,11 @@ from textgen_cli.schema import GenerateSection  # noqa: E402
 def tokenizer_for(vocab_size: int):
     from textgen_cli.tokenizer import train_tokenizer
 
-    lines = [line.strip() for line in (REPO / "recipes/data/moby-dick/train.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [
+        line.strip()
+        for line in (REPO / "recipes/data/moby-dick/train.txt").read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
     return train_tokenizer(lines, vocab_size, 2)
 
 
@@ -79,11 +83,15 @@ def one_at_a_time(model, tokenizer, prompt_ids: list[list[int]], settings: Gener
     return tokens, clock.wall, clock.cpu
 
 
-def through_generate_batch(model, tokenizer, prompts, settings, family, fmt, system, batch_size) -> tuple[int, float, float]:
+def through_generate_batch(
+    model, tokenizer, prompts, settings, family, fmt, system, batch_size
+) -> tuple[int, float, float]:
     import torch
 
     with Clock() as clock:
-        results = generate_batch(model, tokenizer, prompts, settings, family, batch_size=batch_size, system=system, fmt=fmt)
+        results = generate_batch(
+            model, tokenizer, prompts, settings, family, batch_size=batch_size, system=system, fmt=fmt
+        )
         if next(model.parameters()).device.type == "cuda":
             torch.cuda.synchronize()
     return sum(r.new_tokens for r in results), clock.wall, clock.cpu
@@ -104,9 +112,16 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=32, help="prompts per measurement (default 32)")
     parser.add_argument("--new-tokens", type=int, default=32, help="new tokens per prompt (default 32)")
     parser.add_argument("--batch", type=int, default=32, help="the large batch size (default 32)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the fastest counts (default 3)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per measurement; the fastest counts (default 3)"
+    )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: stable figures on a small shared machine; 0: torch's default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: stable figures on a small shared machine; 0: torch's default)",
+    )
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "generate.json"))
     args = parser.parse_args()
 
@@ -135,9 +150,16 @@ def main() -> None:
             file=sys.stderr,
         )
         measured = {
-            "model.generate, one prompt at a time": best_of(args.repeats, lambda: one_at_a_time(model, tokenizer, prompt_ids, settings)),
-            "generate_batch, batch 1": best_of(args.repeats, lambda: through_generate_batch(model, tokenizer, texts, settings, family, fmt, system, 1)),
-            f"generate_batch, batch {args.batch}": best_of(args.repeats, lambda: through_generate_batch(model, tokenizer, texts, settings, family, fmt, system, args.batch)),
+            "model.generate, one prompt at a time": best_of(
+                args.repeats, lambda: one_at_a_time(model, tokenizer, prompt_ids, settings)
+            ),
+            "generate_batch, batch 1": best_of(
+                args.repeats, lambda: through_generate_batch(model, tokenizer, texts, settings, family, fmt, system, 1)
+            ),
+            f"generate_batch, batch {args.batch}": best_of(
+                args.repeats,
+                lambda: through_generate_batch(model, tokenizer, texts, settings, family, fmt, system, args.batch),
+            ),
         }
         baseline = measured["model.generate, one prompt at a time"]
         for way, (tokens, wall, cpu) in measured.items():
@@ -156,10 +178,11 @@ def main() -> None:
                     "speedup_vs_one_at_a_time_cpu": round(baseline[2] / cpu, 2),
                 }
             )
-        del model
 
     width = max(len(r["way"]) for r in rows)
-    print(f"\n{'family':<8} {'way':<{width}} {'tokens':>7} {'wall s':>7} {'tokens/s':>9} {'speed-up':>8} {'CPU s':>7} {'tokens/CPU s':>12} {'speed-up':>8}")
+    print(
+        f"\n{'family':<8} {'way':<{width}} {'tokens':>7} {'wall s':>7} {'tokens/s':>9} {'speed-up':>8} {'CPU s':>7} {'tokens/CPU s':>12} {'speed-up':>8}"
+    )
     for r in rows:
         print(
             f"{r['family']:<8} {r['way']:<{width}} {r['new_tokens']:>7} {r['wall_s']:>7.2f} {r['tokens_per_s']:>9,.0f} {r['speedup_vs_one_at_a_time']:>7.2f}x"
@@ -175,7 +198,13 @@ def main() -> None:
         "platform": platform.platform(),
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
-        "settings": {"new_tokens": args.new_tokens, "batch": args.batch, "prompts": args.prompts, "repeats": args.repeats, "decoding": "greedy"},
+        "settings": {
+            "new_tokens": args.new_tokens,
+            "batch": args.batch,
+            "prompts": args.prompts,
+            "repeats": args.repeats,
+            "decoding": "greedy",
+        },
         "results": rows,
     }
     out = Path(args.output)

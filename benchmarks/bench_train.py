@@ -52,9 +52,9 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from textgen_cli.flops import flops_model, pretrain_tokens_per_sequence  # noqa: E402
-from textgen_cli.progress import quiet_libraries  # noqa: E402
 from textgen_cli.models import FAMILIES  # noqa: E402
 from textgen_cli.objectives import CausalBlocks, InfillingBlocks  # noqa: E402
+from textgen_cli.progress import quiet_libraries  # noqa: E402
 from textgen_cli.recipe import load_recipe  # noqa: E402
 
 LARGER = ["model.layers=8", "model.hidden=256", "model.heads=8", "model.ffn=1024"]
@@ -89,7 +89,9 @@ def dataset(loaded, n_blocks: int = 512):
     rng = np.random.default_rng(0)
     if r.model.family == "sora":
         blocks = rng.integers(10, r.tokenizer.vocab_size, size=(n_blocks, r.model.context - 2))
-        return InfillingBlocks(blocks, r.pretrain.mask_ratio, r.pretrain.poisson_lambda, 0, bos_id=1, eos_id=2, pad_id=0, mask_id=4)
+        return InfillingBlocks(
+            blocks, r.pretrain.mask_ratio, r.pretrain.poisson_lambda, 0, bos_id=1, eos_id=2, pad_id=0, mask_id=4
+        )
     return CausalBlocks(rng.integers(10, r.tokenizer.vocab_size, size=(n_blocks, r.model.context)))
 
 
@@ -100,9 +102,22 @@ def textgen_tokens_per_s(loaded, data, steps: int) -> float:
     torch.manual_seed(0)
     model = FAMILIES[loaded.recipe.model.family].build(loaded.recipe.model, Vocab(loaded.recipe.tokenizer.vocab_size))
     with tempfile.TemporaryDirectory() as root:
-        run = load_recipe(str(loaded.path), [*loaded.overrides, f"run.root={root}", f"pretrain.steps={steps}", f"train.eval_every={10 * steps}",
-                                             f"train.log_every={steps}", "train.eval_batches=1", "checkpoint.every=0", "eval.after_finetune=false"])
-        summary = train_stage(run, "pretrain", model=model, tokenizer=_NoTokenizer(), train_set=data, val_set=data, notes={})
+        run = load_recipe(
+            str(loaded.path),
+            [
+                *loaded.overrides,
+                f"run.root={root}",
+                f"pretrain.steps={steps}",
+                f"train.eval_every={10 * steps}",
+                f"train.log_every={steps}",
+                "train.eval_batches=1",
+                "checkpoint.every=0",
+                "eval.after_finetune=false",
+            ],
+        )
+        summary = train_stage(
+            run, "pretrain", model=model, tokenizer=_NoTokenizer(), train_set=data, val_set=data, notes={}
+        )
     return summary.tokens_per_s
 
 
@@ -114,9 +129,20 @@ def textgen_steady_tokens_per_s(loaded, data, steps: int, compile: bool, first_w
     torch.manual_seed(0)
     model = FAMILIES[loaded.recipe.model.family].build(loaded.recipe.model, Vocab(loaded.recipe.tokenizer.vocab_size))
     with tempfile.TemporaryDirectory() as root:
-        run = load_recipe(str(loaded.path), [*loaded.overrides, f"run.root={root}", "run.name=bench", f"pretrain.steps={first_window + steps}",
-                                             f"train.eval_every={10 * steps}", f"train.log_every={first_window}", "train.eval_batches=1",
-                                             "checkpoint.every=0", f"train.compile={str(compile).lower()}"])
+        run = load_recipe(
+            str(loaded.path),
+            [
+                *loaded.overrides,
+                f"run.root={root}",
+                "run.name=bench",
+                f"pretrain.steps={first_window + steps}",
+                f"train.eval_every={10 * steps}",
+                f"train.log_every={first_window}",
+                "train.eval_batches=1",
+                "checkpoint.every=0",
+                f"train.compile={str(compile).lower()}",
+            ],
+        )
         train_stage(run, "pretrain", model=model, tokenizer=_NoTokenizer(), train_set=data, val_set=data, notes={})
         rows = [json.loads(line) for line in (Path(root) / "bench/pretrain/metrics.jsonl").read_text().splitlines()]
     windows = [r for r in rows if "tokens_per_s" in r]
@@ -155,11 +181,27 @@ def compare_compile(args, peak: float) -> None:
                 "runs": {"eager": eager, "compiled": compiled, "compile_seconds": overhead},
             }
             rows.append(row)
-            print(f"{family:<8} {size:<8} eager {row['eager_tokens_per_s']:>9,.0f} tok/s  compiled {row['compiled_tokens_per_s']:>9,.0f} tok/s  "
-                  f"x{row['speedup']:.3f}  compile {row['compile_seconds']:.1f} s  MFU {row['mfu_eager']:.1%} -> {row['mfu_compiled']:.1%}", flush=True)
-    output = Path(args.output).with_name("train-compile.json") if args.output.endswith("train.json") else Path(args.output)
+            print(
+                f"{family:<8} {size:<8} eager {row['eager_tokens_per_s']:>9,.0f} tok/s  compiled {row['compiled_tokens_per_s']:>9,.0f} tok/s  "
+                f"x{row['speedup']:.3f}  compile {row['compile_seconds']:.1f} s  MFU {row['mfu_eager']:.1%} -> {row['mfu_compiled']:.1%}",
+                flush=True,
+            )
+    output = (
+        Path(args.output).with_name("train-compile.json") if args.output.endswith("train.json") else Path(args.output)
+    )
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"peak_flops": peak, "threads": torch.get_num_threads(), "steps": args.steps, "repeats": args.repeats, "rows": rows}, indent=2))
+    output.write_text(
+        json.dumps(
+            {
+                "peak_flops": peak,
+                "threads": torch.get_num_threads(),
+                "steps": args.steps,
+                "repeats": args.repeats,
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {output}")
 
 
@@ -176,9 +218,14 @@ def baseline_tokens_per_s(loaded, data, steps: int) -> float:
     torch.manual_seed(0)
     model = FAMILIES[r.model.family].build(r.model, Vocab(r.tokenizer.vocab_size))
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=r.train.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=r.train.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=r.train.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=r.train.weight_decay
+    )
     batches = [data.collate(list(range(i * r.train.batch_size, (i + 1) * r.train.batch_size)), 0) for i in range(steps)]
-    tokens = sum(int(b["attention_mask"].sum()) + (int((b["labels"] != -100).sum()) if "decoder_input_ids" in b else 0) for b in batches)
+    tokens = sum(
+        int(b["attention_mask"].sum()) + (int((b["labels"] != -100).sum()) if "decoder_input_ids" in b else 0)
+        for b in batches
+    )
     start = time.perf_counter()
     for batch in batches:
         loss = model(**batch).loss
@@ -234,8 +281,17 @@ class ReferenceGPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-NANOGPT = ["model.layers=4", "model.heads=4", "model.hidden=128", "model.ffn=512", "model.context=64", "model.dropout=0",
-           "model.attention_dropout=0", "train.batch_size=12", "tokenizer.vocab_size=4096"]
+NANOGPT = [
+    "model.layers=4",
+    "model.heads=4",
+    "model.hidden=128",
+    "model.ffn=512",
+    "model.context=64",
+    "model.dropout=0",
+    "model.attention_dropout=0",
+    "train.batch_size=12",
+    "tokenizer.vocab_size=4096",
+]
 
 
 def reference_tokens_per_s(loaded, tokens: np.ndarray, steps: int, warmup: int, fused: bool) -> tuple[float, float]:
@@ -248,7 +304,10 @@ def reference_tokens_per_s(loaded, tokens: np.ndarray, steps: int, warmup: int, 
     model = ReferenceGPT(loaded.recipe.tokenizer.vocab_size, m.context, m.hidden, m.layers, m.heads, m.ffn)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1}, {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
     optimizer = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99), **({"fused": True} if fused else {}))
     rng = np.random.default_rng(0)
 
@@ -293,15 +352,30 @@ def textgen_wall_tokens_per_s(loaded, data, steps: int, warmup: int) -> tuple[fl
     RunDir.append_metrics = timed_append
     try:
         with tempfile.TemporaryDirectory() as root:
-            run = load_recipe(str(loaded.path), [*loaded.overrides, f"run.root={root}", "run.name=bench", f"pretrain.steps={warmup + steps}",
-                                                 f"train.eval_every={10 * (warmup + steps)}", f"train.log_every={warmup}", "train.eval_batches=1",
-                                                 "checkpoint.every=0"])
+            run = load_recipe(
+                str(loaded.path),
+                [
+                    *loaded.overrides,
+                    f"run.root={root}",
+                    "run.name=bench",
+                    f"pretrain.steps={warmup + steps}",
+                    f"train.eval_every={10 * (warmup + steps)}",
+                    f"train.log_every={warmup}",
+                    "train.eval_batches=1",
+                    "checkpoint.every=0",
+                ],
+            )
             train_stage(run, "pretrain", model=model, tokenizer=_NoTokenizer(), train_set=data, val_set=data, notes={})
     finally:
         RunDir.append_metrics = append
-    (first_step, first_tokens, first_wall, first_cpu), (last_step, last_tokens, last_wall, last_cpu) = marks[0], marks[-1]
+    (first_step, first_tokens, first_wall, first_cpu), (last_step, last_tokens, last_wall, last_cpu) = (
+        marks[0],
+        marks[-1],
+    )
     assert first_step == warmup and last_step == warmup + steps
-    return (last_tokens - first_tokens) / (last_wall - first_wall), (last_tokens - first_tokens) / (last_cpu - first_cpu)
+    return (last_tokens - first_tokens) / (last_wall - first_wall), (last_tokens - first_tokens) / (
+        last_cpu - first_cpu
+    )
 
 
 def load_average() -> float:
@@ -328,8 +402,12 @@ def compare_nanogpt(args) -> None:
             wall, cpu = ways[name]()
             runs[name].append(wall)
             cpu_runs[name].append(cpu)
-        print(f"repeat {repeat + 1}: " + "  ".join(f"{n} {runs[n][-1]:,.0f} ({cpu_runs[n][-1]:,.0f} per CPU s)" for n in ways)
-              + f"  (load average {loads[-1]:.2f})", flush=True)
+        print(
+            f"repeat {repeat + 1}: "
+            + "  ".join(f"{n} {runs[n][-1]:,.0f} ({cpu_runs[n][-1]:,.0f} per CPU s)" for n in ways)
+            + f"  (load average {loads[-1]:.2f})",
+            flush=True,
+        )
     ref_params = sum(p.numel() for p in ReferenceGPT(4096, 64, 128, 4, 4, 512).parameters())
     ours_params = sum(p.numel() for p in FAMILIES["chatgpt"].build(loaded.recipe.model, Vocab(4096)).parameters())
     result = {
@@ -342,19 +420,31 @@ def compare_nanogpt(args) -> None:
         "median_tokens_per_cpu_s": {name: statistics.median(values) for name, values in cpu_runs.items()},
         # the median over repeats of each repeat's ratio (each pair ran back to back)
         "ratio_textgen_to_reference": statistics.median(a / b for a, b in zip(runs["textgen"], runs["reference"])),
-        "ratio_textgen_to_reference_fused_adamw": statistics.median(a / b for a, b in zip(runs["textgen"], runs["reference_fused_adamw"])),
-        "cpu_ratio_textgen_to_reference": statistics.median(a / b for a, b in zip(cpu_runs["textgen"], cpu_runs["reference"])),
-        "cpu_ratio_textgen_to_reference_fused_adamw": statistics.median(a / b for a, b in zip(cpu_runs["textgen"], cpu_runs["reference_fused_adamw"])),
+        "ratio_textgen_to_reference_fused_adamw": statistics.median(
+            a / b for a, b in zip(runs["textgen"], runs["reference_fused_adamw"])
+        ),
+        "cpu_ratio_textgen_to_reference": statistics.median(
+            a / b for a, b in zip(cpu_runs["textgen"], cpu_runs["reference"])
+        ),
+        "cpu_ratio_textgen_to_reference_fused_adamw": statistics.median(
+            a / b for a, b in zip(cpu_runs["textgen"], cpu_runs["reference_fused_adamw"])
+        ),
         "load_average_1min": {"min": min(loads), "median": statistics.median(loads), "max": max(loads)},
         "runs": runs,
         "cpu_runs": cpu_runs,
     }
     for name in ways:
-        print(f"{name:<22} {result['median_tokens_per_s'][name]:>9,.0f} tokens/s  {result['median_tokens_per_cpu_s'][name]:>9,.0f} tokens per CPU s")
-    print(f"textgen / reference GPT: wall {result['ratio_textgen_to_reference']:.3f}, CPU {result['cpu_ratio_textgen_to_reference']:.3f}   "
-          f"textgen / reference GPT with fused AdamW: wall {result['ratio_textgen_to_reference_fused_adamw']:.3f}, "
-          f"CPU {result['cpu_ratio_textgen_to_reference_fused_adamw']:.3f}   load average {result['load_average_1min']}")
-    output = Path(args.output).with_name("train-nanogpt.json") if args.output.endswith("train.json") else Path(args.output)
+        print(
+            f"{name:<22} {result['median_tokens_per_s'][name]:>9,.0f} tokens/s  {result['median_tokens_per_cpu_s'][name]:>9,.0f} tokens per CPU s"
+        )
+    print(
+        f"textgen / reference GPT: wall {result['ratio_textgen_to_reference']:.3f}, CPU {result['cpu_ratio_textgen_to_reference']:.3f}   "
+        f"textgen / reference GPT with fused AdamW: wall {result['ratio_textgen_to_reference_fused_adamw']:.3f}, "
+        f"CPU {result['cpu_ratio_textgen_to_reference_fused_adamw']:.3f}   load average {result['load_average_1min']}"
+    )
+    output = (
+        Path(args.output).with_name("train-nanogpt.json") if args.output.endswith("train.json") else Path(args.output)
+    )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2))
     print(f"wrote {output}")
@@ -366,13 +456,17 @@ def compare_adamw(args) -> None:
     loaded = load_recipe(str(REPO / "recipes/chatgpt.yaml"), NANOGPT)
     r = loaded.recipe
     data = dataset(loaded)
-    batches = [data.collate(list(range(i * r.train.batch_size, (i + 1) * r.train.batch_size)), 0) for i in range(args.steps)]
+    batches = [
+        data.collate(list(range(i * r.train.batch_size, (i + 1) * r.train.batch_size)), 0) for i in range(args.steps)
+    ]
     kinds = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
     models, optimizers = {}, {}
     for name, kind in kinds.items():
         torch.manual_seed(0)
         models[name] = FAMILIES["chatgpt"].build(r.model, Vocab(r.tokenizer.vocab_size)).train()
-        optimizers[name] = torch.optim.AdamW(models[name].parameters(), lr=r.train.lr, betas=(0.9, 0.95), weight_decay=r.train.weight_decay, **kind)
+        optimizers[name] = torch.optim.AdamW(
+            models[name].parameters(), lr=r.train.lr, betas=(0.9, 0.95), weight_decay=r.train.weight_decay, **kind
+        )
     step_ms: dict[str, list[float]] = {name: [] for name in kinds}
     optimizer_ms: dict[str, list[float]] = {name: [] for name in kinds}
     loads = []
@@ -402,9 +496,13 @@ def compare_adamw(args) -> None:
         "runs": {"step_ms": step_ms, "optimizer_step_ms": optimizer_ms},
     }
     for name in kinds:
-        print(f"AdamW {name:<8} step {result['median_step_ms'][name]:7.2f} ms   optimizer.step {result['median_optimizer_step_ms'][name]:6.2f} ms")
+        print(
+            f"AdamW {name:<8} step {result['median_step_ms'][name]:7.2f} ms   optimizer.step {result['median_optimizer_step_ms'][name]:6.2f} ms"
+        )
     print(f"load average {result['load_average_1min']}")
-    output = Path(args.output).with_name("train-adamw.json") if args.output.endswith("train.json") else Path(args.output)
+    output = (
+        Path(args.output).with_name("train-adamw.json") if args.output.endswith("train.json") else Path(args.output)
+    )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2))
     print(f"wrote {output}")
@@ -414,7 +512,9 @@ def flops_per_token(loaded) -> float:
     r = loaded.recipe
     model = FAMILIES[r.model.family].build(r.model, Vocab(r.tokenizer.vocab_size))
     fm = flops_model(model)
-    enc, dec = pretrain_tokens_per_sequence(r.model.family, r.model.context, r.pretrain.mask_ratio, r.pretrain.poisson_lambda)
+    enc, dec = pretrain_tokens_per_sequence(
+        r.model.family, r.model.context, r.pretrain.mask_ratio, r.pretrain.poisson_lambda
+    )
     return (fm.per_encoder_token() * enc + fm.per_decoder_token() * dec) / (enc + dec)
 
 
@@ -424,9 +524,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sizes", default="default,larger")
     parser.add_argument("--output", default=str(REPO / "benchmarks/results/train.json"))
-    parser.add_argument("--compile", action="store_true", help="measure train.compile=true against eager instead (writes train-compile.json)")
-    parser.add_argument("--nanogpt", action="store_true", help="textgen against the reference GPT at nanoGPT's CPU settings (writes train-nanogpt.json)")
-    parser.add_argument("--adamw", action="store_true", help="AdamW per-parameter loop vs foreach vs fused (writes train-adamw.json)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="measure train.compile=true against eager instead (writes train-compile.json)",
+    )
+    parser.add_argument(
+        "--nanogpt",
+        action="store_true",
+        help="textgen against the reference GPT at nanoGPT's CPU settings (writes train-nanogpt.json)",
+    )
+    parser.add_argument(
+        "--adamw", action="store_true", help="AdamW per-parameter loop vs foreach vs fused (writes train-adamw.json)"
+    )
     parser.add_argument("--warmup", type=int, default=20, help="--nanogpt: steps before the clock starts")
     args = parser.parse_args()
 
@@ -464,10 +574,24 @@ def main() -> None:
                 "runs": {"textgen": ours, "baseline": theirs},
             }
             rows.append(row)
-            print(f"{family:<8} {size:<8} textgen {row['textgen_tokens_per_s']:>9,.0f} tok/s  baseline {row['baseline_tokens_per_s']:>9,.0f} tok/s  "
-                  f"ratio {row['ratio']:.3f}  MFU {row['mfu']:.1%}", flush=True)
+            print(
+                f"{family:<8} {size:<8} textgen {row['textgen_tokens_per_s']:>9,.0f} tok/s  baseline {row['baseline_tokens_per_s']:>9,.0f} tok/s  "
+                f"ratio {row['ratio']:.3f}  MFU {row['mfu']:.1%}",
+                flush=True,
+            )
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps({"peak_flops": peak, "threads": torch.get_num_threads(), "steps": args.steps, "repeats": args.repeats, "rows": rows}, indent=2))
+    Path(args.output).write_text(
+        json.dumps(
+            {
+                "peak_flops": peak,
+                "threads": torch.get_num_threads(),
+                "steps": args.steps,
+                "repeats": args.repeats,
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {args.output}")
 
 

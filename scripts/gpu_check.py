@@ -40,7 +40,10 @@ FULL = {
     "chatgpt": ["model.layers=12", "model.hidden=768", "model.heads=12", "model.ffn=3072", "model.context=256"],
     "sora": ["model.layers=6", "model.hidden=768", "model.heads=12", "model.ffn=3072", "model.context=256"],
 }
-TINY = {family: ["model.layers=1", "model.hidden=32", "model.heads=2", "model.ffn=64", "model.context=64"] for family in FULL}
+TINY = {
+    family: ["model.layers=1", "model.hidden=32", "model.heads=2", "model.ffn=64", "model.context=64"]
+    for family in FULL
+}
 
 
 def step(name: str) -> None:
@@ -49,7 +52,9 @@ def step(name: str) -> None:
 
 def run_cuda_tests(python: str) -> dict:
     started = time.perf_counter()
-    done = subprocess.run([python, "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py"], cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(
+        [python, "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py"], cwd=REPO, capture_output=True, text=True
+    )
     tail = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr.strip()[-500:]
     return {"returncode": done.returncode, "summary": tail, "seconds": round(time.perf_counter() - started, 1)}
 
@@ -78,20 +83,40 @@ def train_mfu(textgen: str, family: str, work: Path, device: str, dry_run: bool,
     steps, log_every = (10, 5) if dry_run else (200, 50)
     size = TINY[family] if dry_run else FULL[family]
     precision = "fp32" if dry_run else "bf16"
-    args = [textgen, "pretrain", "--recipe", f"{family}.yaml", "--json", f"run.root={work / 'runs'}", f"run.name={family}",
-            f"train.device={device}", f"train.precision={precision}", *size, f"train.batch_size={4 if dry_run else 32}",
-            f"pretrain.steps={steps}", f"train.eval_every={steps}", f"train.log_every={log_every}", "train.eval_batches=2",
-            "checkpoint.every=0", "model.dropout=0"]
+    args = [
+        textgen,
+        "pretrain",
+        "--recipe",
+        f"{family}.yaml",
+        "--json",
+        f"run.root={work / 'runs'}",
+        f"run.name={family}",
+        f"train.device={device}",
+        f"train.precision={precision}",
+        *size,
+        f"train.batch_size={4 if dry_run else 32}",
+        f"pretrain.steps={steps}",
+        f"train.eval_every={steps}",
+        f"train.log_every={log_every}",
+        "train.eval_batches=2",
+        "checkpoint.every=0",
+        "model.dropout=0",
+    ]
     started = time.perf_counter()
     done = subprocess.run(args, cwd=work, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if done.returncode != 0:
         return {"returncode": done.returncode, "stderr": done.stderr[-2000:]}
     summary = json.loads(done.stdout)
-    rows = [json.loads(line) for line in (work / "runs" / family / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (work / "runs" / family / "pretrain" / "metrics.jsonl").read_text().splitlines()
+    ]
     windows = [r for r in rows if "tokens_per_s" in r]
     steady = windows[1:] or windows  # the first window holds CUDA's warm-up (allocator, kernels' autotuning)
     tokens = sum(b["tokens"] - a["tokens"] for a, b in zip(windows, windows[1:])) or windows[0]["tokens"]
-    seconds = sum((b["tokens"] - a["tokens"]) / b["tokens_per_s"] for a, b in zip(windows, windows[1:])) or windows[0]["tokens"] / windows[0]["tokens_per_s"]
+    seconds = (
+        sum((b["tokens"] - a["tokens"]) / b["tokens_per_s"] for a, b in zip(windows, windows[1:]))
+        or windows[0]["tokens"] / windows[0]["tokens_per_s"]
+    )
     tokens_per_s = tokens / seconds
     flops_per_token = summary["flops"] / summary["tokens"]
     return {
@@ -133,7 +158,15 @@ def fsdp_smoke(device: str, dry_run: bool) -> dict:
         dist.init_process_group(backend, init_method=f"file://{folder}/rendezvous", rank=0, world_size=1)
         try:
             torch.manual_seed(0)
-            section = ModelSection(family="chatgpt", layers=2, hidden=64 if dry_run else 256, heads=4, ffn=128 if dry_run else 1024, context=64, dropout=0.0)
+            section = ModelSection(
+                family="chatgpt",
+                layers=2,
+                hidden=64 if dry_run else 256,
+                heads=4,
+                ffn=128 if dry_run else 1024,
+                context=64,
+                dropout=0.0,
+            )
             model = FAMILIES["chatgpt"].build(section, Vocab()).to(device)
             fsdp.shard(model)
             optimizer = build_optimizer(model, weight_decay=0.01, lr=3e-3, device_type=device)
@@ -163,19 +196,38 @@ def fsdp_smoke(device: str, dry_run: bool) -> dict:
 
 def generation(python: str, device: str, dry_run: bool, work: Path) -> dict:
     output = work / "generate.json"
-    args = [python, str(REPO / "benchmarks/bench_generate.py"), "--device", device, "--threads", "0", "--output", str(output)]
+    args = [
+        python,
+        str(REPO / "benchmarks/bench_generate.py"),
+        "--device",
+        device,
+        "--threads",
+        "0",
+        "--output",
+        str(output),
+    ]
     if dry_run:
         args += ["--prompts", "4", "--batch", "4", "--new-tokens", "4", "--repeats", "1"]
     done = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         return {"returncode": done.returncode, "stderr": done.stderr[-2000:]}
     rows = json.loads(output.read_text())["results"]
-    return {"returncode": 0, "rows": [{k: r[k] for k in ("family", "way", "new_tokens", "wall_s", "tokens_per_s", "speedup_vs_one_at_a_time")} for r in rows]}
+    return {
+        "returncode": 0,
+        "rows": [
+            {k: r[k] for k in ("family", "way", "new_tokens", "wall_s", "tokens_per_s", "speedup_vs_one_at_a_time")}
+            for r in rows
+        ],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: check the script where there is no GPU (figures mean nothing)")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="CPU, tiny sizes: check the script where there is no GPU (figures mean nothing)",
+    )
     parser.add_argument("--output", default=str(REPO / "benchmarks/results/gpu-check.json"))
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--textgen", default=str(Path(sys.executable).parent / "textgen"))
@@ -213,25 +265,38 @@ def main() -> None:
         result["training"] = {}
         for family in ("chatgpt", "sora"):
             step(f"training {family}")
-            result["training"][family] = train_mfu(args.textgen, family, work, device, args.dry_run, result["matmul_peak"]["flops"])
+            result["training"][family] = train_mfu(
+                args.textgen, family, work, device, args.dry_run, result["matmul_peak"]["flops"]
+            )
             save()
         step("FSDP smoke run")
         result["fsdp_smoke"] = fsdp_smoke(device, args.dry_run)
         save()
         step("generation")
         result["generation"] = generation(args.python, device, args.dry_run, work)
-    failed = [name for name, ok in [
-        ("cuda_tests", result["cuda_tests"]["returncode"] in (0, 5) if args.dry_run else result["cuda_tests"]["returncode"] == 0),
-        *[(f"training.{f}", r["returncode"] == 0) for f, r in result["training"].items()],
-        ("fsdp_smoke", result["fsdp_smoke"]["ok"]),
-        ("generation", result["generation"]["returncode"] == 0),
-    ] if not ok]
+    failed = [
+        name
+        for name, ok in [
+            (
+                "cuda_tests",
+                result["cuda_tests"]["returncode"] in (0, 5)
+                if args.dry_run
+                else result["cuda_tests"]["returncode"] == 0,
+            ),
+            *[(f"training.{f}", r["returncode"] == 0) for f, r in result["training"].items()],
+            ("fsdp_smoke", result["fsdp_smoke"]["ok"]),
+            ("generation", result["generation"]["returncode"] == 0),
+        ]
+        if not ok
+    ]
     result["failed"] = failed
     save()
     print(json.dumps({k: result[k] for k in ("device", "seconds", "failed")}))
     for family, row in result["training"].items():
         if row["returncode"] == 0:
-            print(f"{family}: {row['parameters'] / 1e6:.1f} M parameters, {row['tokens_per_s_steady']:,.0f} tokens/s, MFU {row['mfu']:.1%}")
+            print(
+                f"{family}: {row['parameters'] / 1e6:.1f} M parameters, {row['tokens_per_s_steady']:,.0f} tokens/s, MFU {row['mfu']:.1%}"
+            )
     print(f"wrote {args.output}")
     if failed:
         raise SystemExit(f"gpu_check: failed: {', '.join(failed)}")

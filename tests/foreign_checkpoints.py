@@ -30,11 +30,21 @@ def tiny_tokenizer(texts: list[str], specials: dict[str, str], extra: list[str] 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    ordered = list(dict.fromkeys([specials[k] for k in ("pad_token", "eos_token", "unk_token", "bos_token", "mask_token") if k in specials] + list(extra)))
+    ordered = list(
+        dict.fromkeys(
+            [specials[k] for k in ("pad_token", "eos_token", "unk_token", "bos_token", "mask_token") if k in specials]
+            + list(extra)
+        )
+    )
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=ordered, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=ordered,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     core.train_from_iterator(texts, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, clean_up_tokenization_spaces=False, **specials)
     if extra:
@@ -52,21 +62,73 @@ def tiny_model(arch: str, tokenizer):
     if arch == "gpt2":
         return t.GPT2LMHeadModel(t.GPT2Config(vocab_size=v, n_positions=128, n_embd=32, n_layer=1, n_head=2, **ids))
     if arch == "llama":
-        config = t.LlamaConfig(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128, tie_word_embeddings=False, **ids)
+        config = t.LlamaConfig(
+            vocab_size=v,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=128,
+            tie_word_embeddings=False,
+            **ids,
+        )
         return t.LlamaForCausalLM(config)
     if arch == "qwen2":
-        config = t.Qwen2Config(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128, tie_word_embeddings=True, **ids)
+        config = t.Qwen2Config(
+            vocab_size=v,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=128,
+            tie_word_embeddings=True,
+            **ids,
+        )
         return t.Qwen2ForCausalLM(config)
     if arch == "gpt_neox":
-        config = t.GPTNeoXConfig(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=128, **ids)
+        config = t.GPTNeoXConfig(
+            vocab_size=v,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=128,
+            **ids,
+        )
         return t.GPTNeoXForCausalLM(config)
     if arch == "t5":
-        config = t.T5Config(vocab_size=v, d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2, feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=tokenizer.pad_token_id, **ids)
+        config = t.T5Config(
+            vocab_size=v,
+            d_model=32,
+            d_kv=16,
+            d_ff=64,
+            num_layers=1,
+            num_heads=2,
+            feed_forward_proj="gated-gelu",
+            tie_word_embeddings=False,
+            decoder_start_token_id=tokenizer.pad_token_id,
+            **ids,
+        )
         return t.T5ForConditionalGeneration(config)
     if arch == "bart":
-        config = t.BartConfig(vocab_size=v, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                              max_position_embeddings=128, decoder_start_token_id=tokenizer.eos_token_id, forced_eos_token_id=tokenizer.eos_token_id,
-                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.unk_token_id)
+        config = t.BartConfig(
+            vocab_size=v,
+            d_model=32,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            max_position_embeddings=128,
+            decoder_start_token_id=tokenizer.eos_token_id,
+            forced_eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.unk_token_id,
+        )
         return t.BartForConditionalGeneration(config)
     raise ValueError(arch)
 

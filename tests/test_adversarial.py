@@ -50,17 +50,17 @@ def settings(method: str, **changes: Any) -> AdvSettings:
     return AdvSettings(method=method, **values)
 
 
-def example_norms(x: "torch.Tensor", norm: str) -> "torch.Tensor":
+def example_norms(x: torch.Tensor, norm: str) -> torch.Tensor:
     """Per example, over its (positions x hidden) slice; written here independently of adversarial.py."""
     flat = x.reshape(x.size(0), -1)
     return flat.abs().max(dim=1).values if norm == "inf" else torch.linalg.vector_norm(flat, dim=1)
 
 
-def within(values: "torch.Tensor", bound: float) -> bool:
+def within(values: torch.Tensor, bound: float) -> bool:
     return bool((values <= bound * (1 + 1e-5) + 1e-7).all())
 
 
-def random_mask(batch: int = 4, length: int = 9, seed: int = 0) -> "torch.Tensor":
+def random_mask(batch: int = 4, length: int = 9, seed: int = 0) -> torch.Tensor:
     """(batch, length, 1): right padding of different lengths, plus a few holes (like assistant positions)."""
     generator = torch.Generator().manual_seed(seed)
     mask = torch.zeros(batch, length, 1)
@@ -72,34 +72,41 @@ def random_mask(batch: int = 4, length: int = 9, seed: int = 0) -> "torch.Tensor
     return mask
 
 
-def param_grads(model) -> dict[str, "torch.Tensor"]:
-    return {name: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)) for name, p in model.named_parameters()}
+def param_grads(model) -> dict[str, torch.Tensor]:
+    return {
+        name: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+        for name, p in model.named_parameters()
+    }
 
 
-def assert_same_grads(got: dict[str, "torch.Tensor"], expected: dict[str, "torch.Tensor"], what: str) -> None:
+def assert_same_grads(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str) -> None:
     assert got.keys() == expected.keys()
     assert any(float(g.abs().sum()) > 0 for g in expected.values()), f"{what}: the reference gradients are all zero"
     for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-8, msg=lambda m, name=name: f"{what}: {name}: {m}")
+        torch.testing.assert_close(
+            got[name], expected[name], rtol=1e-4, atol=1e-8, msg=lambda m, name=name: f"{what}: {name}: {m}"
+        )
 
 
-def grads_differ(a: dict[str, "torch.Tensor"], b: dict[str, "torch.Tensor"]) -> bool:
+def grads_differ(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return any(not torch.allclose(a[name], b[name], rtol=1e-4, atol=1e-8) for name in a)
 
 
 # Hand-written references (they do not call adversarial.py), used to check the step functions.
 
 
-def ref_loss_sum(model, batch, causal: bool, embeds: "torch.Tensor") -> "torch.Tensor":
+def ref_loss_sum(model, batch, causal: bool, embeds: torch.Tensor) -> torch.Tensor:
     kwargs = {key: value for key, value in batch.items() if key not in ("input_ids", "labels")}
     logits = model(inputs_embeds=embeds, **kwargs).logits
     labels = batch["labels"]
     if causal:
         logits, labels = logits[:, :-1], labels[:, 1:]
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
 
 
-def ref_mask(batch, causal: bool, positions: str) -> "torch.Tensor":
+def ref_mask(batch, causal: bool, positions: str) -> torch.Tensor:
     keep = batch["attention_mask"] == 1
     if causal and positions == "context":
         keep = keep & (batch["labels"] == IGNORE_INDEX)
@@ -138,7 +145,7 @@ class Tiny:
     causal: bool
     root: Path  # run.root of the in-process runs
     final: Path  # runs/<name>/finetune/final
-    batch: dict[str, "torch.Tensor"]
+    batch: dict[str, torch.Tensor]
     n_train_records: int
 
     loaded: Any = None  # the finetuned model, loaded once; each test gets a copy
@@ -175,7 +182,14 @@ def make_tiny(workspace: Path, tokenizer, family: str) -> Tiny:
 
         root = workspace / "adv-runs"
         init = workspace / f"adv-init-{family}"
-        overrides = [f"run.root={root}", f"run.name=adv-{family}", f"model.init_from={init}", f"finetune.steps={STEPS}", "train.log_every=10", "train.eval_every=100"]
+        overrides = [
+            f"run.root={root}",
+            f"run.name=adv-{family}",
+            f"model.init_from={init}",
+            f"finetune.steps={STEPS}",
+            "train.log_every=10",
+            "train.eval_every=100",
+        ]
         loaded = load_recipe(str(workspace / "recipe" / f"tiny-{family}.yaml"), overrides)
         torch.manual_seed(0)
         BUILDERS[family].build(loaded.recipe.model, tokenizer).save_pretrained(init)
@@ -203,7 +217,7 @@ def accelerator():
 
 
 @pytest.fixture
-def recorded(monkeypatch) -> list["torch.Tensor | None"]:
+def recorded(monkeypatch) -> list[torch.Tensor | None]:
     """Every inputs_embeds the step functions pass to token_loss_sum (None: the plain input ids)."""
     calls: list[torch.Tensor | None] = []
     real = adversarial.token_loss_sum
@@ -224,10 +238,36 @@ def test_settings_from_uses_the_literature_defaults_for_null_keys():
 
     for method in METHODS:
         got = settings_from(AdvTrainSection(method=method))
-        assert (got.epsilon, got.step_size, got.ascent_steps, got.init_mag) == tuple(DEFAULTS[method][k] for k in ("epsilon", "step_size", "ascent_steps", "init_mag"))
-    assert DEFAULTS["fgm"]["epsilon"] == 1.0 and DEFAULTS["pgd"]["ascent_steps"] == 3 and DEFAULTS["freelb"]["epsilon"] == 0.3 and DEFAULTS["r3f"]["epsilon"] == 1e-5
-    got = settings_from(AdvTrainSection(method="pgd", epsilon=0.5, step_size=0.05, ascent_steps=7, init_mag=0.0, norm="inf", weight=0.3, positions="all"))
-    assert (got.epsilon, got.step_size, got.ascent_steps, got.init_mag, got.norm, got.weight, got.positions) == (0.5, 0.05, 7, 0.0, "inf", 0.3, "all")
+        assert (got.epsilon, got.step_size, got.ascent_steps, got.init_mag) == tuple(
+            DEFAULTS[method][k] for k in ("epsilon", "step_size", "ascent_steps", "init_mag")
+        )
+    assert (
+        DEFAULTS["fgm"]["epsilon"] == 1.0
+        and DEFAULTS["pgd"]["ascent_steps"] == 3
+        and DEFAULTS["freelb"]["epsilon"] == 0.3
+        and DEFAULTS["r3f"]["epsilon"] == 1e-5
+    )
+    got = settings_from(
+        AdvTrainSection(
+            method="pgd",
+            epsilon=0.5,
+            step_size=0.05,
+            ascent_steps=7,
+            init_mag=0.0,
+            norm="inf",
+            weight=0.3,
+            positions="all",
+        )
+    )
+    assert (got.epsilon, got.step_size, got.ascent_steps, got.init_mag, got.norm, got.weight, got.positions) == (
+        0.5,
+        0.05,
+        7,
+        0.0,
+        "inf",
+        0.3,
+        "all",
+    )
 
 
 @pytest.mark.parametrize("norm", NORMS)
@@ -297,14 +337,18 @@ def test_perturbation_mask_positions():
 # ---------------------------------------------------------------- the deltas inside the step functions
 
 
-def _check_deltas(tiny: Tiny, model, recorded, s: AdvSettings, stats) -> list["torch.Tensor"]:
+def _check_deltas(tiny: Tiny, model, recorded, s: AdvSettings, stats) -> list[torch.Tensor]:
     clean = model.get_input_embeddings()(tiny.batch["input_ids"]).detach()
     deltas = [embeds - clean for embeds in recorded if embeds is not None]
     expected_calls = {"fgm": 2, "pgd": s.ascent_steps + 1, "freelb": max(1, s.ascent_steps)}[s.method]
-    assert len(deltas) == expected_calls, f"{s.method}: expected {expected_calls} forward passes with inputs_embeds, saw {len(deltas)}"
+    assert len(deltas) == expected_calls, (
+        f"{s.method}: expected {expected_calls} forward passes with inputs_embeds, saw {len(deltas)}"
+    )
     allowed = ref_mask(tiny.batch, tiny.causal, s.positions).expand_as(clean)
     for delta in deltas:
-        assert within(example_norms(delta, s.norm), s.epsilon), f"{s.method}: |delta| {example_norms(delta, s.norm).tolist()} > {s.epsilon}"
+        assert within(example_norms(delta, s.norm), s.epsilon), (
+            f"{s.method}: |delta| {example_norms(delta, s.norm).tolist()} > {s.epsilon}"
+        )
         assert torch.all(delta[allowed == 0] == 0), f"{s.method}: delta is nonzero where it must be zero"
     last = deltas[-1]
     assert float(last.abs().sum()) > 0
@@ -323,7 +367,9 @@ def test_deltas_inside_the_steps_stay_in_the_ball_and_off_padding_and_labels(tin
     if method == "fgm":
         assert float(deltas[0].abs().sum()) == 0  # the first pass is the clean one
         # one full step of size epsilon, for every example
-        torch.testing.assert_close(example_norms(deltas[1], norm), torch.full((deltas[1].size(0),), s.epsilon), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            example_norms(deltas[1], norm), torch.full((deltas[1].size(0),), s.epsilon), rtol=1e-4, atol=1e-6
+        )
 
 
 @pytest.mark.parametrize("method", ["fgm", "pgd", "freelb"])
@@ -338,7 +384,15 @@ def test_chatgpt_positions_all_perturbs_assistant_tokens(workspace, tokenizer, a
     context_only = settings(method, positions="context")
     recorded.clear()
     AdversarialStep(context_only)(tiny.model(), tiny.batch, tiny.causal, tiny.scale, accelerator)
-    assert float(recorded[-1][assistant].sub(model.get_input_embeddings()(tiny.batch["input_ids"]).detach()[assistant]).abs().sum()) == 0
+    assert (
+        float(
+            recorded[-1][assistant]
+            .sub(model.get_input_embeddings()(tiny.batch["input_ids"]).detach()[assistant])
+            .abs()
+            .sum()
+        )
+        == 0
+    )
 
 
 def test_sora_decoder_inputs_are_not_perturbed(workspace, tokenizer, accelerator):
@@ -346,10 +400,14 @@ def test_sora_decoder_inputs_are_not_perturbed(workspace, tokenizer, accelerator
     tiny = make_tiny(workspace, tokenizer, "sora")
     model = tiny.model()
     seen: list[torch.Tensor] = []
-    hook = model.model.decoder.embed_tokens.register_forward_hook(lambda module, args, output: seen.append(output.detach().clone()))
+    hook = model.model.decoder.embed_tokens.register_forward_hook(
+        lambda module, args, output: seen.append(output.detach().clone())
+    )
     try:
         for method in ("fgm", "pgd", "freelb", "r3f"):
-            AdversarialStep(settings(method, epsilon=0.5 if method == "r3f" else DEFAULTS[method]["epsilon"]))(model, tiny.batch, False, tiny.scale, accelerator)
+            AdversarialStep(settings(method, epsilon=0.5 if method == "r3f" else DEFAULTS[method]["epsilon"]))(
+                model, tiny.batch, False, tiny.scale, accelerator
+            )
     finally:
         hook.remove()
     assert len(seen) >= 4
@@ -380,9 +438,23 @@ def test_bart_embed_scale_is_inside_get_input_embeddings(scale_embedding):
     from transformers import BartConfig, BartForConditionalGeneration
 
     torch.manual_seed(0)
-    config = BartConfig(vocab_size=50, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-                        encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-                        decoder_start_token_id=0, scale_embedding=scale_embedding, tie_word_embeddings=True)
+    config = BartConfig(
+        vocab_size=50,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_position_embeddings=32,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        decoder_start_token_id=0,
+        scale_embedding=scale_embedding,
+        tie_word_embeddings=True,
+    )
     model = BartForConditionalGeneration(config).eval()
     ids = torch.tensor([[0, 5, 6, 7, 2], [0, 8, 9, 2, 1]])
     mask = (ids != 1).long()
@@ -441,7 +513,14 @@ def test_fgm_adversarial_loss_is_higher_than_clean_and_than_random_noise(tiny, a
 def test_freelb_accumulates_parameter_gradients_over_its_k_steps(tiny, accelerator, norm):
     model = tiny.model()
     batch, causal, scale = tiny.batch, tiny.causal, tiny.scale
-    s = settings("freelb", epsilon=0.3 if norm == "l2" else 0.02, step_size=0.1 if norm == "l2" else 0.01, ascent_steps=3, init_mag=0.5 if norm == "l2" else 0.01, norm=norm)
+    s = settings(
+        "freelb",
+        epsilon=0.3 if norm == "l2" else 0.02,
+        step_size=0.1 if norm == "l2" else 0.01,
+        ascent_steps=3,
+        init_mag=0.5 if norm == "l2" else 0.01,
+        norm=norm,
+    )
     model.zero_grad(set_to_none=True)
     torch.manual_seed(11)
     stats = AdversarialStep(s)(model, batch, causal, scale, accelerator)
@@ -466,7 +545,9 @@ def test_freelb_accumulates_parameter_gradients_over_its_k_steps(tiny, accelerat
             delta = ref_project(delta.detach() + s.step_size * ref_unit(delta.grad, mask, norm), mask, s.epsilon, norm)
     expected = param_grads(model)
     assert_same_grads(got, expected, f"freelb ({norm})")
-    assert grads_differ(expected, {k: expected[k] - last_only[k] for k in expected}), "the earlier steps contributed nothing"
+    assert grads_differ(expected, {k: expected[k] - last_only[k] for k in expected}), (
+        "the earlier steps contributed nothing"
+    )
     assert math.isclose(stats["adv_loss_sum"], sum(losses) / len(losses), rel_tol=1e-5)
 
 
@@ -474,7 +555,9 @@ def test_freelb_with_one_step_and_no_init_equals_the_clean_gradient(tiny, accele
     from textgen_cli.train import clean_step
 
     model = tiny.model()
-    AdversarialStep(settings("freelb", ascent_steps=1, init_mag=0.0))(model, tiny.batch, tiny.causal, tiny.scale, accelerator)
+    AdversarialStep(settings("freelb", ascent_steps=1, init_mag=0.0))(
+        model, tiny.batch, tiny.causal, tiny.scale, accelerator
+    )
     free = param_grads(model)
     model.zero_grad(set_to_none=True)
     clean_step(model, tiny.batch, tiny.causal, tiny.scale, accelerator)
@@ -529,7 +612,9 @@ def test_r3f_with_zero_noise_has_zero_kl_and_the_clean_gradient(tiny, accelerato
     # with noise the divergence is positive and the gradient changes
     model.zero_grad(set_to_none=True)
     torch.manual_seed(0)
-    noisy = AdversarialStep(settings("r3f", epsilon=0.05, weight=10.0))(model, tiny.batch, tiny.causal, tiny.scale, accelerator)
+    noisy = AdversarialStep(settings("r3f", epsilon=0.05, weight=10.0))(
+        model, tiny.batch, tiny.causal, tiny.scale, accelerator
+    )
     assert noisy["adv_loss_sum"] > 0
     assert grads_differ(param_grads(model), r3f)
 
@@ -537,8 +622,10 @@ def test_r3f_with_zero_noise_has_zero_kl_and_the_clean_gradient(tiny, accelerato
 # ---------------------------------------------------------------- text perturbations
 
 # Words of 5+ letters, all letters distinct (every character edit is visible), among short words.
-TEXT = ("the quick brown foxes jumped over a lazy dog while four night owls watched from dark branches "
-        "and blue wings glided under bright cold stars in the misty dawn")
+TEXT = (
+    "the quick brown foxes jumped over a lazy dog while four night owls watched from dark branches "
+    "and blue wings glided under bright cold stars in the misty dawn"
+)
 ELIGIBLE = [w for w in TEXT.split() if len(w) >= 4]
 RATES = (0.1, 0.25, 0.5, 1.0)
 
@@ -708,7 +795,10 @@ def test_augment_adds_perturbed_copies_with_clean_targets(rate):
 
 # ---------------------------------------------------------------- the stage end to end
 
-CLI_METHOD = {"chatgpt": ("pgd", ["adv_train.positions=all"]), "sora": ("freelb", ["adv_train.norm=inf", "adv_train.epsilon=0.05"])}
+CLI_METHOD = {
+    "chatgpt": ("pgd", ["adv_train.positions=all"]),
+    "sora": ("freelb", ["adv_train.norm=inf", "adv_train.epsilon=0.05"]),
+}
 
 
 @pytest.mark.slow
@@ -746,7 +836,16 @@ def test_adv_train_command_end_to_end(tiny):
 
 @pytest.mark.slow
 def test_adv_train_without_a_finetune_output_exits_2(workspace):
-    result = textgen(["adv-train", "--recipe", "recipe/tiny-chatgpt.yaml", f"run.root={workspace / 'adv-runs'}", "run.name=never-finetuned"], cwd=workspace)
+    result = textgen(
+        [
+            "adv-train",
+            "--recipe",
+            "recipe/tiny-chatgpt.yaml",
+            f"run.root={workspace / 'adv-runs'}",
+            "run.name=never-finetuned",
+        ],
+        cwd=workspace,
+    )
     assert result.returncode == 2, result.stderr
     assert "finetune" in result.stderr and "does not exist" in result.stderr
     assert "Traceback" not in result.stderr

@@ -28,9 +28,22 @@ sys.exit(code or 0)
 """
 
 
-@pytest.mark.parametrize("args", [["--help"], ["pretrain", "--help"], ["finetune", "--help"], ["recipes", "--help"], ["recipes"], ["recipes", "keys"], ["--version"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["pretrain", "--help"],
+        ["finetune", "--help"],
+        ["recipes", "--help"],
+        ["recipes"],
+        ["recipes", "keys"],
+        ["--version"],
+    ],
+)
 def test_help_does_not_import_torch_or_transformers(args):
-    result = subprocess.run([sys.executable, "-c", PROBE.format(args=args, heavy=set(HEAVY))], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE.format(args=args, heavy=set(HEAVY))], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     heavy_line = [line for line in result.stderr.splitlines() if line.startswith("HEAVY=")]
     assert heavy_line == ["HEAVY="], f"{args}: imported {heavy_line}"
@@ -38,15 +51,27 @@ def test_help_does_not_import_torch_or_transformers(args):
 
 
 def test_help_importtime_has_no_torch(tmp_path):
-    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "textgen_cli", "pretrain", "--help"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "textgen_cli", "pretrain", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
-    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if line.startswith("import time:")}
+    imported = {
+        line.split("|")[-1].strip().split(".")[0]
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
     assert "typer" in imported  # the probe works
     assert not imported & {"torch", "transformers"}
 
 
 def test_python_m_textgen_cli_help(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "textgen_cli", "--help"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "textgen_cli", "--help"], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     for verb in ("pretrain", "finetune", "recipes"):
         assert verb in result.stdout
@@ -71,8 +96,9 @@ def test_recipes_lists_shipped_recipes_with_descriptions(tmp_path):
 def test_the_distribution_is_textgen_cli_and_the_command_textgen():
     """`textgen` on PyPI is another project: the distribution is `textgen-cli`, its extras are
     `textgen-cli[...]`, and the command it installs is still `textgen`."""
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert project["name"] == "textgen-cli"
@@ -80,7 +106,13 @@ def test_the_distribution_is_textgen_cli_and_the_command_textgen():
     assert {"tensorboard", "wandb", "mlflow"} <= set(project["optional-dependencies"])
 
 
-@pytest.mark.parametrize(("words", "cword", "expected"), [("textgen fin", 1, ["finetune"]), ("textgen pretrain --recipe sora-", 3, ["sora-chat.yaml", "sora-long.yaml", "sora-pretrained.yaml"])])
+@pytest.mark.parametrize(
+    ("words", "cword", "expected"),
+    [
+        ("textgen fin", 1, ["finetune"]),
+        ("textgen pretrain --recipe sora-", 3, ["sora-chat.yaml", "sora-long.yaml", "sora-pretrained.yaml"]),
+    ],
+)
 def test_shell_completion_completes_commands_and_shipped_recipes(words, cword, expected):
     """What the script of `textgen --install-completion` asks the program for on <TAB> (bash)."""
     env = cli_env(_TEXTGEN_COMPLETE="complete_bash", COMP_WORDS=words, COMP_CWORD=str(cword))

@@ -31,6 +31,7 @@ STAGES = ("pretrain", "finetune")
 PNGS = ("loss_vs_tokens.png", "validation.png", "bleu_vs_tokens.png", "metrics.png")
 N_TEST = 16
 
+
 def compare_recipe(root: Path, name: str, family: str, test: str = "test.jsonl", finetune_steps: int = 30) -> None:
     """recipes/NAME.yaml: the end-to-end tiny recipe, 30 steps a stage, a test split, data in ../data."""
     values = merged(
@@ -39,7 +40,11 @@ def compare_recipe(root: Path, name: str, family: str, test: str = "test.jsonl",
             "description": f"tiny {family} for the compare tests",
             "data": {
                 "pretrain": {"train": "../data/pretrain-train.txt", "validation": "../data/pretrain-val.txt"},
-                "finetune": {"train": "../data/finetune-train.jsonl", "validation": "../data/finetune-val.jsonl", "test": f"../data/{test}"},
+                "finetune": {
+                    "train": "../data/finetune-train.jsonl",
+                    "validation": "../data/finetune-val.jsonl",
+                    "test": f"../data/{test}",
+                },
             },
             "train": {"eval_every": 30, "eval_generate": 4},
             "pretrain": {"steps": 30},
@@ -63,7 +68,10 @@ def report_folder(result: subprocess.CompletedProcess, root: Path) -> Path:
 
 def summaries(root: Path) -> dict[Path, tuple[int, str]]:
     """Every stage's summary.json under runs/, with its mtime and content."""
-    return {p.relative_to(root): (p.stat().st_mtime_ns, p.read_text(encoding="utf-8")) for p in sorted((root / "runs").glob("*/*/summary.json"))}
+    return {
+        p.relative_to(root): (p.stat().st_mtime_ns, p.read_text(encoding="utf-8"))
+        for p in sorted((root / "runs").glob("*/*/summary.json"))
+    }
 
 
 def summary(root: Path, name: str, stage: str) -> dict:
@@ -108,7 +116,9 @@ def assert_values_are_the_runs_own(folder: Path, root: Path, labels: dict[str, s
             assert float(by_csv[(label, metric)]["value"]) == pytest.approx(value, rel=1e-12), (label, metric)
         for metric in ("bleu", "chrf", "rougeL"):
             bound = report["intervals"][metric]
-            assert (by_json[(label, metric)]["low"], by_json[(label, metric)]["high"]) == pytest.approx((bound["low"], bound["high"]), rel=1e-12)
+            assert (by_json[(label, metric)]["low"], by_json[(label, metric)]["high"]) == pytest.approx(
+                (bound["low"], bound["high"]), rel=1e-12
+            )
             assert by_json[(label, metric)]["signature"] == report["signatures"][metric]
         assert by_json[(label, "parameters")]["value"] > 0
 
@@ -161,25 +171,43 @@ def changed(root, rerun):
     """The chatgpt recipe's finetune.steps changes from 30 to 20 in its file."""
     compare_recipe(root, GPT, "chatgpt", finetune_steps=20)
     result = ok(textgen(["compare", *RECIPES], cwd=root))
-    return {"result": result, "folder": report_folder(result, root), "summaries": summaries(root), "before": rerun["summaries"]}
+    return {
+        "result": result,
+        "folder": report_folder(result, root),
+        "summaries": summaries(root),
+        "before": rerun["summaries"],
+    }
 
 
 @pytest.fixture(scope="module")
 def from_runs(root, changed):
     result = ok(textgen(["compare", f"runs/{GPT}", f"runs/{BART}"], cwd=root))
-    return {"result": result, "folder": report_folder(result, root), "summaries": summaries(root), "before": changed["summaries"]}
+    return {
+        "result": result,
+        "folder": report_folder(result, root),
+        "summaries": summaries(root),
+        "before": changed["summaries"],
+    }
 
 
 @pytest.fixture(scope="module")
 def matched_flops(root, from_runs):
     result = ok(textgen(["compare", *RECIPES, "--match", "flops"], cwd=root))
-    return {"result": result, "folder": report_folder(result, root), "runs": {name: {stage: summary(root, name, stage) for stage in STAGES} for name in (GPT, BART)}}
+    return {
+        "result": result,
+        "folder": report_folder(result, root),
+        "runs": {name: {stage: summary(root, name, stage) for stage in STAGES} for name in (GPT, BART)},
+    }
 
 
 @pytest.fixture(scope="module")
 def matched_tokens(root, matched_flops):
     result = ok(textgen(["compare", *RECIPES, "--match", "tokens"], cwd=root))
-    return {"result": result, "folder": report_folder(result, root), "runs": {name: {stage: summary(root, name, stage) for stage in STAGES} for name in (GPT, BART)}}
+    return {
+        "result": result,
+        "folder": report_folder(result, root),
+        "runs": {name: {stage: summary(root, name, stage) for stage in STAGES} for name in (GPT, BART)},
+    }
 
 
 # ------------------------------------------------------------------------------------ the report
@@ -212,13 +240,19 @@ def test_metrics_equal_the_runs_own_eval_and_summary(first, root):
     assert {model for (model, _), r in by_json.items() if r["kind"] == "model"} == {GPT, BART}
     assert all(r["n_seeds"] == 1 and r["std"] is None for r in by_json.values())
     # the copy-source baseline is a column of its own, with the values of the runs' eval.json
-    assert by_json[("baseline: copy source", "bleu")]["value"] == pytest.approx(eval_report(root, GPT)["baselines"][0]["metrics"]["bleu"], rel=1e-12)
+    assert by_json[("baseline: copy source", "bleu")]["value"] == pytest.approx(
+        eval_report(root, GPT)["baselines"][0]["metrics"]["bleu"], rel=1e-12
+    )
     assert by_json[("baseline: copy source", "bleu")]["kind"] == "baseline"
     for label in (GPT, BART):
         use = eval_report(root, label)["input_use"]
         assert by_json[(label, "input_gap")]["value"] == pytest.approx(use["gap"], rel=1e-12)
-        assert by_json[(label, "input_bpb_shuffled")]["value"] == pytest.approx(use["bits_per_byte_shuffled"], rel=1e-12)
-        assert by_json[(label, "distinct_outputs_share")]["value"] == pytest.approx(eval_report(root, label)["degeneration"]["distinct_outputs_share"], rel=1e-12)
+        assert by_json[(label, "input_bpb_shuffled")]["value"] == pytest.approx(
+            use["bits_per_byte_shuffled"], rel=1e-12
+        )
+        assert by_json[(label, "distinct_outputs_share")]["value"] == pytest.approx(
+            eval_report(root, label)["degeneration"]["distinct_outputs_share"], rel=1e-12
+        )
     assert by_json[(GPT, "parameters")]["value"] != by_json[(BART, "parameters")]["value"]
 
 
@@ -230,9 +264,15 @@ def test_every_registered_metric_is_a_row_of_the_table(first):
 
     md = (first["folder"] / "report.md").read_text(encoding="utf-8")
     table = md.split("## Results", 1)[1].split("## Plots", 1)[0]
-    shown = [line.split(" | ")[:2] for line in table.splitlines() if line.startswith("| ") and not line.startswith(("| group", "|---"))]
+    shown = [
+        line.split(" | ")[:2]
+        for line in table.splitlines()
+        if line.startswith("| ") and not line.startswith(("| group", "|---"))
+    ]
     stripped = [(group.removeprefix("| "), label) for group, label in shown]
-    assert [(row.group, row.label) for row in TABLE_ROWS] == stripped[: len(TABLE_ROWS)]  # the terminal prints the same rows (labels may wrap there)
+    assert [(row.group, row.label) for row in TABLE_ROWS] == stripped[
+        : len(TABLE_ROWS)
+    ]  # the terminal prints the same rows (labels may wrap there)
     by_json = records(first["folder"])
     for row in ROWS:  # table=False rows too: they are in the files, only not in the table
         for model in (GPT, BART):
@@ -255,7 +295,9 @@ def test_verdicts_above_the_table_and_atop_the_reports(first, root):
     assert f"- **{GPT}: FLAGGED, do not trust its ranking**" in markdown
     page = (first["folder"] / "report.html").read_text(encoding="utf-8")
     assert page.index("<h2>Verdict</h2>") < page.index("<h2>Results</h2>")
-    verdicts = {v["model"]: v for v in json.loads((first["folder"] / "metrics.json").read_text(encoding="utf-8"))["verdicts"]}
+    verdicts = {
+        v["model"]: v for v in json.loads((first["folder"] / "metrics.json").read_text(encoding="utf-8"))["verdicts"]
+    }
     assert set(verdicts) == {GPT, BART} and not any(v["ok"] for v in verdicts.values())
     assert verdicts[GPT]["flags"] == eval_report(root, GPT)["verdict"]["flags"]
 
@@ -276,12 +318,35 @@ def test_val_bleu_during_training_is_the_final_models_bleu(first, root):
     last step the model is the final one, so val_bleu equals `textgen evaluate` on the same first 4
     validation examples (greedy); that evaluation is a record of its own, beside the default one."""
     for name in (BART, GPT):  # both families; GPT's last
-        records = [json.loads(line) for line in (root / "runs" / name / "finetune" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+        records = [
+            json.loads(line)
+            for line in (root / "runs" / name / "finetune" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        ]
         logged = [r for r in records if "val_bleu" in r]
-        assert [r["step"] for r in logged] == [30] and logged[0]["val_bleu_examples"] == 4 and "val_loss" in logged[0], name
+        assert (
+            [r["step"] for r in logged] == [30] and logged[0]["val_bleu_examples"] == 4 and "val_loss" in logged[0]
+        ), name
         assert 0.0 <= logged[0]["val_bleu"] <= 100.0
-        assert not any("val_bleu" in line for line in (root / "runs" / name / "pretrain" / "metrics.jsonl").read_text(encoding="utf-8").splitlines())
-    result = ok(textgen(["evaluate", "--recipe", f"recipes/{GPT}.yaml", "--split", "validation", "eval.max_examples=4", "eval.metrics=[bleu]", "eval.bootstrap=10", "--json"], cwd=root))
+        assert not any(
+            "val_bleu" in line
+            for line in (root / "runs" / name / "pretrain" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        )
+    result = ok(
+        textgen(
+            [
+                "evaluate",
+                "--recipe",
+                f"recipes/{GPT}.yaml",
+                "--split",
+                "validation",
+                "eval.max_examples=4",
+                "eval.metrics=[bleu]",
+                "eval.bootstrap=10",
+                "--json",
+            ],
+            cwd=root,
+        )
+    )
     report = json.loads(result.stdout)
     assert report["metrics"]["bleu"] == pytest.approx(logged[0]["val_bleu"], abs=1e-9)
     assert Path(report["files"]["eval"]).parent.parent.name == "evals"
@@ -367,7 +432,10 @@ def test_changed_finetune_setting_retrains_finetune_only(changed, root):
     assert f"compare: reusing runs/{GPT}/pretrain" in log and f"compare: reusing runs/{BART}/finetune" in log
     assert f"compare: evaluating {GPT}" in log  # a new model: its evaluation is not reused
     assert_values_are_the_runs_own(changed["folder"], root, {GPT: GPT, BART: BART})
-    runs = {(r["model"], r["stage"]): r for r in json.loads((changed["folder"] / "metrics.json").read_text(encoding="utf-8"))["runs"]}
+    runs = {
+        (r["model"], r["stage"]): r
+        for r in json.loads((changed["folder"] / "metrics.json").read_text(encoding="utf-8"))["runs"]
+    }
     assert runs[(GPT, "finetune")]["reused"] is False and runs[(GPT, "finetune")]["steps"] == 20
     assert runs[(GPT, "pretrain")]["reused"] is True and runs[(BART, "finetune")]["reused"] is True
 
@@ -424,7 +492,12 @@ def test_match_flops_measured_per_stage(matched_flops):
         assert steps[(BART, stage)] == b["steps"]
         assert b["steps"] != a["steps"], stage  # matching really changed the step count
         one_step = b["flops"] / b["steps"]
-        assert abs(a["flops"] - b["flops"]) <= max(one_step, 0.05 * a["flops"]), (stage, a["flops"], b["flops"], one_step)
+        assert abs(a["flops"] - b["flops"]) <= max(one_step, 0.05 * a["flops"]), (
+            stage,
+            a["flops"],
+            b["flops"],
+            one_step,
+        )
     provenance = json.loads((matched_flops["folder"] / "metrics.json").read_text(encoding="utf-8"))["provenance"]
     assert provenance["match"] == "flops"
 
@@ -437,7 +510,12 @@ def test_match_tokens_per_stage(matched_tokens):
         a, b = runs[GPT][stage], runs[BART][stage]
         assert steps[(BART, stage)] == b["steps"]
         one_step = b["tokens"] / b["steps"]
-        assert abs(a["tokens"] - b["tokens"]) <= max(one_step, 0.05 * a["tokens"]), (stage, a["tokens"], b["tokens"], one_step)
+        assert abs(a["tokens"] - b["tokens"]) <= max(one_step, 0.05 * a["tokens"]), (
+            stage,
+            a["tokens"],
+            b["tokens"],
+            one_step,
+        )
     # chatgpt's pretraining sequence is a full 64-token block; sora's has encoder and decoder tokens
     assert runs[GPT]["pretrain"]["tokens"] == 30 * 8 * 64
     assert runs[BART]["pretrain"]["steps"] < 30
@@ -449,12 +527,19 @@ def test_match_tokens_per_stage(matched_tokens):
 
 
 def test_seeds_report_mean_and_std(root):
-    result = ok(textgen(["compare", "--recipe", f"recipes/{GPT}.yaml", "--seeds", "2", "pretrain.steps=10", "finetune.steps=10"], cwd=root))
+    result = ok(
+        textgen(
+            ["compare", "--recipe", f"recipes/{GPT}.yaml", "--seeds", "2", "pretrain.steps=10", "finetune.steps=10"],
+            cwd=root,
+        )
+    )
     folder = report_folder(result, root)
     runs = {seed: [summary(root, f"{GPT}-seed{seed}", stage) for stage in STAGES] for seed in (7, 8)}
     assert [r[0]["seed"] for r in runs.values()] == [7, 8]
     by_json = records(folder)
-    assert {model for (model, _), r in by_json.items() if r["kind"] == "model"} == {GPT}  # one column: the recipe, over its seeds
+    assert {model for (model, _), r in by_json.items() if r["kind"] == "model"} == {
+        GPT
+    }  # one column: the recipe, over its seeds
     for metric in ("bleu", "chrf", "rougeL", "bits_per_byte", "val_loss", "parameters"):
         assert by_json[(GPT, metric)]["n_seeds"] == 2, metric
         assert by_json[(GPT, metric)]["std"] is not None, metric
@@ -523,18 +608,36 @@ def test_match_total_budget_across_different_stage_lists(tmp_path, monkeypatch):
         "model: {{family: chatgpt}}\nstages: {stages}\npretrain: {{steps: 100}}\nfinetune: {{steps: 50}}\ntrain: {{batch_size: {batch}}}\n"
         "data: {{pretrain: {{train: p.txt}}, finetune: {{train: f.jsonl, validation: f.jsonl, test: f.jsonl}}}}\n"
     )
-    for name, stages, batch in (("full", "[pretrain, finetune]", 8), ("twin", "[pretrain, finetune]", 16), ("short", "[finetune]", 8)):
+    for name, stages, batch in (
+        ("full", "[pretrain, finetune]", 8),
+        ("twin", "[pretrain, finetune]", 16),
+        ("short", "[finetune]", 8),
+    ):
         (tmp_path / f"{name}.yaml").write_text(base.format(stages=stages, batch=batch), encoding="utf-8")
     entries = [load_recipe(str(tmp_path / f"{name}.yaml")) for name in ("full", "twin", "short")]
     # per-step cost: pretrain 3.0, finetune 2.0, twice that at batch 16
-    monkeypatch.setattr(compare, "step_cost", lambda loaded, stage, match: (3.0 if stage == "pretrain" else 2.0) * loaded.recipe.train.batch_size / 8)
+    monkeypatch.setattr(
+        compare,
+        "step_cost",
+        lambda loaded, stage, match: (3.0 if stage == "pretrain" else 2.0) * loaded.recipe.train.batch_size / 8,
+    )
     trained: list[tuple[str, str, int]] = []
     monkeypatch.setattr(compare, "stage_done", lambda loaded, stage: False)
-    monkeypatch.setattr(compare, "run_stage", lambda loaded, stage: trained.append((loaded.name, stage, getattr(loaded.recipe, stage).steps)))
+    monkeypatch.setattr(
+        compare,
+        "run_stage",
+        lambda loaded, stage: trained.append((loaded.name, stage, getattr(loaded.recipe, stage).steps)),
+    )
     matched, reused = compare.train_all(entries, "flops")
     # full: 100 * 3 + 50 * 2 = 400; twin per stage: 300 / 6 = 50 pretrain, 100 / 4 = 25 finetune
     # short: its only stage gets all 400 at 2 per step = 200 finetune steps
-    assert trained == [("full", "pretrain", 100), ("twin", "pretrain", 50), ("full", "finetune", 50), ("twin", "finetune", 25), ("short", "finetune", 200)]
+    assert trained == [
+        ("full", "pretrain", 100),
+        ("twin", "pretrain", 50),
+        ("full", "finetune", 50),
+        ("twin", "finetune", 25),
+        ("short", "finetune", 200),
+    ]
     assert matched[2].recipe.finetune.steps == 200 and reused[("short", "finetune")] is False
     # the last stage gets what the earlier ones leave; a budget already spent is a usage error
     assert compare.last_stage_steps(400.0, [("pretrain", 3.0, 20), ("finetune", 2.0, 0)]) == 170
@@ -548,10 +651,19 @@ def test_pretraining_effect_is_a_paired_bootstrap_between_the_two_models(tmp_pat
     from textgen_cli.compare import Column, Model, effect_lines, pretraining_effects
 
     references = [f"the ship sailed at dawn number {i} from the harbour" for i in range(30)]
-    (tmp_path / "predictions.jsonl").write_text("".join(json.dumps({"reference": r}) + "\n" for r in references), encoding="utf-8")
+    (tmp_path / "predictions.jsonl").write_text(
+        "".join(json.dumps({"reference": r}) + "\n" for r in references), encoding="utf-8"
+    )
 
     def model(label: str, stages: list[str], predictions: list[str]) -> Model:
-        m = Model(label=label, loaded=None, stage="finetune", seed=1, summaries=[SimpleNamespace(stage=s, flops=1e9) for s in stages], predictions=predictions)  # type: ignore[arg-type]
+        m = Model(
+            label=label,
+            loaded=None,
+            stage="finetune",
+            seed=1,
+            summaries=[SimpleNamespace(stage=s, flops=1e9) for s in stages],
+            predictions=predictions,
+        )  # type: ignore[arg-type]
         m.eval_dir = tmp_path
         return m
 
@@ -564,4 +676,11 @@ def test_pretraining_effect_is_a_paired_bootstrap_between_the_two_models(tmp_pat
     assert effect["versus"]["bleu"]["low"] > 0 and effect["flops"] == {"pretrained": 2e9, "scratch": 1e9}
     assert effect_lines(effects)[0].startswith("does pretraining help? pretraining helped: pre minus scratch: BLEU +")
     # no pair without a pretraining difference
-    assert pretraining_effects([Column("a", [good]), Column("b", [model("b", ["pretrain", "finetune"], references)])], n_resamples=50, seed=1) == []
+    assert (
+        pretraining_effects(
+            [Column("a", [good]), Column("b", [model("b", ["pretrain", "finetune"], references)])],
+            n_resamples=50,
+            seed=1,
+        )
+        == []
+    )

@@ -17,14 +17,28 @@ pytestmark = pytest.mark.slow
 
 def pretrain(folder: Path, *overrides: str) -> list[dict]:
     env = cli_env(TORCHINDUCTOR_CACHE_DIR=str(folder / "inductor"))
-    done = subprocess.run([sys.executable, "-m", "textgen_cli", "pretrain", "-r", "tiny.yaml", *overrides], cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "textgen_cli", "pretrain", "-r", "tiny.yaml", *overrides],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     name = next(o.split("=", 1)[1] for o in overrides if o.startswith("run.name="))
     return [json.loads(line) for line in (folder / "runs" / name / "pretrain/metrics.jsonl").read_text().splitlines()]
 
 
 def test_compiled_blocks_train_like_eager(tmp_path):
-    write_tiny_pretrain(tmp_path, 200, 20, train={"log_every": 2, "eval_every": 100, "eval_batches": 2}, pretrain={"steps": 6}, checkpoint={"every": 0})
+    write_tiny_pretrain(
+        tmp_path,
+        200,
+        20,
+        train={"log_every": 2, "eval_every": 100, "eval_batches": 2},
+        pretrain={"steps": 6},
+        checkpoint={"every": 0},
+    )
     eager = pretrain(tmp_path, "run.name=eager")
     compiled = pretrain(tmp_path, "run.name=compiled", "train.compile=true")
     # the compiled kernels ran: inductor wrote code for them

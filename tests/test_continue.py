@@ -23,7 +23,7 @@ def space(tmp_path_factory):
     return folder
 
 
-def pretrain(space, monkeypatch, *overrides: str) -> "RunSummary":
+def pretrain(space, monkeypatch, *overrides: str) -> RunSummary:
     from textgen_cli.pretrain import run_pretrain
     from textgen_cli.recipe import load_recipe
 
@@ -56,7 +56,10 @@ def test_resume_with_more_steps_continues_a_finished_stage(space, monkeypatch):
     straight = pretrain(space, monkeypatch, "run.name=straight", "pretrain.steps=20")
     assert straight.steps == 20
     planned = {r["step"]: r["lr"] for r in metrics(space / "runs" / "straight" / "pretrain") if "lr" in r}
-    assert [(r["step"], pytest.approx(r["lr"], rel=1e-9)) for r in continued if "lr" in r and r["step"] > 10] == [(15, planned[15]), (20, planned[20])]
+    assert [(r["step"], pytest.approx(r["lr"], rel=1e-9)) for r in continued if "lr" in r and r["step"] > 10] == [
+        (15, planned[15]),
+        (20, planned[20]),
+    ]
     assert summary.tokens == straight.tokens  # the same batches, step for step
 
 
@@ -66,7 +69,10 @@ def test_resume_without_more_steps_is_refused_and_changes_nothing(space, monkeyp
     stage = space / "runs" / "same" / "pretrain"
     pretrain(space, monkeypatch, "run.name=same", "pretrain.steps=5")
     before = (stage / "metrics.jsonl").read_text(), (stage / "final" / "model.safetensors").read_bytes()
-    with pytest.raises(UserError, match=r"'runs/same/pretrain' is a finished stage of 5 steps: --resume continues it only with more steps \(e\.g\. pretrain\.steps=10\); without --resume it is trained afresh$"):
+    with pytest.raises(
+        UserError,
+        match=r"'runs/same/pretrain' is a finished stage of 5 steps: --resume continues it only with more steps \(e\.g\. pretrain\.steps=10\); without --resume it is trained afresh$",
+    ):
         pretrain(space, monkeypatch, "run.name=same", "pretrain.steps=5", "resume=auto")
     assert ((stage / "metrics.jsonl").read_text(), (stage / "final" / "model.safetensors").read_bytes()) == before
     assert not stage.with_name("pretrain.partial").exists() and not stage.with_name("pretrain.lock").exists()
@@ -76,5 +82,7 @@ def test_keep_final_false_keeps_no_checkpoint(space, monkeypatch):
     stage = space / "runs" / "lean" / "pretrain"
     pretrain(space, monkeypatch, "run.name=lean", "pretrain.steps=5", "checkpoint.keep_final=false")
     assert not (stage / "checkpoints").exists()
-    summary = pretrain(space, monkeypatch, "run.name=lean", "pretrain.steps=10", "checkpoint.keep_final=false", "resume=auto")
+    summary = pretrain(
+        space, monkeypatch, "run.name=lean", "pretrain.steps=10", "checkpoint.keep_final=false", "resume=auto"
+    )
     assert summary.resumed is False  # nothing to continue from: trained afresh

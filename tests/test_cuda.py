@@ -13,7 +13,11 @@ def _tiny(family: str, tokenizer):
     from textgen_cli.models import FAMILIES
     from textgen_cli.schema import ModelSection
 
-    return FAMILIES[family].build(ModelSection(family=family, layers=2, hidden=64, heads=4, ffn=128, context=64), tokenizer).cuda()
+    return (
+        FAMILIES[family]
+        .build(ModelSection(family=family, layers=2, hidden=64, heads=4, ffn=128, context=64), tokenizer)
+        .cuda()
+    )
 
 
 @pytest.mark.parametrize("family", ["chatgpt", "sora"])
@@ -27,7 +31,16 @@ def test_bf16_training_step_lowers_the_loss_on_cuda(family, tokenizer):
     ids = encode_texts(tokenizer, ["Call me Ishmael. Some years ago, never mind how long precisely."] * 64)
     blocks, _ = pack_blocks(ids, 62 if family == "sora" else 64, tokenizer.eos_token_id)
     data = (
-        InfillingBlocks(blocks, 0.3, 3.0, 0, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.mask_token_id)
+        InfillingBlocks(
+            blocks,
+            0.3,
+            3.0,
+            0,
+            tokenizer.bos_token_id,
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+            tokenizer.mask_token_id,
+        )
         if family == "sora"
         else CausalBlocks(blocks)
     )

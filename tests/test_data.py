@@ -7,7 +7,15 @@ import json
 import pytest
 
 from harness import textgen, write_recipe
-from textgen_cli.data import Dialogue, pair_to_chat, read_dialogues, read_finetune_examples, read_pairs, read_texts, with_system_prompt
+from textgen_cli.data import (
+    Dialogue,
+    pair_to_chat,
+    read_dialogues,
+    read_finetune_examples,
+    read_pairs,
+    read_texts,
+    with_system_prompt,
+)
 from textgen_cli.errors import UserError
 from textgen_cli.schema import FinetuneData
 
@@ -25,7 +33,9 @@ def chat(*turns):
 
 
 def test_read_pairs_and_texts(tmp_path):
-    path = jsonl(tmp_path / "p.jsonl", {"id": "a", "source": "s1", "target": "t1"}, {"id": "b", "source": "s2", "target": "t2"})
+    path = jsonl(
+        tmp_path / "p.jsonl", {"id": "a", "source": "s1", "target": "t1"}, {"id": "b", "source": "s2", "target": "t2"}
+    )
     pairs = read_pairs(str(path), "source", "target")
     assert [(p.id, p.source, p.target) for p in pairs] == [("a", "s1", "t1"), ("b", "s2", "t2")]
     assert len(read_pairs(str(path), "source", "target", max_rows=1)) == 1
@@ -47,7 +57,10 @@ def test_pairs_become_one_turn_chats_and_system_prompt_goes_first(tmp_path):
 
 
 def test_read_dialogues(tmp_path):
-    path = jsonl(tmp_path / "d.jsonl", chat(("system", "s"), ("user", "hi"), ("assistant", "hello"), ("user", "bye"), ("assistant", "ciao")))
+    path = jsonl(
+        tmp_path / "d.jsonl",
+        chat(("system", "s"), ("user", "hi"), ("assistant", "hello"), ("user", "bye"), ("assistant", "ciao")),
+    )
     [dialogue] = read_dialogues(str(path), "messages")
     assert [m["role"] for m in dialogue.messages] == ["system", "user", "assistant", "user", "assistant"]
 
@@ -89,7 +102,9 @@ def test_unknown_format(tmp_path):
 
 def test_jsonl_line_that_is_not_json_names_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"source": "a", "target": "b"}\n{"source": "c", "target": "d"}\n{"source": "e", "target": \n{"source": "g", "target": "h"}\n')
+    path.write_text(
+        '{"source": "a", "target": "b"}\n{"source": "c", "target": "d"}\n{"source": "e", "target": \n{"source": "g", "target": "h"}\n'
+    )
     with pytest.raises(UserError) as info:
         read_pairs(str(path), "source", "target")
     assert f"{path}:3:" in str(info.value)
@@ -154,8 +169,10 @@ def test_non_utf8_jsonl_file(tmp_path, reader):
     if reader == "pairs":
         lines = ['{"source": "a", "target": "b"}', '{"source": "caf\xe9", "target": "d"}']
     else:
-        lines = ['{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}',
-                 '{"messages": [{"role": "user", "content": "caf\xe9"}, {"role": "assistant", "content": "d"}]}']
+        lines = [
+            '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}',
+            '{"messages": [{"role": "user", "content": "caf\xe9"}, {"role": "assistant", "content": "d"}]}',
+        ]
     path.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
     with pytest.raises(UserError) as info:
         if reader == "pairs":
@@ -166,7 +183,11 @@ def test_non_utf8_jsonl_file(tmp_path, reader):
 
 
 def test_dialogue_without_assistant_turn(tmp_path):
-    path = jsonl(tmp_path / "d.jsonl", chat(("user", "hi"), ("assistant", "yo")), chat(("system", "s"), ("user", "hi"), ("user", "anyone?")))
+    path = jsonl(
+        tmp_path / "d.jsonl",
+        chat(("user", "hi"), ("assistant", "yo")),
+        chat(("system", "s"), ("user", "hi"), ("user", "anyone?")),
+    )
     with pytest.raises(UserError, match="no assistant turn") as info:
         read_dialogues(str(path), "messages")
     assert f"{path}:2:" in str(info.value)
@@ -189,7 +210,13 @@ def test_dialogue_messages_not_a_list(tmp_path):
 def test_data_error_through_the_cli_exits_2(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a"}\n{"text": \n')
-    recipe = write_recipe(tmp_path / "r.yaml", stages=["pretrain"], model={"context": 32}, data={"pretrain": {"train": "bad.jsonl"}}, generate={"max_new_tokens": 8})
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        stages=["pretrain"],
+        model={"context": 32},
+        data={"pretrain": {"train": "bad.jsonl"}},
+        generate={"max_new_tokens": 8},
+    )
     result = textgen(["pretrain", "--recipe", str(recipe)], cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr

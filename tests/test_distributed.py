@@ -28,7 +28,16 @@ def workspace(tmp_path_factory) -> Path:
 def torchrun(workspace: Path, nproc: int, *args: str) -> tuple[list[str], dict[str, str]]:
     torchrun_bin = Path(sys.executable).parent / "torchrun"
     env = cli_env()
-    return [str(torchrun_bin), "--nproc_per_node", str(nproc), "--master_port", str(29500 + os.getpid() % 1000), "-m", "textgen_cli", *args], env
+    return [
+        str(torchrun_bin),
+        "--nproc_per_node",
+        str(nproc),
+        "--master_port",
+        str(29500 + os.getpid() % 1000),
+        "-m",
+        "textgen_cli",
+        *args,
+    ], env
 
 
 def run(workspace: Path, nproc: int, *args: str) -> dict:
@@ -69,7 +78,15 @@ def test_every_rank_ends_with_the_same_weights(two_process_run):
 def interrupt(workspace: Path, nproc: int, name: str, *args: str) -> None:
     """Start a run and SIGTERM it once step 15 is logged: it must save a checkpoint and stop."""
     command, env = torchrun(workspace, nproc, "pretrain", "-r", "tiny.yaml", f"run.name={name}", *args)
-    process = subprocess.Popen(command, cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        cwd=workspace,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     metrics = workspace / f"runs/{name}/pretrain.partial/metrics.jsonl"
     deadline = time.time() + 180
     while time.time() < deadline and not (metrics.exists() and '"step": 15' in metrics.read_text()):
@@ -145,7 +162,17 @@ def test_fsdp_run_resumes_with_another_number_of_processes(workspace, two_proces
 
 def run_cli_args(name: str, *args: str) -> list[str]:
     """One plain process (no torchrun), with the old per-process batch size."""
-    return [sys.executable, "-m", "textgen_cli", "pretrain", "-r", "tiny.yaml", f"run.name={name}", "train.batch_size=4", *args]
+    return [
+        sys.executable,
+        "-m",
+        "textgen_cli",
+        "pretrain",
+        "-r",
+        "tiny.yaml",
+        f"run.name={name}",
+        "train.batch_size=4",
+        *args,
+    ]
 
 
 def test_adversarial_training_with_fsdp_is_refused_before_anything_runs():
@@ -160,8 +187,18 @@ def test_adversarial_training_with_fsdp_is_refused_before_anything_runs():
 
 def test_fsdp_with_compiled_blocks_logs_the_same_losses(workspace, fsdp_run):
     """train.compile under FSDP: the blocks are found before sharding renames their classes."""
-    command, env = torchrun(workspace, 2, "pretrain", "-r", "tiny.yaml", "--json", "run.name=fsdp-compiled", "train.batch_size=4",
-                            "distributed.strategy=fsdp", "train.compile=true")
+    command, env = torchrun(
+        workspace,
+        2,
+        "pretrain",
+        "-r",
+        "tiny.yaml",
+        "--json",
+        "run.name=fsdp-compiled",
+        "train.batch_size=4",
+        "distributed.strategy=fsdp",
+        "train.compile=true",
+    )
     env["TORCHINDUCTOR_CACHE_DIR"] = str(workspace / "inductor")
     done = subprocess.run(command, cwd=workspace, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -132,7 +132,11 @@ def test_both_stages_share_the_tokenizer_and_its_chat_template(trained):
     pre = AutoTokenizer.from_pretrained(str(trained.stage_dir("pretrain") / "final"))
     fine = AutoTokenizer.from_pretrained(str(trained.stage_dir("finetune") / "final"))
     assert pre.get_vocab() == fine.get_vocab()
-    messages = [{"role": "system", "content": "Modern English."}, {"role": "user", "content": "And God said"}, {"role": "assistant", "content": "God said"}]
+    messages = [
+        {"role": "system", "content": "Modern English."},
+        {"role": "user", "content": "And God said"},
+        {"role": "assistant", "content": "God said"},
+    ]
     ids = fine.apply_chat_template(messages, tokenize=True)
     ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
     assert ChatEncoder(fine).encode(messages)[0] == ids
@@ -150,7 +154,11 @@ def test_same_seed_same_losses(workspace, tmp_path):
     """A second identical chatgpt pretrain (other run root, fresh tokenizer cache) logs identical losses."""
     first = trained_run(workspace, "chatgpt")
     completed(first, "pretrain")
-    result = textgen(["pretrain", "--recipe", "recipe/tiny-chatgpt.yaml", "run.root=runs-again", "--json"], cwd=workspace, cache=tmp_path / "cache")
+    result = textgen(
+        ["pretrain", "--recipe", "recipe/tiny-chatgpt.yaml", "run.root=runs-again", "--json"],
+        cwd=workspace,
+        cache=tmp_path / "cache",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "tokenizer: training" in result.stderr  # really a fresh tokenizer, not the cached one
     a = read_metrics(first.stage_dir("pretrain") / "metrics.jsonl")
@@ -165,7 +173,9 @@ def test_finetune_without_pretrain_output_suggests_pretrain(workspace):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "textgen pretrain" in result.stderr
-    assert not (workspace / "runs" / "never-pretrained").exists() or not list((workspace / "runs" / "never-pretrained").rglob("*"))
+    assert not (workspace / "runs" / "never-pretrained").exists() or not list(
+        (workspace / "runs" / "never-pretrained").rglob("*")
+    )
 
 
 def test_failed_run_leaves_no_partial_and_keeps_the_previous_result(workspace, tmp_path):
@@ -176,7 +186,18 @@ def test_failed_run_leaves_no_partial_and_keeps_the_previous_result(workspace, t
     root = tmp_path / "runs"
     shutil.copytree(first.stage_dir("pretrain"), root / "tiny-chatgpt" / "pretrain")
     before = (root / "tiny-chatgpt" / "pretrain" / "summary.json").read_text()
-    result = textgen(["pretrain", "--recipe", "recipe/tiny-chatgpt.yaml", f"run.root={root}", "train.lr=1e30", "train.warmup_steps=0", "pretrain.steps=10"], cwd=workspace)
+    result = textgen(
+        [
+            "pretrain",
+            "--recipe",
+            "recipe/tiny-chatgpt.yaml",
+            f"run.root={root}",
+            "train.lr=1e30",
+            "train.warmup_steps=0",
+            "pretrain.steps=10",
+        ],
+        cwd=workspace,
+    )
     assert result.returncode == 1, result.stderr[-3000:]
     assert "non-finite" in result.stderr
     assert "Traceback" not in result.stderr

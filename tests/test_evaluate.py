@@ -24,7 +24,18 @@ from harness import FAMILIES, SHIPPED, moby_lines, ok, textgen, usage_error
 pytestmark = pytest.mark.slow
 
 N_TEST = 24
-ROWS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum", "distinct_1", "distinct_2", "self_bleu", "exact_match")
+ROWS = (
+    "bleu",
+    "chrf",
+    "rouge1",
+    "rouge2",
+    "rougeL",
+    "rougeLsum",
+    "distinct_1",
+    "distinct_2",
+    "self_bleu",
+    "exact_match",
+)
 SIGNED = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum", "distinct_1", "distinct_2", "self_bleu")
 INTERVALS = ("bleu", "chrf", "rougeL")
 LIKELIHOOD = ("nll_sum", "tokens", "bytes", "perplexity", "bits_per_byte")
@@ -67,12 +78,17 @@ def space(workspace) -> Path:
     """Beside the conftest recipes: a test split, recipes that evaluate the conftest runs, a user's
     metric module, a tiny dialogue task. Everything is prefixed `evaltest-`."""
     root = workspace / "recipe"
-    rows = [json.loads(line) for line in (SHIPPED / "data" / "bible-modern" / "test.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (SHIPPED / "data" / "bible-modern" / "test.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     # short enough for a 64-token context (references are scored whole), long enough to be perturbed
     rows = [r for r in rows if perturbable(r["source"]) and len(r["source"]) <= 110 and len(r["target"]) <= 110]
     rows.sort(key=lambda r: len(r["source"]) + len(r["target"]))
     assert len(rows) >= N_TEST
-    (root / "data" / "evaltest-test.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:N_TEST]), encoding="utf-8")
+    (root / "data" / "evaltest-test.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:N_TEST]), encoding="utf-8"
+    )
     for family in FAMILIES:
         values = yaml.safe_load((root / f"tiny-{family}.yaml").read_text(encoding="utf-8"))
         values["data"]["finetune"]["test"] = "data/evaltest-test.jsonl"
@@ -128,7 +144,9 @@ class MeanChars(evaluate.Metric):
 
 
 def chat(*turns: str) -> dict:
-    return {"messages": [{"role": "user" if i % 2 == 0 else "assistant", "content": text} for i, text in enumerate(turns)]}
+    return {
+        "messages": [{"role": "user" if i % 2 == 0 else "assistant", "content": text} for i, text in enumerate(turns)]
+    }
 
 
 DIALOGUE_TRAIN = [
@@ -186,7 +204,9 @@ def test_eval_json_has_every_metric_signature_interval_and_setting(evaluated, sp
 
     for row in SIGNED:
         assert report["signatures"][row], row
-    assert report["signatures"]["bleu"] == f"nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:{sacrebleu.__version__}"
+    assert (
+        report["signatures"]["bleu"] == f"nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:{sacrebleu.__version__}"
+    )
     assert report["signatures"]["chrf"].startswith("nrefs:1|case:mixed|eff:yes|nc:6|nw:0")
     assert report["decoding"]["max_new_tokens"] == 16 and report["decoding"]["do_sample"] is False
     assert report["bootstrap"]["resamples"] == 200
@@ -244,7 +264,9 @@ def test_input_use_degeneration_and_verdict(evaluated):
     predictions = [r["prediction"] for r in rows]
     degeneration = report["degeneration"]
     assert degeneration["distinct_outputs"] == len(set(predictions))
-    assert degeneration["distinct_outputs_share"] == pytest.approx(min(1.0, len(set(predictions)) / len({r["source"] for r in rows})))
+    assert degeneration["distinct_outputs_share"] == pytest.approx(
+        min(1.0, len(set(predictions)) / len({r["source"] for r in rows}))
+    )
     assert degeneration["repeated_4gram_rate"] == pytest.approx(repeated_ngram_rate(predictions))
     verdict = report["verdict"]
     # a 30-step tiny model is far below copy-source: flagged, with the reason
@@ -260,18 +282,32 @@ def test_two_evaluations_of_one_stage_coexist(evaluated, space):
     family, folder, _ = evaluated
     default = {name: (folder / name).read_bytes() for name in ("eval.json", "predictions.jsonl")}
     other = space / "recipe" / "data" / f"evaltest-other-{family}.jsonl"
-    other.write_text("".join(json.dumps(r) + "\n" for r in read_jsonl(space / "recipe" / "data" / "evaltest-test.jsonl")[::-1][:6]), encoding="utf-8")
-    args = [f"data.finetune.test=recipe/data/{other.name}", "eval.max_examples=5", "eval.metrics=[bleu]", "eval.bootstrap=10", "eval.input_check=4"]
+    other.write_text(
+        "".join(json.dumps(r) + "\n" for r in read_jsonl(space / "recipe" / "data" / "evaltest-test.jsonl")[::-1][:6]),
+        encoding="utf-8",
+    )
+    args = [
+        f"data.finetune.test=recipe/data/{other.name}",
+        "eval.max_examples=5",
+        "eval.metrics=[bleu]",
+        "eval.bootstrap=10",
+        "eval.input_check=4",
+    ]
     result = ok(textgen(["evaluate", "--recipe", f"recipe/evaltest-{family}.yaml", *args, "--json"], cwd=space))
     report = json.loads(result.stdout)
     record = folder / "evals" / report["eval_hash"]
     assert (space / report["files"]["eval"]).resolve() == (record / "eval.json").resolve()
     assert json.loads((record / "eval.json").read_text(encoding="utf-8"))["n_examples"] == 5
     assert len(read_jsonl(record / "predictions.jsonl")) == 5
-    assert f"evaluate: wrote {report['files']['eval']} (a separate record; the stage's default evaluation is untouched)" in result.stderr
+    assert (
+        f"evaluate: wrote {report['files']['eval']} (a separate record; the stage's default evaluation is untouched)"
+        in result.stderr
+    )
     assert {name: (folder / name).read_bytes() for name in default} == default
     # the same evaluation again replaces its own record only
-    again = json.loads(ok(textgen(["evaluate", "--recipe", f"recipe/evaltest-{family}.yaml", *args, "--json"], cwd=space)).stdout)
+    again = json.loads(
+        ok(textgen(["evaluate", "--recipe", f"recipe/evaltest-{family}.yaml", *args, "--json"], cwd=space)).stdout
+    )
     assert again["files"]["eval"] == report["files"]["eval"]
     assert sorted(p.name for p in (folder / "evals").iterdir()) == [report["eval_hash"]]
     assert {name: (folder / name).read_bytes() for name in default} == default
@@ -280,7 +316,21 @@ def test_two_evaluations_of_one_stage_coexist(evaluated, space):
 def test_terminal_output_has_the_verdict_and_says_where_it_wrote(space, tmp_path):
     run = trained_run(space, "sora")
     ok(run.finetune)
-    result = ok(textgen(["evaluate", "--recipe", "recipe/evaltest-sora.yaml", "eval.metrics=[bleu,chrf]", "eval.bootstrap=20", "eval.input_check=8", "--output", str(tmp_path)], cwd=space))
+    result = ok(
+        textgen(
+            [
+                "evaluate",
+                "--recipe",
+                "recipe/evaltest-sora.yaml",
+                "eval.metrics=[bleu,chrf]",
+                "eval.bootstrap=20",
+                "eval.input_check=8",
+                "--output",
+                str(tmp_path),
+            ],
+            cwd=space,
+        )
+    )
     out = " ".join(result.stdout.split())  # rich wraps long lines
     assert "verdict for tiny-sora finetune: FLAGGED, do not trust its ranking" in out
     assert "- below the copy source baseline: BLEU" in out
@@ -307,9 +357,25 @@ def test_likelihood_bits_per_byte_and_perplexity(evaluated):
 def test_dialogue_baseline_is_the_most_frequent_training_response(space, tmp_path):
     model = trained_run(space, "chatgpt")
     ok(model.finetune)
-    result = ok(textgen(["evaluate", "--recipe", "recipe/evaltest-dialogue.yaml", "--model", str(model.stage_dir("finetune") / "final"), "--output", str(tmp_path), "--json"], cwd=space))
+    result = ok(
+        textgen(
+            [
+                "evaluate",
+                "--recipe",
+                "recipe/evaltest-dialogue.yaml",
+                "--model",
+                str(model.stage_dir("finetune") / "final"),
+                "--output",
+                str(tmp_path),
+                "--json",
+            ],
+            cwd=space,
+        )
+    )
     report = json.loads(result.stdout)
-    counts = Counter(turn["content"] for record in DIALOGUE_TRAIN for turn in record["messages"] if turn["role"] == "assistant")
+    counts = Counter(
+        turn["content"] for record in DIALOGUE_TRAIN for turn in record["messages"] if turn["role"] == "assistant"
+    )
     most, n = counts.most_common(1)[0]
     assert (most, n) == ("I am fine, thanks.", 3)
     assert report["task"] == "dialogue"
@@ -344,9 +410,41 @@ def robustness(space, tmp_path_factory):
     ok(run.finetune)
     first, second = tmp_path_factory.mktemp("robust-a"), tmp_path_factory.mktemp("robust-b")
     recipe = "recipe/evaltest-chatgpt.yaml"
-    a = ok(textgen(["evaluate", "--recipe", recipe, "--perturb", "char:0.1", "--perturb", "word_drop:0.1", "--output", str(first), "--json"], cwd=space))
+    a = ok(
+        textgen(
+            [
+                "evaluate",
+                "--recipe",
+                recipe,
+                "--perturb",
+                "char:0.1",
+                "--perturb",
+                "word_drop:0.1",
+                "--output",
+                str(first),
+                "--json",
+            ],
+            cwd=space,
+        )
+    )
     # the second run only needs the perturbed sources and predictions: fewer metrics, fewer resamples
-    ok(textgen(["evaluate", "--recipe", recipe, "eval.metrics=[chrf]", "eval.bootstrap=10", "--perturb", "char:0.1", "--output", str(second), "--json"], cwd=space))
+    ok(
+        textgen(
+            [
+                "evaluate",
+                "--recipe",
+                recipe,
+                "eval.metrics=[chrf]",
+                "eval.bootstrap=10",
+                "--perturb",
+                "char:0.1",
+                "--output",
+                str(second),
+                "--json",
+            ],
+            cwd=space,
+        )
+    )
     return json.loads(a.stdout), first, second
 
 
@@ -394,7 +492,12 @@ def test_user_metric_module_by_path_relative_to_the_recipe(space, tmp_path):
     ok(run.finetune)
     # the recipe lives in recipe/, the cwd is its parent: the path resolves against the recipe file
     assert not (space / "evaltest_metrics").exists()
-    result = ok(textgen(["evaluate", "--recipe", "recipe/evaltest-user-metric.yaml", "--output", str(tmp_path / "out"), "--json"], cwd=space))
+    result = ok(
+        textgen(
+            ["evaluate", "--recipe", "recipe/evaltest-user-metric.yaml", "--output", str(tmp_path / "out"), "--json"],
+            cwd=space,
+        )
+    )
     report = json.loads((tmp_path / "out" / "eval.json").read_text(encoding="utf-8"))
     assert json.loads(result.stdout)["metrics"] == report["metrics"]
     rows = read_jsonl(tmp_path / "out" / "predictions.jsonl")
@@ -409,7 +512,7 @@ def test_user_metric_module_by_path_relative_to_the_recipe(space, tmp_path):
     assert "bleu" in report["metrics"] and "chrf" not in report["metrics"]  # only the listed metrics
 
 
-SITECUSTOMIZE = '''
+SITECUSTOMIZE = """
 import os, socket
 
 _LOG = os.environ["TEXTGEN_TEST_NET_LOG"]
@@ -438,7 +541,7 @@ def _resolve(host, *args, **kwargs):
 socket.socket.connect = _refuse
 socket.socket.connect_ex = lambda self, address: (_refuse(self, address), 0)[1]
 socket.getaddrinfo = _resolve
-'''
+"""
 
 
 def unshare_works() -> bool:
@@ -457,12 +560,23 @@ def test_nothing_touches_the_network(space, tmp_path):
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE, encoding="utf-8")
     log = tmp_path / "connects.log"
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_EVALUATE_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HF_HUB_OFFLINE", "HF_EVALUATE_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+    }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path / "site"), env.get("PYTHONPATH")]))
     env["TEXTGEN_TEST_NET_LOG"] = str(log)
     env["HF_HOME"] = str(tmp_path / "hf-home")  # an empty cache: nothing to fall back on
     prefix = ("unshare", "-rn") if unshare_works() else ()
-    result = ok(textgen(["evaluate", "--recipe", "recipe/evaltest-sora.yaml", "--output", str(tmp_path / "out"), "--json"], cwd=space, env=env, prefix=prefix))
+    result = ok(
+        textgen(
+            ["evaluate", "--recipe", "recipe/evaltest-sora.yaml", "--output", str(tmp_path / "out"), "--json"],
+            cwd=space,
+            env=env,
+            prefix=prefix,
+        )
+    )
     assert not log.exists() or log.read_text() == "", f"connect attempts: {log.read_text()}"
     report = json.loads(result.stdout)
     assert set(ROWS) <= set(report["metrics"])
@@ -474,8 +588,14 @@ def test_nothing_touches_the_network(space, tmp_path):
 
 def test_unknown_metric_name_suggests_the_closest(space, tmp_path):
     trained_run(space, "chatgpt")
-    args = ["eval.metrics=[bleu,chrff]", "eval.max_examples=2", "generate.max_new_tokens=2"]  # fail fast where it fails late
-    result = textgen(["evaluate", "--recipe", "recipe/evaltest-chatgpt.yaml", *args, "--output", str(tmp_path)], cwd=space)
+    args = [
+        "eval.metrics=[bleu,chrff]",
+        "eval.max_examples=2",
+        "generate.max_new_tokens=2",
+    ]  # fail fast where it fails late
+    result = textgen(
+        ["evaluate", "--recipe", "recipe/evaltest-chatgpt.yaml", *args, "--output", str(tmp_path)], cwd=space
+    )
     usage_error(result, "chrff", "Did you mean 'chrf'?")
     assert not (tmp_path / "eval.json").exists()
 
@@ -497,13 +617,20 @@ def test_bad_perturb_spec_is_a_usage_error(space, spec):
 def _prose_generator(tokenizer, context: int):
     from types import SimpleNamespace
 
+    import torch
+
     from textgen_cli.models import FAMILIES
     from textgen_cli.schema import ModelSection
 
-    import torch
-
     torch.manual_seed(0)
-    model = FAMILIES["chatgpt"].build(ModelSection(family="chatgpt", layers=1, hidden=32, heads=2, ffn=64, context=context, dropout=0.0), tokenizer).eval()
+    model = (
+        FAMILIES["chatgpt"]
+        .build(
+            ModelSection(family="chatgpt", layers=1, hidden=32, heads=2, ffn=64, context=context, dropout=0.0),
+            tokenizer,
+        )
+        .eval()
+    )
     return SimpleNamespace(tokenizer=tokenizer, model=model, family="chatgpt", role=FAMILIES["chatgpt"])
 
 
@@ -546,7 +673,10 @@ def test_prose_is_skipped_for_sora_with_a_reason(tokenizer, tmp_path):
     from textgen_cli.evaluate import prose_likelihood
     from textgen_cli.models import FAMILIES
 
-    assert "encoder-decoder" in prose_likelihood(SimpleNamespace(family="sora", role=FAMILIES["sora"]), "x.txt", "text", 8)["skipped"]
+    assert (
+        "encoder-decoder"
+        in prose_likelihood(SimpleNamespace(family="sora", role=FAMILIES["sora"]), "x.txt", "text", 8)["skipped"]
+    )
 
 
 def _eval_hash_before_the_helper(loaded, stage, split: str) -> str:
@@ -576,4 +706,8 @@ def test_eval_hash_is_unchanged_by_the_shared_hash_helper():
         loaded = load_recipe(str(shipped_recipes_dir() / "sora.yaml"), overrides)
         for stage in ("pretrain", "finetune", "adv-train", None):
             for split in ("test", "validation"):
-                assert eval_hash(loaded, stage, split) == _eval_hash_before_the_helper(loaded, stage, split), (overrides, stage, split)
+                assert eval_hash(loaded, stage, split) == _eval_hash_before_the_helper(loaded, stage, split), (
+                    overrides,
+                    stage,
+                    split,
+                )

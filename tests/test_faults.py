@@ -29,8 +29,8 @@ import shutil
 import subprocess
 import tempfile
 from collections import namedtuple
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -153,7 +153,9 @@ def textgen(ws, textgen_here) -> Callable[..., Result]:
 
 
 @pytest.mark.parametrize("how", ["injected", "tmpfs"])
-def test_a_full_disk_during_a_checkpoint_is_reported_and_resume_needs_no_cleanup(how, reference, textgen, monkeypatch, tmp_path):
+def test_a_full_disk_during_a_checkpoint_is_reported_and_resume_needs_no_cleanup(
+    how, reference, textgen, monkeypatch, tmp_path
+):
     """The step-20 checkpoint does not fit. injected: torch.save fails the way it does on a full disk
     (a RuntimeError that has lost the errno) and the filesystem reports 4 KB free; tmpfs: a real
     8 MB filesystem that another program fills up just before that save."""
@@ -192,8 +194,13 @@ def test_a_full_disk_during_a_checkpoint_is_reported_and_resume_needs_no_cleanup
         assert failed.rc == 1, failed.err
         message = failed.err.strip().splitlines()[-1]
         print(message)  # shown with -rP: the exact text a user sees
-        assert message.startswith(f"error: no space left on the device for checkpoint {work / 'checkpoints' / 'step-0000020'}: it needs about ")
-        assert f"the newest complete checkpoint, {work / 'checkpoints' / 'step-0000010'}, is intact: free some space, then continue with --resume" in message
+        assert message.startswith(
+            f"error: no space left on the device for checkpoint {work / 'checkpoints' / 'step-0000020'}: it needs about "
+        )
+        assert (
+            f"the newest complete checkpoint, {work / 'checkpoints' / 'step-0000010'}, is intact: free some space, then continue with --resume"
+            in message
+        )
         assert "Traceback" not in failed.err and "RuntimeError" not in failed.err
         assert checkpoint_names(work) == ["latest", "step-0000010"]  # the partial .tmp-step-0000020 is gone at once
         assert not (work.parent / "pretrain.lock").exists()
@@ -223,7 +230,9 @@ def test_a_full_disk_at_the_first_checkpoint_says_there_is_nothing_to_resume(tex
     assert failed.rc == 1, failed.err
     message = failed.err.strip().splitlines()[-1]
     print(message)
-    assert message.startswith("error: no space left on the device for checkpoint runs/first/pretrain.partial/checkpoints/step-0000010: it needs about ")
+    assert message.startswith(
+        "error: no space left on the device for checkpoint runs/first/pretrain.partial/checkpoints/step-0000010: it needs about "
+    )
     assert message.endswith("; no checkpoint has been saved yet: free some space, then run the stage again")
     assert sorted(p.name for p in (tmp_path / "runs" / "first").iterdir()) == []  # no .partial, no lock
 
@@ -247,10 +256,14 @@ def test_a_full_disk_while_logging_metrics_keeps_whole_lines(reference, textgen,
     assert failures["n"] == 1
     message = failed.err.strip().splitlines()[-1]
     print(message)
-    assert message.startswith(f"error: no space left on the device for the metrics file {work / 'metrics.jsonl'}: it needs about ")
+    assert message.startswith(
+        f"error: no space left on the device for the metrics file {work / 'metrics.jsonl'}: it needs about "
+    )
     assert f"the newest complete checkpoint, {work / 'checkpoints' / 'step-0000020'}, is intact" in message
     logged = (tmp_path / work / "metrics.jsonl").read_text(encoding="utf-8")
-    assert logged.endswith("\n") and [json.loads(line)["step"] for line in logged.splitlines()][-1] == 20  # whole lines only
+    assert (
+        logged.endswith("\n") and [json.loads(line)["step"] for line in logged.splitlines()][-1] == 20
+    )  # whole lines only
 
     monkeypatch.undo()
     resumed = textgen("run.name=log", "--resume", cwd=tmp_path)
@@ -258,7 +271,9 @@ def test_a_full_disk_while_logging_metrics_keeps_whole_lines(reference, textgen,
     assert_same_training(reference, tmp_path / "runs" / "log" / "pretrain", min_lines=(8, 3))
 
 
-def test_a_full_disk_while_saving_the_final_model_removes_it_and_names_the_checkpoint(reference, textgen, monkeypatch, tmp_path):
+def test_a_full_disk_while_saving_the_final_model_removes_it_and_names_the_checkpoint(
+    reference, textgen, monkeypatch, tmp_path
+):
     """safetensors reports a full disk only in words ("os error 28"): still a DiskFull, final/ gone."""
     from transformers import PreTrainedModel
 
@@ -273,9 +288,14 @@ def test_a_full_disk_while_saving_the_final_model_removes_it_and_names_the_check
     assert failed.rc == 1, failed.err
     message = failed.err.strip().splitlines()[-1]
     print(message)
-    assert message.startswith(f"error: no space left on the device for the final model {work / 'final'}: it needs about ")
+    assert message.startswith(
+        f"error: no space left on the device for the final model {work / 'final'}: it needs about "
+    )
     # the stage saves its last step's checkpoint before final/ (checkpoint.keep_final keeps it)
-    assert f"the newest complete checkpoint, {work / 'checkpoints' / 'step-0000040'}, is intact: free some space, then continue with --resume" in message
+    assert (
+        f"the newest complete checkpoint, {work / 'checkpoints' / 'step-0000040'}, is intact: free some space, then continue with --resume"
+        in message
+    )
     assert not (tmp_path / work / "final").exists()
     assert not (tmp_path / work.with_name("pretrain")).exists()
 
@@ -289,7 +309,10 @@ def test_a_full_disk_while_packing_leaves_no_partial_cache(ws, textgen, monkeypa
     message = failed.err.strip().splitlines()[-1]
     print(message)
     assert message.startswith(f"error: no space left on the device for the packed-blocks cache {cache / 'blocks'}")
-    assert "the partial file was removed and nothing was cached: free some space (or set TEXTGEN_CACHE_DIR to a disk with room), then run again" in message
+    assert (
+        "the partial file was removed and nothing was cached: free some space (or set TEXTGEN_CACHE_DIR to a disk with room), then run again"
+        in message
+    )
     assert sorted(p.name for p in (cache / "blocks").iterdir()) == []
     assert not (tmp_path / "runs" / "pack").exists()  # packing comes before the run directory
 
@@ -326,8 +349,12 @@ def test_the_preflight_check_refuses_a_run_the_disk_has_no_room_for(how, textgen
         work = root / "runs" / "big" / "pretrain.partial"
         assert message.startswith(f"error: not enough free space for {work}: the run will write about ")
         assert "(3 checkpoints of " in message and " at once, and final/ of " in message
-        assert re.search(r"\) and (1020\.0 KB|1\.0 MB) are free on /", message)  # the 1 MB filesystem, less its own directories
-        assert message.endswith("; free some space, lower checkpoint.keep_last, or set run.root to a disk with more room")
+        assert re.search(
+            r"\) and (1020\.0 KB|1\.0 MB) are free on /", message
+        )  # the 1 MB filesystem, less its own directories
+        assert message.endswith(
+            "; free some space, lower checkpoint.keep_last, or set run.root to a disk with more room"
+        )
         assert sorted(p.name for p in (root / "runs" / "big").iterdir()) == []  # no .partial, no lock
 
 
@@ -404,10 +431,15 @@ def test_an_unwritable_run_root_is_refused_with_exit_2(how, textgen, monkeypatch
         message = refused.err.strip().splitlines()[-1]
         print(message)
         reason = "Permission denied" if how == "permissions" else "Read-only file system"
-        assert message == f"error: cannot write in '{root / 'runs' / 'ro'}' ({reason}): make it writable, or set run.root to a writable directory"
+        assert (
+            message
+            == f"error: cannot write in '{root / 'runs' / 'ro'}' ({reason}): make it writable, or set run.root to a writable directory"
+        )
         assert "Traceback" not in refused.err and "step 1" not in refused.err  # no training started
         assert not (root / "runs").exists()
-        assert not cache.exists() or not any(cache.rglob("*")), sorted(cache.rglob("*"))  # no tokenizer, no packed blocks
+        assert not cache.exists() or not any(cache.rglob("*")), sorted(
+            cache.rglob("*")
+        )  # no tokenizer, no packed blocks
 
 
 # ---------------------------------------------------------------------------------- resuming with the same or changed settings
@@ -471,8 +503,12 @@ def _flip_an_optimizer_byte(checkpoint_dir: Path) -> str:
     return "optimizer.pt does not match the checksum written when it was saved"
 
 
-@pytest.mark.parametrize("damage", [_truncate_weights, _flip_an_optimizer_byte], ids=["truncated weights", "flipped optimizer byte"])
-def test_a_damaged_newest_checkpoint_is_skipped_and_resume_is_bit_identical(damage, reference, textgen, monkeypatch, tmp_path):
+@pytest.mark.parametrize(
+    "damage", [_truncate_weights, _flip_an_optimizer_byte], ids=["truncated weights", "flipped optimizer byte"]
+)
+def test_a_damaged_newest_checkpoint_is_skipped_and_resume_is_bit_identical(
+    damage, reference, textgen, monkeypatch, tmp_path
+):
     """Killed right after the step-30 checkpoint, which is then damaged; a save cut short left a
     .tmp-* folder and a temporary copy behind. --resume warns about step-30 by name, removes the
     leftovers, continues from step 20 and ends exactly like the uninterrupted run."""
@@ -505,8 +541,14 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_resume_is_bit_identical(dama
     assert resumed.rc == 0, resumed.err
     warning = next(line for line in resumed.err.splitlines() if line.startswith("warning: checkpoint"))
     print(warning)
-    assert warning == f"warning: checkpoint {newest} is damaged ({problem}); it was moved to damaged-step-0000030 and the run falls back to the newest intact checkpoint"
-    assert "removed what an interrupted write left behind: checkpoints/.tmp-step-0000040, .metrics.jsonl.tmp" in resumed.err
+    assert (
+        warning
+        == f"warning: checkpoint {newest} is damaged ({problem}); it was moved to damaged-step-0000030 and the run falls back to the newest intact checkpoint"
+    )
+    assert (
+        "removed what an interrupted write left behind: checkpoints/.tmp-step-0000040, .metrics.jsonl.tmp"
+        in resumed.err
+    )
     assert f"resuming from {work / 'checkpoints' / 'step-0000020'}" in resumed.err
     assert_same_training(reference, tmp_path / "runs" / "dmg" / "pretrain", min_lines=(8, 3))
 
@@ -534,5 +576,12 @@ def test_a_checkpoint_with_no_intact_file_is_never_resumed_from(tmp_path):
         "(rng.pt is missing); it was moved to damaged-step-0000002 and the run falls back to the newest intact checkpoint",
     ]
     (folder / "step-0000001" / "manifest.json").unlink()
-    assert checkpoint.newest_valid(tmp_path, warnings.append) == folder / "step-0000001"  # no manifest: complete is enough
-    assert sorted(p.name for p in folder.iterdir()) == ["damaged-step-0000002", "damaged-step-0000003", "latest", "step-0000001"]
+    assert (
+        checkpoint.newest_valid(tmp_path, warnings.append) == folder / "step-0000001"
+    )  # no manifest: complete is enough
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "damaged-step-0000002",
+        "damaged-step-0000003",
+        "latest",
+        "step-0000001",
+    ]

@@ -45,7 +45,9 @@ def _tiny_model(family: str, tokenizer):
     from textgen_cli.models import FAMILIES as BUILDERS
 
     torch.manual_seed(0)
-    model = BUILDERS[family].build(ModelSection(family=family, layers=1, hidden=32, heads=2, ffn=64, context=CONTEXT, dropout=0.0), tokenizer)
+    model = BUILDERS[family].build(
+        ModelSection(family=family, layers=1, hidden=32, heads=2, ffn=64, context=CONTEXT, dropout=0.0), tokenizer
+    )
     with torch.no_grad():
         for param in model.parameters():
             if param.dim() >= 2:
@@ -91,7 +93,9 @@ def _argmax_loop(model, prompt_ids: list[int], max_new_tokens: int, eos: int, st
     with torch.no_grad():
         for _ in range(max_new_tokens):
             if model.config.is_encoder_decoder:
-                logits = model(input_ids=torch.tensor([prompt_ids]), decoder_input_ids=torch.tensor([[start, *new]])).logits
+                logits = model(
+                    input_ids=torch.tensor([prompt_ids]), decoder_input_ids=torch.tensor([[start, *new]])
+                ).logits
             else:
                 logits = model(input_ids=torch.tensor([prompt_ids + new])).logits
             token = int(logits[0, -1].argmax())
@@ -110,11 +114,20 @@ def test_chat_prompt_is_byte_for_byte_the_finetuning_template(tokenizer, tmp_pat
 
     system = "Rewrite the King James verse in modern English."
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"model: {{family: chatgpt}}\nstages: []\nprompt: {{system: {json.dumps(system)}}}\n", encoding="utf-8")
+    recipe.write_text(
+        f"model: {{family: chatgpt}}\nstages: []\nprompt: {{system: {json.dumps(system)}}}\n", encoding="utf-8"
+    )
     loaded = load_recipe(str(recipe))
-    source, target = "And God said, Let there be light: and there was light.", "God said, “Let there be light,” and there was light."
+    source, target = (
+        "And God said, Let there be light: and there was light.",
+        "God said, “Let there be light,” and there was light.",
+    )
     [(train_ids, labels)] = chatgpt_examples(
-        [Dialogue("0", [{"role": "user", "content": source}, {"role": "assistant", "content": target}])], tokenizer, loaded, 512, TruncationCount()
+        [Dialogue("0", [{"role": "user", "content": source}, {"role": "assistant", "content": target}])],
+        tokenizer,
+        loaded,
+        512,
+        TruncationCount(),
     ).sequences
 
     prompt = build_prompt(tokenizer, source, "chatgpt", "chat", budget=512, system=loaded.recipe.prompt.system).ids
@@ -142,8 +155,14 @@ def test_sora_source_is_what_finetuning_encodes(tokenizer, tmp_path, task):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"model: {{family: sora}}\nstages: []\ndata: {{finetune: {{task: {task}}}}}\n", encoding="utf-8")
     loaded = load_recipe(str(recipe))
-    turns = [{"role": "user", "content": "Hello there."}, {"role": "assistant", "content": "Hi."}, {"role": "user", "content": "How are you?"}]
-    examples = sora_examples([Dialogue("0", [*turns, {"role": "assistant", "content": "Well."}])], tokenizer, loaded, 512, TruncationCount())
+    turns = [
+        {"role": "user", "content": "Hello there."},
+        {"role": "assistant", "content": "Hi."},
+        {"role": "user", "content": "How are you?"},
+    ]
+    examples = sora_examples(
+        [Dialogue("0", [*turns, {"role": "assistant", "content": "Well."}])], tokenizer, loaded, 512, TruncationCount()
+    )
     trained_source = examples.pairs[-1][0]
     fmt = prompt_format("sora", task)
     assert fmt == ("text" if task == "pairs" else "chat")
@@ -151,7 +170,11 @@ def test_sora_source_is_what_finetuning_encodes(tokenizer, tmp_path, task):
     assert build_prompt(tokenizer, item, "sora", fmt, budget=512).ids == trained_source
     # against references built without textgen's encoders: the tokenizer's own chat template, plain tokenizing
     if task == "pairs":
-        expected = [tokenizer.bos_token_id, *tokenizer("How are you?", add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+        expected = [
+            tokenizer.bos_token_id,
+            *tokenizer("How are you?", add_special_tokens=False)["input_ids"],
+            tokenizer.eos_token_id,
+        ]
         text = "<s>How are you?</s>"
     else:
         expected = [*tokenizer.apply_chat_template(turns)["input_ids"], tokenizer.eos_token_id]
@@ -175,7 +198,9 @@ def test_prompt_formats_follow_the_training_stage():
 def test_greedy_equals_a_hand_written_argmax_loop(tiny, tokenizer, family):
     _, model = tiny[family]
     fmt = "chat" if family == "chatgpt" else "text"
-    results = generate_batch(model, tokenizer, PROMPTS, GREEDY, family, batch_size=len(PROMPTS), system="Be brief.", fmt=fmt)
+    results = generate_batch(
+        model, tokenizer, PROMPTS, GREEDY, family, batch_size=len(PROMPTS), system="Be brief.", fmt=fmt
+    )
     reasons = set()
     for prompt, result in zip(PROMPTS, results):
         ids = build_prompt(tokenizer, prompt, family, fmt, prompt_budget(model, GREEDY), system="Be brief.").ids
@@ -191,7 +216,14 @@ def test_greedy_equals_a_hand_written_argmax_loop(tiny, tokenizer, family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_batched_equals_one_by_one(tiny, tokenizer, family):
     _, model = tiny[family]
-    inputs = [*PROMPTS, [{"role": "user", "content": "Where is the whale?"}, {"role": "assistant", "content": "At sea."}, {"role": "user", "content": "Which sea?"}]]
+    inputs = [
+        *PROMPTS,
+        [
+            {"role": "user", "content": "Where is the whale?"},
+            {"role": "assistant", "content": "At sea."},
+            {"role": "user", "content": "Which sea?"},
+        ],
+    ]
     fmt = "chat"  # dialogues and plain prompts, of very different lengths, in one batch
     one_by_one = [generate_batch(model, tokenizer, [item], GREEDY, family, fmt=fmt)[0] for item in inputs]
     lengths = {r.prompt_tokens for r in one_by_one}
@@ -209,7 +241,10 @@ def test_same_seed_same_sample(tiny, tokenizer, family):
     sampling = dataclasses.replace(GREEDY, do_sample=True, temperature=1.5, top_k=0, top_p=0.95, seed=11)
     first = [r.output_ids for r in generate_batch(model, tokenizer, PROMPTS, sampling, family, batch_size=4)]
     again = [r.output_ids for r in generate_batch(model, tokenizer, PROMPTS, sampling, family, batch_size=4)]
-    other = [r.output_ids for r in generate_batch(model, tokenizer, PROMPTS, dataclasses.replace(sampling, seed=12), family, batch_size=4)]
+    other = [
+        r.output_ids
+        for r in generate_batch(model, tokenizer, PROMPTS, dataclasses.replace(sampling, seed=12), family, batch_size=4)
+    ]
     greedy = [r.output_ids for r in generate_batch(model, tokenizer, PROMPTS, GREEDY, family, batch_size=4)]
     assert first == again
     assert first != other
@@ -230,7 +265,9 @@ def test_stop_strings_end_the_output_before_them(tiny, tokenizer, family):
     assert cut.new_tokens < full.new_tokens
     # streaming never shows the stop string either
     chunks: list[str] = []
-    streamed = generate_stream(model, tokenizer, build_prompt(tokenizer, prompt, family, "text", 40), settings, chunks.append)
+    streamed = generate_stream(
+        model, tokenizer, build_prompt(tokenizer, prompt, family, "text", 40), settings, chunks.append
+    )
     assert "".join(chunks) == streamed.output == expected
 
 
@@ -244,7 +281,11 @@ def test_streaming_shows_the_same_text_token_by_token(tiny, tokenizer, family):
     [batched] = generate_batch(model, tokenizer, [PROMPTS[0]], GREEDY, family, fmt="text")
     assert "".join(chunks) == result.output == batched.output
     assert len(chunks) > 3  # it really streamed
-    assert stats.new_tokens == result.new_tokens and stats.first_token_s is not None and stats.first_token_s <= stats.seconds
+    assert (
+        stats.new_tokens == result.new_tokens
+        and stats.first_token_s is not None
+        and stats.first_token_s <= stats.seconds
+    )
     assert "tokens/s" in stats.line() and "time to first token" in stats.line()
 
 
@@ -287,7 +328,10 @@ def test_long_prompts_are_truncated_to_fit_or_refused(tiny, tokenizer):
 def test_long_dialogues_lose_their_oldest_turns_first(tokenizer):
     turns = []
     for i in range(8):
-        turns += [{"role": "user", "content": f"Question number {i} about the whale?"}, {"role": "assistant", "content": f"Answer {i}: it is white."}]
+        turns += [
+            {"role": "user", "content": f"Question number {i} about the whale?"},
+            {"role": "assistant", "content": f"Answer {i}: it is white."},
+        ]
     turns.append({"role": "user", "content": "And the last one?"})
     prompt = build_prompt(tokenizer, turns, "chatgpt", "chat", budget=60, system="Be brief.")
     text = tokenizer.decode(prompt.ids)
@@ -331,7 +375,9 @@ def test_bad_prompts_are_user_errors(tokenizer, item, message):
 )
 def test_bad_settings_are_user_errors(tmp_path, key, value, message):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"model: {{family: chatgpt}}\nstages: []\ngenerate: {{{key}: {json.dumps(value)}}}\n", encoding="utf-8")
+    recipe.write_text(
+        f"model: {{family: chatgpt}}\nstages: []\ngenerate: {{{key}: {json.dumps(value)}}}\n", encoding="utf-8"
+    )
     with pytest.raises(UserError, match=f"r.yaml: key 'generate.{key}': expected .*{message}"):
         load_recipe(str(recipe))
 
@@ -343,12 +389,18 @@ def test_read_inputs_formats_and_errors(tmp_path):
         encoding="utf-8",
     )
     records = read_inputs(str(jsonl))
-    assert [r.item for r in records] == ["one", "two", [{"role": "user", "content": "three"}], "four", [{"role": "user", "content": "five"}]]
+    assert [r.item for r in records] == [
+        "one",
+        "two",
+        [{"role": "user", "content": "three"}],
+        "four",
+        [{"role": "user", "content": "five"}],
+    ]
     assert records[0].id == "a" and records[1].where == f"{jsonl}:3"
     text = tmp_path / "in.txt"
     text.write_text("first\n\n{not json}\n", encoding="utf-8")
     assert [r.item for r in read_inputs(str(text))] == ["first", "{not json}"]
-    mixed = io.StringIO("plain words\n{\"prompt\": \"json\"}\n")
+    mixed = io.StringIO('plain words\n{"prompt": "json"}\n')
     assert [r.item for r in read_inputs("-", mixed)] == ["plain words", "json"]
     for content, message in [
         ('{"prompt": ""}\n', r"in\.jsonl:1: empty prompt"),
@@ -385,7 +437,8 @@ def workdir(tiny, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("generate-runs")
     _fake_run(root, tiny["chatgpt"][0], "tiny", "pretrain", "Pretrain system.")
     (root / "tiny.yaml").write_text(
-        f"model: {{family: chatgpt, context: {CONTEXT}}}\nstages: []\nprompt: {{system: Be brief.}}\ngenerate: {{max_new_tokens: 16}}\n", encoding="utf-8"
+        f"model: {{family: chatgpt, context: {CONTEXT}}}\nstages: []\nprompt: {{system: Be brief.}}\ngenerate: {{max_new_tokens: 16}}\n",
+        encoding="utf-8",
     )
     (root / "untrained.yaml").write_text("model: {family: sora}\nstages: []\n", encoding="utf-8")
     return root
@@ -399,7 +452,9 @@ def test_recipe_model_is_the_latest_trained_one(workdir, tiny, monkeypatch):
     try:
         generator = load_generator("tiny.yaml", None, overrides=["generate.seed=5"])
         assert generator.stage == "finetune" and generator.fmt == "chat"
-        assert generator.system == "Be brief." and generator.settings.seed == 5 and generator.settings.max_new_tokens == 16
+        assert (
+            generator.system == "Be brief." and generator.settings.seed == 5 and generator.settings.max_new_tokens == 16
+        )
         assert load_generator("tiny.yaml", None, stage="pretrain").stage == "pretrain"
         # --model alone: the settings and system prompt of the run that trained it
         beside = load_generator(None, str(workdir / "runs" / "tiny" / "finetune" / "final"))
@@ -423,8 +478,15 @@ def _generator(tiny, tokenizer, family: str, **settings) -> Generator:
     path, model = tiny[family]
     section = dataclasses.replace(GenerateSection(), **{"max_new_tokens": 12, **settings})
     return Generator(
-        model=model, tokenizer=tokenizer, family=family, fmt="chat", task="dialogue", system="Be brief." if family == "chatgpt" else "",
-        settings=section, path=path, stage="finetune",
+        model=model,
+        tokenizer=tokenizer,
+        family=family,
+        fmt="chat",
+        task="dialogue",
+        system="Be brief." if family == "chatgpt" else "",
+        settings=section,
+        path=path,
+        stage="finetune",
     )
 
 
@@ -440,12 +502,20 @@ def test_chat_session_keeps_history_and_commands(tiny, tokenizer, tmp_path, fami
     conversation = json.loads(saved.read_text(encoding="utf-8"))["messages"]
     system = [{"role": "system", "content": "Be brief."}] if family == "chatgpt" else []
     assert [(m["role"], m["content"]) for m in conversation[len(system) :]] == [
-        ("user", "hello"), ("assistant", replies[0]), ("user", "the whale"), ("assistant", replies[1])
+        ("user", "hello"),
+        ("assistant", replies[0]),
+        ("user", "the whale"),
+        ("assistant", replies[1]),
     ]
     # the second reply was generated from the whole history, exactly as a batch dialogue would be
     [expected] = generate_batch(
-        generator.model, tokenizer, [[*conversation[len(system) :-1]]], dataclasses.replace(generator.settings, seed=generator.settings.seed + 1),
-        family, fmt="chat", system=generator.system,
+        generator.model,
+        tokenizer,
+        [[*conversation[len(system) : -1]]],
+        dataclasses.replace(generator.settings, seed=generator.settings.seed + 1),
+        family,
+        fmt="chat",
+        system=generator.system,
     )
     assert replies[1] == expected.output
     assert "conversation cleared" in err.getvalue() and "unknown command '/nope'" in err.getvalue()
@@ -455,7 +525,12 @@ def test_chat_session_keeps_history_and_commands(tiny, tokenizer, tmp_path, fami
 def test_chat_session_trims_the_oldest_turns_and_says_so(tiny, tokenizer):
     generator = _generator(tiny, tokenizer, "chatgpt", max_new_tokens=30)  # 34 tokens left for the prompt
     session = ChatSession(generator, io.StringIO(), io.StringIO())
-    for text in ["Call me Ishmael.", "Some years ago, never mind how long precisely", "having little or no money in my purse", "and the last"]:
+    for text in [
+        "Call me Ishmael.",
+        "Some years ago, never mind how long precisely",
+        "having little or no money in my purse",
+        "and the last",
+    ]:
         session.handle(text)
     assert len(session.history) == 8  # the whole history is kept (and /save writes it all)
     assert "oldest turns are left out" in session.err.getvalue()
@@ -472,15 +547,27 @@ DIALOGUE = [{"role": "user", "content": "Where is the whale?"}]
 ERRORS = {
     "empty-prompt": (["--prompt", ""], "", "--prompt: empty prompt"),
     "unknown-key": (["--prompt", "hi", "generate.temprature=0.7"], "", "did you mean 'generate.temperature'"),
-    "bad-value": (["--prompt", "hi", "generate.temperature=0"], "", "command line override: key 'generate.temperature'"),
+    "bad-value": (
+        ["--prompt", "hi", "generate.temperature=0"],
+        "",
+        "command line override: key 'generate.temperature'",
+    ),
     "bad-type": (["--prompt", "hi", "generate.top_k=lots"], "", "generate.top_k"),
     "two-modes": (["--prompt", "hi", "--chat"], "", "cannot be combined"),
     "stage-and-model": (["--prompt", "hi", "--stage", "pretrain"], "", "cannot be combined with --model"),
     "empty-stdin": ([], "", "stdin: no prompts found"),
     "bad-stdin": ([], "{broken\n", "stdin:1: not valid JSON"),
-    "dialogue-ends-with-reply": ([], json.dumps([*DIALOGUE, {"role": "assistant", "content": "x"}]) + "\n", "stdin:1: the dialogue ends with a 'assistant' turn"),
+    "dialogue-ends-with-reply": (
+        [],
+        json.dumps([*DIALOGUE, {"role": "assistant", "content": "x"}]) + "\n",
+        "stdin:1: the dialogue ends with a 'assistant' turn",
+    ),
     "missing-input": (["--input", "missing.jsonl"], "", "input file 'missing.jsonl' does not exist"),
-    "bad-output-dir": (["--input", "x.jsonl", "--output", "no/such/dir/out.jsonl"], "", "the folder 'no/such/dir' does not exist"),
+    "bad-output-dir": (
+        ["--input", "x.jsonl", "--output", "no/such/dir/out.jsonl"],
+        "",
+        "the folder 'no/such/dir' does not exist",
+    ),
     "output-without-batch": (["--prompt", "hi", "--output", "o.jsonl"], "", "--output is for batch mode"),
 }
 NO_MODEL_ERRORS = {
@@ -497,22 +584,50 @@ def cli(tiny, tokenizer, tmp_path_factory) -> dict[str, object]:
 
     root = tmp_path_factory.mktemp("generate-cli")
     _fake_run(root, tiny["chatgpt"][0], "tiny", "pretrain", "Pretrain system.")
-    (root / "tiny.yaml").write_text(f"model: {{family: chatgpt, context: {CONTEXT}}}\nstages: []\ngenerate: {{max_new_tokens: 16}}\n", encoding="utf-8")
+    (root / "tiny.yaml").write_text(
+        f"model: {{family: chatgpt, context: {CONTEXT}}}\nstages: []\ngenerate: {{max_new_tokens: 16}}\n",
+        encoding="utf-8",
+    )
     (root / "untrained.yaml").write_text("model: {family: sora}\nstages: []\n", encoding="utf-8")
     prompts = root / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in enumerate(PROMPTS)) + json.dumps({"id": "d", "messages": DIALOGUE}) + "\n", encoding="utf-8")
+    prompts.write_text(
+        "".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in enumerate(PROMPTS))
+        + json.dumps({"id": "d", "messages": DIALOGUE})
+        + "\n",
+        encoding="utf-8",
+    )
     chatgpt, sora = str(tiny["chatgpt"][0]), str(tiny["sora"][0])
     specs = {
         "single": (["-r", "tiny.yaml", "--prompt", PROMPTS[2]], ""),
         "json": (["--model", sora, "--prompt", PROMPTS[0], "--json", *SAMPLING], ""),
-        "stdin": (["--model", chatgpt, "generate.max_new_tokens=5"], "first prompt\n\nsecond one\n" + json.dumps(DIALOGUE) + "\n"),
-        "chat": (["--model", chatgpt, "--chat", "generate.max_new_tokens=6"], f"hello\n/reset\nhi again\n/save {root / 'chat.jsonl'}\n"),
-        "batch": (["--model", chatgpt, "--input", str(prompts), "--output", str(root / "out.jsonl"), "generate.max_new_tokens=24", "generate.batch_size=3"], ""),
+        "stdin": (
+            ["--model", chatgpt, "generate.max_new_tokens=5"],
+            "first prompt\n\nsecond one\n" + json.dumps(DIALOGUE) + "\n",
+        ),
+        "chat": (
+            ["--model", chatgpt, "--chat", "generate.max_new_tokens=6"],
+            f"hello\n/reset\nhi again\n/save {root / 'chat.jsonl'}\n",
+        ),
+        "batch": (
+            [
+                "--model",
+                chatgpt,
+                "--input",
+                str(prompts),
+                "--output",
+                str(root / "out.jsonl"),
+                "generate.max_new_tokens=24",
+                "generate.batch_size=3",
+            ],
+            "",
+        ),
         **{name: (["--model", chatgpt, *args], stdin) for name, (args, stdin, _) in ERRORS.items()},
         **{name: (args, "") for name, (args, _) in NO_MODEL_ERRORS.items()},
     }
     with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {name: pool.submit(textgen, ["generate", *args], root, stdin=stdin) for name, (args, stdin) in specs.items()}
+        futures = {
+            name: pool.submit(textgen, ["generate", *args], root, stdin=stdin) for name, (args, stdin) in specs.items()
+        }
         futures["root"] = root  # type: ignore[assignment]
         yield futures
 
@@ -520,7 +635,9 @@ def cli(tiny, tokenizer, tmp_path_factory) -> dict[str, object]:
 def test_cli_single_prompt_streams_the_greedy_reply(cli, tiny, tokenizer):
     result = ok(cli["single"].result())
     settings = dataclasses.replace(GREEDY, max_new_tokens=16)
-    [expected] = generate_batch(tiny["chatgpt"][1], tokenizer, [PROMPTS[2]], settings, "chatgpt", fmt="text")  # a pretrain model continues text
+    [expected] = generate_batch(
+        tiny["chatgpt"][1], tokenizer, [PROMPTS[2]], settings, "chatgpt", fmt="text"
+    )  # a pretrain model continues text
     assert result.stdout == expected.output + "\n"
     assert "tokens/s" in result.stderr and "time to first token" in result.stderr
 

@@ -20,7 +20,9 @@ def folders(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("hubdata")
     # pairs with their own column names, saved as a DatasetDict (save_to_disk)
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(PAIRS[:9]), "validation": datasets.Dataset.from_list(PAIRS[9:])}).save_to_disk(str(root / "verses"))
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(PAIRS[:9]), "validation": datasets.Dataset.from_list(PAIRS[9:])}
+    ).save_to_disk(str(root / "verses"))
     # prose in a column called `body`, as a folder of parquet files named by split
     (root / "prose").mkdir()
     lines = [line.strip() for line in moby_lines(300) if line.strip()]
@@ -46,19 +48,38 @@ def test_a_save_to_disk_folder_maps_columns_and_splits(folders):
     from textgen_cli.data import read_finetune_examples
     from textgen_cli.recipe import load_recipe
 
-    recipe = hub_recipe(folders, finetune={"task": "pairs", "train": "hf:./verses", "validation": "hf:./verses", "test": "hf:./verses:train[:3]", "source_field": "kjv", "target_field": "modern"})
+    recipe = hub_recipe(
+        folders,
+        finetune={
+            "task": "pairs",
+            "train": "hf:./verses",
+            "validation": "hf:./verses",
+            "test": "hf:./verses:train[:3]",
+            "source_field": "kjv",
+            "target_field": "modern",
+        },
+    )
     loaded = load_recipe(str(recipe))
     section = loaded.recipe.data.finetune
     # the recipe keeps the name, made explicit: the folder resolved against the recipe, the split named
-    assert section.train == f"hf:{folders / 'verses'}:train" and section.validation == f"hf:{folders / 'verses'}:validation"
+    assert (
+        section.train == f"hf:{folders / 'verses'}:train"
+        and section.validation == f"hf:{folders / 'verses'}:validation"
+    )
     train = read_finetune_examples(section, "train", None)
-    assert [d.messages for d in train[:1]] == [[{"role": "user", "content": PAIRS[0]["kjv"]}, {"role": "assistant", "content": PAIRS[0]["modern"]}]]
+    assert [d.messages for d in train[:1]] == [
+        [{"role": "user", "content": PAIRS[0]["kjv"]}, {"role": "assistant", "content": PAIRS[0]["modern"]}]
+    ]
     assert len(train) == 9 and len(read_finetune_examples(section, "validation", None)) == 3
     assert len(read_finetune_examples(section, "test", None)) == 3  # datasets' split slicing
 
 
 def test_pretrain_reads_a_folder_of_parquet_files_through_the_cli(folders):
-    recipe = hub_recipe(folders, pretrain={"train": "hf:./prose", "validation": "hf:./prose", "text_field": "body"}, finetune={"train": "hf:./verses", "source_field": "kjv", "target_field": "modern"})
+    recipe = hub_recipe(
+        folders,
+        pretrain={"train": "hf:./prose", "validation": "hf:./prose", "text_field": "body"},
+        finetune={"train": "hf:./verses", "source_field": "kjv", "target_field": "modern"},
+    )
     result = textgen(["pretrain", "--recipe", str(recipe), "--json"], cwd=folders)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
@@ -71,7 +92,10 @@ def test_a_missing_column_names_the_dataset_and_the_key(folders):
     from textgen_cli.recipe import load_recipe
 
     section = load_recipe(str(hub_recipe(folders, finetune={"train": "hf:./verses"}))).recipe.data.finetune
-    with pytest.raises(UserError, match=rf"^hf:{folders / 'verses'}:train: records have no field 'source' \(set by data.finetune.source_field\); fields found: kjv, modern$"):
+    with pytest.raises(
+        UserError,
+        match=rf"^hf:{folders / 'verses'}:train: records have no field 'source' \(set by data.finetune.source_field\); fields found: kjv, modern$",
+    ):
         read_finetune_examples(section, "train", None)
 
 
@@ -81,7 +105,9 @@ def test_an_unknown_split_is_named(folders):
     from textgen_cli.recipe import load_recipe
 
     section = load_recipe(str(hub_recipe(folders, finetune={"train": "hf:./verses:dev"}))).recipe.data.finetune
-    with pytest.raises(UserError, match=rf"^dataset '{folders / 'verses'}' has no split 'dev'; splits found: train, validation$"):
+    with pytest.raises(
+        UserError, match=rf"^dataset '{folders / 'verses'}' has no split 'dev'; splits found: train, validation$"
+    ):
         read_finetune_examples(section, "train", None)
 
 

@@ -36,10 +36,26 @@ def reverse_recipe(family: str) -> dict:
     return recipe(
         family,
         stages=["finetune"],
-        model={"init_from": "scratch", "layers": 2, "hidden": 64, "heads": 4, "ffn": 256, "context": 32, "dropout": 0.0},
+        model={
+            "init_from": "scratch",
+            "layers": 2,
+            "hidden": 64,
+            "heads": 4,
+            "ffn": 256,
+            "context": 32,
+            "dropout": 0.0,
+        },
         tokenizer={"vocab_size": 300},
         data={"finetune": {"task": "pairs", "train": "train.jsonl", "validation": "validation.jsonl"}},
-        train={"seed": 7, "device": "cpu", "batch_size": 32, "lr": 1.0e-3, "warmup_steps": 20, "log_every": 50, "eval_every": 100},
+        train={
+            "seed": 7,
+            "device": "cpu",
+            "batch_size": 32,
+            "lr": 1.0e-3,
+            "warmup_steps": 20,
+            "log_every": 50,
+            "eval_every": 100,
+        },
         finetune={"steps": STEPS},
         eval={"after_finetune": False},
         generate={"max_new_tokens": 16},
@@ -67,10 +83,9 @@ def validation_losses(folder: Path, family: str) -> tuple[float, float]:
     from textgen_cli.data import Dialogue, read_finetune_examples
     from textgen_cli.finetune import chatgpt_examples, sora_examples
     from textgen_cli.models import load_checkpoint
-    from textgen_cli.objectives import TruncationCount
+    from textgen_cli.objectives import TruncationCount, summed_nll
     from textgen_cli.recipe import load_recipe
     from textgen_cli.tokenizer import load_tokenizer
-    from textgen_cli.objectives import summed_nll
 
     loaded = load_recipe(str(folder / f"{family}.yaml"), [f"run.root={folder / 'runs'}"])
     final = loaded.run_dir("finetune") / "final"
@@ -78,7 +93,10 @@ def validation_losses(folder: Path, family: str) -> tuple[float, float]:
     model = load_checkpoint(final, family, len(tokenizer))
     dialogues = read_finetune_examples(loaded.recipe.data.finetune, "validation", None)
     rotated = [
-        Dialogue(d.id, [{"role": "user", "content": dialogues[(i + 1) % len(dialogues)].messages[0]["content"]}, d.messages[1]])
+        Dialogue(
+            d.id,
+            [{"role": "user", "content": dialogues[(i + 1) % len(dialogues)].messages[0]["content"]}, d.messages[1]],
+        )
         for i, d in enumerate(dialogues)
     ]
     build = sora_examples if family == "sora" else chatgpt_examples

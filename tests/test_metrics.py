@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import os
 import socket
-import textwrap
 
 # textgen never talks to a hub; evaluate reads these when it is first imported.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,6 +22,7 @@ from textgen_cli.errors import UserError
 from textgen_cli.metrics import (
     METRIC_NAMES,
     LikelihoodTotals,
+    _core,
     bits_per_byte,
     compute_metrics,
     load_metric,
@@ -31,7 +31,6 @@ from textgen_cli.metrics import (
     resolve_metric_path,
     utf8_bytes,
 )
-from textgen_cli.metrics import _core
 
 # Curly quotes, non-ASCII letters, an empty prediction, an empty-ish line, a repeated sentence.
 PREDICTIONS = [
@@ -107,7 +106,14 @@ def test_names_are_normalized():
 
 @pytest.mark.parametrize(
     "name, suggestion",
-    [("blue", "bleu"), ("rogue", "rouge"), ("chrff", "chrf"), ("selfbleu", "self_bleu"), ("distinct2", "distinct"), ("exactmatch", "exact_match")],
+    [
+        ("blue", "bleu"),
+        ("rogue", "rouge"),
+        ("chrff", "chrf"),
+        ("selfbleu", "self_bleu"),
+        ("distinct2", "distinct"),
+        ("exactmatch", "exact_match"),
+    ],
 )
 def test_unknown_metric_suggests_closest(name, suggestion):
     with pytest.raises(UserError) as err:
@@ -340,7 +346,9 @@ def test_registry_lists_every_shipped_module_and_the_rows_it_computes(modules):
     shipped = {d.name for d in here.iterdir() if (d / f"{d.name}.py").is_file()}
     assert shipped == set(METRIC_NAMES)
     rows, signatures = metric_rows(compute_metrics(list(METRIC_NAMES), PREDICTIONS, REFERENCES))
-    assert list(rows) == [row.name for row in sorted((r for r in ROWS if r.module), key=lambda r: METRIC_NAMES.index(r.module))]
+    assert list(rows) == [
+        row.name for row in sorted((r for r in ROWS if r.module), key=lambda r: METRIC_NAMES.index(r.module))
+    ]
     assert set(signatures) == {row for row in rows if not row.startswith("exact_match")}
     assert rows["bleu"] == pytest.approx(sacrebleu.corpus_bleu(PREDICTIONS, [REFERENCES]).score)
     assert set(INTERVAL_ROWS) <= set(BOOTSTRAP_METRICS) and set(INTERVAL_ROWS) <= set(rows)
@@ -380,8 +388,11 @@ def test_bootstrap_contains_point_and_is_seeded(metric):
     assert r == paired_bootstrap(metric, a, None, refs, n_resamples=1000, seed=7)
     other = paired_bootstrap(metric, a, None, refs, n_resamples=1000, seed=8)
     assert (other["low"], other["high"]) != (r["low"], r["high"])
-    point = {"bleu": lambda: _core.bleu(a, refs)["score"], "chrf": lambda: _core.chrf(a, refs)["score"],
-             "rougeL": lambda: _core.rouge(a, refs, ["rougeL"])["rougeL"]}[metric]()
+    point = {
+        "bleu": lambda: _core.bleu(a, refs)["score"],
+        "chrf": lambda: _core.chrf(a, refs)["score"],
+        "rougeL": lambda: _core.rouge(a, refs, ["rougeL"])["rougeL"],
+    }[metric]()
     assert r["score"] == pytest.approx(point, abs=1e-9)
 
 
@@ -513,7 +524,10 @@ def student_t_two_sided_by_integration(t: float, df: float, steps: int = 200_000
     const = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
     a, b = abs(t), abs(t) + 2000.0
     h = (b - a) / steps
-    f = lambda x: const * (1 + x * x / df) ** (-(df + 1) / 2)
+
+    def f(x: float) -> float:
+        return const * (1 + x * x / df) ** (-(df + 1) / 2)
+
     total = f(a) + f(b) + sum((4 if i % 2 else 2) * f(a + i * h) for i in range(1, steps))
     return 2 * total * h / 3
 
@@ -553,23 +567,52 @@ def test_verdict_flags_each_failure_and_passes_a_good_model():
 
     thresholds = {"min_input_gap": 0.1, "min_distinct_outputs": 0.5, "max_repetition_excess": 0.2}
     good = {
-        "baselines": [{"label": "copy source", "versus": {"bleu": {"diff": 3.0, "low": 1.0, "high": 5.0}, "chrf": {"diff": 2.0, "low": 0.5, "high": 3.5}}}],
+        "baselines": [
+            {
+                "label": "copy source",
+                "versus": {
+                    "bleu": {"diff": 3.0, "low": 1.0, "high": 5.0},
+                    "chrf": {"diff": 2.0, "low": 0.5, "high": 3.5},
+                },
+            }
+        ],
         "input_use": {"examples": 64, "bits_per_byte_true": 1.2, "bits_per_byte_shuffled": 1.9, "gap": 0.7},
-        "degeneration": {"distinct_outputs_share": 0.97, "repeated_4gram_rate": 0.01, "reference_repeated_4gram_rate": 0.0},
+        "degeneration": {
+            "distinct_outputs_share": 0.97,
+            "repeated_4gram_rate": 0.01,
+            "reference_repeated_4gram_rate": 0.0,
+        },
     }
     verdict = judge(good, thresholds)
     assert verdict["ok"] and verdict["flags"] == []
     assert verdict_lines("m", verdict)[0].startswith("m: OK (above copy source on BLEU and chrF; uses its input")
     broken = {
-        "baselines": [{"label": "copy source", "versus": {"bleu": {"diff": -36.0, "low": -38.0, "high": -34.0}, "chrf": {"diff": -1.0, "low": -3.0, "high": 1.0}}}],
+        "baselines": [
+            {
+                "label": "copy source",
+                "versus": {
+                    "bleu": {"diff": -36.0, "low": -38.0, "high": -34.0},
+                    "chrf": {"diff": -1.0, "low": -3.0, "high": 1.0},
+                },
+            }
+        ],
         "input_use": {"examples": 64, "bits_per_byte_true": 1.794, "bits_per_byte_shuffled": 1.794, "gap": 0.0},
-        "degeneration": {"distinct_outputs_share": 1 / 300, "repeated_4gram_rate": 0.6, "reference_repeated_4gram_rate": 0.01},
+        "degeneration": {
+            "distinct_outputs_share": 1 / 300,
+            "repeated_4gram_rate": 0.6,
+            "reference_repeated_4gram_rate": 0.01,
+        },
     }
     verdict = judge(broken, thresholds)
     assert not verdict["ok"]
     text = "\n".join(verdict_lines("m", verdict))
     assert "m: FLAGGED" in text
-    assert "below the copy source baseline: BLEU -36.00 [-38.00, -34.00]; chrF -1.00 [-3.00, +1.00], within noise" in text
-    assert "ignores its input: reference bits per byte 1.794 with its own sources, 1.794 with shuffled ones (gap 0.000, 64 examples)" in text
+    assert (
+        "below the copy source baseline: BLEU -36.00 [-38.00, -34.00]; chrF -1.00 [-3.00, +1.00], within noise" in text
+    )
+    assert (
+        "ignores its input: reference bits per byte 1.794 with its own sources, 1.794 with shuffled ones (gap 0.000, 64 examples)"
+        in text
+    )
     assert "degenerate: distinct outputs for only 0% of distinct sources" in text
     assert "degenerate: repeats itself (60% of 4-grams" in text

@@ -27,7 +27,9 @@ def test_pretrain_and_finetune_cards(workspace):
     assert meta["tags"] == ["textgen", "sora", "bart", "pretrain"]
     assert "base_model" not in meta and "datasets" not in meta  # from scratch, local files
     summary = json.loads((run.stage_dir("pretrain") / "summary.json").read_text())
-    assert f"- {summary['parameters']:,} parameters: 1 layer (encoder and decoder each), hidden size 32" in pretrain.text
+    assert (
+        f"- {summary['parameters']:,} parameters: 1 layer (encoder and decoder each), hidden size 32" in pretrain.text
+    )
     assert "- started from: random weights (trained from scratch)" in pretrain.text
     assert "- train: `" in pretrain.text and "pretrain-train.txt`" in pretrain.text
     # the recipe block is the resolved recipe.yaml, whole
@@ -68,7 +70,10 @@ def test_a_checkpoint_from_the_hf_cache_is_named_as_base_model():
     cached = "/home/u/.cache/huggingface/hub/models--openai-community--gpt2/snapshots/607a30d783dfa663caf39e06633721c8d4cfcd7e"
     assert hub_model_id(cached) == "openai-community/gpt2"
     assert hub_model_id("/work/runs/sora/pretrain/final") is None
-    recipe = {"model": {"family": "chatgpt", "init_from": cached}, "data": {"finetune": {"train": "hf:acme/verses", "validation": "hf:/tmp/local-dir"}}}
+    recipe = {
+        "model": {"family": "chatgpt", "init_from": cached},
+        "data": {"finetune": {"train": "hf:acme/verses", "validation": "hf:/tmp/local-dir"}},
+    }
     meta = metadata(recipe, "finetune", None)
     assert meta["base_model"] == "openai-community/gpt2"
     assert meta["datasets"] == ["acme/verses"]  # a local dataset folder is no hub name

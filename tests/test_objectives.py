@@ -42,7 +42,9 @@ def test_infilling_span_count_is_consistent_with_poisson_lengths():
     n, ratio = 1000, 0.3
     means = {}
     for lam in (1.0, 3.0, 6.0):
-        means[lam] = np.mean([n_runs(infilling_mask(n, ratio, lam, np.random.default_rng(seed))) for seed in range(100)])
+        means[lam] = np.mean(
+            [n_runs(infilling_mask(n, ratio, lam, np.random.default_rng(seed))) for seed in range(100)]
+        )
     # 300 masked tokens in spans of mean max(1, Poisson(3)) ~ 3.05 tokens: about 98 spans before adjacent
     # spans merge, ~75-80 after. A loose bound catches a wrong distribution (e.g. all length-1 or one big span).
     assert 55 <= means[3.0] <= 100, means

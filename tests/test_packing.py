@@ -24,7 +24,14 @@ from textgen_cli.packing import TextSource, file_digest, packed_blocks
 
 BLOCK = 32
 # Special tokens inside the text, a blank record, non-ASCII text, long and one-character records.
-ODD = ["an eos </s> and a <s> in the text", "<|user|> hello <|end|>", "   ", "café, naïve — “quoted” 🐋", "x", "word " * 300]
+ODD = [
+    "an eos </s> and a <s> in the text",
+    "<|user|> hello <|end|>",
+    "   ",
+    "café, naïve — “quoted” 🐋",
+    "x",
+    "word " * 300,
+]
 
 
 @pytest.fixture(autouse=True)
@@ -161,7 +168,6 @@ def test_interrupt_and_worker_failure_leave_nothing_behind(tmp_path, monkeypatch
     no_leftovers(tmp_path)
 
 
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the pool is used on Linux only")
 def test_a_worker_killed_by_the_oom_killer_is_a_clear_error(tmp_path, monkeypatch, tokenizer, small_batches, capsys):
     """The OOM killer SIGKILLs a worker: no raw BrokenProcessPool, but an error naming the file and
@@ -189,14 +195,22 @@ def test_a_worker_killed_by_the_oom_killer_is_a_clear_error(tmp_path, monkeypatc
         packed_blocks(source(path), tokenizer, BLOCK)
     assert calls and len(killed) == 1
     message = str(died.value)
-    assert message.startswith(f"{path}: a tokenizer worker process was killed") and "out-of-memory killer" in message and "ran out of memory" in message
+    assert (
+        message.startswith(f"{path}: a tokenizer worker process was killed")
+        and "out-of-memory killer" in message
+        and "ran out of memory" in message
+    )
     no_leftovers(tmp_path)
 
     with pytest.raises(typer.Exit) as exited:
         guarded(False, lambda: packed_blocks(source(path), tokenizer, BLOCK))
     assert exited.value.exit_code == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {path}: a tokenizer worker process was killed") and "Traceback" not in err and "BrokenProcessPool" not in err
+    assert (
+        err.startswith(f"error: {path}: a tokenizer worker process was killed")
+        and "Traceback" not in err
+        and "BrokenProcessPool" not in err
+    )
 
 
 @pytest.mark.parametrize(
@@ -204,7 +218,10 @@ def test_a_worker_killed_by_the_oom_killer_is_a_clear_error(tmp_path, monkeypatc
     [
         ({"cpu.max": "max 100000\n"}, None),
         ({"cpu.max": "150000 100000\n"}, 1.5),
-        ({"cpu.max": "200000 100000\n", "cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),  # v2 wins
+        (
+            {"cpu.max": "200000 100000\n", "cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"},
+            2.0,
+        ),  # v2 wins
         ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
         ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0.5),
         ({"cpu,cpuacct/cpu.cfs_quota_us": "300000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 3.0),
@@ -219,7 +236,9 @@ def test_cgroup_cpu_quota_is_read_from_v2_or_v1_files(tmp_path, files, quota):
     assert packing.cgroup_cpu_quota(tmp_path) == quota
 
 
-@pytest.mark.parametrize("cpu_max, cores", [("150000 100000", 2), ("50000 100000", 1), ("1600000 100000", 8), ("max 100000", 8)])
+@pytest.mark.parametrize(
+    "cpu_max, cores", [("150000 100000", 2), ("50000 100000", 1), ("1600000 100000", 8), ("max 100000", 8)]
+)
 def test_usable_cores_honours_the_cgroup_quota(tmp_path, monkeypatch, cpu_max, cores):
     """8 cores in the affinity mask: a quota of 1.5 cores gives 2 workers, half a core 1, 16 cores 8."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
@@ -261,8 +280,14 @@ def start_slow_packer(tmp_path, tokenizer) -> subprocess.Popen:
     path, _ = corpus(tmp_path, lines=2000)
     tokenizer.save_pretrained(tmp_path / "tokenizer")
     env = {**os.environ, "TEXTGEN_CACHE_DIR": str(tmp_path / "cache")}
-    return subprocess.Popen([sys.executable, "-c", CTRL_C_CHILD, str(REPO), str(path), str(tmp_path / "tokenizer")], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", CTRL_C_CHILD, str(REPO), str(path), str(tmp_path / "tokenizer")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the pool is used on Linux only")

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import OMIT, REPO, SHIPPED, cli_env, moby_lines, textgen, write_recipe
 from foreign_checkpoints import ARCHITECTURES, CHAT_TEMPLATE, SPECIALS, save_checkpoint
-
+from harness import OMIT, REPO, SHIPPED, cli_env, moby_lines, textgen, write_recipe
 from textgen_cli.errors import UserError
 
 STEPS = 4
@@ -30,9 +29,25 @@ def finetune_sections(steps: int) -> dict:
     """A short finetuning on the verse pairs of the space, evaluated on 4 test examples."""
     return {
         "stages": ["finetune"],
-        "data": {"finetune": {"task": "pairs", "train": "data/train.jsonl", "validation": "data/val.jsonl", "test": "data/test.jsonl"}},
+        "data": {
+            "finetune": {
+                "task": "pairs",
+                "train": "data/train.jsonl",
+                "validation": "data/val.jsonl",
+                "test": "data/test.jsonl",
+            }
+        },
         "prompt": {"system": "Modern English."},
-        "train": {"seed": 7, "device": "cpu", "batch_size": 4, "lr": 3.0e-3, "warmup_steps": 1, "log_every": 2, "eval_every": 4, "eval_batches": 1},
+        "train": {
+            "seed": 7,
+            "device": "cpu",
+            "batch_size": 4,
+            "lr": 3.0e-3,
+            "warmup_steps": 1,
+            "log_every": 2,
+            "eval_every": 4,
+            "eval_batches": 1,
+        },
         "finetune": {"steps": steps},
         "eval": {"bootstrap": 20, "max_examples": 4},
         "generate": {"max_new_tokens": 4},
@@ -61,7 +76,9 @@ def space(tmp_path_factory) -> Space:
     for name, chosen in (("train", rows[:40]), ("val", rows[40:48]), ("test", rows[48:52])):
         (root / "data" / f"{name}.jsonl").write_text("".join(chosen), encoding="utf-8")
     for family in ("chatgpt", "sora"):
-        write_recipe(root / f"{family}.yaml", family, model=FROM_A_CHECKPOINT, tokenizer=OMIT, **finetune_sections(STEPS))
+        write_recipe(
+            root / f"{family}.yaml", family, model=FROM_A_CHECKPOINT, tokenizer=OMIT, **finetune_sections(STEPS)
+        )
     return Space(root, checkpoints)
 
 
@@ -82,7 +99,15 @@ def finetuned(space: Space, name: str, *overrides: str) -> dict:
     key = "|".join((name, *overrides))
     if key not in _RUNS:
         run_name = name + "".join(f"-{abs(hash(o)) % 10_000}" for o in overrides)
-        loaded = load_recipe(str(space.recipe(family_of(name))), [f"model.init_from={space.checkpoints[name]}", f"run.root={space.root / 'runs'}", f"run.name={run_name}", *overrides])
+        loaded = load_recipe(
+            str(space.recipe(family_of(name))),
+            [
+                f"model.init_from={space.checkpoints[name]}",
+                f"run.root={space.root / 'runs'}",
+                f"run.name={run_name}",
+                *overrides,
+            ],
+        )
         summary = run_finetune(loaded)
         report = run_evaluate(loaded, summary.final_dir, None, "test", [])
         _RUNS[key] = {"summary": summary, "eval": report, "loaded": loaded}
@@ -144,8 +169,19 @@ def test_the_readme_comparison_of_two_pretrained_models_runs_offline(space, tmp_
 
     commands = readme_commands()
     assert len(commands) == 3 and "openai-community/gpt2" in commands[0] and "facebook/bart-base" in commands[1]
-    local = {"openai-community/gpt2": str(space.checkpoints["gpt2"]), "facebook/bart-base": str(space.checkpoints["bart"])}
-    tiny = ["finetune.steps=2", "data.max_examples=40", "train.batch_size=4", "train.eval_batches=1", "eval.max_examples=4", "eval.bootstrap=20", "generate.max_new_tokens=4"]
+    local = {
+        "openai-community/gpt2": str(space.checkpoints["gpt2"]),
+        "facebook/bart-base": str(space.checkpoints["bart"]),
+    }
+    tiny = [
+        "finetune.steps=2",
+        "data.max_examples=40",
+        "train.batch_size=4",
+        "train.eval_batches=1",
+        "eval.max_examples=4",
+        "eval.bootstrap=20",
+        "generate.max_new_tokens=4",
+    ]
     for command in commands:
         args = shlex.split(command)[1:]
         args = [next((arg.replace(hub, path) for hub, path in local.items() if hub in arg), arg) for arg in args]
@@ -196,7 +232,9 @@ def test_context_comes_from_the_config_field_else_model_context(space):
     from textgen_cli.models import context_of, load_pretrained
 
     assert context_of(load_pretrained(space.checkpoints["gpt2"], "chatgpt").model.config) == 128  # n_positions
-    assert context_of(load_pretrained(space.checkpoints["llama"], "chatgpt").model.config) == 128  # max_position_embeddings
+    assert (
+        context_of(load_pretrained(space.checkpoints["llama"], "chatgpt").model.config) == 128
+    )  # max_position_embeddings
     t5 = load_pretrained(space.checkpoints["t5"], "sora", context=48).model
     assert context_of(t5.config) == 48  # T5 has no such field: model.context
 
@@ -214,15 +252,32 @@ def test_own_chat_template_is_used_byte_for_byte(space):
     assert tokenizer.chat_template == CHAT_TEMPLATE  # kept through finetuning
     source, target = "And God said, Let there be light.", "God said, Let there be light."
     messages = [{"role": "system", "content": "Modern English."}, {"role": "user", "content": source}]
-    expected = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+    expected = list(
+        tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
+    )
     assert generator.prompt(source).ids == expected
     assert build_prompt(tokenizer, source, "chatgpt", "chat", 512, system="Modern English.").ids == expected
-    assert tokenizer.decode(expected) == "<|im_start|>system\nModern English.<|im_end|>\n<|im_start|>user\n" + source + "<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        tokenizer.decode(expected)
+        == "<|im_start|>system\nModern English.<|im_end|>\n<|im_start|>user\n"
+        + source
+        + "<|im_end|>\n<|im_start|>assistant\n"
+    )
     # finetuning: the prompt, then the reply; the labels are the reply and its end-of-turn markup
     [(ids, labels)] = DECODER_ONLY.finetune_examples(
-        [Dialogue("0", [{"role": "user", "content": source}, {"role": "assistant", "content": target}])], tokenizer, run["loaded"], 512, TruncationCount()
+        [Dialogue("0", [{"role": "user", "content": source}, {"role": "assistant", "content": target}])],
+        tokenizer,
+        run["loaded"],
+        512,
+        TruncationCount(),
     ).sequences
-    full = list(tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": target}], tokenize=True, return_dict=True)["input_ids"])
+    full = list(
+        tokenizer.apply_chat_template(
+            [*messages, {"role": "assistant", "content": target}], tokenize=True, return_dict=True
+        )["input_ids"]
+    )
     assert ids == full and ids[: len(expected)] == expected
     assert all(label == IGNORE_INDEX for label in labels[: len(expected)])
     assert tokenizer.decode(labels[len(expected) :]) == target + "<|im_end|>\n"
@@ -250,7 +305,9 @@ def test_t5_pretraining_uses_its_sentinels(space):
     sentinels = sentinel_ids(start.tokenizer)
     assert len(sentinels) == 10
     blocks = np.arange(100, 140, dtype=np.int64).reshape(1, 40)
-    data = SentinelInfilling(blocks, 0.3, 3.0, 7, bos_id=-5, eos_id=1, pad_id=0, mask_id=-1, start_id=0, sentinels=tuple(sentinels))
+    data = SentinelInfilling(
+        blocks, 0.3, 3.0, 7, bos_id=-5, eos_id=1, pad_id=0, mask_id=-1, start_id=0, sentinels=tuple(sentinels)
+    )
     source, target = data.example(0, 0)
     assert source[-1] == target[-1] == 1 and target[0] == sentinels[0]
     # putting each span back after its sentinel rebuilds the block
@@ -280,7 +337,9 @@ def test_continued_pretraining_of_a_t5_checkpoint(space, tmp_path):
     from textgen_cli.pretrain import run_pretrain
     from textgen_cli.recipe import load_recipe
 
-    summary = run_pretrain(load_recipe(str(recipe), [f"model.init_from={space.checkpoints['t5']}", f"run.root={tmp_path / 'runs'}"]))
+    summary = run_pretrain(
+        load_recipe(str(recipe), [f"model.init_from={space.checkpoints['t5']}", f"run.root={tmp_path / 'runs'}"])
+    )
     assert summary.notes["block_size"] == 30 and math.isfinite(summary.final_val_loss)
     assert summary.init_from == str(space.checkpoints["t5"])
 
@@ -288,7 +347,16 @@ def test_continued_pretraining_of_a_t5_checkpoint(space, tmp_path):
 # ------------------------------------------------------------------ layouts from scratch
 
 
-@pytest.mark.parametrize("arch,family,model_type", [("t5", "sora", "t5"), ("llama", "chatgpt", "llama"), ("qwen2", "chatgpt", "qwen2"), ("auto", "sora", "bart"), ("auto", "chatgpt", "gpt2")])
+@pytest.mark.parametrize(
+    "arch,family,model_type",
+    [
+        ("t5", "sora", "t5"),
+        ("llama", "chatgpt", "llama"),
+        ("qwen2", "chatgpt", "qwen2"),
+        ("auto", "sora", "bart"),
+        ("auto", "chatgpt", "gpt2"),
+    ],
+)
 def test_model_arch_builds_the_layout_with_the_recipe_sizes(tokenizer, arch, family, model_type):
     from textgen_cli.models import FAMILIES, context_of
     from textgen_cli.schema import ModelSection
@@ -319,7 +387,10 @@ def test_default_layouts_are_todays_builders(tokenizer):
 
 
 def test_an_arch_of_the_other_family_exits_2(space):
-    result = textgen(["finetune", "--recipe", str(space.recipe("chatgpt")), "model.init_from=scratch", "model.arch=t5"], cwd=space.root)
+    result = textgen(
+        ["finetune", "--recipe", str(space.recipe("chatgpt")), "model.init_from=scratch", "model.arch=t5"],
+        cwd=space.root,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "key 'model.arch': `t5` builds a `sora` model, but model.family is `chatgpt`" in result.stderr
 
@@ -328,7 +399,9 @@ def test_a_finetune_only_recipe_from_scratch_runs_end_to_end(space):
     """`stages: [finetune]` with `model.init_from: scratch`: random weights, a tokenizer trained on
     the finetune training split (no pretraining text), then the evaluation."""
     recipe = space.root / "scratch.yaml"
-    write_recipe(recipe, "chatgpt", model={"init_from": "scratch"}, **finetune_sections(3))  # the tiny model and tokenizer
+    write_recipe(
+        recipe, "chatgpt", model={"init_from": "scratch"}, **finetune_sections(3)
+    )  # the tiny model and tokenizer
     result = textgen(["finetune", "--recipe", str(recipe), "--json"], cwd=space.root)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
@@ -347,7 +420,9 @@ def test_a_hub_id_not_in_the_cache_offline_exits_2_with_the_fetch_command(space,
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: model 'openai-community/gpt2' is not a local directory and not in the Hugging Face cache")
+    assert line.startswith(
+        "error: model 'openai-community/gpt2' is not a local directory and not in the Hugging Face cache"
+    )
     assert "HF_HUB_OFFLINE=1" in line and "`hf download openai-community/gpt2`" in line
     assert not (space.root / "runs" / "chatgpt").exists()
 
@@ -366,7 +441,11 @@ def test_recipe_keeps_hub_ids_and_scratch_and_resolves_folders(tmp_path):
 
     (tmp_path / "models" / "mine").mkdir(parents=True)
     recipe = tmp_path / "r.yaml"
-    for value, expected in (("openai-community/gpt2", "openai-community/gpt2"), ("scratch", "scratch"), ("models/mine", str((tmp_path / "models" / "mine").resolve()))):
+    for value, expected in (
+        ("openai-community/gpt2", "openai-community/gpt2"),
+        ("scratch", "scratch"),
+        ("models/mine", str((tmp_path / "models" / "mine").resolve())),
+    ):
         recipe.write_text(f"model: {{family: chatgpt, init_from: {value}}}\nstages: []\n", encoding="utf-8")
         assert load_recipe(str(recipe)).recipe.model.init_from == expected
 
@@ -392,7 +471,11 @@ def test_lora_trains_only_the_adapters_and_merges_into_a_plain_model(space, tmp_
         model(input_ids=ids, labels=ids).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    changed = {name for name, p in model.named_parameters() if name.replace(".base_layer", "") in before and not torch.equal(p, before[name.replace(".base_layer", "")])}
+    changed = {
+        name
+        for name, p in model.named_parameters()
+        if name.replace(".base_layer", "") in before and not torch.equal(p, before[name.replace(".base_layer", "")])
+    }
     adapters = {name for name, p in model.named_parameters() if "lora_" in name}
     assert changed == set() and adapters and all(p.requires_grad for n, p in model.named_parameters() if n in adapters)
     assert any(not torch.all(p == 0) for n, p in model.named_parameters() if "lora_B" in n)  # B starts at 0: it moved
@@ -410,7 +493,9 @@ def test_lora_trains_only_the_adapters_and_merges_into_a_plain_model(space, tmp_
 def test_lora_finetune_and_adv_train_save_merged_models(space):
     import transformers
 
-    run = finetuned(space, "gpt2", "model.lora.rank=4", "model.lora.keep_adapter=true", "train.gradient_checkpointing=true")
+    run = finetuned(
+        space, "gpt2", "model.lora.rank=4", "model.lora.keep_adapter=true", "train.gradient_checkpointing=true"
+    )
     summary = run["summary"]
     lora = summary.notes["lora"]
     assert lora["target_modules"] == ["c_attn", "c_proj", "c_fc"] and 0 < lora["trainable_share"] < 0.5
@@ -423,10 +508,22 @@ def test_lora_finetune_and_adv_train_save_merged_models(space):
     from textgen_cli.adv_train import run_adv_train
     from textgen_cli.recipe import load_recipe
 
-    loaded = load_recipe(str(space.recipe("chatgpt")), [f"model.init_from={final}", f"run.root={space.root / 'runs'}", "run.name=lora-adv", "model.lora.rank=2", "adv_train.steps=2", "adv_train.method=fgm"])
+    loaded = load_recipe(
+        str(space.recipe("chatgpt")),
+        [
+            f"model.init_from={final}",
+            f"run.root={space.root / 'runs'}",
+            "run.name=lora-adv",
+            "model.lora.rank=2",
+            "adv_train.steps=2",
+            "adv_train.method=fgm",
+        ],
+    )
     adv = run_adv_train(loaded)
     assert adv.notes["lora"]["rank"] == 2 and math.isfinite(adv.final_val_loss)
-    assert not any("lora" in name for name in transformers.AutoModelForCausalLM.from_pretrained(adv.final_dir).state_dict())
+    assert not any(
+        "lora" in name for name in transformers.AutoModelForCausalLM.from_pretrained(adv.final_dir).state_dict()
+    )
 
 
 def test_gradient_checkpointing_gives_the_same_run(space):
@@ -447,7 +544,9 @@ def test_no_family_tests_outside_the_models_package():
     """Everything that differs between the roles is asked of the role object (models/roles.py)."""
     import re
 
-    pattern = re.compile(r"""family\s*[!=]=|[!=]=\s*["'](sora|chatgpt)["']|["'](sora|chatgpt)["']\s*[!=]=|is_encoder_decoder""")
+    pattern = re.compile(
+        r"""family\s*[!=]=|[!=]=\s*["'](sora|chatgpt)["']|["'](sora|chatgpt)["']\s*[!=]=|is_encoder_decoder"""
+    )
     found = [
         f"{path.relative_to(REPO)}:{number}: {line.strip()}"
         for path in sorted((REPO / "textgen_cli").rglob("*.py"))

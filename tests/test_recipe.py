@@ -10,7 +10,15 @@ import yaml
 
 from harness import REPO, textgen
 from textgen_cli.errors import UserError
-from textgen_cli.recipe import all_keys, find_recipe, load_recipe, load_recipe_values, schema_markdown, shipped_recipes, shipped_recipes_dir
+from textgen_cli.recipe import (
+    all_keys,
+    find_recipe,
+    load_recipe,
+    load_recipe_values,
+    schema_markdown,
+    shipped_recipes,
+    shipped_recipes_dir,
+)
 from textgen_cli.schema import CHOICES, PATH_KEYS
 
 FAMILIES = CHOICES["model.family"]
@@ -95,7 +103,12 @@ def test_print_recipe_applies_overrides(tmp_path):
 
 @pytest.mark.parametrize(
     "override, key",
-    [("model.layrs=3", "model.layers"), ("trian.lr=1e-3", "did you mean 'train'"), ("model.layers=x", "model.layers"), ("train.lr=-1", "train.lr")],
+    [
+        ("model.layrs=3", "model.layers"),
+        ("trian.lr=1e-3", "did you mean 'train'"),
+        ("model.layers=x", "model.layers"),
+        ("train.lr=-1", "train.lr"),
+    ],
 )
 def test_bad_override_is_blamed_on_the_command_line(override, key):
     with pytest.raises(UserError) as info:
@@ -149,8 +162,14 @@ BAD_RECIPES = {
     "heads-not-dividing-hidden": ("model:\n  family: sora\n  hidden: 30\n  heads: 4\n" + DATA, ["model.heads", "30"]),
     "context-too-short": ("model:\n  family: chatgpt\n  context: 4\n" + DATA, ["model.context", "8"]),
     "unknown-family": ("model:\n  family: gpt\n" + DATA, ["model.family", "sora", "chatgpt", "'gpt'"]),
-    "interpolation-missing-key": ("model:\n  family: sora\n  hidden: ${model.hiden}\n" + DATA, ["model.hidden", "model.hiden"]),
-    "typo-nested": ("model:\n  family: sora\ndata:\n  pretrain: {train: p.txt, validaton: v.txt}\n  finetune: {train: f.jsonl}\n", ["data.pretrain.validaton", "did you mean 'data.pretrain.validation'"]),
+    "interpolation-missing-key": (
+        "model:\n  family: sora\n  hidden: ${model.hiden}\n" + DATA,
+        ["model.hidden", "model.hiden"],
+    ),
+    "typo-nested": (
+        "model:\n  family: sora\ndata:\n  pretrain: {train: p.txt, validaton: v.txt}\n  finetune: {train: f.jsonl}\n",
+        ["data.pretrain.validaton", "did you mean 'data.pretrain.validation'"],
+    ),
     "typo-top-level": ("model:\n  family: sora\ntrian:\n  lr: 0.1\n" + DATA, ["trian", "did you mean 'train'"]),
 }
 
@@ -173,7 +192,9 @@ def test_bad_recipe_exits_2_naming_file_and_key(tmp_path, name):
 def test_small_contexts_validate_with_default_settings(tmp_path, context):
     """Only context < 8 is an error; no other key's default may make a small context invalid."""
     recipe = tmp_path / "small.yaml"
-    recipe.write_text(f"model:\n  family: chatgpt\n  layers: 1\n  hidden: 32\n  heads: 2\n  ffn: 64\n  context: {context}\n" + DATA)
+    recipe.write_text(
+        f"model:\n  family: chatgpt\n  layers: 1\n  hidden: 32\n  heads: 2\n  ffn: 64\n  context: {context}\n" + DATA
+    )
     assert load_recipe(str(recipe)).recipe.model.context == context
     assert load_recipe("sora", [f"model.context={context}"]).recipe.model.context == context
 
@@ -247,7 +268,9 @@ def test_relative_data_paths_resolve_against_the_recipe_file(tmp_path, monkeypat
     folder = tmp_path / "somewhere" / "recipes"
     folder.mkdir(parents=True)
     recipe = folder / "mine.yaml"
-    recipe.write_text("model:\n  family: sora\ndata:\n  pretrain: {train: data/p.txt, validation: ../v.txt}\n  finetune: {train: f.jsonl}\ntokenizer: {path: tok}\n")
+    recipe.write_text(
+        "model:\n  family: sora\ndata:\n  pretrain: {train: data/p.txt, validation: ../v.txt}\n  finetune: {train: f.jsonl}\ntokenizer: {path: tok}\n"
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -272,7 +295,12 @@ def test_relative_recipe_path_from_the_cwd(tmp_path, monkeypatch):
 
 def test_values_in_hand_load_like_the_same_file(tmp_path):
     """load_recipe_values (no file read) gives what load_recipe gives for a file of those values."""
-    values = {"model": {"family": "chatgpt"}, "stages": [], "data": {"finetune": {"test": "t.jsonl"}}, "generate": {"top_p": 0.5}}
+    values = {
+        "model": {"family": "chatgpt"},
+        "stages": [],
+        "data": {"finetune": {"test": "t.jsonl"}},
+        "generate": {"top_p": 0.5},
+    }
     file = tmp_path.resolve() / "r.yaml"  # load_recipe resolves the path it finds
     file.write_text(yaml.safe_dump(values), encoding="utf-8")
     overrides = ["generate.seed=3"]
@@ -323,7 +351,8 @@ def test_stage_hash_is_unchanged_by_the_stage_table():
     name = "sora.yaml"
     path = shipped_recipes_dir() / name
     base, finetune_changed, train_changed = (
-        load_recipe(str(path), overrides) for overrides in ([], ["finetune.lr=1e-4", "adv_train.epsilon=0.5"], ["train.lr=1.234e-3", "prompt.system=x"])
+        load_recipe(str(path), overrides)
+        for overrides in ([], ["finetune.lr=1e-4", "adv_train.epsilon=0.5"], ["train.lr=1.234e-3", "prompt.system=x"])
     )
     hashes = []
     for loaded in (base, finetune_changed, train_changed):
@@ -347,7 +376,11 @@ def test_stage_table_entries_name_real_sections_data_and_runners():
 
     assert SCHEMA_STAGES == STAGES == ("pretrain", "finetune", "adv-train")
     assert EVALUATED_STAGES == ("finetune", "adv-train")
-    assert [lineage(s) for s in STAGES] == [["pretrain"], ["pretrain", "finetune"], ["pretrain", "finetune", "adv-train"]]
+    assert [lineage(s) for s in STAGES] == [
+        ["pretrain"],
+        ["pretrain", "finetune"],
+        ["pretrain", "finetune", "adv-train"],
+    ]
     assert section_of("adv-train") == "adv_train"
     values = load_recipe(str(shipped_recipes()[0])).to_dict()
     recipe = Recipe()
@@ -361,5 +394,9 @@ def test_stage_table_entries_name_real_sections_data_and_runners():
             for key in dotted.split("."):
                 node = node[key]  # KeyError: a hash key the recipe does not have
         module, function = stage.runner.split(":")
-        source = Path(importlib.util.find_spec(module).origin).read_text(encoding="utf-8")  # not imported: no torch here
-        assert function in {node.name for node in ast.parse(source).body if isinstance(node, ast.FunctionDef)}, stage.runner
+        source = Path(importlib.util.find_spec(module).origin).read_text(
+            encoding="utf-8"
+        )  # not imported: no torch here
+        assert function in {node.name for node in ast.parse(source).body if isinstance(node, ast.FunctionDef)}, (
+            stage.runner
+        )

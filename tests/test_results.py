@@ -28,7 +28,9 @@ def test_a_summary_reads_back_as_written_with_the_stage_notes_last(tmp_path):
     path = tmp_path / "summary.json"
     path.write_text(json.dumps(summary_values(), indent=2), encoding="utf-8")
     summary = RunSummary.read(path)
-    assert summary.init_from == "runs/r/pretrain/final" and summary.task == "chat" and summary.notes["lora"] == {"rank": 2}
+    assert (
+        summary.init_from == "runs/r/pretrain/final" and summary.task == "chat" and summary.notes["lora"] == {"rank": 2}
+    )
     assert summary.flops == 123456789 and summary.final_train_loss is None and math.isnan(summary.final_val_loss)
     written = summary.to_dict()
     assert list(written) == list(summary_values())  # the same keys in the same order
@@ -47,7 +49,10 @@ def test_a_summary_without_the_keys_older_files_lack_still_reads(tmp_path):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda v: v.pop("final_val_loss"), r"summary\.json: key 'final_val_loss' is missing \(expected float\); was it written by textgen\?"),
+        (
+            lambda v: v.pop("final_val_loss"),
+            r"summary\.json: key 'final_val_loss' is missing \(expected float\); was it written by textgen\?",
+        ),
         (lambda v: v.update(tokens="many"), r"summary\.json: key 'tokens' is \"many\", expected int"),
         (lambda v: v.update(resumed=1), r"summary\.json: key 'resumed' is 1, expected bool"),
     ],

@@ -6,10 +6,24 @@ import pytest
 
 from textgen_cli.objectives import IGNORE_INDEX, ChatEncoder
 from textgen_cli.schema import TokenizerSection
-from textgen_cli.tokenizer import BOS, END_OF_TURN, EOS, MASK, PAD, ROLE_TOKENS, SPECIAL_TOKENS, UNK, get_tokenizer, load_tokenizer
+from textgen_cli.tokenizer import (
+    BOS,
+    END_OF_TURN,
+    EOS,
+    MASK,
+    PAD,
+    ROLE_TOKENS,
+    SPECIAL_TOKENS,
+    UNK,
+    get_tokenizer,
+    load_tokenizer,
+)
 
 CONVERSATIONS = [
-    [{"role": "user", "content": "And God said, Let there be light."}, {"role": "assistant", "content": "God said, \"Let there be light.\""}],
+    [
+        {"role": "user", "content": "And God said, Let there be light."},
+        {"role": "assistant", "content": 'God said, "Let there be light."'},
+    ],
     [
         {"role": "system", "content": "Rewrite the King James verse in modern English."},
         {"role": "user", "content": "Call me Ishmael."},
@@ -19,8 +33,15 @@ CONVERSATIONS = [
         {"role": "user", "content": "three turns"},
         {"role": "assistant", "content": "  two leading spaces and trailing  "},
     ],
-    [{"role": "system", "content": "s"}, {"role": "user", "content": ""}, {"role": "assistant", "content": "empty user turn"}],
-    [{"role": "user", "content": "a literal <|end|> and </s> in the text"}, {"role": "assistant", "content": "<mask> <pad> too"}],
+    [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": ""},
+        {"role": "assistant", "content": "empty user turn"},
+    ],
+    [
+        {"role": "user", "content": "a literal <|end|> and </s> in the text"},
+        {"role": "assistant", "content": "<mask> <pad> too"},
+    ],
     [{"role": "user", "content": "only a user turn"}],
 ]
 
@@ -31,8 +52,14 @@ def test_special_tokens_are_distinct(tokenizer):
     assert tokenizer.unk_token_id not in (None,) and tokenizer.pad_token_id is not None
     assert tokenizer.pad_token == PAD and tokenizer.eos_token == EOS and tokenizer.bos_token == BOS
     assert tokenizer.unk_token == UNK and tokenizer.mask_token == MASK
-    others = {tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.unk_token_id, tokenizer.mask_token_id,
-              *(tokenizer.convert_tokens_to_ids(t) for t in ROLE_TOKENS.values()), tokenizer.convert_tokens_to_ids(END_OF_TURN)}
+    others = {
+        tokenizer.eos_token_id,
+        tokenizer.bos_token_id,
+        tokenizer.unk_token_id,
+        tokenizer.mask_token_id,
+        *(tokenizer.convert_tokens_to_ids(t) for t in ROLE_TOKENS.values()),
+        tokenizer.convert_tokens_to_ids(END_OF_TURN),
+    }
     assert tokenizer.pad_token_id not in others
     assert len(tokenizer) == 400
 
@@ -142,10 +169,16 @@ def test_assistant_only_labels(tokenizer, index):
     ids, labels = ChatEncoder(tokenizer).encode(messages)
     assert labels == _expected_labels(tokenizer, ids)
     # bos, role tokens and <|end|> are never labels; every eos closes an assistant turn and is a label
-    specials = {tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids(END_OF_TURN), *(tokenizer.convert_tokens_to_ids(t) for t in ROLE_TOKENS.values())}
+    specials = {
+        tokenizer.bos_token_id,
+        tokenizer.convert_tokens_to_ids(END_OF_TURN),
+        *(tokenizer.convert_tokens_to_ids(t) for t in ROLE_TOKENS.values()),
+    }
     assert all(label == IGNORE_INDEX for token, label in zip(ids, labels) if token in specials)
     n_assistant = sum(m["role"] == "assistant" for m in messages)
-    eos_positions = [i for i, token in enumerate(ids) if token == tokenizer.eos_token_id and labels[i] == tokenizer.eos_token_id]
+    eos_positions = [
+        i for i, token in enumerate(ids) if token == tokenizer.eos_token_id and labels[i] == tokenizer.eos_token_id
+    ]
     assert len(eos_positions) == n_assistant
     # the labelled tokens are exactly the assistant contents, each followed by eos
     expected = []

@@ -22,7 +22,15 @@ def recipe(tmp_path, monkeypatch):
         stages=["pretrain"],
         model={"context": 32},
         data={"pretrain": {"train": "train.txt", "validation": "val.txt"}},
-        train={"batch_size": 8, "log_every": 5, "eval_every": 10, "eval_batches": 2, "lr": 0.002, "tensorboard": True, "report_to": ["wandb", "mlflow"]},
+        train={
+            "batch_size": 8,
+            "log_every": 5,
+            "eval_every": 10,
+            "eval_batches": 2,
+            "lr": 0.002,
+            "tensorboard": True,
+            "report_to": ["wandb", "mlflow"],
+        },
         pretrain={"steps": 20},
     )
     monkeypatch.chdir(tmp_path)
@@ -84,9 +92,18 @@ def test_every_tracker_holds_the_hyperparameters_and_the_metrics_series(recipe, 
     # W&B offline: the run file beside the stage's directory
     (run_file,) = glob.glob(str(run.parent / "wandb" / "offline-run-*" / "run-*.wandb"))
     records = wandb_records(run_file)
-    config = {item.key: json.loads(item.value_json) for r in records if r.WhichOneof("record_type") == "config" for item in r.config.update}
+    config = {
+        item.key: json.loads(item.value_json)
+        for r in records
+        if r.WhichOneof("record_type") == "config"
+        for item in r.config.update
+    }
     assert config["train.lr"] == 0.002 and config["model.family"] == "chatgpt" and config["stage"] == "pretrain"
-    history = [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item} for r in records if r.WhichOneof("record_type") == "history"]
+    history = [
+        {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
     assert [(h["_step"], pytest.approx(h["loss"], rel=1e-6)) for h in history if "loss" in h] == losses
     assert [h["_step"] for h in history if "val_loss" in h] == val_steps
 
@@ -95,7 +112,9 @@ def test_every_tracker_holds_the_hyperparameters_and_the_metrics_series(recipe, 
     (found,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert found.info.run_name == "pretrain" and found.info.status == "FINISHED"
     assert found.data.params["train.lr"] == "0.002" and found.data.params["pretrain.steps"] == "20"
-    assert [(m.step, pytest.approx(m.value, rel=1e-6)) for m in client.get_metric_history(found.info.run_id, "loss")] == losses
+    assert [
+        (m.step, pytest.approx(m.value, rel=1e-6)) for m in client.get_metric_history(found.info.run_id, "loss")
+    ] == losses
 
 
 def test_a_tracker_without_its_package_is_a_clear_error(recipe, tmp_path, monkeypatch):
@@ -106,7 +125,10 @@ def test_a_tracker_without_its_package_is_a_clear_error(recipe, tmp_path, monkey
     from textgen_cli.recipe import load_recipe
 
     monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
-    with pytest.raises(UserError, match=r"^train.report_to: wandb needs its package, which is not installed: pip install 'textgen-cli\[wandb\]'$"):
+    with pytest.raises(
+        UserError,
+        match=r"^train.report_to: wandb needs its package, which is not installed: pip install 'textgen-cli\[wandb\]'$",
+    ):
         run_pretrain(load_recipe(str(recipe)))
     assert not (tmp_path / "runs" / "tiny" / "pretrain.partial").exists()
     assert not (tmp_path / "runs" / "tiny" / "pretrain.lock").exists()
@@ -116,5 +138,8 @@ def test_an_unknown_tracker_is_named(recipe):
     from textgen_cli.errors import UserError
     from textgen_cli.recipe import load_recipe
 
-    with pytest.raises(UserError, match=r"command line override: key 'train.report_to': expected a list drawn from tensorboard, wandb, mlflow, got \['comet'\]"):
+    with pytest.raises(
+        UserError,
+        match=r"command line override: key 'train.report_to': expected a list drawn from tensorboard, wandb, mlflow, got \['comet'\]",
+    ):
         load_recipe(str(recipe), ["train.report_to=[comet]"])

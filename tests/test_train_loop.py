@@ -21,11 +21,18 @@ class FakeRanks:
 
 def test_sums_over_ranks_come_back_under_their_names_from_one_all_reduce():
     ranks = FakeRanks(world=3)
-    summed = sum_over_ranks(ranks, step={"loss_sum": 2.0, "stop_votes": 0.0, "decoder_tokens": 10}, extras={"delta_norm": 0.5, "adv_loss_sum": 1.0})
+    summed = sum_over_ranks(
+        ranks,
+        step={"loss_sum": 2.0, "stop_votes": 0.0, "decoder_tokens": 10},
+        extras={"delta_norm": 0.5, "adv_loss_sum": 1.0},
+    )
     assert len(ranks.packed) == 1  # one collective per step
     # packed in sorted order, so every process lays its values out the same way
     assert ranks.packed[0] == (1.0, 0.5, 10, 2.0, 0.0)
-    assert summed == {"step": {"decoder_tokens": 30.0, "loss_sum": 6.0, "stop_votes": 0.0}, "extras": {"adv_loss_sum": 3.0, "delta_norm": 1.5}}
+    assert summed == {
+        "step": {"decoder_tokens": 30.0, "loss_sum": 6.0, "stop_votes": 0.0},
+        "extras": {"adv_loss_sum": 3.0, "delta_norm": 1.5},
+    }
 
 
 def test_one_process_gets_its_values_back_unchanged():
@@ -39,5 +46,8 @@ def test_one_process_gets_its_values_back_unchanged():
 
 
 def test_sums_are_normalised_like_the_loss_and_the_rest_averaged_over_micro_batches():
-    assert per_step({"adv_loss_sum": 12.0, "delta_norm": 3.0}, label_tokens=4, micro_batches=2) == {"adv_loss": 3.0, "delta_norm": 1.5}
+    assert per_step({"adv_loss_sum": 12.0, "delta_norm": 3.0}, label_tokens=4, micro_batches=2) == {
+        "adv_loss": 3.0,
+        "delta_norm": 1.5,
+    }
     assert per_step({"kl_sum": 5.0}, label_tokens=0, micro_batches=1) == {"kl": 5.0}  # no label tokens: divided by 1

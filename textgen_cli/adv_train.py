@@ -28,13 +28,19 @@ def augment(dialogues: list[Dialogue], rate: float, kinds: list[str], strength: 
     if count == 0 or not kinds:
         return []
     rng = random.Random(seed)
-    chosen = [rng.randrange(len(dialogues)) for _ in range(count)] if count > len(dialogues) else rng.sample(range(len(dialogues)), count)
+    chosen = (
+        [rng.randrange(len(dialogues)) for _ in range(count)]
+        if count > len(dialogues)
+        else rng.sample(range(len(dialogues)), count)
+    )
     copies = []
     for n, index in enumerate(chosen):
         kind = kinds[n % len(kinds)]
         source = dialogues[index]
         messages = [
-            turn if turn["role"] == "assistant" else {**turn, "content": perturb(turn["content"], kind, strength, seed + n)}
+            turn
+            if turn["role"] == "assistant"
+            else {**turn, "content": perturb(turn["content"], kind, strength, seed + n)}
             for turn in source.messages
         ]
         copies.append(Dialogue(id=f"{source.id}+{kind}", messages=messages))
@@ -46,9 +52,17 @@ def run_adv_train(loaded: LoadedRecipe) -> RunSummary:
     recipe = loaded.recipe
     section = recipe.adv_train
     setup = prepare(loaded, starting_point(loaded, "adv-train"), "adv-train")
-    extra_dialogues = augment(setup.train_dialogues, section.augment_rate, list(section.augment_kinds), section.augment_strength, recipe.train.seed)
+    extra_dialogues = augment(
+        setup.train_dialogues,
+        section.augment_rate,
+        list(section.augment_kinds),
+        section.augment_strength,
+        recipe.train.seed,
+    )
     if extra_dialogues:
-        log(f"adv-train: {len(extra_dialogues)} perturbed copies added to {len(setup.train_dialogues)} training records")
+        log(
+            f"adv-train: {len(extra_dialogues)} perturbed copies added to {len(setup.train_dialogues)} training records"
+        )
     setup = replace(setup, train_dialogues=setup.train_dialogues + extra_dialogues)
     train_set, val_set, truncated = build_examples(loaded, setup, "adv-train")
     settings = settings_from(section)
@@ -56,7 +70,11 @@ def run_adv_train(loaded: LoadedRecipe) -> RunSummary:
     if settings.method != "none":
         log(
             f"adv-train: {settings.method}, epsilon {settings.epsilon:g} ({settings.norm}), lambda {settings.weight:g}"
-            + (f", {settings.ascent_steps} ascent steps of {settings.step_size:g}" if settings.method in ("pgd", "freelb") else "")
+            + (
+                f", {settings.ascent_steps} ascent steps of {settings.step_size:g}"
+                if settings.method in ("pgd", "freelb")
+                else ""
+            )
         )
     extra = {
         "init_from": str(setup.start),
@@ -66,4 +84,13 @@ def run_adv_train(loaded: LoadedRecipe) -> RunSummary:
         "augmented_examples": len(extra_dialogues),
         **setup.notes,
     }
-    return train_stage(loaded, "adv-train", model=setup.model, tokenizer=setup.tokenizer, train_set=train_set, val_set=val_set, notes=extra, step_fn=step_fn)
+    return train_stage(
+        loaded,
+        "adv-train",
+        model=setup.model,
+        tokenizer=setup.tokenizer,
+        train_set=train_set,
+        val_set=val_set,
+        notes=extra,
+        step_fn=step_fn,
+    )

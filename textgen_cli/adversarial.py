@@ -59,7 +59,7 @@ def settings_from(section) -> AdvSettings:
     )
 
 
-def perturbation_mask(batch: dict[str, "torch.Tensor"], causal: bool, positions: str) -> "torch.Tensor":
+def perturbation_mask(batch: dict[str, torch.Tensor], causal: bool, positions: str) -> torch.Tensor:
     """(batch, positions, 1) float mask of the input positions that may be perturbed."""
     mask = batch["attention_mask"].bool()
     if causal and positions == "context":
@@ -67,13 +67,13 @@ def perturbation_mask(batch: dict[str, "torch.Tensor"], causal: bool, positions:
     return mask.unsqueeze(-1).float()
 
 
-def _per_example_norm(x: "torch.Tensor", norm: str) -> "torch.Tensor":
+def _per_example_norm(x: torch.Tensor, norm: str) -> torch.Tensor:
     flat = x.reshape(x.size(0), -1)
     values = flat.abs().amax(dim=1) if norm == "inf" else flat.norm(dim=1)
     return values.view(-1, *([1] * (x.dim() - 1)))
 
 
-def normalized_step(grad: "torch.Tensor", mask: "torch.Tensor", norm: str) -> "torch.Tensor":
+def normalized_step(grad: torch.Tensor, mask: torch.Tensor, norm: str) -> torch.Tensor:
     """The steepest-ascent direction of unit size in `norm`, zero on masked-out positions."""
     grad = grad * mask
     if norm == "inf":
@@ -81,7 +81,7 @@ def normalized_step(grad: "torch.Tensor", mask: "torch.Tensor", norm: str) -> "t
     return grad / _per_example_norm(grad, "l2").clamp_min(1e-12)
 
 
-def project(delta: "torch.Tensor", mask: "torch.Tensor", epsilon: float, norm: str) -> "torch.Tensor":
+def project(delta: torch.Tensor, mask: torch.Tensor, epsilon: float, norm: str) -> torch.Tensor:
     """Back into the epsilon ball (per example); epsilon <= 0 means unbounded."""
     delta = delta * mask
     if epsilon <= 0:
@@ -92,7 +92,9 @@ def project(delta: "torch.Tensor", mask: "torch.Tensor", epsilon: float, norm: s
     return delta * scale
 
 
-def initial_delta(shape: "torch.Size", mask: "torch.Tensor", init_mag: float, norm: str, like: "torch.Tensor") -> "torch.Tensor":
+def initial_delta(
+    shape: torch.Size, mask: torch.Tensor, init_mag: float, norm: str, like: torch.Tensor
+) -> torch.Tensor:
     """FreeLB's init: U(-1, 1) scaled by init_mag / sqrt(positions x hidden) (L2), or U(-mag, mag) (inf)."""
     import torch
 
@@ -105,7 +107,7 @@ def initial_delta(shape: "torch.Size", mask: "torch.Tensor", init_mag: float, no
     return delta * (init_mag / (positions * shape[-1]).sqrt()).view(-1, 1, 1)
 
 
-def embed(model, accelerator, batch: dict[str, "torch.Tensor"]) -> "torch.Tensor":
+def embed(model, accelerator, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The input word embeddings exactly as the model computes them from input_ids."""
     return accelerator.unwrap_model(model).get_input_embeddings()(batch["input_ids"])
 
@@ -130,7 +132,11 @@ class AdversarialStep:
         with accelerator.autocast():
             adv, _ = token_loss_sum(model, batch, causal, embed(model, accelerator, batch) + r)
         accelerator.backward(adv * self.s.weight * scale)
-        return {"loss_sum": float(clean.detach()), "adv_loss_sum": float(adv.detach()), "delta_norm": float(_per_example_norm(r, self.s.norm).mean())}
+        return {
+            "loss_sum": float(clean.detach()),
+            "adv_loss_sum": float(adv.detach()),
+            "delta_norm": float(_per_example_norm(r, self.s.norm).mean()),
+        }
 
     def _pgd(self, model, batch, causal, scale, accelerator, mask) -> dict[str, float]:
         import torch
@@ -139,18 +145,29 @@ class AdversarialStep:
             clean, _ = token_loss_sum(model, batch, causal)
         accelerator.backward(clean * scale)
         base = embed(model, accelerator, batch).detach()
-        delta = project(initial_delta(base.shape, mask, self.s.init_mag, self.s.norm, base), mask, self.s.epsilon, self.s.norm)
+        delta = project(
+            initial_delta(base.shape, mask, self.s.init_mag, self.s.norm, base), mask, self.s.epsilon, self.s.norm
+        )
         for _ in range(self.s.ascent_steps):
             delta.requires_grad_(True)
             with accelerator.autocast():
                 loss, _ = token_loss_sum(model, batch, causal, base + delta)
             # the ascent moves delta only: no parameter gradients are accumulated here
             (grad,) = torch.autograd.grad(loss, delta)
-            delta = project(delta.detach() + self.s.step_size * normalized_step(grad, mask, self.s.norm), mask, self.s.epsilon, self.s.norm)
+            delta = project(
+                delta.detach() + self.s.step_size * normalized_step(grad, mask, self.s.norm),
+                mask,
+                self.s.epsilon,
+                self.s.norm,
+            )
         with accelerator.autocast():
             adv, _ = token_loss_sum(model, batch, causal, embed(model, accelerator, batch) + delta)
         accelerator.backward(adv * self.s.weight * scale)
-        return {"loss_sum": float(clean.detach()), "adv_loss_sum": float(adv.detach()), "delta_norm": float(_per_example_norm(delta, self.s.norm).mean())}
+        return {
+            "loss_sum": float(clean.detach()),
+            "adv_loss_sum": float(adv.detach()),
+            "delta_norm": float(_per_example_norm(delta, self.s.norm).mean()),
+        }
 
     def _freelb(self, model, batch, causal, scale, accelerator, mask) -> dict[str, float]:
         """K ascent steps whose parameter gradients all accumulate ("free" training); the objective
@@ -162,7 +179,12 @@ class AdversarialStep:
         steps = max(1, self.s.ascent_steps)
         base_shape = batch["input_ids"].shape + (accelerator.unwrap_model(model).get_input_embeddings().embedding_dim,)
         like = accelerator.unwrap_model(model).get_input_embeddings().weight
-        delta = project(initial_delta(torch.Size(base_shape), mask, self.s.init_mag, self.s.norm, like), mask, self.s.epsilon, self.s.norm)
+        delta = project(
+            initial_delta(torch.Size(base_shape), mask, self.s.init_mag, self.s.norm, like),
+            mask,
+            self.s.epsilon,
+            self.s.norm,
+        )
         adv_total = 0.0
         for t in range(steps):
             delta.requires_grad_(True)
@@ -172,8 +194,17 @@ class AdversarialStep:
             adv_total += float(loss.detach()) / steps
             if t == steps - 1:
                 break
-            delta = project(delta.detach() + self.s.step_size * normalized_step(delta.grad.detach(), mask, self.s.norm), mask, self.s.epsilon, self.s.norm)
-        return {"loss_sum": float(clean), "adv_loss_sum": adv_total, "delta_norm": float(_per_example_norm(delta.detach(), self.s.norm).mean())}
+            delta = project(
+                delta.detach() + self.s.step_size * normalized_step(delta.grad.detach(), mask, self.s.norm),
+                mask,
+                self.s.epsilon,
+                self.s.norm,
+            )
+        return {
+            "loss_sum": float(clean),
+            "adv_loss_sum": adv_total,
+            "delta_norm": float(_per_example_norm(delta.detach(), self.s.norm).mean()),
+        }
 
     def _r3f(self, model, batch, causal, scale, accelerator, mask) -> dict[str, float]:
         """L + lambda * symmetric KL between the output distributions for clean and noised inputs,
@@ -187,9 +218,15 @@ class AdversarialStep:
             logits, labels = aligned(forward_logits(model, batch, embeddings), batch["labels"], causal)
             noisy, _ = aligned(forward_logits(model, batch, embeddings + noise), batch["labels"], causal)
         selected = labels != IGNORE_INDEX
-        clean = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+        clean = F.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
         p = F.log_softmax(logits[selected].float(), dim=-1)
         q = F.log_softmax(noisy[selected].float(), dim=-1)
         sym_kl = (p.exp() * (p - q)).sum() + (q.exp() * (q - p)).sum()
         accelerator.backward((clean + self.s.weight * sym_kl) * scale)
-        return {"loss_sum": float(clean.detach()), "adv_loss_sum": float(sym_kl.detach()), "delta_norm": float(_per_example_norm(noise, "l2").mean())}
+        return {
+            "loss_sum": float(clean.detach()),
+            "adv_loss_sum": float(sym_kl.detach()),
+            "delta_norm": float(_per_example_norm(noise, "l2").mean()),
+        }

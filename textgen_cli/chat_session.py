@@ -18,7 +18,6 @@ from textgen_cli.errors import UserError
 from textgen_cli.generate import Generator
 from textgen_cli.prompts import PromptInput
 
-
 CHAT_HELP = "commands: /reset (forget the conversation), /system TEXT (set the system prompt; empty clears it), /save FILE, /exit (or Ctrl-D)"
 
 
@@ -71,7 +70,9 @@ class ChatSession:
                 self.say("usage: /save FILE")
                 return True
             try:
-                Path(argument).expanduser().write_text(json.dumps({"messages": self.messages()}, ensure_ascii=False) + "\n", encoding="utf-8")
+                Path(argument).expanduser().write_text(
+                    json.dumps({"messages": self.messages()}, ensure_ascii=False) + "\n", encoding="utf-8"
+                )
                 self.say(f"(saved {len(self.messages())} turns to {argument})")
             except OSError as exc:
                 self.say(f"error: cannot save to '{argument}': {exc.strerror or exc}")
@@ -93,7 +94,9 @@ class ChatSession:
             self.say(f"error: {exc}")
             return
         if prompt.dropped_turns and prompt.dropped_turns != self.told_dropped:
-            self.say(f"(the conversation is longer than the model's context: the {prompt.dropped_turns} oldest turns are left out)")
+            self.say(
+                f"(the conversation is longer than the model's context: the {prompt.dropped_turns} oldest turns are left out)"
+            )
             self.told_dropped = prompt.dropped_turns
         if prompt.truncated:
             self.say("(your message is longer than the model's context: only its beginning is used)")
@@ -111,7 +114,11 @@ class ChatSession:
 def run_chat(generator: Generator, stdin: TextIO, out: TextIO, err: TextIO, interactive: bool) -> GenerationStats:
     """Read messages and commands line by line until /exit or end of input (Ctrl-D)."""
     session = ChatSession(generator, out, err)
-    what = "each prompt holds the conversation so far" if generator.fmt == "chat" else "no history: the model reads each message on its own (prompt format `text`)"
+    what = (
+        "each prompt holds the conversation so far"
+        if generator.fmt == "chat"
+        else "no history: the model reads each message on its own (prompt format `text`)"
+    )
     session.say(f"chat with {generator.path} ({generator.family}; {what})\n{CHAT_HELP}")
     while True:
         if interactive:

@@ -19,8 +19,9 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,9 @@ def _rng_file(rank: int) -> str:
     return "rng.pt" if rank == 0 else f"rng-{rank}.pt"
 
 
-def save(root: Path, step: int, model, optimizer, scheduler, loop_state: dict[str, Any], keep_last: int, ranks=None) -> Path:
+def save(
+    root: Path, step: int, model, optimizer, scheduler, loop_state: dict[str, Any], keep_last: int, ranks=None
+) -> Path:
     """Write checkpoint `step` under `root/checkpoints/` atomically, then prune old ones.
 
     The model and optimizer states are full (unsharded, parameters named), whatever the strategy:
@@ -115,7 +118,9 @@ def save(root: Path, step: int, model, optimizer, scheduler, loop_state: dict[st
                     _discard(final)
                 os.replace(tmp, final)
                 _fsync_dir(folder)
-                with diskspace.writing("the checkpoint pointer", pointer_tmp, 1024, lambda: resume_hint(root), partial=pointer_tmp):
+                with diskspace.writing(
+                    "the checkpoint pointer", pointer_tmp, 1024, lambda: resume_hint(root), partial=pointer_tmp
+                ):
                     pointer_tmp.write_text(final.name, encoding="utf-8")
                     _fsync_file(pointer_tmp)
                 os.replace(pointer_tmp, folder / LATEST)
@@ -154,7 +159,11 @@ def _sha256(path: Path, chunk_size: int = 1 << 22) -> str:
 
 def write_manifest(folder: Path) -> None:
     """The size and sha256 of every file of the checkpoint, read back from the disk."""
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    files = {
+        p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != MANIFEST
+    }
     (folder / MANIFEST).write_text(json.dumps({"files": files}, indent=1), encoding="utf-8")
 
 
@@ -257,7 +266,9 @@ def newest_valid(root: Path, warn: Callable[[str], None]) -> Path | None:
         aside = candidate.with_name(DAMAGED + candidate.name)
         diskspace.remove(aside)
         os.replace(candidate, aside)
-        warn(f"warning: checkpoint {candidate} is damaged ({problem}); it was moved to {aside.name} and the run falls back to the newest intact checkpoint")
+        warn(
+            f"warning: checkpoint {candidate} is damaged ({problem}); it was moved to {aside.name} and the run falls back to the newest intact checkpoint"
+        )
     return None
 
 
@@ -288,7 +299,9 @@ def load(path: Path, model, optimizer, scheduler, rank: int = 0) -> dict[str, An
         rng = torch.load(rng_file if rng_file.is_file() else path / "rng.pt", weights_only=True)
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     except Exception as exc:  # a damaged checkpoint can fail in many ways
-        raise UserError(f"checkpoint '{path}' cannot be loaded: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        raise UserError(
+            f"checkpoint '{path}' cannot be loaded: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from exc
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])

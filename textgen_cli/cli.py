@@ -11,7 +11,8 @@ import logging
 import os
 import sys
 import traceback
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -40,7 +41,6 @@ recipes_app = typer.Typer(help="List, show and check recipes.", no_args_is_help=
 app.add_typer(recipes_app, name="recipes")
 
 
-
 def complete_recipe(incomplete: str) -> list[str]:
     """Shell completion for --recipe: the shipped recipe names (the shell completes file paths too)."""
     from textgen_cli.recipe import shipped_recipes
@@ -48,14 +48,39 @@ def complete_recipe(incomplete: str) -> list[str]:
     return [path.name for path in shipped_recipes() if path.name.startswith(incomplete)]
 
 
-RecipeOption = Annotated[str, typer.Option("--recipe", "-r", help="Recipe file, or the name of a shipped recipe (see `textgen recipes`).", autocompletion=complete_recipe)]
-Overrides = Annotated[Optional[list[str]], typer.Argument(help="key=value overrides that win over the recipe file, e.g. train.lr=3e-4 model.layers=2.", show_default=False)]
+RecipeOption = Annotated[
+    str,
+    typer.Option(
+        "--recipe",
+        "-r",
+        help="Recipe file, or the name of a shipped recipe (see `textgen recipes`).",
+        autocompletion=complete_recipe,
+    ),
+]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="key=value overrides that win over the recipe file, e.g. train.lr=3e-4 model.layers=2.", show_default=False
+    ),
+]
 PrintRecipe = Annotated[bool, typer.Option("--print-recipe", help="Print the fully resolved recipe and exit.")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (logs stay on stderr).")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Also show debug detail and the libraries' warnings (stderr).")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Show only errors and the final result: no progress, no log lines, no warnings.")]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its newest valid checkpoint (same as resume=auto).")]
+Verbose = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Also show debug detail and the libraries' warnings (stderr).")
+]
+Quiet = Annotated[
+    bool,
+    typer.Option(
+        "--quiet", "-q", help="Show only errors and the final result: no progress, no log lines, no warnings."
+    ),
+]
+Resume = Annotated[
+    bool,
+    typer.Option(
+        "--resume", help="Continue an interrupted run from its newest valid checkpoint (same as resume=auto)."
+    ),
+]
 
 
 # -v / -q given before the command (`textgen -v pretrain ...`); set by root() on every invocation
@@ -99,7 +124,17 @@ def guarded(debug: bool, action: Callable[[], Any], verbose: bool = False, quiet
         raise typer.Exit(1) from None
 
 
-def _stage_command(stage: str, recipe: str, overrides: list[str] | None, print_recipe: bool, json_output: bool, debug: bool, resume: bool, verbose: bool, quiet: bool) -> None:
+def _stage_command(
+    stage: str,
+    recipe: str,
+    overrides: list[str] | None,
+    print_recipe: bool,
+    json_output: bool,
+    debug: bool,
+    resume: bool,
+    verbose: bool,
+    quiet: bool,
+) -> None:
     from textgen_cli.recipe import load_recipe
     from textgen_cli.stages import STAGE_TABLE, run_stage
 
@@ -130,9 +165,19 @@ def _stage_command(stage: str, recipe: str, overrides: list[str] | None, print_r
             try:
                 report = run_evaluate(loaded, summary.final_dir, None, "test", [])
             except (UserError, DiskFull) as exc:  # the trained model is saved; say why it was not scored
-                log(f"warning: evaluation after {stage} failed: {exc}; the model is saved in {summary.final_dir}", level=logging.WARNING)
+                log(
+                    f"warning: evaluation after {stage} failed: {exc}; the model is saved in {summary.final_dir}",
+                    level=logging.WARNING,
+                )
             else:
-                evaluation = {"metrics": report.metrics, "intervals": report.intervals, "likelihood": report.likelihood, "n_examples": report.n_examples, "eval_time_s": report.eval_time_s, "file": report.files["eval"]}
+                evaluation = {
+                    "metrics": report.metrics,
+                    "intervals": report.intervals,
+                    "likelihood": report.likelihood,
+                    "n_examples": report.n_examples,
+                    "eval_time_s": report.eval_time_s,
+                    "file": report.files["eval"],
+                }
                 write_model_card(Path(summary.run_dir), summary, report)
                 if not json_output:
                     print_table(report, stream=sys.stderr)
@@ -187,13 +232,44 @@ def finetune(
     _stage_command("finetune", recipe, overrides, print_recipe, json_output, debug, resume, verbose, quiet)
 
 
-GenRecipe = Annotated[Optional[str], typer.Option("--recipe", "-r", help="Recipe file or shipped recipe name: its latest trained model (finetune, else pretrain) and its `generate:` settings.")]
-GenModel = Annotated[Optional[str], typer.Option("--model", "-m", help="Generate from this local checkpoint directory instead (settings: --recipe, else the recipe saved beside it, else defaults).")]
-GenStage = Annotated[Optional[str], typer.Option("--stage", help="Which of the recipe's trained models, by stage (default: the latest trained: adv-train, else finetune, else pretrain).")]
-GenPrompt = Annotated[Optional[str], typer.Option("--prompt", "-p", help="One prompt; the reply is streamed to stdout.")]
-GenChat = Annotated[bool, typer.Option("--chat", help="Interactive multi-turn chat, one message per line on stdin (/reset, /system TEXT, /save FILE, /exit).")]
-GenInput = Annotated[Optional[str], typer.Option("--input", "-i", help="Batch mode: prompts from a .txt (one per line) or .jsonl file ('-': stdin).")]
-GenOutput = Annotated[Optional[str], typer.Option("--output", "-o", help="Batch mode: write JSON lines here (default: stdout).")]
+GenRecipe = Annotated[
+    str | None,
+    typer.Option(
+        "--recipe",
+        "-r",
+        help="Recipe file or shipped recipe name: its latest trained model (finetune, else pretrain) and its `generate:` settings.",
+    ),
+]
+GenModel = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Generate from this local checkpoint directory instead (settings: --recipe, else the recipe saved beside it, else defaults).",
+    ),
+]
+GenStage = Annotated[
+    str | None,
+    typer.Option(
+        "--stage",
+        help="Which of the recipe's trained models, by stage (default: the latest trained: adv-train, else finetune, else pretrain).",
+    ),
+]
+GenPrompt = Annotated[str | None, typer.Option("--prompt", "-p", help="One prompt; the reply is streamed to stdout.")]
+GenChat = Annotated[
+    bool,
+    typer.Option(
+        "--chat",
+        help="Interactive multi-turn chat, one message per line on stdin (/reset, /system TEXT, /save FILE, /exit).",
+    ),
+]
+GenInput = Annotated[
+    str | None,
+    typer.Option("--input", "-i", help="Batch mode: prompts from a .txt (one per line) or .jsonl file ('-': stdin)."),
+]
+GenOutput = Annotated[
+    str | None, typer.Option("--output", "-o", help="Batch mode: write JSON lines here (default: stdout).")
+]
 
 
 @app.command()
@@ -223,12 +299,18 @@ def generate(
         if print_recipe:
             sys.stdout.write(load_generate_recipe(recipe, model, overrides).to_yaml())
             return
-        chosen = [name for name, given in (("--prompt", prompt is not None), ("--chat", chat), ("--input", input_file is not None)) if given]
+        chosen = [
+            name
+            for name, given in (("--prompt", prompt is not None), ("--chat", chat), ("--input", input_file is not None))
+            if given
+        ]
         if len(chosen) > 1:
             raise UserError(f"{' and '.join(chosen)} cannot be combined; choose one mode")
         batch = input_file is not None or (not chosen and not sys.stdin.isatty())
         if not chosen and not batch:
-            raise UserError("nothing to generate from: give --prompt TEXT, --chat, --input FILE, or pipe prompts on stdin")
+            raise UserError(
+                "nothing to generate from: give --prompt TEXT, --chat, --input FILE, or pipe prompts on stdin"
+            )
         if output is not None and not batch:
             raise UserError("--output is for batch mode (--input FILE or prompts on stdin)")
         if chat and json_output:
@@ -254,12 +336,21 @@ def generate(
         stats = GenerationStats()
         built = generator.prompt(check_input(prompt, "--prompt"), where="--prompt")
         if built.truncated or built.dropped_turns:
-            log(f"warning: the prompt is longer than the model's context allows ({generator.budget} tokens with generate.max_new_tokens="
-                f"{generator.max_new_tokens}); it was truncated")
+            log(
+                f"warning: the prompt is longer than the model's context allows ({generator.budget} tokens with generate.max_new_tokens="
+                f"{generator.max_new_tokens}); it was truncated"
+            )
         if json_output:
             result = generator.stream(built, lambda _: None, stats)
-            record = output_record(InputRecord(prompt, "--prompt"), result, generator.path, generator.decoding_settings())
-            print(json.dumps({**record, "tokens_per_s": stats.tokens_per_s, "time_to_first_token_s": stats.first_token_s}, ensure_ascii=False))
+            record = output_record(
+                InputRecord(prompt, "--prompt"), result, generator.path, generator.decoding_settings()
+            )
+            print(
+                json.dumps(
+                    {**record, "tokens_per_s": stats.tokens_per_s, "time_to_first_token_s": stats.first_token_s},
+                    ensure_ascii=False,
+                )
+            )
         else:
             generator.stream(built, lambda text: (sys.stdout.write(text), sys.stdout.flush()), stats)
             print()
@@ -268,7 +359,14 @@ def generate(
     guarded(debug, action, verbose, quiet)
 
 
-def _generate_batch(recipe: str | None, model: str | None, stage: str | None, overrides: list[str] | None, source: str, output: str | None) -> None:
+def _generate_batch(
+    recipe: str | None,
+    model: str | None,
+    stage: str | None,
+    overrides: list[str] | None,
+    source: str,
+    output: str | None,
+) -> None:
     """Batch mode: every input line becomes one JSON line, in input order."""
     from pathlib import Path
 
@@ -297,7 +395,10 @@ def _generate_batch(recipe: str | None, model: str | None, stage: str | None, ov
     finally:
         reporter.close()
     settings = generator.decoding_settings()
-    lines = "".join(json.dumps(output_record(r, res, generator.path, settings), ensure_ascii=False) + "\n" for r, res in zip(records, results))
+    lines = "".join(
+        json.dumps(output_record(r, res, generator.path, settings), ensure_ascii=False) + "\n"
+        for r, res in zip(records, results)
+    )
     if output is None or output == "-":
         sys.stdout.write(lines)
         sys.stdout.flush()
@@ -326,11 +427,36 @@ def adv_train(
 def evaluate(
     recipe: RecipeOption,
     overrides: Overrides = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Evaluate this local checkpoint directory instead of the recipe's latest trained model.")] = None,
-    stage: Annotated[Optional[str], typer.Option("--stage", help="Which of the recipe's models: pretrain, finetune or adv-train (default: the latest trained: adv-train, else finetune, else pretrain).")] = None,
-    split: Annotated[Optional[str], typer.Option("--split", help="train, validation or test (default: the recipe's eval.split).")] = None,
-    perturb: Annotated[Optional[list[str]], typer.Option("--perturb", help="Also score perturbed sources, KIND:RATE (repeatable), e.g. char:0.1 word_drop:0.1.")] = None,
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Folder for eval.json and predictions.jsonl (default: the model's run directory).")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Evaluate this local checkpoint directory instead of the recipe's latest trained model.",
+        ),
+    ] = None,
+    stage: Annotated[
+        str | None,
+        typer.Option(
+            "--stage",
+            help="Which of the recipe's models: pretrain, finetune or adv-train (default: the latest trained: adv-train, else finetune, else pretrain).",
+        ),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="train, validation or test (default: the recipe's eval.split).")
+    ] = None,
+    perturb: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--perturb", help="Also score perturbed sources, KIND:RATE (repeatable), e.g. char:0.1 word_drop:0.1."
+        ),
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output", "-o", help="Folder for eval.json and predictions.jsonl (default: the model's run directory)."
+        ),
+    ] = None,
     json_output: JsonOutput = False,
     debug: Debug = False,
     verbose: Verbose = False,
@@ -356,11 +482,27 @@ def evaluate(
 
 @app.command()
 def compare(
-    items: Annotated[Optional[list[str]], typer.Argument(help="Finished run directories to compare (runs/NAME or runs/NAME/STAGE), and/or key=value overrides applied to every --recipe.", show_default=False)] = None,
-    recipes: Annotated[Optional[list[str]], typer.Option("--recipe", "-r", help="A recipe to train (what is missing) and compare; give two or more.")] = None,
+    items: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Finished run directories to compare (runs/NAME or runs/NAME/STAGE), and/or key=value overrides applied to every --recipe.",
+            show_default=False,
+        ),
+    ] = None,
+    recipes: Annotated[
+        list[str] | None,
+        typer.Option("--recipe", "-r", help="A recipe to train (what is missing) and compare; give two or more."),
+    ] = None,
     seeds: Annotated[int, typer.Option("--seeds", help="Repeat each recipe with N seeds and report mean ± std.")] = 1,
-    match: Annotated[Optional[str], typer.Option("--match", help="Give every recipe the first recipe's budget: flops or tokens (sets each stage's steps).")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Report name (default: the recipe names joined by -vs-).")] = None,
+    match: Annotated[
+        str | None,
+        typer.Option(
+            "--match", help="Give every recipe the first recipe's budget: flops or tokens (sets each stage's steps)."
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Report name (default: the recipe names joined by -vs-).")
+    ] = None,
     reports: Annotated[str, typer.Option("--reports", help="Folder that holds reports.")] = "reports",
     json_output: JsonOutput = False,
     debug: Debug = False,
@@ -379,10 +521,21 @@ def compare(
         runs = [item for item in given if "=" not in item]
         result = run_compare(list(recipes or []), runs, overrides, seeds, match, name, reports)
         if json_output:
-            print(json.dumps({"report": result["report"], "rows": result["rows"], "models": [c.label for c in result["columns"]]}, indent=2))
+            print(
+                json.dumps(
+                    {
+                        "report": result["report"],
+                        "rows": result["rows"],
+                        "models": [c.label for c in result["columns"]],
+                    },
+                    indent=2,
+                )
+            )
         else:
             print_table(result["columns"], result["rows"])
-            print(f"report: {result['report']}/report.html (also report.md, metrics.csv, metrics.json) in {result['elapsed_s']:.0f} s")
+            print(
+                f"report: {result['report']}/report.html (also report.md, metrics.csv, metrics.json) in {result['elapsed_s']:.0f} s"
+            )
 
     guarded(debug, action, verbose, quiet)
 
@@ -399,7 +552,11 @@ def recipes_list(ctx: typer.Context) -> None:
 
 
 @recipes_app.command("show")
-def recipes_show(recipe: Annotated[str, typer.Argument(help="Recipe file or shipped recipe name.")], overrides: Overrides = None, debug: Debug = False) -> None:
+def recipes_show(
+    recipe: Annotated[str, typer.Argument(help="Recipe file or shipped recipe name.")],
+    overrides: Overrides = None,
+    debug: Debug = False,
+) -> None:
     """Print the fully resolved recipe (defaults filled in, overrides applied, paths resolved)."""
     from textgen_cli.recipe import load_recipe
 
@@ -407,7 +564,9 @@ def recipes_show(recipe: Annotated[str, typer.Argument(help="Recipe file or ship
 
 
 @recipes_app.command("validate")
-def recipes_validate(recipes: Annotated[list[str], typer.Argument(help="Recipe files or shipped recipe names.")], debug: Debug = False) -> None:
+def recipes_validate(
+    recipes: Annotated[list[str], typer.Argument(help="Recipe files or shipped recipe names.")], debug: Debug = False
+) -> None:
     """Check recipes against the schema; exit 2 on the first invalid one."""
     from textgen_cli.recipe import load_recipe
 
@@ -421,7 +580,13 @@ def recipes_validate(recipes: Annotated[list[str], typer.Argument(help="Recipe f
 
 @recipes_app.command("keys")
 def recipes_keys(
-    update: Annotated[Optional[str], typer.Option("--update", help="Rewrite the block between <!-- keys:start --> and <!-- keys:end --> in this Markdown file instead of printing.")] = None,
+    update: Annotated[
+        str | None,
+        typer.Option(
+            "--update",
+            help="Rewrite the block between <!-- keys:start --> and <!-- keys:end --> in this Markdown file instead of printing.",
+        ),
+    ] = None,
 ) -> None:
     """Print every recipe key with its type, default and meaning (Markdown)."""
     from textgen_cli.recipe import schema_markdown
@@ -449,7 +614,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:

@@ -12,8 +12,9 @@ import dataclasses
 import json
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from textgen_cli.comparison import Cell, Column, Model, effect_lines, lead_mark, legend, verdicts
 from textgen_cli.errors import UserError
@@ -24,7 +25,6 @@ from textgen_cli.report import write_report
 from textgen_cli.results import EvalReport, RunSummary
 from textgen_cli.runs import FINAL_DIR, RECIPE_FILE, SUMMARY_FILE
 from textgen_cli.stages import EVALUATED_STAGES, STAGES, run_stage, section_of
-
 
 # --------------------------------------------------------------------------------------------
 # Training what is missing
@@ -67,11 +67,17 @@ def step_cost(loaded: LoadedRecipe, stage: str, match: str) -> float:
     r = loaded.recipe
     sequences = r.train.batch_size * r.train.grad_accum
     if stage == "pretrain":
-        enc, dec = pretrain_tokens_per_sequence(r.model.family, r.model.context, r.pretrain.mask_ratio, r.pretrain.poisson_lambda)
+        enc, dec = pretrain_tokens_per_sequence(
+            r.model.family, r.model.context, r.pretrain.mask_ratio, r.pretrain.poisson_lambda
+        )
         model = FAMILIES[r.model.family].build(r.model, _FakeVocab(r.tokenizer.vocab_size))
     else:
         enc, dec, model = finetune_step_inputs(loaded, stage)
-    return step_flops(flops_model(model), enc * sequences, dec * sequences) if match == "flops" else (enc + dec) * sequences
+    return (
+        step_flops(flops_model(model), enc * sequences, dec * sequences)
+        if match == "flops"
+        else (enc + dec) * sequences
+    )
 
 
 def match_budgets(entries: list[LoadedRecipe], stage: str, match: str) -> list[LoadedRecipe]:
@@ -149,13 +155,17 @@ def train_all(entries: list[LoadedRecipe], match: str | None) -> tuple[list[Load
             train_or_reuse(entries[i], stage, reused)
     if differing:
         first = entries[0]
-        budget = sum(step_cost(first, stage, match) * getattr(first.recipe, section_of(stage)).steps for stage in first_stages)  # type: ignore[arg-type]
+        budget = sum(
+            step_cost(first, stage, match) * getattr(first.recipe, section_of(stage)).steps for stage in first_stages
+        )  # type: ignore[arg-type]
         for i in differing:
             entries[i] = train_to_total(entries[i], budget, match, first, reused)  # type: ignore[arg-type]
     return entries, reused
 
 
-def train_to_total(loaded: LoadedRecipe, budget: float, match: str, first: LoadedRecipe, reused: dict[tuple[str, str], bool]) -> LoadedRecipe:
+def train_to_total(
+    loaded: LoadedRecipe, budget: float, match: str, first: LoadedRecipe, reused: dict[tuple[str, str], bool]
+) -> LoadedRecipe:
     """Train `loaded` stage by stage; its last stage's steps match the first recipe's total budget."""
     stages = list(loaded.recipe.stages)
     plan: list[tuple[str, float, int]] = []
@@ -202,7 +212,11 @@ def evaluate_model(model: Model) -> None:
         log(f"compare: reusing the evaluation in {found / 'eval.json'}")
     model.eval = report
     model.eval_dir = found
-    model.predictions = [json.loads(line)["prediction"] for line in (found / "predictions.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    model.predictions = [
+        json.loads(line)["prediction"]
+        for line in (found / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
 
 
 def collect(model: Model) -> None:
@@ -246,7 +260,11 @@ def sanity_values(report: EvalReport) -> dict[str, float]:
     values = {}
     use = report.input_use or {}
     if use.get("gap") is not None:
-        values.update(input_bpb_true=use["bits_per_byte_true"], input_bpb_shuffled=use["bits_per_byte_shuffled"], input_gap=use["gap"])
+        values.update(
+            input_bpb_true=use["bits_per_byte_true"],
+            input_bpb_shuffled=use["bits_per_byte_shuffled"],
+            input_gap=use["gap"],
+        )
     degeneration = report.degeneration or {}
     for key in ("distinct_outputs_share", "repeated_4gram_rate"):
         if key in degeneration:
@@ -290,11 +308,15 @@ def baseline_columns(models: list[Model]) -> list[Column]:
     columns = []
     for baseline in models[0].eval.baselines:
         label = f"baseline: {baseline['label']}"
-        columns.append(Column(label, [], {row: Cell(value) for row, value in baseline["metrics"].items()}, baseline=True))
+        columns.append(
+            Column(label, [], {row: Cell(value) for row, value in baseline["metrics"].items()}, baseline=True)
+        )
     return columns
 
 
-def significance(columns: list[Column], row: str, higher: bool, n_resamples: int, seed: int) -> tuple[int | None, bool, str]:
+def significance(
+    columns: list[Column], row: str, higher: bool, n_resamples: int, seed: int
+) -> tuple[int | None, bool, str]:
     """(index of the best model column, whether its lead over the runner-up is significant, the test).
 
     Several seeds on both sides: Welch's t-test over the seed values (p < 0.05). One seed: a paired
@@ -318,7 +340,9 @@ def significance(columns: list[Column], row: str, higher: bool, n_resamples: int
         ma, mb = columns[best].models[0], columns[second].models[0]
         references = references_of(ma)
         if len(ma.predictions) == len(mb.predictions) == len(references):
-            result = paired_bootstrap(row, ma.predictions, mb.predictions, references, n_resamples=n_resamples, seed=seed)
+            result = paired_bootstrap(
+                row, ma.predictions, mb.predictions, references, n_resamples=n_resamples, seed=seed
+            )
             return best, result["diff"]["low"] > 0 or result["diff"]["high"] < 0, "paired bootstrap"
     if a.low is not None and b.low is not None:
         return best, (a.low > b.high) if higher else (a.high < b.low), "95% intervals"
@@ -359,7 +383,9 @@ def table_rows(columns: list[Column], n_resamples: int, seed: int) -> list[dict[
     for group, row, label, higher in definitions:
         if not any(row in c.cells for c in columns):
             continue
-        best, significant, test = significance(columns, row, higher, n_resamples, seed) if higher is not None else (None, False, "not ranked")
+        best, significant, test = (
+            significance(columns, row, higher, n_resamples, seed) if higher is not None else (None, False, "not ranked")
+        )
         rows.append(
             {
                 "group": group,
@@ -411,8 +437,14 @@ def pretraining_effects(columns: list[Column], n_resamples: int = 1000, seed: in
                 word = "helped" if d["low"] > 0 else ("hurt" if d["high"] < 0 else "no significant difference")
                 verdicts.append((word, f"{label} {d['diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"))
             words = {w for w, _ in verdicts}
-            answer = ("pretraining " + words.pop()) if len(words) == 1 and "no significant difference" not in words else (
-                "no significant difference from pretraining" if words == {"no significant difference"} else "mixed: pretraining " + ", ".join(f"{w} on {t.split()[0]}" for w, t in verdicts)
+            answer = (
+                ("pretraining " + words.pop())
+                if len(words) == 1 and "no significant difference" not in words
+                else (
+                    "no significant difference from pretraining"
+                    if words == {"no significant difference"}
+                    else "mixed: pretraining " + ", ".join(f"{w} on {t.split()[0]}" for w, t in verdicts)
+                )
             )
             flops = [sum(s.flops for s in m.summaries) for m in (ma, mb)]
             effects.append(
@@ -455,7 +487,9 @@ def print_table(columns: list[Column], rows: list[dict[str, Any]], stream=None) 
         for i, text in enumerate(r["cells"]):
             if i == r["best"]:
                 mark = lead_mark(r)
-                text = f"[bold green]{text} {mark}[/bold green]" if mark == "*" else f"[bold]{escape(text)} {mark}[/bold]"
+                text = (
+                    f"[bold green]{text} {mark}[/bold green]" if mark == "*" else f"[bold]{escape(text)} {mark}[/bold]"
+                )
             cells.append(text)
         table.add_row(r["group"] if r["group"] != previous else "", r["label"], *cells)
         previous = r["group"]
@@ -477,16 +511,24 @@ def plan(recipes: Sequence[str], overrides: list[str], seeds: int) -> list[tuple
             raise UserError(f"two recipes named '{base.name}'; give one of them run.name=... to tell them apart")
         names.add(base.name)
         if not any(stage in base.recipe.stages for stage in EVALUATED_STAGES):
-            raise UserError(f"{base.path}: stages {list(base.recipe.stages)} include neither finetune nor adv-train: nothing to evaluate")
+            raise UserError(
+                f"{base.path}: stages {list(base.recipe.stages)} include neither finetune nor adv-train: nothing to evaluate"
+            )
         if not base.recipe.data.finetune.test:
-            raise UserError(f"{base.path}: key 'data.finetune.test' is empty; compare evaluates every model on the test split")
+            raise UserError(
+                f"{base.path}: key 'data.finetune.test' is empty; compare evaluates every model on the test split"
+            )
         for k in range(seeds):
             seed = base.recipe.train.seed + k
             extra = [f"train.seed={seed}", f"run.name={base.name}-seed{seed}"] if seeds > 1 else []
             entries.append((base.name, load_recipe(recipe, [*overrides, *extra]) if extra else base, seed))
     tests = {Path(loaded.recipe.data.finetune.test).resolve() for _, loaded, _ in entries}
     if len(tests) > 1:
-        raise UserError("the recipes evaluate on different test files (" + ", ".join(map(str, sorted(tests))) + "); compare needs the same examples for every model")
+        raise UserError(
+            "the recipes evaluate on different test files ("
+            + ", ".join(map(str, sorted(tests)))
+            + "); compare needs the same examples for every model"
+        )
     return entries
 
 
@@ -496,22 +538,51 @@ def models_from_runs(paths: Sequence[str], overrides: list[str]) -> list[Model]:
     models = []
     for item in paths:
         path = Path(item)
-        stage_dirs = [path] if (path / SUMMARY_FILE).is_file() else [path / s for s in EVALUATED_STAGES if (path / s / SUMMARY_FILE).is_file()]
+        stage_dirs = (
+            [path]
+            if (path / SUMMARY_FILE).is_file()
+            else [path / s for s in EVALUATED_STAGES if (path / s / SUMMARY_FILE).is_file()]
+        )
         if not stage_dirs:
-            raise UserError(f"'{item}' is not a finished run: expected runs/<name>/<stage>/ with summary.json, or runs/<name>/ holding finetune or adv-train")
+            raise UserError(
+                f"'{item}' is not a finished run: expected runs/<name>/<stage>/ with summary.json, or runs/<name>/ holding finetune or adv-train"
+            )
         for stage_dir in stage_dirs:
             loaded = load_recipe(str(stage_dir / RECIPE_FILE), overrides)
             # the saved recipe's run name is the run directory's parent name; keep outputs where they are
-            loaded = LoadedRecipe(dataclasses.replace(loaded.recipe, run=dataclasses.replace(loaded.recipe.run, root=str(stage_dir.parent.parent), name=stage_dir.parent.name)), loaded.path, [])
+            loaded = LoadedRecipe(
+                dataclasses.replace(
+                    loaded.recipe,
+                    run=dataclasses.replace(
+                        loaded.recipe.run, root=str(stage_dir.parent.parent), name=stage_dir.parent.name
+                    ),
+                ),
+                loaded.path,
+                [],
+            )
             stage = RunSummary.read(stage_dir / SUMMARY_FILE).stage
-            models.append(Model(label=f"{stage_dir.parent.name} {stage}", loaded=loaded, stage=stage, seed=loaded.recipe.train.seed))
+            models.append(
+                Model(
+                    label=f"{stage_dir.parent.name} {stage}", loaded=loaded, stage=stage, seed=loaded.recipe.train.seed
+                )
+            )
     return models
 
 
-def run_compare(recipes: Sequence[str], runs: Sequence[str], overrides: list[str], seeds: int, match: str | None, name: str | None, reports_root: str = "reports") -> dict[str, Any]:
+def run_compare(
+    recipes: Sequence[str],
+    runs: Sequence[str],
+    overrides: list[str],
+    seeds: int,
+    match: str | None,
+    name: str | None,
+    reports_root: str = "reports",
+) -> dict[str, Any]:
     started = time.perf_counter()
     if recipes and runs:
-        raise UserError("give either --recipe (train what is missing) or run directories (compare finished runs), not both")
+        raise UserError(
+            "give either --recipe (train what is missing) or run directories (compare finished runs), not both"
+        )
     if seeds < 1:
         raise UserError(f"--seeds {seeds}: expected a positive number")
     if match not in (None, "flops", "tokens"):
@@ -535,7 +606,11 @@ def run_compare(recipes: Sequence[str], runs: Sequence[str], overrides: list[str
     reference = models[0].loaded
     for model in models:
         model.loaded = common_settings(model.loaded, reference)
-        model.reused = {stage: reused.get((model.loaded.name, stage), True) for stage in STAGES if stage in model.loaded.recipe.stages}
+        model.reused = {
+            stage: reused.get((model.loaded.name, stage), True)
+            for stage in STAGES
+            if stage in model.loaded.recipe.stages
+        }
         collect(model)
         evaluate_model(model)
     columns = build_columns(models)
@@ -549,4 +624,10 @@ def run_compare(recipes: Sequence[str], runs: Sequence[str], overrides: list[str
         folder = Path(reports_root) / f"{report_name}-{stamp}-{suffix}"
         suffix += 1
     write_report(folder, columns, rows, models, match, seeds, effects)
-    return {"report": str(folder), "columns": columns, "rows": rows, "pretraining": effects, "elapsed_s": time.perf_counter() - started}
+    return {
+        "report": str(folder),
+        "columns": columns,
+        "rows": rows,
+        "pretraining": effects,
+        "elapsed_s": time.perf_counter() - started,
+    }

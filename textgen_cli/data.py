@@ -55,7 +55,7 @@ def is_dataset(value: str | Path) -> bool:
 def resolve_dataset_value(value: str, root: Path, default_split: str) -> str:
     """A recipe's `hf:` value made explicit: a local folder resolved against `root` (the recipe's
     folder, or the current one for an override), the split named (default: the key's own)."""
-    name, _, split = value[len(HUB_PREFIX):].partition(":")
+    name, _, split = value[len(HUB_PREFIX) :].partition(":")
     if name.startswith(("/", ".", "~")):
         name = str((root / Path(name).expanduser()).resolve())
     return f"{HUB_PREFIX}{name}:{split or default_split}"
@@ -70,7 +70,7 @@ def local_file(value: str | Path) -> Path:
 
     from textgen_cli.tokenizer import cache_dir
 
-    name, _, split = str(value)[len(HUB_PREFIX):].partition(":")
+    name, _, split = str(value)[len(HUB_PREFIX) :].partition(":")
     rows = _load_dataset_split(name, split or "train")
     key = hashlib.sha256(f"{value}|{rows._fingerprint}".encode()).hexdigest()[:24]
     path = cache_dir() / "datasets" / f"{key}.parquet"
@@ -84,7 +84,7 @@ def local_file(value: str | Path) -> Path:
     return path
 
 
-def _load_dataset_split(name: str, split: str) -> "datasets.Dataset":
+def _load_dataset_split(name: str, split: str) -> datasets.Dataset:
     """One split of a hub dataset (ORG/NAME[/CONFIG]) or of a local dataset folder."""
     import datasets
 
@@ -130,7 +130,7 @@ def file_format(path: Path) -> str:
         raise UserError(f"{path}: unknown data format '{path.suffix}'; expected one of {', '.join(FORMATS)}") from None
 
 
-def load_rows(path: str | Path, max_rows: int | None = None) -> "datasets.Dataset":
+def load_rows(path: str | Path, max_rows: int | None = None) -> datasets.Dataset:
     """Load a local data file with `datasets` (cached as Arrow); the reader follows the file extension."""
     import datasets
 
@@ -152,7 +152,9 @@ def load_rows(path: str | Path, max_rows: int | None = None) -> "datasets.Datase
     except Exception as exc:  # the readers raise many types; find the exact culprit for the message
         raise UserError(_explain_load_failure(path, fmt, exc)) from exc
     if fmt == "text":
-        rows = rows.filter(lambda batch: [bool(text.strip()) for text in batch["text"]], batched=True, batch_size=10_000)
+        rows = rows.filter(
+            lambda batch: [bool(text.strip()) for text in batch["text"]], batched=True, batch_size=10_000
+        )
     if len(rows) == 0:
         raise UserError(f"data file '{path}' holds no records")
     if max_rows is not None and len(rows) > max_rows:
@@ -175,13 +177,17 @@ def _check_utf8(path: Path, chunk_size: int = 1 << 20) -> None:
                 # the decoder may hold back up to 3 bytes of an unfinished character from the last chunk
                 bad = max(0, err.start - len(err.object) + len(chunk))
                 line = lines + chunk[:bad].count(b"\n")
-                raise UserError(f"{path}:{line}: not valid UTF-8 (byte 0x{chunk[bad]:02x} at offset {offset + bad}); expected UTF-8 text") from None
+                raise UserError(
+                    f"{path}:{line}: not valid UTF-8 (byte 0x{chunk[bad]:02x} at offset {offset + bad}); expected UTF-8 text"
+                ) from None
             lines += chunk.count(b"\n")
             offset += len(chunk)
         try:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
-            raise UserError(f"{path}:{lines}: not valid UTF-8 (the file ends inside a character); expected UTF-8 text") from None
+            raise UserError(
+                f"{path}:{lines}: not valid UTF-8 (the file ends inside a character); expected UTF-8 text"
+            ) from None
 
 
 def _explain_load_failure(path: Path, fmt: str, exc: Exception) -> str:
@@ -190,7 +196,9 @@ def _explain_load_failure(path: Path, fmt: str, exc: Exception) -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
-        return f"{path}:{line}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start}); expected UTF-8 text"
+        return (
+            f"{path}:{line}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start}); expected UTF-8 text"
+        )
     if fmt == "json" and path.suffix.lower() == ".jsonl":
         first_type: dict[str, tuple[str, int]] = {}  # field -> (type name, line) where first seen
         for number, line in enumerate(text.splitlines(), start=1):
@@ -235,9 +243,11 @@ def _line_of_row(path: Path, row: int) -> str:
     return f"{path}, record {row + 1}"
 
 
-def _require_column(rows: "datasets.Dataset", path: Path | str, field: str, key: str) -> None:
+def _require_column(rows: datasets.Dataset, path: Path | str, field: str, key: str) -> None:
     if field not in rows.column_names:
-        raise UserError(f"{path}: records have no field '{field}' (set by {key}); fields found: {', '.join(rows.column_names)}")
+        raise UserError(
+            f"{path}: records have no field '{field}' (set by {key}); fields found: {', '.join(rows.column_names)}"
+        )
 
 
 def read_texts(path: str, text_field: str, max_rows: int | None = None) -> list[str]:
@@ -280,22 +290,30 @@ def read_dialogues(path: str, messages_field: str, max_rows: int | None = None) 
             raise UserError(f"{where}: field '{messages_field}' must be a list of {{role, content}} turns")
         turns = [_check_turn(path, index, turn) for turn in messages]
         if not any(turn["role"] == "assistant" for turn in turns):
-            raise UserError(f"{_line_of_row(path, index)}: dialogue has no assistant turn; expected at least one to learn from")
+            raise UserError(
+                f"{_line_of_row(path, index)}: dialogue has no assistant turn; expected at least one to learn from"
+            )
         dialogues.append(Dialogue(id=str(id_ if id_ is not None else index), messages=turns))
     return dialogues
 
 
 def _check_turn(path: Path, index: int, turn: Any) -> dict[str, str]:
     if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or not isinstance(turn.get("content"), str):
-        raise UserError(f"{_line_of_row(path, index)}: each turn must be an object with string fields 'role' and 'content', got {turn!r}")
+        raise UserError(
+            f"{_line_of_row(path, index)}: each turn must be an object with string fields 'role' and 'content', got {turn!r}"
+        )
     if turn["role"] not in ROLES:
-        raise UserError(f"{_line_of_row(path, index)}: unknown role '{turn['role']}'; expected one of {', '.join(ROLES)}")
+        raise UserError(
+            f"{_line_of_row(path, index)}: unknown role '{turn['role']}'; expected one of {', '.join(ROLES)}"
+        )
     return {"role": turn["role"], "content": turn["content"]}
 
 
 def pair_to_chat(pair: Pair) -> Dialogue:
     """A pairs task cast as a one-turn chat, so `chatgpt` trains on exactly `sora`'s examples."""
-    return Dialogue(id=pair.id, messages=[{"role": "user", "content": pair.source}, {"role": "assistant", "content": pair.target}])
+    return Dialogue(
+        id=pair.id, messages=[{"role": "user", "content": pair.source}, {"role": "assistant", "content": pair.target}]
+    )
 
 
 def with_system_prompt(dialogue: Dialogue, system: str) -> Messages:

@@ -9,8 +9,9 @@ nothing: the CLI, chat sessions and `evaluate` decide what to show.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from textgen_cli.models import Role, role_of_model
 from textgen_cli.prompts import Prompt, PromptInput, build_prompt, prompt_budget, prompt_format
@@ -150,7 +151,9 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> int | None:
     return min(positions) if positions else None
 
 
-def _decode_batch(model, tokenizer, prompts: Sequence[list[int]], settings: GenerateSection, streamer=None) -> list[tuple[list[int], str, str]]:
+def _decode_batch(
+    model, tokenizer, prompts: Sequence[list[int]], settings: GenerateSection, streamer=None
+) -> list[tuple[list[int], str, str]]:
     """One `model.generate` call over a batch: (new ids, text, finish reason) per prompt."""
     import torch
 
@@ -166,7 +169,11 @@ def _decode_batch(model, tokenizer, prompts: Sequence[list[int]], settings: Gene
         input_ids[row, span] = torch.as_tensor(ids, dtype=torch.long)
         attention_mask[row, span] = 1
     config = generation_config(model, tokenizer, settings)
-    kwargs: dict[str, Any] = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device), "generation_config": config}
+    kwargs: dict[str, Any] = {
+        "input_ids": input_ids.to(device),
+        "attention_mask": attention_mask.to(device),
+        "generation_config": config,
+    }
     if settings.stop:
         kwargs["tokenizer"] = tokenizer
     if streamer is not None:
@@ -227,7 +234,16 @@ def generate_batch(
     fmt = fmt or prompt_format(family, task)
     budget = prompt_budget(model, settings)
     prompts = [
-        build_prompt(tokenizer, item, family, fmt, budget, system, settings.too_long, where=labels[index] if labels else f"input {index + 1}")
+        build_prompt(
+            tokenizer,
+            item,
+            family,
+            fmt,
+            budget,
+            system,
+            settings.too_long,
+            where=labels[index] if labels else f"input {index + 1}",
+        )
         for index, item in enumerate(inputs)
     ]
     size = batch_size or settings.batch_size
@@ -246,7 +262,9 @@ def generate_batch(
             batch.first_token_s = timer.first_at - began
         for index, (ids, text, reason) in zip(chosen, decoded):
             prompt = prompts[index]
-            results[index] = GenerationResult(text, ids, len(prompt.ids), len(ids), reason, prompt.truncated, prompt.dropped_turns)
+            results[index] = GenerationResult(
+                text, ids, len(prompt.ids), len(ids), reason, prompt.truncated, prompt.dropped_turns
+            )
             batch.new_tokens += len(ids)
         total.add(batch)
         if on_batch is not None:
@@ -254,7 +272,14 @@ def generate_batch(
     return results  # type: ignore[return-value]
 
 
-def generate_stream(model, tokenizer, prompt: Prompt, settings: GenerateSection, write: Callable[[str], None], stats: GenerationStats | None = None) -> GenerationResult:
+def generate_stream(
+    model,
+    tokenizer,
+    prompt: Prompt,
+    settings: GenerateSection,
+    write: Callable[[str], None],
+    stats: GenerationStats | None = None,
+) -> GenerationResult:
     """Decode one prompt, handing text to `write` as it is produced (all at once for beam search)."""
     import torch
 

@@ -19,9 +19,10 @@ import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Union
+from typing import Union
 
 from textgen_cli.errors import DiskFull, UserError
 
@@ -30,8 +31,8 @@ NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 NO_SPACE_WORDS = ("no space left on device", "os error 28", "disk quota exceeded", "os error 122")
 NOT_WRITABLE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
-Lazy = Union[str, Callable[[], str]]
-LazyBytes = Union[int, None, Callable[[], Union[int, None]]]
+Lazy = Union[str, Callable[[], str]]  # noqa: UP007 (a runtime alias)
+LazyBytes = Union[int, None, Callable[[], int | None]]  # noqa: UP007
 
 
 def existing_ancestor(path: Path) -> Path:
@@ -119,7 +120,9 @@ def writing(what: str, path: Path, needed: LazyBytes, then: Lazy, partial: Path 
         yield
     except BaseException as exc:
         size = _value(needed)  # before removing the partial write: an estimate may measure it
-        full = isinstance(exc, Exception) and not isinstance(exc, (DiskFull, UserError)) and is_no_space(exc, path, size)
+        full = (
+            isinstance(exc, Exception) and not isinstance(exc, (DiskFull, UserError)) and is_no_space(exc, path, size)
+        )
         if partial is not None:
             remove(partial)
         if full:
@@ -145,9 +148,13 @@ def check_writable(folder: Path, keep: bool = True) -> None:
         os.unlink(probe)
     except OSError as exc:
         if exc.errno in NOT_WRITABLE_ERRNOS:
-            raise UserError(f"cannot write in '{folder}' ({exc.strerror}): make it writable, or set run.root to a writable directory") from None
+            raise UserError(
+                f"cannot write in '{folder}' ({exc.strerror}): make it writable, or set run.root to a writable directory"
+            ) from None
         if exc.errno in NO_SPACE_ERRNOS:
-            raise UserError(f"cannot write in '{folder}': no space left on the device ({human(free_bytes(folder))} free on {mount_point(folder)}); free some space, or set run.root to a disk with room") from None
+            raise UserError(
+                f"cannot write in '{folder}': no space left on the device ({human(free_bytes(folder))} free on {mount_point(folder)}); free some space, or set run.root to a disk with room"
+            ) from None
         raise
     finally:
         if not keep:
@@ -180,7 +187,9 @@ class SpaceEstimate:
         return max(0, self.total - self.present)
 
 
-def estimate_run(parameter_bytes: int, tokenizer_bytes: int, steps: int, every: int, keep_last: int, present: int = 0) -> SpaceEstimate:
+def estimate_run(
+    parameter_bytes: int, tokenizer_bytes: int, steps: int, every: int, keep_last: int, present: int = 0
+) -> SpaceEstimate:
     """The most a stage has on the disk at once: keep_last checkpoints plus the one being written
     (counting only as many as the run saves, and one for an interruption), and final/."""
     saves = (steps - 1) // every if every else 0
@@ -202,6 +211,10 @@ def check_room(estimate: SpaceEstimate, folder: Path, warn: Callable[[str], None
         + f") and {human(free)} are free on {mount_point(folder)}"
     )
     if free < estimate.needed:
-        raise UserError(f"not enough free space for {folder}: {what}; free some space, lower checkpoint.keep_last, or set run.root to a disk with more room")
+        raise UserError(
+            f"not enough free space for {folder}: {what}; free some space, lower checkpoint.keep_last, or set run.root to a disk with more room"
+        )
     if free < WARN_MARGIN * estimate.needed:
-        warn(f"warning: little free space for {folder}: {what}; if the disk fills up, the run stops with the newest checkpoint intact")
+        warn(
+            f"warning: little free space for {folder}: {what}; if the disk fills up, the run stops with the newest checkpoint intact"
+        )

@@ -14,9 +14,10 @@ import dataclasses
 import json
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from textgen_cli.data import Dialogue, read_finetune_examples
 from textgen_cli.errors import UserError
@@ -58,7 +59,11 @@ def metric_rows(results: dict[str, dict]) -> tuple[dict[str, float], dict[str, s
     signatures: dict[str, str] = {}
     picks = {module: module_rows(module) for module in METRIC_NAMES}
     for entry, result in results.items():
-        wanted = picks.get(entry) or {key: key if key == entry else f"{Path(entry).stem}.{key}" for key, value in result.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
+        wanted = picks.get(entry) or {
+            key: key if key == entry else f"{Path(entry).stem}.{key}"
+            for key, value in result.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
+        }
         for key, row in wanted.items():
             value = result.get(key)
             if isinstance(value, (int, float)):
@@ -68,13 +73,17 @@ def metric_rows(results: dict[str, dict]) -> tuple[dict[str, float], dict[str, s
     return rows, signatures
 
 
-def score(names: Sequence[str], predictions: list[str], references: list[str], sources: list[str]) -> tuple[dict[str, float], dict[str, str]]:
+def score(
+    names: Sequence[str], predictions: list[str], references: list[str], sources: list[str]
+) -> tuple[dict[str, float], dict[str, str]]:
     from textgen_cli.metrics import compute_metrics
 
     return metric_rows(compute_metrics(list(names), predictions, references, sources))
 
 
-def intervals(predictions: list[str], references: list[str], n_resamples: int, seed: int) -> dict[str, dict[str, float]]:
+def intervals(
+    predictions: list[str], references: list[str], n_resamples: int, seed: int
+) -> dict[str, dict[str, float]]:
     from textgen_cli.metrics import paired_bootstrap
 
     out = {}
@@ -84,14 +93,21 @@ def intervals(predictions: list[str], references: list[str], n_resamples: int, s
     return out
 
 
-def versus(predictions: list[str], baseline: list[str], references: list[str], n_resamples: int, seed: int) -> dict[str, dict[str, Any]]:
+def versus(
+    predictions: list[str], baseline: list[str], references: list[str], n_resamples: int, seed: int
+) -> dict[str, dict[str, Any]]:
     """Paired bootstrap of model minus baseline: is the model better, beyond resampling noise?"""
     from textgen_cli.metrics import paired_bootstrap
 
     out = {}
     for row in INTERVAL_ROWS:
         result = paired_bootstrap(row, predictions, baseline, references, n_resamples=n_resamples, seed=seed)
-        out[row] = {"diff": result["diff"]["score"], "low": result["diff"]["low"], "high": result["diff"]["high"], "model_wins": result["a_wins"]}
+        out[row] = {
+            "diff": result["diff"]["score"],
+            "low": result["diff"]["low"],
+            "high": result["diff"]["high"],
+            "model_wins": result["a_wins"],
+        }
     return out
 
 
@@ -103,10 +119,19 @@ def baseline_predictions(loaded, examples: list[EvalExample]) -> list[dict[str, 
     response."""
     recipe = loaded.recipe
     if recipe.data.finetune.task == "pairs":
-        return [{"key": "copy_source", "label": "copy source", "name": "copy source", "predictions": [example.source for example in examples]}]
+        return [
+            {
+                "key": "copy_source",
+                "label": "copy source",
+                "name": "copy source",
+                "predictions": [example.source for example in examples],
+            }
+        ]
     from textgen_cli.metrics.checks import NearestPrompt
 
-    training = examples_from(read_finetune_examples(recipe.data.finetune, "train", recipe.data.max_examples), "dialogue")
+    training = examples_from(
+        read_finetune_examples(recipe.data.finetune, "train", recipe.data.max_examples), "dialogue"
+    )
     counts = Counter(
         turn["content"]
         for dialogue in read_finetune_examples(recipe.data.finetune, "train", recipe.data.max_examples)
@@ -114,15 +139,36 @@ def baseline_predictions(loaded, examples: list[EvalExample]) -> list[dict[str, 
         if turn["role"] == "assistant"
     )
     most_common = counts.most_common(1)[0][0]
-    out = [{"key": "most_frequent", "label": "most frequent response", "name": f"most frequent training response ({most_common!r})", "predictions": [most_common] * len(examples)}]
+    out = [
+        {
+            "key": "most_frequent",
+            "label": "most frequent response",
+            "name": f"most frequent training response ({most_common!r})",
+            "predictions": [most_common] * len(examples),
+        }
+    ]
     if training:
         index = NearestPrompt([t.source for t in training])
         retrieved = [training[index.nearest(example.source)].reference for example in examples]
-        out.append({"key": "retrieval", "label": "retrieval", "name": "retrieval (response of the nearest training prompt, TF-IDF cosine)", "predictions": retrieved})
+        out.append(
+            {
+                "key": "retrieval",
+                "label": "retrieval",
+                "name": "retrieval (response of the nearest training prompt, TF-IDF cosine)",
+                "predictions": retrieved,
+            }
+        )
     return out
 
 
-def score_baselines(loaded, examples: list[EvalExample], predictions: list[str], metric_names: Sequence[str], n_resamples: int, seed: int) -> list[dict[str, Any]]:
+def score_baselines(
+    loaded,
+    examples: list[EvalExample],
+    predictions: list[str],
+    metric_names: Sequence[str],
+    n_resamples: int,
+    seed: int,
+) -> list[dict[str, Any]]:
     """Every baseline scored like the model, with the paired bootstrap of model minus baseline."""
     references = [e.reference for e in examples]
     sources = [e.source for e in examples]
@@ -143,7 +189,12 @@ def score_baselines(loaded, examples: list[EvalExample], predictions: list[str],
 
 def rotated(examples: list[EvalExample]) -> list[EvalExample]:
     """Every example with the next example's prompt (the last gets the first's): the references stay."""
-    return [dataclasses.replace(example, prompt=examples[(i + 1) % len(examples)].prompt, source=examples[(i + 1) % len(examples)].source) for i, example in enumerate(examples)]
+    return [
+        dataclasses.replace(
+            example, prompt=examples[(i + 1) % len(examples)].prompt, source=examples[(i + 1) % len(examples)].source
+        )
+        for i, example in enumerate(examples)
+    ]
 
 
 def input_use(generator, examples: list[EvalExample], n: int, batch_size: int) -> dict[str, Any]:
@@ -152,13 +203,31 @@ def input_use(generator, examples: list[EvalExample], n: int, batch_size: int) -
     ignores its input scores both the same: the gap is ~0."""
     subset = examples[:n]
     if n <= 0 or len(subset) < 2:
-        return {"examples": len(subset), "skipped": "eval.input_check is 0" if n <= 0 else "fewer than 2 examples", "bits_per_byte_true": None, "bits_per_byte_shuffled": None, "gap": None}
+        return {
+            "examples": len(subset),
+            "skipped": "eval.input_check is 0" if n <= 0 else "fewer than 2 examples",
+            "bits_per_byte_true": None,
+            "bits_per_byte_shuffled": None,
+            "gap": None,
+        }
     if len({e.source for e in subset}) < 2:
-        return {"examples": len(subset), "skipped": "every source is the same", "bits_per_byte_true": None, "bits_per_byte_shuffled": None, "gap": None}
+        return {
+            "examples": len(subset),
+            "skipped": "every source is the same",
+            "bits_per_byte_true": None,
+            "bits_per_byte_shuffled": None,
+            "gap": None,
+        }
     true = likelihood(generator, subset, batch_size)
     shuffled = likelihood(generator, rotated(subset), batch_size)
     if true["bits_per_byte"] is None or shuffled["bits_per_byte"] is None:
-        return {"examples": len(subset), "skipped": "no reference fits the context", "bits_per_byte_true": None, "bits_per_byte_shuffled": None, "gap": None}
+        return {
+            "examples": len(subset),
+            "skipped": "no reference fits the context",
+            "bits_per_byte_true": None,
+            "bits_per_byte_shuffled": None,
+            "gap": None,
+        }
     return {
         "examples": true["examples"],
         "bits_per_byte_true": true["bits_per_byte"],
@@ -203,7 +272,16 @@ def likelihood(generator, examples: list[EvalExample], batch_size: int) -> dict[
         scored.append(example)
         pairs.append(role.scoring_pair(prompt, target, context))
     if not scored:
-        return {"examples": 0, "skipped_too_long": len(examples), "nll_sum": None, "tokens": 0, "bytes": 0, "nll_per_token": None, "perplexity": None, "bits_per_byte": None}
+        return {
+            "examples": 0,
+            "skipped_too_long": len(examples),
+            "nll_sum": None,
+            "tokens": 0,
+            "bytes": 0,
+            "nll_per_token": None,
+            "perplexity": None,
+            "bits_per_byte": None,
+        }
     dataset = role.scoring_set(pairs, tokenizer, model)
     total, tokens = summed_nll(model, dataset, batch_size, model.device)
     n_bytes = sum(len(example.reference.encode("utf-8")) for example in scored)
@@ -276,7 +354,10 @@ def perturbed_prompt(example: EvalExample, kind: str, rate: float, seed: int, in
 
     if isinstance(example.prompt, str):
         return perturb(example.prompt, kind, rate, seed + index)
-    return [turn if turn["role"] == "assistant" else {**turn, "content": perturb(turn["content"], kind, rate, seed + index)} for turn in example.prompt]
+    return [
+        turn if turn["role"] == "assistant" else {**turn, "content": perturb(turn["content"], kind, rate, seed + index)}
+        for turn in example.prompt
+    ]
 
 
 def eval_hash(loaded, stage: str | None, split: str) -> str:
@@ -305,7 +386,9 @@ def output_dir(generator, explicit: str | None, split: str = "test", digest: str
     if explicit:
         return Path(explicit)
     if generator.path.name != "final":
-        raise UserError(f"--model {generator.path} is not a textgen run's final/ directory; give --output DIR for the evaluation files")
+        raise UserError(
+            f"--model {generator.path} is not a textgen run's final/ directory; give --output DIR for the evaluation files"
+        )
     stage_dir = generator.path.parent
     if digest is None or (split == "test" and default_slot_open(stage_dir, digest)):
         return stage_dir
@@ -327,7 +410,10 @@ def find_evaluation(stage_dir: Path, digest: str) -> Path | None:
     """The folder holding this stage's evaluation with this eval hash, if one was made."""
     for folder in (stage_dir, stage_dir / EVALS_DIR / digest):
         try:
-            if json.loads((folder / "eval.json").read_text(encoding="utf-8")).get("eval_hash") == digest and (folder / "predictions.jsonl").is_file():
+            if (
+                json.loads((folder / "eval.json").read_text(encoding="utf-8")).get("eval_hash") == digest
+                and (folder / "predictions.jsonl").is_file()
+            ):
                 return folder
         except (OSError, ValueError):
             continue
@@ -352,7 +438,9 @@ def run_evaluate(
     if split not in ("train", "validation", "test"):
         raise UserError(f"--split {split}: expected train, validation or test")
     if not getattr(recipe.data.finetune, split):
-        raise UserError(f"{loaded.path}: key 'data.finetune.{split}' is empty; nothing to evaluate on the {split} split")
+        raise UserError(
+            f"{loaded.path}: key 'data.finetune.{split}' is empty; nothing to evaluate on the {split} split"
+        )
     specs = []
     for spec in [*section.perturb, *perturbations]:
         try:
@@ -364,11 +452,17 @@ def run_evaluate(
     for entry in section.metrics:  # an unknown metric must fail before minutes of generation
         resolve_metric_path(entry)
     started = time.perf_counter()
-    generator = load_generator(None, model_dir, stage, loaded=loaded) if model_dir else load_generator(None, None, stage, loaded=loaded)
+    generator = (
+        load_generator(None, model_dir, stage, loaded=loaded)
+        if model_dir
+        else load_generator(None, None, stage, loaded=loaded)
+    )
     dialogues = read_finetune_examples(recipe.data.finetune, split, section.max_examples)
     examples = examples_from(dialogues, recipe.data.finetune.task)
     if not examples:
-        raise UserError(f"{getattr(recipe.data.finetune, split)}: no example ends with an assistant turn that answers a user turn")
+        raise UserError(
+            f"{getattr(recipe.data.finetune, split)}: no example ends with an assistant turn that answers a user turn"
+        )
     references = [e.reference for e in examples]
     sources = [e.source for e in examples]
     labels = [f"example {e.id}" for e in examples]
@@ -385,7 +479,9 @@ def run_evaluate(
     baselines = score_baselines(loaded, examples, predictions, section.metrics, section.bootstrap, section.seed)
     scored = likelihood(generator, examples, generator.settings.batch_size)
     uses_input = input_use(generator, examples, section.input_check, generator.settings.batch_size)
-    prose = prose_likelihood(generator, recipe.data.pretrain.validation, recipe.data.pretrain.text_field, generator.settings.batch_size)
+    prose = prose_likelihood(
+        generator, recipe.data.pretrain.validation, recipe.data.pretrain.text_field, generator.settings.batch_size
+    )
 
     robustness = []
     for kind, rate in specs:
@@ -401,7 +497,11 @@ def run_evaluate(
                 "metrics": noisy,
                 "intervals": noisy_bounds,
                 "drop": {row: metrics[row] - noisy[row] for row in noisy if row in metrics},
-                "relative_drop": {row: (metrics[row] - noisy[row]) / metrics[row] if metrics[row] else 0.0 for row in noisy if row in metrics},
+                "relative_drop": {
+                    row: (metrics[row] - noisy[row]) / metrics[row] if metrics[row] else 0.0
+                    for row in noisy
+                    if row in metrics
+                },
                 "predictions": noisy_predictions,
                 "prompts": noisy_prompts,
             }
@@ -423,15 +523,27 @@ def run_evaluate(
         metrics=metrics,
         intervals=bounds,
         signatures=signatures,
-        bootstrap={"resamples": section.bootstrap, "seed": section.seed, "confidence": 0.95, "method": "paired percentile bootstrap over examples"},
+        bootstrap={
+            "resamples": section.bootstrap,
+            "seed": section.seed,
+            "confidence": 0.95,
+            "method": "paired percentile bootstrap over examples",
+        },
         likelihood=scored,
         prose=prose,
-        baseline={key: baselines[0][key] for key in ("name", "metrics", "versus")},  # the first baseline (compatibility)
+        baseline={
+            key: baselines[0][key] for key in ("name", "metrics", "versus")
+        },  # the first baseline (compatibility)
         baselines=baselines,
         input_use=uses_input,
         degeneration=degeneration(sources, predictions, references),
         robustness=[{k: v for k, v in r.items() if k not in ("predictions", "prompts")} for r in robustness],
-        generation={"new_tokens": stats.new_tokens, "seconds": stats.seconds, "tokens_per_s": stats.tokens_per_s, "examples_per_s": len(examples) / max(stats.seconds, 1e-9)},
+        generation={
+            "new_tokens": stats.new_tokens,
+            "seconds": stats.seconds,
+            "tokens_per_s": stats.tokens_per_s,
+            "examples_per_s": len(examples) / max(stats.seconds, 1e-9),
+        },
         eval_time_s=elapsed,
         examples_per_s=len(examples) / max(elapsed, 1e-9),
     )
@@ -439,13 +551,26 @@ def run_evaluate(
 
     report.verdict = judge(report.to_dict(), thresholds_of(section))
     folder = output_dir(generator, output, split, report.eval_hash)
-    write_outputs(folder, "test" if folder.parent.name == EVALS_DIR else split, report, examples, predictions, robustness)
-    where = "the stage's default evaluation" if not output and folder == generator.path.parent else ("a separate record; the stage's default evaluation is untouched" if not output else "--output")
+    write_outputs(
+        folder, "test" if folder.parent.name == EVALS_DIR else split, report, examples, predictions, robustness
+    )
+    where = (
+        "the stage's default evaluation"
+        if not output and folder == generator.path.parent
+        else ("a separate record; the stage's default evaluation is untouched" if not output else "--output")
+    )
     log(f"evaluate: wrote {report.files['eval']} ({where})")
     return report
 
 
-def write_outputs(folder: Path, split: str, report: EvalReport, examples: list[EvalExample], predictions: list[str], robustness: list[dict[str, Any]]) -> None:
+def write_outputs(
+    folder: Path,
+    split: str,
+    report: EvalReport,
+    examples: list[EvalExample],
+    predictions: list[str],
+    robustness: list[dict[str, Any]],
+) -> None:
     suffix = "" if split == "test" else f"-{split}"
     folder.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -455,11 +580,23 @@ def write_outputs(folder: Path, split: str, report: EvalReport, examples: list[E
     write_text_atomic(folder / f"predictions{suffix}.jsonl", "\n".join(lines) + "\n")
     for r in robustness:
         noisy = [
-            json.dumps({"id": e.id, "source": prompt, "reference": e.reference, "prediction": p, "perturbation": r["perturbation"]}, ensure_ascii=False)
+            json.dumps(
+                {
+                    "id": e.id,
+                    "source": prompt,
+                    "reference": e.reference,
+                    "prediction": p,
+                    "perturbation": r["perturbation"],
+                },
+                ensure_ascii=False,
+            )
             for e, prompt, p in zip(examples, r["prompts"], r["predictions"])
         ]
         write_text_atomic(folder / f"predictions{suffix}-{r['kind']}-{r['rate']:g}.jsonl", "\n".join(noisy) + "\n")
-    report.files = {"eval": str((folder / f"eval{suffix}.json").resolve()), "predictions": str((folder / f"predictions{suffix}.jsonl").resolve())}
+    report.files = {
+        "eval": str((folder / f"eval{suffix}.json").resolve()),
+        "predictions": str((folder / f"predictions{suffix}.jsonl").resolve()),
+    }
     write_text_atomic(folder / f"eval{suffix}.json", json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
 
 
@@ -516,33 +653,61 @@ def print_table(report: EvalReport, stream=None) -> None:
         cells = [row, f"{value:.4g}", f"[{bound['low']:.4g}, {bound['high']:.4g}]" if bound else ""]
         for baseline in baselines:
             base = baseline["metrics"].get(row)
-            cells += [f"{base:.4g}" if base is not None else "", diff_cell(row, baseline["versus"].get(row), value, base)]
+            cells += [
+                f"{base:.4g}" if base is not None else "",
+                diff_cell(row, baseline["versus"].get(row), value, base),
+            ]
         table.add_row(*cells)
     blank = [""] * (2 * len(baselines))
     lik = report.likelihood
     if lik["bits_per_byte"] is not None:
-        skipped = f"{lik['skipped_too_long']} references longer than the context left out" if lik["skipped_too_long"] else ""
+        skipped = (
+            f"{lik['skipped_too_long']} references longer than the context left out" if lik["skipped_too_long"] else ""
+        )
         table.add_row("bits per byte", f"{lik['bits_per_byte']:.4f}", skipped, *blank)
         table.add_row("perplexity", f"{lik['perplexity']:.2f}", "", *blank)
     use = report.input_use or {}
     if use.get("gap") is not None:
         table.add_row(f"bits per byte, own sources ({use['examples']})", f"{use['bits_per_byte_true']:.4f}", "", *blank)
-        table.add_row(f"bits per byte, shuffled sources ({use['examples']})", f"{use['bits_per_byte_shuffled']:.4f}", "", *blank)
+        table.add_row(
+            f"bits per byte, shuffled sources ({use['examples']})", f"{use['bits_per_byte_shuffled']:.4f}", "", *blank
+        )
         table.add_row("input-use gap (shuffled - own)", f"{use['gap']:+.4f}", "", *blank)
     degenerate = report.degeneration or {}
     if degenerate:
-        table.add_row("distinct outputs / distinct sources", f"{degenerate['distinct_outputs_share']:.3f}", f"{degenerate['distinct_outputs']} / {degenerate['distinct_sources']}", *blank)
-        table.add_row("repeated 4-gram rate", f"{degenerate['repeated_4gram_rate']:.3f}", f"references {degenerate['reference_repeated_4gram_rate']:.3f}", *blank)
+        table.add_row(
+            "distinct outputs / distinct sources",
+            f"{degenerate['distinct_outputs_share']:.3f}",
+            f"{degenerate['distinct_outputs']} / {degenerate['distinct_sources']}",
+            *blank,
+        )
+        table.add_row(
+            "repeated 4-gram rate",
+            f"{degenerate['repeated_4gram_rate']:.3f}",
+            f"references {degenerate['reference_repeated_4gram_rate']:.3f}",
+            *blank,
+        )
     prose = report.prose
     if "bits_per_byte" in prose:
-        table.add_row("prose bits per byte", f"{prose['bits_per_byte']:.4f}", f"window {prose['window']}, stride {prose['stride']}", *blank)
+        table.add_row(
+            "prose bits per byte",
+            f"{prose['bits_per_byte']:.4f}",
+            f"window {prose['window']}, stride {prose['stride']}",
+            *blank,
+        )
     console.print(table)
     for r in report.robustness:
-        parts = ", ".join(f"{row} {report.metrics[row]:.4g} -> {r['metrics'][row]:.4g} ({-r['drop'][row]:+.4g}, {-100 * r['relative_drop'][row]:+.1f}%)" for row in ("bleu", "chrf", "rougeL") if row in r["metrics"])
+        parts = ", ".join(
+            f"{row} {report.metrics[row]:.4g} -> {r['metrics'][row]:.4g} ({-r['drop'][row]:+.4g}, {-100 * r['relative_drop'][row]:+.1f}%)"
+            for row in ("bleu", "chrf", "rougeL")
+            if row in r["metrics"]
+        )
         console.print(f"robustness {r['perturbation']}: {parts}")
     gen = report.generation
     console.print(
         f"generated {gen['new_tokens']:,} tokens at {gen['tokens_per_s']:,.0f} tokens/s; evaluation took {report.eval_time_s:.1f} s "
         f"({report.examples_per_s:.1f} examples/s)"
     )
-    console.print(f"evaluation written to {report.files['eval']} (predictions: {report.files['predictions']})", soft_wrap=True)
+    console.print(
+        f"evaluation written to {report.files['eval']} (predictions: {report.files['predictions']})", soft_wrap=True
+    )

@@ -13,7 +13,16 @@ from typing import Any
 
 from textgen_cli.data import Dialogue, read_finetune_examples
 from textgen_cli.errors import UserError
-from textgen_cli.models import DECODER_ONLY, ENCODER_DECODER, FAMILIES, SCRATCH, Role, context_of, init_from, load_pretrained
+from textgen_cli.models import (
+    DECODER_ONLY,
+    ENCODER_DECODER,
+    FAMILIES,
+    SCRATCH,
+    Role,
+    context_of,
+    init_from,
+    load_pretrained,
+)
 from textgen_cli.objectives import ChatExamples, Seq2SeqExamples, TruncationCount
 from textgen_cli.progress import log
 from textgen_cli.recipe import LoadedRecipe
@@ -41,11 +50,15 @@ def starting_point(loaded: LoadedRecipe, stage: str = "finetune") -> str:
     return str(path)
 
 
-def chatgpt_examples(dialogues: list[Dialogue], tokenizer, loaded: LoadedRecipe, context: int, count: TruncationCount) -> ChatExamples:
+def chatgpt_examples(
+    dialogues: list[Dialogue], tokenizer, loaded: LoadedRecipe, context: int, count: TruncationCount
+) -> ChatExamples:
     return DECODER_ONLY.finetune_examples(dialogues, tokenizer, loaded, context, count)
 
 
-def sora_examples(dialogues: list[Dialogue], tokenizer, loaded: LoadedRecipe, context: int, count: TruncationCount) -> Seq2SeqExamples:
+def sora_examples(
+    dialogues: list[Dialogue], tokenizer, loaded: LoadedRecipe, context: int, count: TruncationCount
+) -> Seq2SeqExamples:
     return ENCODER_DECODER.finetune_examples(dialogues, tokenizer, loaded, context, count)
 
 
@@ -75,16 +88,24 @@ def starting_model(loaded: LoadedRecipe, start: str, stage: str) -> tuple[Any, A
         tokenizer = recipe_tokenizer(loaded)
         adapt_tokenizer(tokenizer)  # adds nothing to a tokenizer textgen trained
         model = scratch_model(loaded, tokenizer)
-        log(f"{stage}: from scratch: a `{recipe.model.family}` model with random weights in layout {model.config.model_type} (model.init_from=scratch)")
+        log(
+            f"{stage}: from scratch: a `{recipe.model.family}` model with random weights in layout {model.config.model_type} (model.init_from=scratch)"
+        )
         return model, tokenizer, {"from_scratch": True}
     accelerate.utils.set_seed(recipe.train.seed)
     pretrained = load_pretrained(start, recipe.model.family, context=recipe.model.context)
     if pretrained.added_tokens:
-        log(f"{stage}: added to the tokenizer of {start}: {', '.join(pretrained.added_tokens)} (embedding rows: the mean of the others)")
-    return pretrained.model, pretrained.tokenizer, {"added_tokens": pretrained.added_tokens} if pretrained.added_tokens else {}
+        log(
+            f"{stage}: added to the tokenizer of {start}: {', '.join(pretrained.added_tokens)} (embedding rows: the mean of the others)"
+        )
+    return (
+        pretrained.model,
+        pretrained.tokenizer,
+        {"added_tokens": pretrained.added_tokens} if pretrained.added_tokens else {},
+    )
 
 
-def prepare(loaded: LoadedRecipe, start: "str | Path", stage: str) -> FinetuneSetup:
+def prepare(loaded: LoadedRecipe, start: str | Path, stage: str) -> FinetuneSetup:
     recipe = loaded.recipe
     role = FAMILIES[recipe.model.family]
     model, tokenizer, notes = starting_model(loaded, str(start), stage)
@@ -93,8 +114,10 @@ def prepare(loaded: LoadedRecipe, start: "str | Path", stage: str) -> FinetuneSe
 
         model, lora_notes = attach_lora(model, recipe.model.lora, str(loaded.path))
         notes["lora"] = lora_notes
-        log(f"{stage}: LoRA rank {lora_notes['rank']} on {', '.join(lora_notes['target_modules'])}: "
-            f"{lora_notes['trainable_parameters']:,} trainable parameters of {lora_notes['total_parameters']:,} ({100 * lora_notes['trainable_share']:.2f}%)")
+        log(
+            f"{stage}: LoRA rank {lora_notes['rank']} on {', '.join(lora_notes['target_modules'])}: "
+            f"{lora_notes['trainable_parameters']:,} trainable parameters of {lora_notes['total_parameters']:,} ({100 * lora_notes['trainable_share']:.2f}%)"
+        )
     section = recipe.data.finetune
     train_dialogues = read_finetune_examples(section, "train", recipe.data.max_examples)
     if section.validation:
@@ -111,11 +134,15 @@ def build_examples(loaded: LoadedRecipe, setup: FinetuneSetup, stage: str) -> tu
     """Tokenized training and validation sets for the recipe's role; returns the truncation count."""
     count = TruncationCount()
     start_id = setup.role.decoder_start_id(setup.model, setup.tokenizer)
-    train_set = setup.role.finetune_examples(setup.train_dialogues, setup.tokenizer, loaded, setup.context, count, start_id)
+    train_set = setup.role.finetune_examples(
+        setup.train_dialogues, setup.tokenizer, loaded, setup.context, count, start_id
+    )
     val_set = setup.role.finetune_examples(setup.val_dialogues, setup.tokenizer, loaded, setup.context, count, start_id)
     if count.truncated:
         dropped = f" ({count.dropped} dropped: nothing left to learn)" if count.dropped else ""
-        log(f"warning: {stage}: {count.truncated} examples were longer than model.context={setup.context} and were truncated{dropped}")
+        log(
+            f"warning: {stage}: {count.truncated} examples were longer than model.context={setup.context} and were truncated{dropped}"
+        )
     return train_set, val_set, count.truncated
 
 
@@ -124,5 +151,19 @@ def run_finetune(loaded: LoadedRecipe) -> RunSummary:
     setup = prepare(loaded, starting_point(loaded), "finetune")
     train_set, val_set, truncated = build_examples(loaded, setup, "finetune")
     recipe = loaded.recipe
-    extra = {"init_from": setup.start, "task": recipe.data.finetune.task, "truncated_examples": truncated, "system_prompt": setup.role.system_prompt(recipe), **setup.notes}
-    return train_stage(loaded, "finetune", model=setup.model, tokenizer=setup.tokenizer, train_set=train_set, val_set=val_set, notes=extra)
+    extra = {
+        "init_from": setup.start,
+        "task": recipe.data.finetune.task,
+        "truncated_examples": truncated,
+        "system_prompt": setup.role.system_prompt(recipe),
+        **setup.notes,
+    }
+    return train_stage(
+        loaded,
+        "finetune",
+        model=setup.model,
+        tokenizer=setup.tokenizer,
+        train_set=train_set,
+        val_set=val_set,
+        notes=extra,
+    )

@@ -41,12 +41,19 @@ def flops_model(model, context: int | None = None) -> FlopsModel:
     from textgen_cli.models import context_of, role_of_model
 
     config = model.config
-    embeddings = {id(p) for module in model.modules() if module.__class__.__name__.endswith(("Embedding", "Embeddings")) for p in module.parameters()}
+    embeddings = {
+        id(p)
+        for module in model.modules()
+        if module.__class__.__name__.endswith(("Embedding", "Embeddings"))
+        for p in module.parameters()
+    }
     enc, dec = role_of_model(model).flops_params(model, embeddings)
     hidden = model.get_input_embeddings().embedding_dim
     own = context_of(config)
     window = min(own, context) if own and context else (own or context or 1024)
-    return FlopsModel(enc, dec, model.get_input_embeddings().num_embeddings * hidden, config.num_hidden_layers, hidden, window)
+    return FlopsModel(
+        enc, dec, model.get_input_embeddings().num_embeddings * hidden, config.num_hidden_layers, hidden, window
+    )
 
 
 def step_flops(fm: FlopsModel, encoder_tokens: float, decoder_tokens: float) -> float:

@@ -12,7 +12,8 @@ transformers model.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 
 def shard(model) -> Any:
@@ -82,7 +83,9 @@ def full_optimizer_state(model, optimizer) -> dict[str, Any]:
     process, DDP and FSDP, so a checkpoint resumes under any of them (collective under FSDP)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    return get_optimizer_state_dict(model, _inner(optimizer), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return get_optimizer_state_dict(
+        model, _inner(optimizer), options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
 
 
 def load_optimizer_state(model, optimizer, state: dict[str, Any]) -> None:

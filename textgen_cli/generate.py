@@ -9,9 +9,10 @@ recipe's trained model is runs.trained_model, its recipe recipe.load_generate_re
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from textgen_cli.decoding import GenerationResult, GenerationStats, generate_batch, generate_stream, settings_dict
 from textgen_cli.errors import UserError
@@ -37,7 +38,17 @@ class Generator:
     stage: str | None
 
     @classmethod
-    def from_recipe(cls, model, tokenizer, recipe: Recipe, *, family: str, stage: str | None, path: Path, settings: GenerateSection | None = None) -> Generator:
+    def from_recipe(
+        cls,
+        model,
+        tokenizer,
+        recipe: Recipe,
+        *,
+        family: str,
+        stage: str | None,
+        path: Path,
+        settings: GenerateSection | None = None,
+    ) -> Generator:
         """Prompted as `stage` of `recipe` trained it: its prompt format, system prompt and task
         (`settings`: other decoding settings than the recipe's)."""
         role = role_for(family)
@@ -76,18 +87,47 @@ class Generator:
         return settings_dict(self.settings)
 
     def prompt(self, item: PromptInput, system: str | None = None, where: str = "prompt") -> Prompt:
-        return build_prompt(self.tokenizer, item, self.family, self.fmt, self.budget, self.system if system is None else system, self.settings.too_long, where)
-
-    def batch(self, inputs: Sequence[PromptInput], stats: GenerationStats | None = None, on_batch=None, labels: Sequence[str] | None = None) -> list[GenerationResult]:
-        return generate_batch(
-            self.model, self.tokenizer, inputs, self.settings, self.family, self.task, self.settings.batch_size,
-            system=self.system, fmt=self.fmt, stats=stats, on_batch=on_batch, labels=labels,
+        return build_prompt(
+            self.tokenizer,
+            item,
+            self.family,
+            self.fmt,
+            self.budget,
+            self.system if system is None else system,
+            self.settings.too_long,
+            where,
         )
 
-    def stream(self, prompt: Prompt, write: Callable[[str], None], stats: GenerationStats | None = None, seed_offset: int = 0) -> GenerationResult:
+    def batch(
+        self,
+        inputs: Sequence[PromptInput],
+        stats: GenerationStats | None = None,
+        on_batch=None,
+        labels: Sequence[str] | None = None,
+    ) -> list[GenerationResult]:
+        return generate_batch(
+            self.model,
+            self.tokenizer,
+            inputs,
+            self.settings,
+            self.family,
+            self.task,
+            self.settings.batch_size,
+            system=self.system,
+            fmt=self.fmt,
+            stats=stats,
+            on_batch=on_batch,
+            labels=labels,
+        )
+
+    def stream(
+        self, prompt: Prompt, write: Callable[[str], None], stats: GenerationStats | None = None, seed_offset: int = 0
+    ) -> GenerationResult:
         """Decode one prompt, handing its text to `write` as it grows. Sampling uses the seed
         `generate.seed + seed_offset` (a chat's n-th reply uses n: replies differ, a session replays)."""
-        settings = dataclasses.replace(self.settings, seed=self.settings.seed + seed_offset) if seed_offset else self.settings
+        settings = (
+            dataclasses.replace(self.settings, seed=self.settings.seed + seed_offset) if seed_offset else self.settings
+        )
         return generate_stream(self.model, self.tokenizer, prompt, settings, write, stats)
 
 
@@ -99,7 +139,13 @@ def choose_device(name: str):
     return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
 
 
-def load_generator(recipe: str | None, model_dir: str | None, stage: str | None = None, overrides: list[str] | None = None, loaded: LoadedRecipe | None = None) -> Generator:
+def load_generator(
+    recipe: str | None,
+    model_dir: str | None,
+    stage: str | None = None,
+    overrides: list[str] | None = None,
+    loaded: LoadedRecipe | None = None,
+) -> Generator:
     """Load the model to generate from, with the settings and prompt format it needs
     (`loaded`: the result of `load_generate_recipe` for the same arguments, if already at hand)."""
     overrides = list(overrides or [])

@@ -29,7 +29,7 @@ HUB_DATASET = "hf:"  # data paths naming a hub dataset (data.py)
 CACHED_MODEL = re.compile(r"models--([^/]+?)--([^/]+)/snapshots/[^/]+/?$")
 
 
-def write_model_card(run_path: Path, summary: "RunSummary", eval_report: "EvalReport | None" = None) -> Path:
+def write_model_card(run_path: Path, summary: RunSummary, eval_report: EvalReport | None = None) -> Path:
     """Write `<run_path>/final/README.md` from the stage's summary, its recipe.yaml and, when the
     stage was evaluated, the evaluation report; returns the card's path."""
     recipe = yaml.safe_load((run_path / RECIPE_FILE).read_text(encoding="utf-8"))
@@ -68,11 +68,13 @@ def stage_data(recipe: dict[str, Any], stage: str) -> dict[str, str]:
 
 def hub_datasets(data: dict[str, str]) -> list[str]:
     """The hub ids (ORG/NAME) among `hf:ORG/NAME[/CONFIG][:SPLIT]` data values; local folders are none."""
-    names = [value[len(HUB_DATASET):].partition(":")[0] for value in data.values() if value.startswith(HUB_DATASET)]
+    names = [value[len(HUB_DATASET) :].partition(":")[0] for value in data.values() if value.startswith(HUB_DATASET)]
     return sorted({"/".join(name.split("/")[:2]) for name in names if not name.startswith(("/", ".", "~"))})
 
 
-def metadata(recipe: dict[str, Any], stage: str, init_from: str | None, model_type: str | None = None) -> dict[str, Any]:
+def metadata(
+    recipe: dict[str, Any], stage: str, init_from: str | None, model_type: str | None = None
+) -> dict[str, Any]:
     family = recipe["model"]["family"]
     role = role_for(family)
     meta: dict[str, Any] = {
@@ -89,11 +91,18 @@ def metadata(recipe: dict[str, Any], stage: str, init_from: str | None, model_ty
     return meta
 
 
-def render(recipe: dict[str, Any], summary: "RunSummary", eval_report: "EvalReport | None", layout: tuple[str | None, str | None] = (None, None)) -> str:
+def render(
+    recipe: dict[str, Any],
+    summary: RunSummary,
+    eval_report: EvalReport | None,
+    layout: tuple[str | None, str | None] = (None, None),
+) -> str:
     family, stage, model = recipe["model"]["family"], summary.stage, recipe["model"]
     role = role_for(family)
     model_type, model_class = layout
-    described = f"{role.kind} Transformer ({model_type or role.default_arch} layout" + (f", `{model_class}`)" if model_class else ")")
+    described = f"{role.kind} Transformer ({model_type or role.default_arch} layout" + (
+        f", `{model_class}`)" if model_class else ")"
+    )
     base = base_checkpoint(recipe, summary.init_from)
     lines = [
         "---",
@@ -157,7 +166,7 @@ def _stage_lr(recipe: dict[str, Any], stage: str) -> Any:
     return own if own is not None else recipe["train"]["lr"]
 
 
-def evaluation_table(report: "EvalReport") -> list[str]:
+def evaluation_table(report: EvalReport) -> list[str]:
     """The metrics with their 95% bootstrap intervals beside the baseline, as `textgen evaluate` prints them."""
     baseline = report.baseline or {}
     rows = [

@@ -13,8 +13,9 @@ lets a resumed run see exactly the batches the interrupted one would have.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,7 +37,9 @@ def encode_texts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
 
-def pack_blocks(token_lists: Sequence[Sequence[int]], block_size: int, eos_id: int, carry: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def pack_blocks(
+    token_lists: Sequence[Sequence[int]], block_size: int, eos_id: int, carry: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Join documents with eos (after the `carry` of a previous call) and cut into full blocks.
     Returns the blocks and the ragged tail, which the next call continues from (or is dropped)."""
     lead = 0 if carry is None else len(carry)
@@ -80,7 +83,7 @@ def collapse_spans(ids: np.ndarray, masked: np.ndarray, mask_id: int) -> list[in
     return out
 
 
-def _pad(rows: Sequence[Sequence[int]], value: int) -> "torch.Tensor":
+def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
     import torch
 
     width = max(len(row) for row in rows)
@@ -90,7 +93,7 @@ def _pad(rows: Sequence[Sequence[int]], value: int) -> "torch.Tensor":
     return out
 
 
-def shift_right(labels: "torch.Tensor", start_id: int, pad_id: int) -> "torch.Tensor":
+def shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tensor:
     """Decoder inputs: the labels shifted one step right, starting from `start_id`."""
     inputs = labels.new_full(labels.shape, pad_id)
     inputs[:, 1:] = labels[:, :-1]
@@ -108,7 +111,7 @@ class CausalBlocks:
     def __len__(self) -> int:
         return len(self.blocks)
 
-    def collate(self, indices: Sequence[int], epoch: int) -> dict[str, "torch.Tensor"]:
+    def collate(self, indices: Sequence[int], epoch: int) -> dict[str, torch.Tensor]:
         import torch
 
         ids = torch.from_numpy(np.asarray(self.blocks[list(indices)], dtype=np.int64))
@@ -139,12 +142,12 @@ class InfillingBlocks:
         source = [self.bos_id, *collapse_spans(block, masked, self.mask_id), self.eos_id]
         return source, [*block.tolist(), self.eos_id]
 
-    def collate(self, indices: Sequence[int], epoch: int) -> dict[str, "torch.Tensor"]:
+    def collate(self, indices: Sequence[int], epoch: int) -> dict[str, torch.Tensor]:
         pairs = [self.example(i, epoch) for i in indices]
         return seq2seq_batch(pairs, self.pad_id, self.bos_id)
 
 
-def seq2seq_batch(pairs: Sequence[tuple[list[int], list[int]]], pad_id: int, start_id: int) -> dict[str, "torch.Tensor"]:
+def seq2seq_batch(pairs: Sequence[tuple[list[int], list[int]]], pad_id: int, start_id: int) -> dict[str, torch.Tensor]:
     input_ids = _pad([source for source, _ in pairs], pad_id)
     labels = _pad([target for _, target in pairs], IGNORE_INDEX)
     return {
@@ -167,7 +170,7 @@ class Seq2SeqExamples:
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def collate(self, indices: Sequence[int], epoch: int) -> dict[str, "torch.Tensor"]:
+    def collate(self, indices: Sequence[int], epoch: int) -> dict[str, torch.Tensor]:
         return seq2seq_batch([self.pairs[i] for i in indices], self.pad_id, self.bos_id)
 
     def lengths(self) -> list[int]:
@@ -185,11 +188,15 @@ class ChatExamples:
     def __len__(self) -> int:
         return len(self.sequences)
 
-    def collate(self, indices: Sequence[int], epoch: int) -> dict[str, "torch.Tensor"]:
+    def collate(self, indices: Sequence[int], epoch: int) -> dict[str, torch.Tensor]:
         chosen = [self.sequences[i] for i in indices]
         input_ids = _pad([ids for ids, _ in chosen], self.pad_id)
         attention_mask = _pad([[1] * len(ids) for ids, _ in chosen], 0)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": _pad([labels for _, labels in chosen], IGNORE_INDEX)}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": _pad([labels for _, labels in chosen], IGNORE_INDEX),
+        }
 
     def lengths(self) -> list[int]:
         return [len(ids) for ids, _ in self.sequences]
@@ -221,7 +228,9 @@ class ChatEncoder:
         ids = [self.role[message["role"]], *content_ids, self.end]
         return ids, [IGNORE_INDEX] * len(ids)
 
-    def encode(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+    def encode(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool = False
+    ) -> tuple[list[int], list[int]]:
         contents = encode_texts(self.tokenizer, [m["content"] for m in messages])
         ids, labels = [self.bos], [IGNORE_INDEX]
         for message, content_ids in zip(messages, contents):
@@ -239,13 +248,22 @@ class ChatEncoder:
         return [*ids, self.eos]
 
 
-def fit_chat(encoder: ChatEncoder, example_id: str, messages: list[dict[str, str]], context: int, policy: str, count: TruncationCount) -> tuple[list[int], list[int]] | None:
+def fit_chat(
+    encoder: ChatEncoder,
+    example_id: str,
+    messages: list[dict[str, str]],
+    context: int,
+    policy: str,
+    count: TruncationCount,
+) -> tuple[list[int], list[int]] | None:
     """Encode a chat within `context` tokens: drop the oldest turns first, then cut the tail."""
     ids, labels = encoder.encode(messages)
     if len(ids) <= context:
         return ids, labels
     if policy == "error":
-        raise UserError(f"example '{example_id}' is {len(ids)} tokens, longer than model.context={context} (data.too_long=error)")
+        raise UserError(
+            f"example '{example_id}' is {len(ids)} tokens, longer than model.context={context} (data.too_long=error)"
+        )
     turns = list(messages)
     system = [turns.pop(0)] if turns and turns[0]["role"] == "system" else []
     # Keep at least the last user -> assistant exchange when dropping whole turns.
@@ -260,7 +278,16 @@ def fit_chat(encoder: ChatEncoder, example_id: str, messages: list[dict[str, str
     return ids, labels
 
 
-def fit_seq2seq(source: list[int], target: list[int], eos_id: int, context: int, keep: str, example_id: str, policy: str, count: TruncationCount) -> tuple[list[int], list[int]]:
+def fit_seq2seq(
+    source: list[int],
+    target: list[int],
+    eos_id: int,
+    context: int,
+    keep: str,
+    example_id: str,
+    policy: str,
+    count: TruncationCount,
+) -> tuple[list[int], list[int]]:
     """Fit a (source, target) pair in `context`: keep the newest history (keep='end') or the start."""
     if len(source) <= context and len(target) <= context:
         return source, target
@@ -275,7 +302,7 @@ def fit_seq2seq(source: list[int], target: list[int], eos_id: int, context: int,
     return source, target
 
 
-def forward_logits(model, batch: dict[str, "torch.Tensor"], inputs_embeds: "torch.Tensor | None" = None) -> "torch.Tensor":
+def forward_logits(model, batch: dict[str, torch.Tensor], inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """Logits for a batch; with `inputs_embeds` the (encoder) input ids are replaced by embeddings.
     No KV cache: a loss needs none, and building one costs time (and torch.compile recompiles)."""
     inputs = {key: value for key, value in batch.items() if key != "labels"}
@@ -286,12 +313,14 @@ def forward_logits(model, batch: dict[str, "torch.Tensor"], inputs_embeds: "torc
     return model(**inputs).logits
 
 
-def aligned(logits: "torch.Tensor", labels: "torch.Tensor", causal: bool) -> tuple["torch.Tensor", "torch.Tensor"]:
+def aligned(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and the labels they predict: shifted by one for decoder-only models."""
     return (logits[:, :-1], labels[:, 1:]) if causal else (logits, labels)
 
 
-def token_loss_sum(model, batch: dict[str, "torch.Tensor"], causal: bool, inputs_embeds: "torch.Tensor | None" = None) -> tuple["torch.Tensor", int]:
+def token_loss_sum(
+    model, batch: dict[str, torch.Tensor], causal: bool, inputs_embeds: torch.Tensor | None = None
+) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over label tokens and their count.
 
     Summing (instead of the model's per-batch mean) lets gradient accumulation and validation weigh
@@ -303,7 +332,9 @@ def token_loss_sum(model, batch: dict[str, "torch.Tensor"], causal: bool, inputs
         return _label_positions_loss(model, batch, inputs_embeds)
     logits, labels = aligned(forward_logits(model, batch, inputs_embeds), batch["labels"], causal)
     n_tokens = int((labels != IGNORE_INDEX).sum())
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     return loss, n_tokens
 
 
@@ -313,10 +344,16 @@ def _separable(model) -> bool:
     model: its forward gathers the parameters that the output layer uses."""
     from textgen_cli.fsdp import is_sharded
 
-    return getattr(model, "base_model", model) is not model and model.get_output_embeddings() is not None and not is_sharded(model)
+    return (
+        getattr(model, "base_model", model) is not model
+        and model.get_output_embeddings() is not None
+        and not is_sharded(model)
+    )
 
 
-def _label_positions_loss(model, batch: dict[str, "torch.Tensor"], inputs_embeds: "torch.Tensor | None") -> tuple["torch.Tensor", int]:
+def _label_positions_loss(
+    model, batch: dict[str, torch.Tensor], inputs_embeds: torch.Tensor | None
+) -> tuple[torch.Tensor, int]:
     """Decoder-only loss that sends only the positions with a label through the output layer:
     with assistant-only labels most positions have none, and the vocabulary projection and its
     softmax are the most expensive part of a small model's step."""
@@ -333,7 +370,9 @@ def _label_positions_loss(model, batch: dict[str, "torch.Tensor"], inputs_embeds
     return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), int(keep.sum())
 
 
-def summed_nll(model, examples: Examples, batch_size: int, device, *, max_batches: int | None = None, ranks: "Ranks | None" = None) -> tuple[float, int]:
+def summed_nll(
+    model, examples: Examples, batch_size: int, device, *, max_batches: int | None = None, ranks: Ranks | None = None
+) -> tuple[float, int]:
     """NLL summed over every label token of `examples`, and the token count (never a mean of batch
     means); with several processes each scores every world-th batch and the sums are added up."""
     import torch
@@ -351,7 +390,11 @@ def summed_nll(model, examples: Examples, batch_size: int, device, *, max_batche
             # under FSDP a rank out of batches scores batch 0 again (and ignores it) so that the
             # other ranks' parameter all-gathers do not wait for it forever
             surplus = b >= n_batches
-            indices = range(0, min(len(examples), batch_size)) if surplus else range(b * batch_size, min(len(examples), (b + 1) * batch_size))
+            indices = (
+                range(0, min(len(examples), batch_size))
+                if surplus
+                else range(b * batch_size, min(len(examples), (b + 1) * batch_size))
+            )
             batch = {k: v.to(device) for k, v in examples.collate(list(indices), epoch=0).items()}
             loss_sum, tokens = token_loss_sum(model, batch, examples.causal)
             if not surplus:

@@ -30,14 +30,15 @@ import signal
 import sys
 import threading
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from textgen_cli import diskspace
-from textgen_cli.data import file_format, load_rows, local_file, _line_of_row
+from textgen_cli.data import _line_of_row, file_format, load_rows, local_file
 from textgen_cli.errors import Interrupted, UserError, WorkerDied
 from textgen_cli.objectives import pack_blocks
 from textgen_cli.runs import write_text_atomic
@@ -96,7 +97,9 @@ def cgroup_cpu_quota(root: Path) -> float | None:
         pass
     for folder in (root / "cpu", root / "cpu,cpuacct", root / "cpuacct,cpu"):
         try:
-            return _positive_ratio((folder / "cpu.cfs_quota_us").read_text(), (folder / "cpu.cfs_period_us").read_text())
+            return _positive_ratio(
+                (folder / "cpu.cfs_quota_us").read_text(), (folder / "cpu.cfs_period_us").read_text()
+            )
         except (OSError, ValueError):
             continue
     return None
@@ -117,10 +120,10 @@ class TextSource:
     stop: int | None  # one past the last row (None: to the end)
     digest: str
 
-    def rows(self) -> "datasets.Dataset":
+    def rows(self) -> datasets.Dataset:
         return self._rows()[0]
 
-    def _rows(self) -> "tuple[datasets.Dataset, float]":
+    def _rows(self) -> tuple[datasets.Dataset, float]:
         """The rows, and their share of the file's rows."""
         rows = load_rows(self.path)
         stop = len(rows) if self.stop is None else min(self.stop, len(rows))
@@ -131,17 +134,21 @@ class TextSource:
     def field(self) -> str:
         return "text" if file_format(self.path) == "text" else self.text_field
 
-    def batches(self, rows: "datasets.Dataset | None" = None) -> Iterator[list[str]]:
+    def batches(self, rows: datasets.Dataset | None = None) -> Iterator[list[str]]:
         """Non-empty texts in batches; a non-string value is an error naming its line."""
         rows = self.rows() if rows is None else rows
         if self.field not in rows.column_names:
-            raise UserError(f"{self.path}: records have no field '{self.field}' (set by data.pretrain.text_field); fields found: {', '.join(rows.column_names)}")
+            raise UserError(
+                f"{self.path}: records have no field '{self.field}' (set by data.pretrain.text_field); fields found: {', '.join(rows.column_names)}"
+            )
         offset = self.start
         for batch in rows.select_columns([self.field]).iter(batch_size=ROWS_PER_BATCH):
             texts = batch[self.field]
             for index, text in enumerate(texts):
                 if not isinstance(text, str):
-                    raise UserError(f"{_line_of_row(self.path, offset + index)}: field '{self.field}' must be a string, got {type(text).__name__}")
+                    raise UserError(
+                        f"{_line_of_row(self.path, offset + index)}: field '{self.field}' must be a string, got {type(text).__name__}"
+                    )
             offset += len(texts)
             yield [text for text in texts if text.strip()]
 
@@ -149,7 +156,9 @@ class TextSource:
         return f"{self.digest}|{self.text_field}|{self.start}|{self.stop}"
 
 
-def split_sources(path: str, text_field: str, max_rows: int | None, validation: str | None, holdout_fraction: float) -> tuple[TextSource, TextSource, int]:
+def split_sources(
+    path: str, text_field: str, max_rows: int | None, validation: str | None, holdout_fraction: float
+) -> tuple[TextSource, TextSource, int]:
     """The training and validation text sources; without a validation file the last
     `holdout_fraction` of the training rows are held out. Returns the held-out row count (0 if none)."""
     train_path = local_file(path)  # an hf: dataset becomes a cached parquet file (data.py)
@@ -158,11 +167,21 @@ def split_sources(path: str, text_field: str, max_rows: int | None, validation: 
     if validation:
         val_path = local_file(validation)
         val_rows = len(load_rows(val_path, max_rows))
-        return TextSource(train_path, text_field, 0, rows, train_digest), TextSource(val_path, text_field, 0, val_rows, file_digest(val_path)), 0
+        return (
+            TextSource(train_path, text_field, 0, rows, train_digest),
+            TextSource(val_path, text_field, 0, val_rows, file_digest(val_path)),
+            0,
+        )
     cut = max(1, int(rows * holdout_fraction))
     if rows - cut < 1:
-        raise UserError(f"{train_path}: only {rows} records; too few to hold out a validation part (set data.pretrain.validation)")
-    return TextSource(train_path, text_field, 0, rows - cut, train_digest), TextSource(train_path, text_field, rows - cut, rows, train_digest), cut
+        raise UserError(
+            f"{train_path}: only {rows} records; too few to hold out a validation part (set data.pretrain.validation)"
+        )
+    return (
+        TextSource(train_path, text_field, 0, rows - cut, train_digest),
+        TextSource(train_path, text_field, rows - cut, rows, train_digest),
+        cut,
+    )
 
 
 @dataclass
@@ -178,7 +197,9 @@ def packed_blocks(source: TextSource, tokenizer, block_size: int) -> Packed:
     dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max else np.int32
     tokenizer_json = tokenizer.backend_tokenizer.to_str()
     tokenizer_key = hashlib.sha256(tokenizer_json.encode()).hexdigest()  # = tokenizer_digest(tokenizer)
-    key = hashlib.sha256(f"{FORMAT_VERSION}|{source.key()}|{tokenizer_key}|{block_size}|{eos}|{np.dtype(dtype).name}".encode()).hexdigest()[:24]
+    key = hashlib.sha256(
+        f"{FORMAT_VERSION}|{source.key()}|{tokenizer_key}|{block_size}|{eos}|{np.dtype(dtype).name}".encode()
+    ).hexdigest()[:24]
     folder = cache_dir() / "blocks"
     data_file, meta_file = folder / f"{key}.bin", folder / f"{key}.json"
     if data_file.is_file() and meta_file.is_file():
@@ -206,7 +227,11 @@ def packed_blocks(source: TextSource, tokenizer, block_size: int) -> Packed:
     then = "the partial file was removed and nothing was cached: free some space (or set TEXTGEN_CACHE_DIR to a disk with room), then run again"
     try:
         with diskspace.writing("the packed-blocks cache", data_file, needed, then, partial=tmp):
-            with _termination_raises(source), tmp.open("wb") as out, _encoded(source.batches(rows), tokenizer_json, split_special_tokens, workers) as encoded:
+            with (
+                _termination_raises(source),
+                tmp.open("wb") as out,
+                _encoded(source.batches(rows), tokenizer_json, split_special_tokens, workers) as encoded,
+            ):
                 for ids, lengths in encoded:
                     tokens += int(lengths.sum()) + len(lengths)
                     blocks, carry = pack_blocks(np.split(ids, np.cumsum(lengths[:-1])), block_size, eos, carry)
@@ -218,7 +243,13 @@ def packed_blocks(source: TextSource, tokenizer, block_size: int) -> Packed:
                 os.fsync(out.fileno())
             os.replace(tmp, data_file)
         try:
-            write_text_atomic(meta_file, json.dumps({"n_blocks": n_blocks, "tokens": tokens, "block_size": block_size, "source": str(source.path)}), then=then)
+            write_text_atomic(
+                meta_file,
+                json.dumps(
+                    {"n_blocks": n_blocks, "tokens": tokens, "block_size": block_size, "source": str(source.path)}
+                ),
+                then=then,
+            )
         except BaseException:
             data_file.unlink(missing_ok=True)  # blocks without their description would never be used: free their space
             raise
@@ -248,7 +279,9 @@ def _encode(core, texts: list[str]) -> Encoded:
 
 
 @contextlib.contextmanager
-def _encoded(batches: Iterable[list[str]], tokenizer_json: str, split_special_tokens: bool, workers: int) -> Iterator[Iterator[Encoded]]:
+def _encoded(
+    batches: Iterable[list[str]], tokenizer_json: str, split_special_tokens: bool, workers: int
+) -> Iterator[Iterator[Encoded]]:
     """The batches' encodings, in order: here, or by `workers` processes when there are two or more.
     Leaving the block, normally or not, stops the workers."""
     if workers < 2:
@@ -259,7 +292,12 @@ def _encoded(batches: Iterable[list[str]], tokenizer_json: str, split_special_to
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker, initargs=(tokenizer_json, split_special_tokens, os.getpid()))
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_start_worker,
+        initargs=(tokenizer_json, split_special_tokens, os.getpid()),
+    )
     try:
         with _quiet_fork():
             pool.submit(_started)  # the first submission forks every worker: do it here
@@ -354,7 +392,9 @@ _worker_core = None
 
 def _start_worker(tokenizer_json: str, split_special_tokens: bool, parent: int) -> None:
     global _worker_core
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the main process stops the pool
+    signal.signal(
+        signal.SIGINT, signal.SIG_IGN
+    )  # Ctrl-C reaches the whole process group: the main process stops the pool
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler, inherited through fork
     _die_with_parent(parent)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker: the pool is the parallelism

@@ -106,7 +106,11 @@ def perturb(text: str, kind: str, rate: float, seed: int = 0) -> str:
         for i in chosen:
             if i in moved:
                 continue
-            near = [j for j in range(max(0, i - SHUFFLE_WINDOW + 1), min(len(out), i + SHUFFLE_WINDOW)) if j != i and j not in moved]
+            near = [
+                j
+                for j in range(max(0, i - SHUFFLE_WINDOW + 1), min(len(out), i + SHUFFLE_WINDOW))
+                if j != i and j not in moved
+            ]
             if near:
                 j = rng.choice(near)
                 out[i], out[j] = out[j], out[i]
@@ -123,7 +127,9 @@ def parse_spec(spec: str) -> tuple[str, float]:
     """'char:0.1' -> ('char', 0.1), for --perturb and eval.perturb."""
     kind, _, rate = spec.partition(":")
     if kind not in KINDS:
-        raise ValueError(f"unknown perturbation '{kind}' in '{spec}'; expected KIND:RATE with KIND one of {', '.join(KINDS)}")
+        raise ValueError(
+            f"unknown perturbation '{kind}' in '{spec}'; expected KIND:RATE with KIND one of {', '.join(KINDS)}"
+        )
     try:
         value = float(rate)
     except ValueError:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 
-from textgen_cli.errors import UserError
 from textgen_cli.data import read_finetune_examples
+from textgen_cli.errors import UserError
 from textgen_cli.models import FAMILIES, SCRATCH, context_of, init_from, load_pretrained
 from textgen_cli.packing import TextSource, packed_blocks, split_sources
 from textgen_cli.progress import log
@@ -52,11 +52,17 @@ def recipe_tokenizer(loaded: LoadedRecipe, train: TextSource | None = None):
         tokenizer = get_tokenizer([], recipe.tokenizer, log=log)
     elif data.train:
         if train is None:
-            train, _, _ = split_sources(data.train, data.text_field, recipe.data.max_examples, data.validation, HOLDOUT_FRACTION)
+            train, _, _ = split_sources(
+                data.train, data.text_field, recipe.data.max_examples, data.validation, HOLDOUT_FRACTION
+            )
         tokenizer = get_tokenizer(tokenizer_corpus(loaded, train), recipe.tokenizer, log=log)
     else:
         finetune = recipe.data.finetune
-        texts = [turn["content"] for dialogue in read_finetune_examples(finetune, "train", recipe.data.max_examples) for turn in dialogue.messages]
+        texts = [
+            turn["content"]
+            for dialogue in read_finetune_examples(finetune, "train", recipe.data.max_examples)
+            for turn in dialogue.messages
+        ]
         corpus = texts_corpus(texts)
         corpus.description = f"{len(texts)} finetuning texts (no data.pretrain.train)"
         tokenizer = get_tokenizer(corpus, recipe.tokenizer, log=log)
@@ -81,7 +87,9 @@ def run_pretrain(loaded: LoadedRecipe) -> RunSummary:
     reset_peak_memory()  # the stage's own peak, data preparation included
     if not data.train:
         raise UserError(f"{loaded.path}: key 'data.pretrain.train' is required to pretrain")
-    train_source, val_source, held_out = split_sources(data.train, data.text_field, recipe.data.max_examples, data.validation, HOLDOUT_FRACTION)
+    train_source, val_source, held_out = split_sources(
+        data.train, data.text_field, recipe.data.max_examples, data.validation, HOLDOUT_FRACTION
+    )
     if held_out:
         log(f"pretrain: no data.pretrain.validation; holding out the last {held_out} records")
 
@@ -96,19 +104,37 @@ def run_pretrain(loaded: LoadedRecipe) -> RunSummary:
         loaded_model = load_pretrained(start, role, needs_mask=True, context=recipe.model.context)
         model, tokenizer = loaded_model.model, loaded_model.tokenizer
         if loaded_model.added_tokens:
-            log(f"pretrain: added to the tokenizer of {start}: {', '.join(loaded_model.added_tokens)} (embedding rows: the mean of the others)")
+            log(
+                f"pretrain: added to the tokenizer of {start}: {', '.join(loaded_model.added_tokens)} (embedding rows: the mean of the others)"
+            )
 
     block_size = role.pretrain_block_size(context_of(model.config) or recipe.model.context)
     started = time.perf_counter()
     train_packed = packed_blocks(train_source, tokenizer, block_size)
     val_packed = packed_blocks(val_source, tokenizer, block_size)
     seconds = time.perf_counter() - started
-    how = "cache hit" if train_packed.cached and val_packed.cached else f"{(train_packed.tokens + val_packed.tokens) / max(seconds, 1e-9):,.0f} tokens/s"
-    log(f"pretrain: {train_packed.tokens:,} training tokens in {len(train_packed.blocks):,} blocks of {block_size} ({how}, {seconds:.2f} s)")
+    how = (
+        "cache hit"
+        if train_packed.cached and val_packed.cached
+        else f"{(train_packed.tokens + val_packed.tokens) / max(seconds, 1e-9):,.0f} tokens/s"
+    )
+    log(
+        f"pretrain: {train_packed.tokens:,} training tokens in {len(train_packed.blocks):,} blocks of {block_size} ({how}, {seconds:.2f} s)"
+    )
     if len(val_packed.blocks) == 0:
-        raise UserError(f"{val_source.path}: the validation text gives {val_packed.tokens} tokens, less than one block of {block_size}; use more text or a smaller model.context")
+        raise UserError(
+            f"{val_source.path}: the validation text gives {val_packed.tokens} tokens, less than one block of {block_size}; use more text or a smaller model.context"
+        )
     train_set, val_set = role.pretrain_sets(train_packed.blocks, val_packed.blocks, tokenizer, model, recipe)
-    extra = {"block_size": block_size, "corpus_tokens": train_packed.tokens, "tokenizer_vocab": len(tokenizer), "data_prep_s": seconds, "data_cache_hit": train_packed.cached}
+    extra = {
+        "block_size": block_size,
+        "corpus_tokens": train_packed.tokens,
+        "tokenizer_vocab": len(tokenizer),
+        "data_prep_s": seconds,
+        "data_cache_hit": train_packed.cached,
+    }
     if start != SCRATCH:
         extra["init_from"] = start
-    return train_stage(loaded, "pretrain", model=model, tokenizer=tokenizer, train_set=train_set, val_set=val_set, notes=extra)
+    return train_stage(
+        loaded, "pretrain", model=model, tokenizer=tokenizer, train_set=train_set, val_set=val_set, notes=extra
+    )

@@ -46,7 +46,9 @@ def configure_logging(verbosity: str = "normal") -> None:
         from rich.console import Console
         from rich.logging import RichHandler
 
-        handler: logging.Handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False, show_level=False, markup=False)
+        handler: logging.Handler = RichHandler(
+            console=Console(stderr=True), show_time=False, show_path=False, show_level=False, markup=False
+        )
     else:
         handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -95,7 +97,9 @@ def debug(message: str) -> None:
 class Reporter:
     """Shows step, loss, learning rate, tokens/s and ETA for one stage."""
 
-    def __init__(self, stage: str, total_steps: int, start_step: int = 0, stream: TextIO | None = None, enabled: bool = True):
+    def __init__(
+        self, stage: str, total_steps: int, start_step: int = 0, stream: TextIO | None = None, enabled: bool = True
+    ):
         self.enabled = enabled  # only rank 0 of a distributed run reports
         self.stage = stage
         self.total = total_steps
@@ -109,7 +113,14 @@ class Reporter:
         self.enabled = enabled and logger.isEnabledFor(logging.INFO)
         if self.enabled and self.stream.isatty():
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self.progress = Progress(
                 TextColumn(f"[bold]{stage}[/bold]"),
@@ -137,7 +148,10 @@ class Reporter:
             status = _status(metrics) if metrics else None
             self.progress.update(self.task, completed=step, **({"status": status} if status else {}))
         elif metrics:
-            log(f"{self.stage} step {step}/{self.total} {_status(metrics)} eta {format_duration(self.eta(step))}", self.stream)
+            log(
+                f"{self.stage} step {step}/{self.total} {_status(metrics)} eta {format_duration(self.eta(step))}",
+                self.stream,
+            )
 
     def message(self, text: str) -> None:
         if not self.enabled:

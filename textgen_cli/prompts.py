@@ -15,8 +15,9 @@ the end of its last message (`build_prompt`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 from textgen_cli.data import ROLES, Messages
 from textgen_cli.errors import UserError
@@ -25,7 +26,7 @@ from textgen_cli.models.chat import chat_encoder
 from textgen_cli.objectives import ChatEncoder, encode_texts
 from textgen_cli.schema import GenerateSection
 
-PromptInput = Union[str, Messages]  # a plain prompt, or a conversation ending with a user turn
+PromptInput = Union[str, Messages]  # noqa: UP007 (a runtime alias); a plain prompt, or a conversation ending with a user turn
 PROMPT_FORMATS = ("chat", "text")
 
 
@@ -39,7 +40,9 @@ def prompt_budget(model, settings: GenerateSection) -> int:
     return role_of_model(model).prompt_budget(model_context(model), settings.max_new_tokens)
 
 
-def prompt_format(family: str | Role, task: str = "pairs", stage: str | None = "finetune", requested: str = "auto") -> str:
+def prompt_format(
+    family: str | Role, task: str = "pairs", stage: str | None = "finetune", requested: str = "auto"
+) -> str:
     """`chat` or `text`: how prompts are encoded (see the module docstring)."""
     if requested in PROMPT_FORMATS:
         return requested
@@ -66,17 +69,27 @@ def check_input(item: Any, where: str = "prompt") -> PromptInput:
             raise UserError(f"{where}: empty dialogue; expected a list of {{role, content}} turns")
         turns = []
         for turn in item:
-            if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or not isinstance(turn.get("content"), str):
-                raise UserError(f"{where}: each turn must be an object with string fields 'role' and 'content', got {turn!r}")
+            if (
+                not isinstance(turn, dict)
+                or not isinstance(turn.get("role"), str)
+                or not isinstance(turn.get("content"), str)
+            ):
+                raise UserError(
+                    f"{where}: each turn must be an object with string fields 'role' and 'content', got {turn!r}"
+                )
             if turn["role"] not in ROLES:
                 raise UserError(f"{where}: unknown role '{turn['role']}'; expected one of {', '.join(ROLES)}")
             turns.append({"role": turn["role"], "content": turn["content"]})
         if turns[-1]["role"] != "user":
-            raise UserError(f"{where}: the dialogue ends with a '{turns[-1]['role']}' turn; expected a 'user' turn to reply to")
+            raise UserError(
+                f"{where}: the dialogue ends with a '{turns[-1]['role']}' turn; expected a 'user' turn to reply to"
+            )
         if not turns[-1]["content"].strip():
             raise UserError(f"{where}: the last user turn is empty; expected some text")
         return turns
-    raise UserError(f"{where}: expected a prompt string or a list of {{role, content}} turns, got {type(item).__name__}")
+    raise UserError(
+        f"{where}: expected a prompt string or a list of {{role, content}} turns, got {type(item).__name__}"
+    )
 
 
 def chat_messages(item: PromptInput, system: str = "") -> Messages:
@@ -87,7 +100,16 @@ def chat_messages(item: PromptInput, system: str = "") -> Messages:
     return turns
 
 
-def build_prompt(tokenizer, item: PromptInput, family: str | Role, fmt: str, budget: int, system: str = "", too_long: str = "truncate", where: str = "prompt") -> Prompt:
+def build_prompt(
+    tokenizer,
+    item: PromptInput,
+    family: str | Role,
+    fmt: str,
+    budget: int,
+    system: str = "",
+    too_long: str = "truncate",
+    where: str = "prompt",
+) -> Prompt:
     """Token ids of one prompt, at most `budget` long.
 
     Messagess that do not fit lose their oldest turns first (the system turn stays), and a reply is
@@ -104,7 +126,9 @@ def build_prompt(tokenizer, item: PromptInput, family: str | Role, fmt: str, bud
         extra = role.text_prompt.overhead
         if len(ids) + extra > budget:
             if too_long == "error":
-                raise UserError(f"{where}: the prompt is {len(ids) + extra} tokens, more than the {budget} that fit (generate.too_long=error)")
+                raise UserError(
+                    f"{where}: the prompt is {len(ids) + extra} tokens, more than the {budget} that fit (generate.too_long=error)"
+                )
             if budget - extra < 1:
                 raise UserError(f"{where}: no room for the prompt: only {budget} tokens fit")
             ids = ids[: budget - extra] if role.text_prompt.keep_start else ids[len(ids) - (budget - extra) :]
@@ -130,7 +154,9 @@ def build_prompt(tokenizer, item: PromptInput, family: str | Role, fmt: str, bud
     if len(ids) <= budget:
         return Prompt(ids, dropped_turns=dropped)
     if too_long == "error":
-        raise UserError(f"{where}: the last message makes a prompt of {len(ids)} tokens, more than the {budget} that fit (generate.too_long=error)")
+        raise UserError(
+            f"{where}: the last message makes a prompt of {len(ids)} tokens, more than the {budget} that fit (generate.too_long=error)"
+        )
     last = turns[-1]
     content = encode_texts(tokenizer, [last["content"]])[0]
     if not isinstance(encoder, ChatEncoder):
@@ -141,12 +167,23 @@ def build_prompt(tokenizer, item: PromptInput, family: str | Role, fmt: str, bud
     tail = role.chat_tail(encoder)
     room = budget - len(prefix) - len(turn_ids) - len(tail)
     if room < 1:
-        raise UserError(f"{where}: no room for the message: the system prompt and the chat markup alone take {budget - room} of the {budget} tokens that fit")
+        raise UserError(
+            f"{where}: no room for the message: the system prompt and the chat markup alone take {budget - room} of the {budget} tokens that fit"
+        )
     turn_ids, _ = encoder.turn(last, content[:room])
     return Prompt([*prefix, *turn_ids, *tail], truncated=True, dropped_turns=dropped)
 
 
-def _cut_last_turn(tokenizer, encode: Callable[[Messages], list[int]], before: Messages, last: dict[str, str], content: list[int], budget: int, dropped: int, where: str) -> Prompt:
+def _cut_last_turn(
+    tokenizer,
+    encode: Callable[[Messages], list[int]],
+    before: Messages,
+    last: dict[str, str],
+    content: list[int],
+    budget: int,
+    dropped: int,
+    where: str,
+) -> Prompt:
     """The tokenizer's own chat template: the longest beginning of the last message whose rendered
     prompt fits (binary search over its tokens; the template renders text, so the cut is decoded)."""
 
@@ -161,5 +198,7 @@ def _cut_last_turn(tokenizer, encode: Callable[[Messages], list[int]], before: M
         else:
             high = middle - 1
     if low < 1:
-        raise UserError(f"{where}: no room for the message: the system prompt and the chat markup alone take {len(rendered(0))} of the {budget} tokens that fit")
+        raise UserError(
+            f"{where}: no room for the message: the system prompt and the chat markup alone take {len(rendered(0))} of the {budget} tokens that fit"
+        )
     return Prompt(rendered(low), truncated=True, dropped_turns=dropped)

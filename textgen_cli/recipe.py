@@ -11,9 +11,10 @@ import difflib
 import hashlib
 import json
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -48,7 +49,9 @@ def find_recipe(name_or_path: str) -> Path:
             if candidate.is_file():
                 return candidate.resolve()
     shipped = ", ".join(p.name for p in shipped_recipes()) or "none"
-    raise UserError(f"recipe '{name_or_path}' not found: no such file, and no shipped recipe of that name (shipped: {shipped})")
+    raise UserError(
+        f"recipe '{name_or_path}' not found: no such file, and no shipped recipe of that name (shipped: {shipped})"
+    )
 
 
 def settings_digest(values: dict[str, Any]) -> str:
@@ -125,7 +128,11 @@ def _validated(values: DictConfig, path: Path, overrides: list[str] | None) -> L
         raise UserError(_type_error_message("command line override" if in_overrides else str(path), exc)) from exc
     try:
         OmegaConf.resolve(merged)
-    except (oc_errors.InterpolationResolutionError, oc_errors.InterpolationKeyError, oc_errors.GrammarParseError) as exc:
+    except (
+        oc_errors.InterpolationResolutionError,
+        oc_errors.InterpolationKeyError,
+        oc_errors.GrammarParseError,
+    ) as exc:
         raise UserError(f"{path}: key '{_full_key(exc)}': interpolation failed: {str(exc).splitlines()[0]}") from exc
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
@@ -174,7 +181,9 @@ def _read_yaml(path: Path) -> DictConfig:
     except yaml.constructor.ConstructorError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "unknown position"
-        raise UserError(f"{path}: {where}: YAML tags such as {exc.problem.split()[-1] if exc.problem else '!!python'} are not allowed: a recipe is plain data and cannot run code") from exc
+        raise UserError(
+            f"{path}: {where}: YAML tags such as {exc.problem.split()[-1] if exc.problem else '!!python'} are not allowed: a recipe is plain data and cannot run code"
+        ) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
@@ -257,7 +266,7 @@ def _expected_type(dotted: str) -> str:
 def type_name(type_: Any) -> str:
     origin = typing.get_origin(type_)
     args = [a for a in typing.get_args(type_) if a is not type(None)]
-    if origin in (list, typing.List):
+    if origin in (list, list):
         return f"a list of {type_name(args[0]).removeprefix('a ').removeprefix('an ')}s"
     if args and len(args) < len(typing.get_args(type_)):  # Optional[X]
         return f"{type_name(args[0])} or null"
@@ -300,7 +309,12 @@ def validate_values(recipe: Recipe, source: str, override_keys: set[str] = froze
             fail(f"train.{key}", "a positive integer", getattr(t, key))
     if t.eval_batches is not None and t.eval_batches < 1:
         fail("train.eval_batches", "a positive integer or null", t.eval_batches)
-    for key, value in (("train.lr", t.lr), ("pretrain.lr", recipe.pretrain.lr), ("finetune.lr", recipe.finetune.lr), ("adv_train.lr", recipe.adv_train.lr)):
+    for key, value in (
+        ("train.lr", t.lr),
+        ("pretrain.lr", recipe.pretrain.lr),
+        ("finetune.lr", recipe.finetune.lr),
+        ("adv_train.lr", recipe.adv_train.lr),
+    ):
         if value is not None and not 0 < value < 3.4e38:
             fail(key, "a positive learning rate that float32 can hold (< 3.4e38)", value)
     for tracker in t.report_to:
@@ -314,7 +328,11 @@ def validate_values(recipe: Recipe, source: str, override_keys: set[str] = froze
         fail("checkpoint.keep_last", "at least 1", recipe.checkpoint.keep_last)
     if not 0 <= t.min_lr_ratio <= 1:
         fail("train.min_lr_ratio", "a fraction in [0, 1]", t.min_lr_ratio)
-    for key, value in (("train.warmup_steps", t.warmup_steps), ("train.weight_decay", t.weight_decay), ("train.clip_grad", t.clip_grad)):
+    for key, value in (
+        ("train.warmup_steps", t.warmup_steps),
+        ("train.weight_decay", t.weight_decay),
+        ("train.clip_grad", t.clip_grad),
+    ):
         if value < 0:
             fail(key, "a value >= 0", value)
     for stage in STAGES:
@@ -333,7 +351,9 @@ def validate_values(recipe: Recipe, source: str, override_keys: set[str] = froze
         if getattr(recipe.eval, key) < 0:
             fail(f"eval.{key}", "zero or more", getattr(recipe.eval, key))
     if recipe.train.eval_generate < 0:
-        fail("train.eval_generate", "zero (off) or a positive number of validation examples", recipe.train.eval_generate)
+        fail(
+            "train.eval_generate", "zero (off) or a positive number of validation examples", recipe.train.eval_generate
+        )
     from textgen_cli.perturb import parse_spec
 
     for spec in recipe.eval.perturb:
@@ -377,7 +397,10 @@ def _get(obj: Any, dotted: str) -> Any:
 def _resolve_paths(recipe: Recipe, base: Path, override_keys: set[str] = frozenset()) -> None:
     """Input paths in the file are relative to the recipe file, so a run works from any folder;
     paths given on the command line are relative to the current folder, as a shell user expects."""
-    recipe.eval.metrics = [str((base / entry).resolve()) if ("/" in entry or entry.endswith(".py")) else entry for entry in recipe.eval.metrics]
+    recipe.eval.metrics = [
+        str((base / entry).resolve()) if ("/" in entry or entry.endswith(".py")) else entry
+        for entry in recipe.eval.metrics
+    ]
     for dotted in PATH_KEYS:
         *parents, leaf = dotted.split(".")
         owner = _get(recipe, ".".join(parents)) if parents else recipe

@@ -24,17 +24,36 @@ from textgen_cli.runs import read_metrics, write_text_atomic
 N_EXAMPLES = 5
 
 
-def provenance(models: list["Model"], match: str | None, seeds: int) -> dict[str, Any]:
+def provenance(models: list[Model], match: str | None, seeds: int) -> dict[str, Any]:
     import importlib.metadata as md
 
     packages = {}
-    for name in ("torch", "transformers", "tokenizers", "accelerate", "datasets", "evaluate", "sacrebleu", "rouge-score", "omegaconf"):
+    for name in (
+        "torch",
+        "transformers",
+        "tokenizers",
+        "accelerate",
+        "datasets",
+        "evaluate",
+        "sacrebleu",
+        "rouge-score",
+        "omegaconf",
+    ):
         try:
             packages[name] = md.version(name)
         except md.PackageNotFoundError:
             packages[name] = "not installed"
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parent,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
     signatures = {}
@@ -50,7 +69,14 @@ def provenance(models: list["Model"], match: str | None, seeds: int) -> dict[str
         "seeds": sorted({m.seed for m in models}),
         "match": match,
         "seeds_per_recipe": seeds,
-        "recipes": {m.loaded.name: {"path": str(m.loaded.path), "settings_hash": m.loaded.settings_hash(), "overrides": m.loaded.overrides} for m in models},
+        "recipes": {
+            m.loaded.name: {
+                "path": str(m.loaded.path),
+                "settings_hash": m.loaded.settings_hash(),
+                "overrides": m.loaded.overrides,
+            }
+            for m in models
+        },
         "metric_signatures": signatures,
         "decoding": models[0].eval.decoding,
         "bootstrap": models[0].eval.bootstrap,
@@ -59,7 +85,7 @@ def provenance(models: list["Model"], match: str | None, seeds: int) -> dict[str
     }
 
 
-def metric_records(columns: list["Column"], models: list["Model"]) -> list[dict[str, Any]]:
+def metric_records(columns: list[Column], models: list[Model]) -> list[dict[str, Any]]:
     signatures = {}
     for model in models:
         signatures.update(model.eval.signatures)
@@ -71,7 +97,9 @@ def metric_records(columns: list["Column"], models: list["Model"]) -> list[dict[
                     "model": column.label,
                     "kind": "baseline" if column.baseline else "model",
                     "metric": row,
-                    "group": ROW_BY_NAME[row].group if row in ROW_BY_NAME else ("robustness" if "@" in row else "other"),
+                    "group": ROW_BY_NAME[row].group
+                    if row in ROW_BY_NAME
+                    else ("robustness" if "@" in row else "other"),
                     "value": cell.value,
                     "low": cell.low,
                     "high": cell.high,
@@ -92,34 +120,55 @@ def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: values}
 
 
-def recipe_diff(models: list["Model"]) -> list[tuple[str, list[str]]]:
+def recipe_diff(models: list[Model]) -> list[tuple[str, list[str]]]:
     """Resolved settings that differ between the compared recipes."""
     seen: dict[str, dict[str, Any]] = {}
     for model in models:
         seen.setdefault(model.loaded.name, flatten(model.loaded.to_dict()))
     keys = sorted({key for flat in seen.values() for key in flat})
-    return [(key, [json.dumps(flat.get(key)) for flat in seen.values()]) for key in keys if len({json.dumps(flat.get(key)) for flat in seen.values()}) > 1]
+    return [
+        (key, [json.dumps(flat.get(key)) for flat in seen.values()])
+        for key in keys
+        if len({json.dumps(flat.get(key)) for flat in seen.values()}) > 1
+    ]
 
 
-def examples(models: list["Model"]) -> list[dict[str, Any]]:
+def examples(models: list[Model]) -> list[dict[str, Any]]:
     first = models[0]
-    lines = ((first.eval_dir or first.loaded.run_dir(first.stage)) / "predictions.jsonl").read_text(encoding="utf-8").splitlines()[:N_EXAMPLES]
+    lines = (
+        ((first.eval_dir or first.loaded.run_dir(first.stage)) / "predictions.jsonl")
+        .read_text(encoding="utf-8")
+        .splitlines()[:N_EXAMPLES]
+    )
     out = []
     for index, line in enumerate(lines):
         record = json.loads(line)
-        source = record["source"] if isinstance(record["source"], str) else " / ".join(f"{t['role']}: {t['content']}" for t in record["source"][-3:])
-        out.append({"source": source, "reference": record["reference"], "outputs": {m.label: (m.predictions[index] if index < len(m.predictions) else "") for m in _one_per_column(models)}})
+        source = (
+            record["source"]
+            if isinstance(record["source"], str)
+            else " / ".join(f"{t['role']}: {t['content']}" for t in record["source"][-3:])
+        )
+        out.append(
+            {
+                "source": source,
+                "reference": record["reference"],
+                "outputs": {
+                    m.label: (m.predictions[index] if index < len(m.predictions) else "")
+                    for m in _one_per_column(models)
+                },
+            }
+        )
     return out
 
 
-def _one_per_column(models: list["Model"]) -> list["Model"]:
-    chosen: dict[str, "Model"] = {}
+def _one_per_column(models: list[Model]) -> list[Model]:
+    chosen: dict[str, Model] = {}
     for model in models:
         chosen.setdefault(model.label, model)
     return list(chosen.values())
 
 
-def plots(folder: Path, columns: list["Column"], models: list["Model"]) -> dict[str, Path]:
+def plots(folder: Path, columns: list[Column], models: list[Model]) -> dict[str, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,16 +196,35 @@ def plots(folder: Path, columns: list["Column"], models: list["Model"]) -> dict[
                 curves += 1
             offset += summary.tokens
     for fig, ax, title, ylabel, name in (
-        (fig_train, ax_train, "Training loss against tokens (stages one after another)", "training loss (nats/token)", "loss_vs_tokens.png"),
+        (
+            fig_train,
+            ax_train,
+            "Training loss against tokens (stages one after another)",
+            "training loss (nats/token)",
+            "loss_vs_tokens.png",
+        ),
         (fig_val, ax_val, "Validation loss against tokens", "validation loss (nats/token)", "validation.png"),
-        (fig_bleu, ax_bleu, "Learning curve: validation BLEU against tokens (train.eval_generate)", "validation BLEU (greedy)", "bleu_vs_tokens.png"),
+        (
+            fig_bleu,
+            ax_bleu,
+            "Learning curve: validation BLEU against tokens (train.eval_generate)",
+            "validation BLEU (greedy)",
+            "bleu_vs_tokens.png",
+        ),
     ):
         ax.set_title(title)
         ax.set_xlabel("training tokens")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if ax is ax_bleu and not curves:
-            ax.text(0.5, 0.5, "no val_bleu logged: train with train.eval_generate=N (N > 0)", ha="center", va="center", transform=ax.transAxes)
+            ax.text(
+                0.5,
+                0.5,
+                "no val_bleu logged: train with train.eval_generate=N (N > 0)",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+            )
         else:
             ax.legend(fontsize=8)
         fig.tight_layout()
@@ -194,7 +262,7 @@ def plots(folder: Path, columns: list["Column"], models: list["Model"]) -> dict[
     return files
 
 
-def markdown_table(columns: list["Column"], rows: list[dict[str, Any]]) -> str:
+def markdown_table(columns: list[Column], rows: list[dict[str, Any]]) -> str:
     lines = ["| group | metric | " + " | ".join(c.label for c in columns) + " |", "|---|---|" + "---:|" * len(columns)]
     for r in rows:
         cells = []
@@ -207,21 +275,29 @@ def markdown_table(columns: list["Column"], rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def html_table(columns: list["Column"], rows: list[dict[str, Any]]) -> str:
-    head = "<tr><th>group</th><th>metric</th>" + "".join(f'<th{" class=baseline" if c.baseline else ""}>{html.escape(c.label)}</th>' for c in columns) + "</tr>"
+def html_table(columns: list[Column], rows: list[dict[str, Any]]) -> str:
+    head = (
+        "<tr><th>group</th><th>metric</th>"
+        + "".join(f"<th{' class=baseline' if c.baseline else ''}>{html.escape(c.label)}</th>" for c in columns)
+        + "</tr>"
+    )
     body = []
     for r in rows:
         cells = []
         for i, text in enumerate(r["cells"]):
             mark = lead_mark(r) if i == r["best"] else ""
-            cls = ' class="best"' if mark == "*" else (' class="best ns"' if mark else (' class="baseline"' if columns[i].baseline else ""))
+            cls = (
+                ' class="best"'
+                if mark == "*"
+                else (' class="best ns"' if mark else (' class="baseline"' if columns[i].baseline else ""))
+            )
             suffix = "" if not mark else (" *" if mark == "*" else f" <small>({html.escape(mark)})</small>")
             cells.append(f"<td{cls}>{html.escape(text)}{suffix}</td>")
         body.append(f"<tr><td>{html.escape(r['group'])}</td><td>{html.escape(r['label'])}</td>{''.join(cells)}</tr>")
     return f"<table>{head}{''.join(body)}</table>"
 
 
-def verdict_markdown(columns: list["Column"]) -> list[str]:
+def verdict_markdown(columns: list[Column]) -> list[str]:
     lines = ["## Verdict", ""]
     for label, verdict in verdicts(columns):
         if verdict["ok"]:
@@ -232,26 +308,47 @@ def verdict_markdown(columns: list["Column"]) -> list[str]:
     return [*lines, ""]
 
 
-def verdict_html(columns: list["Column"]) -> str:
+def verdict_html(columns: list[Column]) -> str:
     items = []
     for label, verdict in verdicts(columns):
         if verdict["ok"]:
-            items.append(f'<li class="ok"><b>{html.escape(label)}: OK</b> ({html.escape("; ".join(verdict["passed"]))})</li>')
+            items.append(
+                f'<li class="ok"><b>{html.escape(label)}: OK</b> ({html.escape("; ".join(verdict["passed"]))})</li>'
+            )
         else:
             reasons = "".join(f"<li>{html.escape(flag)}</li>" for flag in verdict["flags"])
-            items.append(f'<li class="flagged"><b>{html.escape(label)}: FLAGGED, do not trust its ranking</b><ul>{reasons}</ul></li>')
+            items.append(
+                f'<li class="flagged"><b>{html.escape(label)}: FLAGGED, do not trust its ranking</b><ul>{reasons}</ul></li>'
+            )
     return f"<h2>Verdict</h2><ul>{''.join(items)}</ul>"
 
 
-def runs_used(models: list["Model"]) -> list[dict[str, Any]]:
+def runs_used(models: list[Model]) -> list[dict[str, Any]]:
     out = []
     for model in models:
         for run_dir, summary in zip(model.run_dirs, model.summaries):
-            out.append({"model": model.label, "stage": summary.stage, "run": str(run_dir), "reused": model.reused.get(summary.stage, True), "steps": summary.steps, "stage_hash": summary.stage_hash})
+            out.append(
+                {
+                    "model": model.label,
+                    "stage": summary.stage,
+                    "run": str(run_dir),
+                    "reused": model.reused.get(summary.stage, True),
+                    "steps": summary.steps,
+                    "stage_hash": summary.stage_hash,
+                }
+            )
     return out
 
 
-def write_report(folder: Path, columns: list["Column"], rows: list[dict[str, Any]], models: list["Model"], match: str | None, seeds: int, effects: list[dict[str, Any]]) -> None:
+def write_report(
+    folder: Path,
+    columns: list[Column],
+    rows: list[dict[str, Any]],
+    models: list[Model],
+    match: str | None,
+    seeds: int,
+    effects: list[dict[str, Any]],
+) -> None:
     """`effects`: compare.pretraining_effects of the columns (the same the terminal shows)."""
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -260,7 +357,19 @@ def write_report(folder: Path, columns: list["Column"], rows: list[dict[str, Any
         prov = provenance(models, match, seeds)
         records = metric_records(columns, models)
         judged = [{"model": label, **verdict} for label, verdict in verdicts(columns)]
-        write_text_atomic(tmp / "metrics.json", json.dumps({"metrics": records, "verdicts": judged, "pretraining": effects, "provenance": prov, "runs": runs_used(models)}, indent=2))
+        write_text_atomic(
+            tmp / "metrics.json",
+            json.dumps(
+                {
+                    "metrics": records,
+                    "verdicts": judged,
+                    "pretraining": effects,
+                    "provenance": prov,
+                    "runs": runs_used(models),
+                },
+                indent=2,
+            ),
+        )
         table = io.StringIO(newline="")
         writer = csv.DictWriter(table, fieldnames=list(records[0]))
         writer.writeheader()
@@ -272,12 +381,40 @@ def write_report(folder: Path, columns: list["Column"], rows: list[dict[str, Any
         used = runs_used(models)
         names = list(dict.fromkeys(m.loaded.name for m in models))
         models_only = [c for c in columns if not c.baseline]
-        effects_md = ["## Does pretraining help?", "", *(f"- {line}" for line in effect_lines(effects)), ""] if effects else []
-        md = [f"# textgen compare: {' vs '.join(c.label for c in models_only)}", "", *verdict_markdown(columns), *effects_md, "## Results", "", markdown_table(columns, rows), ""]
-        md += [f"**bold**: best model in row. {legend(rows)}. With one seed the tests are paired bootstraps over the test examples (BLEU/chrF/ROUGE-L) or the 95% intervals; with several seeds Welch's t-test over the seed values (cells: mean ± std).", ""]
-        md += ["## Plots", "", "![training loss](loss_vs_tokens.png)", "", "![validation loss](validation.png)", "", "![validation BLEU against training tokens](bleu_vs_tokens.png)", "", "![metrics](metrics.png)", ""]
+        effects_md = (
+            ["## Does pretraining help?", "", *(f"- {line}" for line in effect_lines(effects)), ""] if effects else []
+        )
+        md = [
+            f"# textgen compare: {' vs '.join(c.label for c in models_only)}",
+            "",
+            *verdict_markdown(columns),
+            *effects_md,
+            "## Results",
+            "",
+            markdown_table(columns, rows),
+            "",
+        ]
+        md += [
+            f"**bold**: best model in row. {legend(rows)}. With one seed the tests are paired bootstraps over the test examples (BLEU/chrF/ROUGE-L) or the 95% intervals; with several seeds Welch's t-test over the seed values (cells: mean ± std).",
+            "",
+        ]
+        md += [
+            "## Plots",
+            "",
+            "![training loss](loss_vs_tokens.png)",
+            "",
+            "![validation loss](validation.png)",
+            "",
+            "![validation BLEU against training tokens](bleu_vs_tokens.png)",
+            "",
+            "![metrics](metrics.png)",
+            "",
+        ]
         md += ["## Runs used", "", "| model | stage | run | reused | steps |", "|---|---|---|---|---:|"]
-        md += [f"| {u['model']} | {u['stage']} | `{u['run']}` | {'yes' if u['reused'] else 'trained now'} | {u['steps']} |" for u in used]
+        md += [
+            f"| {u['model']} | {u['stage']} | `{u['run']}` | {'yes' if u['reused'] else 'trained now'} | {u['steps']} |"
+            for u in used
+        ]
         md += ["", "## Settings that differ", "", "| key | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         md += [f"| `{key}` | " + " | ".join(v.replace("|", "\\|") for v in values) + " |" for key, values in diff]
         md += ["", "## Example outputs (first test examples)", ""]
@@ -291,18 +428,34 @@ def write_report(folder: Path, columns: list["Column"], rows: list[dict[str, Any
         embedded = {name: base64.b64encode(path.read_bytes()).decode() for name, path in images.items()}
         example_html = "".join(
             f"<h4>{n}. {html.escape(s['source'])}</h4><ul><li><b>reference</b>: {html.escape(s['reference'])}</li>"
-            + "".join(f"<li><b>{html.escape(label)}</b>: {html.escape(text)}</li>" for label, text in s["outputs"].items())
+            + "".join(
+                f"<li><b>{html.escape(label)}</b>: {html.escape(text)}</li>" for label, text in s["outputs"].items()
+            )
             + "</ul>"
             for n, s in enumerate(samples, 1)
         )
-        diff_html = "<table><tr><th>key</th>" + "".join(f"<th>{html.escape(n)}</th>" for n in names) + "</tr>" + "".join(
-            f"<tr><td><code>{html.escape(key)}</code></td>" + "".join(f"<td>{html.escape(v)}</td>" for v in values) + "</tr>" for key, values in diff
-        ) + "</table>"
-        runs_html = "<table><tr><th>model</th><th>stage</th><th>run</th><th>reused</th><th>steps</th></tr>" + "".join(
-            f"<tr><td>{html.escape(u['model'])}</td><td>{u['stage']}</td><td><code>{html.escape(u['run'])}</code></td><td>{'yes' if u['reused'] else 'trained now'}</td><td>{u['steps']}</td></tr>" for u in used
-        ) + "</table>"
+        diff_html = (
+            "<table><tr><th>key</th>"
+            + "".join(f"<th>{html.escape(n)}</th>" for n in names)
+            + "</tr>"
+            + "".join(
+                f"<tr><td><code>{html.escape(key)}</code></td>"
+                + "".join(f"<td>{html.escape(v)}</td>" for v in values)
+                + "</tr>"
+                for key, values in diff
+            )
+            + "</table>"
+        )
+        runs_html = (
+            "<table><tr><th>model</th><th>stage</th><th>run</th><th>reused</th><th>steps</th></tr>"
+            + "".join(
+                f"<tr><td>{html.escape(u['model'])}</td><td>{u['stage']}</td><td><code>{html.escape(u['run'])}</code></td><td>{'yes' if u['reused'] else 'trained now'}</td><td>{u['steps']}</td></tr>"
+                for u in used
+            )
+            + "</table>"
+        )
         page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>textgen compare: {html.escape(' vs '.join(c.label for c in columns))}</title>
+<html lang="en"><head><meta charset="utf-8"><title>textgen compare: {html.escape(" vs ".join(c.label for c in columns))}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; }} th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
@@ -313,15 +466,15 @@ img {{ max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }} pre {{ backg
 <h1>textgen compare</h1>
 {verdict_html(columns)}
 {("<h2>Does pretraining help?</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in effect_lines(effects)) + "</ul>") if effects else ""}
-<p>{html.escape(' vs '.join(c.label for c in columns if not c.baseline))} on {prov['test_examples']} test examples, the same metrics and decoding settings for every model.
+<p>{html.escape(" vs ".join(c.label for c in columns if not c.baseline))} on {prov["test_examples"]} test examples, the same metrics and decoding settings for every model.
 Best model in each row highlighted; grey: the lead over the runner-up is not significant (n.s.) or untested.</p>
 <h2>Results</h2>{html_table(columns, rows)}
 <p><small>{html.escape(legend(rows))}</small></p>
 <h2>Plots</h2>
-<img alt="training loss against tokens" src="data:image/png;base64,{embedded['loss_vs_tokens.png']}">
-<img alt="validation loss against tokens" src="data:image/png;base64,{embedded['validation.png']}">
-<img alt="validation BLEU against tokens" src="data:image/png;base64,{embedded['bleu_vs_tokens.png']}">
-<img alt="metrics with intervals" src="data:image/png;base64,{embedded['metrics.png']}">
+<img alt="training loss against tokens" src="data:image/png;base64,{embedded["loss_vs_tokens.png"]}">
+<img alt="validation loss against tokens" src="data:image/png;base64,{embedded["validation.png"]}">
+<img alt="validation BLEU against tokens" src="data:image/png;base64,{embedded["bleu_vs_tokens.png"]}">
+<img alt="metrics with intervals" src="data:image/png;base64,{embedded["metrics.png"]}">
 <h2>Runs used</h2>{runs_html}
 <h2>Settings that differ</h2>{diff_html}
 <h2>Example outputs</h2>{example_html}

@@ -63,10 +63,14 @@ def _read_fields(cls: type[T], path: Path) -> tuple[dict[str, Any], dict[str, An
     for spec in dataclasses.fields(cls):
         if spec.name not in values:
             if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
-                raise UserError(f"{path}: key '{spec.name}' is missing (expected {_kind(hints[spec.name])}); was it written by textgen?")
+                raise UserError(
+                    f"{path}: key '{spec.name}' is missing (expected {_kind(hints[spec.name])}); was it written by textgen?"
+                )
             continue
         if not _matches(values[spec.name], hints[spec.name]):
-            raise UserError(f"{path}: key '{spec.name}' is {json.dumps(values[spec.name])[:60]}, expected {_kind(hints[spec.name])}")
+            raise UserError(
+                f"{path}: key '{spec.name}' is {json.dumps(values[spec.name])[:60]}, expected {_kind(hints[spec.name])}"
+            )
         known[spec.name] = values[spec.name]
     others = {key: value for key, value in values.items() if key not in known and key not in hints}
     return known, others
@@ -128,7 +132,7 @@ class RunSummary:
         return {**{key: value for key, value in values.items() if key != "notes"}, **values["notes"]}
 
     @classmethod
-    def read(cls, path: Path) -> "RunSummary":
+    def read(cls, path: Path) -> RunSummary:
         known, notes = _read_fields(cls, path)
         return cls(**known, notes=notes)
 
@@ -170,6 +174,6 @@ class EvalReport:
         return dataclasses.asdict(self)
 
     @classmethod
-    def read(cls, path: Path) -> "EvalReport":
+    def read(cls, path: Path) -> EvalReport:
         known, _ = _read_fields(cls, path)  # keys of a newer version are left alone
         return cls(**known)

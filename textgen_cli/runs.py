@@ -16,8 +16,9 @@ import resource
 import shutil
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from textgen_cli import __version__, diskspace
 from textgen_cli.errors import UserError
@@ -52,7 +53,7 @@ def _is_a_file(path: Path) -> bool:
         return False
 
 
-def trained_model(loaded: "LoadedRecipe", stage: str | None = None) -> tuple[Path, str]:
+def trained_model(loaded: LoadedRecipe, stage: str | None = None) -> tuple[Path, str]:
     """The recipe's latest trained model: the output of its last stage that has one (finetune before
     pretrain), or of `stage`."""
     candidates = [stage] if stage else list(reversed(STAGES))
@@ -112,7 +113,11 @@ class RunDir:
         try:
             if resume:
                 self._remove_leftovers()
-            found = (checkpoint.newest_valid(self.work, log) if resume else checkpoint.latest(self.work)) if self.work.is_dir() else None
+            found = (
+                (checkpoint.newest_valid(self.work, log) if resume else checkpoint.latest(self.work))
+                if self.work.is_dir()
+                else None
+            )
             if resume and found is not None:
                 log(f"resuming from {found}")
                 return found
@@ -121,7 +126,9 @@ class RunDir:
             if resume:
                 log(f"nothing to resume in {self.work}; starting afresh")
             elif found is not None:
-                log(f"discarding the interrupted run in {self.work} (newest checkpoint {found.name}); use --resume to continue it instead")
+                log(
+                    f"discarding the interrupted run in {self.work} (newest checkpoint {found.name}); use --resume to continue it instead"
+                )
             if self.work.exists():
                 shutil.rmtree(self.work)
             self.work.mkdir(parents=True)
@@ -141,7 +148,9 @@ class RunDir:
             diskspace.remove(leftover)
         removed = checkpoint.remove_leftovers(self.work / checkpoint.CHECKPOINTS) + temporary_copies
         if removed:
-            log(f"removed what an interrupted write left behind: {', '.join(str(p.relative_to(self.work)) for p in removed)}")
+            log(
+                f"removed what an interrupted write left behind: {', '.join(str(p.relative_to(self.work)) for p in removed)}"
+            )
 
     def _continue_finished(self, steps: int | None) -> Path | None:
         """--resume on a finished stage that kept its last checkpoint (checkpoint.keep_final) and is
@@ -187,7 +196,9 @@ class RunDir:
         try:
             lock.acquire()
         except Timeout:
-            raise UserError(f"run directory '{self.path}' is in use by {_lock_owner(self.lock_file)} (lock file {self.lock_file}); wait for it or stop it") from None
+            raise UserError(
+                f"run directory '{self.path}' is in use by {_lock_owner(self.lock_file)} (lock file {self.lock_file}); wait for it or stop it"
+            ) from None
         # the same inode, truncated in place: replacing the file would hand out a second lock
         with open(self.lock_file, "w", encoding="utf-8") as handle:
             handle.write(json.dumps({"pid": os.getpid(), "host": platform.node()}))
@@ -203,7 +214,7 @@ class RunDir:
             self._lock_handle.release()
             self._lock_handle = None
 
-    def start_trackers(self, loaded: "LoadedRecipe", stage: str) -> None:
+    def start_trackers(self, loaded: LoadedRecipe, stage: str) -> None:
         """Also send the metrics series, and once the hyperparameters (the resolved recipe,
         flattened), to the experiment trackers of `train.report_to`, through accelerate's tracker
         classes. metrics.jsonl stays the record; trackers get a copy of each of its lines.
@@ -218,10 +229,16 @@ class RunDir:
 
         section = loaded.recipe.train
         names = list(dict.fromkeys([*section.report_to, *(["tensorboard"] if section.tensorboard else [])]))
-        available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available, "mlflow": is_mlflow_available}
+        available = {
+            "tensorboard": is_tensorboard_available,
+            "wandb": is_wandb_available,
+            "mlflow": is_mlflow_available,
+        }
         for name in names:
             if not available[name]():
-                raise UserError(f"train.report_to: {name} needs its package, which is not installed: pip install 'textgen-cli[{name}]'")
+                raise UserError(
+                    f"train.report_to: {name} needs its package, which is not installed: pip install 'textgen-cli[{name}]'"
+                )
         PartialState()  # accelerate's trackers log through its logger, which needs the state
         for name in names:
             if name == "tensorboard":
@@ -339,7 +356,7 @@ def flat_hyperparameters(values: dict[str, Any], prefix: str = "") -> dict[str, 
 NOTHING_CHANGED = "the file is unchanged (nothing was written): free some space, then run again"
 
 
-def write_text_atomic(path: Path, text: str, then: "str | Callable[[], str]" = NOTHING_CHANGED) -> None:
+def write_text_atomic(path: Path, text: str, then: str | Callable[[], str] = NOTHING_CHANGED) -> None:
     """Replace `path` with `text` in one step: a crash leaves the old content or the new, and a full
     disk raises DiskFull (exit 1) naming `path` and the space needed, followed by `then`, with the
     temporary copy removed and the old content untouched."""

@@ -12,8 +12,9 @@ imported only when the stage runs.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,9 @@ class Stage:
     runner: str  # "module:function" that trains it: function(loaded) -> summary dict, imported when it runs
     evaluated: bool  # its model answers prompts: scored on the test split after training, a column in `textgen compare`
     data: str  # the `data.<data>` section it trains on (its `train` file is required)
-    hash_keys: tuple[str, ...]  # the recipe keys that decide what it trains; its stage hash adds the previous stages' keys
+    hash_keys: tuple[
+        str, ...
+    ]  # the recipe keys that decide what it trains; its stage hash adds the previous stages' keys
 
 
 STAGE_TABLE: dict[str, Stage] = {

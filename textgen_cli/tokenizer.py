@@ -10,9 +10,10 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from textgen_cli.errors import UserError
 
@@ -61,12 +62,12 @@ def texts_corpus(texts: list[str]) -> Corpus:
     return Corpus(digest.hexdigest(), lambda: [texts], f"{len(texts)} texts")
 
 
-def corpus_key(corpus: Corpus, section: "TokenizerSection") -> str:
+def corpus_key(corpus: Corpus, section: TokenizerSection) -> str:
     blob = f"{TOKENIZER_FORMAT_VERSION}|{section.vocab_size}|{section.min_frequency}|{corpus.key}"
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def get_tokenizer(corpus: "list[str] | Corpus", section: "TokenizerSection", log=print) -> "PreTrainedTokenizerFast":
+def get_tokenizer(corpus: list[str] | Corpus, section: TokenizerSection, log=print) -> PreTrainedTokenizerFast:
     """Load `tokenizer.path`, or a cached tokenizer for this corpus, or train one and cache it."""
     if section.path:
         tokenizer = load_tokenizer(Path(section.path))
@@ -90,10 +91,11 @@ def get_tokenizer(corpus: "list[str] | Corpus", section: "TokenizerSection", log
     return tokenizer
 
 
-def train_tokenizer(texts: "Iterable[str] | Iterable[list[str]]", vocab_size: int, min_frequency: int) -> "PreTrainedTokenizerFast":
+def train_tokenizer(
+    texts: Iterable[str] | Iterable[list[str]], vocab_size: int, min_frequency: int
+) -> PreTrainedTokenizerFast:
     """Train on texts, or on batches (lists) of texts streamed from disk."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(models.BPE(unk_token=UNK))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -109,7 +111,7 @@ def train_tokenizer(texts: "Iterable[str] | Iterable[list[str]]", vocab_size: in
     return wrap_tokenizer(core)
 
 
-def wrap_tokenizer(core) -> "PreTrainedTokenizerFast":
+def wrap_tokenizer(core) -> PreTrainedTokenizerFast:
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast(
@@ -126,7 +128,7 @@ def wrap_tokenizer(core) -> "PreTrainedTokenizerFast":
     return tokenizer
 
 
-def load_tokenizer(path: Path) -> "PreTrainedTokenizerFast":
+def load_tokenizer(path: Path) -> PreTrainedTokenizerFast:
     """A tokenizer saved with save_pretrained: textgen's own, or any other (see `adapt_tokenizer`)."""
     from transformers import AutoTokenizer
 

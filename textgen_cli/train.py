@@ -13,9 +13,10 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -42,7 +43,7 @@ class Examples(Protocol):
 
     def __len__(self) -> int: ...
 
-    def collate(self, indices: Sequence[int], epoch: int) -> dict[str, "torch.Tensor"]: ...
+    def collate(self, indices: Sequence[int], epoch: int) -> dict[str, torch.Tensor]: ...
 
 
 GROUP_WINDOW = 50  # global batches sorted together by length when train.group_by_length is on
@@ -81,7 +82,10 @@ class EpochSampler:
         lengths = np.asarray(self.lengths)
         usable = self.per_epoch * self.global_batch
         window = GROUP_WINDOW * self.global_batch
-        grouped = [chunk[np.argsort(lengths[chunk], kind="stable")] for chunk in np.split(order[:usable], range(window, usable, window))]
+        grouped = [
+            chunk[np.argsort(lengths[chunk], kind="stable")]
+            for chunk in np.split(order[:usable], range(window, usable, window))
+        ]
         batches = np.concatenate(grouped).reshape(self.per_epoch, self.global_batch)
         return np.concatenate([batches[rng.permutation(self.per_epoch)].reshape(-1), order[usable:]])
 
@@ -139,7 +143,7 @@ class Ranks:
             self.accelerator.wait_for_everyone()
 
 
-def make_accelerator(section: "TrainSection"):
+def make_accelerator(section: TrainSection):
     import torch
     from accelerate import Accelerator
 
@@ -148,7 +152,9 @@ def make_accelerator(section: "TrainSection"):
     on_cpu = section.device == "cpu" or not torch.cuda.is_available()
     if section.precision == "fp16":
         if on_cpu:
-            raise UserError("train.precision=fp16 needs a CUDA device (fp16 autocast with a grad scaler); on CPU use train.precision=fp32 or bf16")
+            raise UserError(
+                "train.precision=fp16 needs a CUDA device (fp16 autocast with a grad scaler); on CPU use train.precision=fp32 or bf16"
+            )
         torch.backends.cuda.matmul.allow_tf32 = True
         return Accelerator(mixed_precision="fp16")  # accelerate scales the loss and unscales before clipping
     bf16 = section.precision == "bf16" or (section.precision == "auto" and not on_cpu)
@@ -159,7 +165,7 @@ def make_accelerator(section: "TrainSection"):
     return Accelerator(cpu=on_cpu, mixed_precision="bf16" if bf16 else "no")
 
 
-def count_tokens(batch: dict[str, "torch.Tensor"]) -> tuple[int, int]:
+def count_tokens(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
     """(encoder, decoder) tokens processed: non-pad inputs of the one stack of a decoder-only model;
     encoder inputs and decoder targets of an encoder-decoder model."""
     inputs = int(batch["attention_mask"].sum())
@@ -168,7 +174,9 @@ def count_tokens(batch: dict[str, "torch.Tensor"]) -> tuple[int, int]:
     return 0, inputs
 
 
-def evaluate_loss(model, examples: Examples, *, batch_size: int, max_batches: int | None, device, ranks: "Ranks | None" = None) -> dict[str, float]:
+def evaluate_loss(
+    model, examples: Examples, *, batch_size: int, max_batches: int | None, device, ranks: Ranks | None = None
+) -> dict[str, float]:
     """Validation loss per token, perplexity and the number of tokens scored."""
     total, n_tokens = summed_nll(model, examples, batch_size, device, max_batches=max_batches, ranks=ranks)
     loss = total / max(n_tokens, 1)
@@ -178,7 +186,7 @@ def evaluate_loss(model, examples: Examples, *, batch_size: int, max_batches: in
 def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
     """Decay matrices only: biases, norms and (tied) embeddings' 1-D params are left alone."""
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if param.requires_grad:
             (decay if param.ndim >= 2 else no_decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -242,7 +250,7 @@ class StopSignals:
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._previous[signum] = signal.signal(signum, self._handle)
@@ -252,14 +260,16 @@ class StopSignals:
         if self.received is not None:
             os._exit(128 + signum)
         self.received = signum
-        log(f"{signal.Signals(signum).name}: saving a checkpoint at the end of this step (send it again to exit at once)")
+        log(
+            f"{signal.Signals(signum).name}: saving a checkpoint at the end of this step (send it again to exit at once)"
+        )
 
     def __exit__(self, *exc: Any) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
 
 
-def clean_step(model, batch: dict[str, "torch.Tensor"], causal: bool, scale: float, accelerator) -> dict[str, float]:
+def clean_step(model, batch: dict[str, torch.Tensor], causal: bool, scale: float, accelerator) -> dict[str, float]:
     """The plain objective: backpropagate the token loss of one micro-batch, scaled by `scale`
     (1 / label tokens of the whole optimizer step). Returns the summed loss for logging."""
     with accelerator.autocast():
@@ -277,7 +287,7 @@ def check_strategy(strategy: str, world: int, adversarial: bool, stage: str, met
 
 
 def train_stage(
-    loaded: "LoadedRecipe",
+    loaded: LoadedRecipe,
     stage: str,
     *,
     model,
@@ -313,7 +323,17 @@ def train_stage(
     try:
         with StopSignals() as signals:
             loop = start_loop(
-                loaded, stage, model=model, tokenizer=tokenizer, train_set=train_set, val_set=val_set, step_fn=step_fn, accelerator=accelerator, ranks=ranks, run=run, signals=signals
+                loaded,
+                stage,
+                model=model,
+                tokenizer=tokenizer,
+                train_set=train_set,
+                val_set=val_set,
+                step_fn=step_fn,
+                accelerator=accelerator,
+                ranks=ranks,
+                run=run,
+                signals=signals,
             )
             resume_or_begin(loop, resume_from)
             train_steps(loop)
@@ -333,7 +353,7 @@ class Loop:
     """One stage's training as each of its steps sees it: what is trained and how, on what data,
     and where it is written. `state` is what a checkpoint saves besides the weights."""
 
-    loaded: "LoadedRecipe"
+    loaded: LoadedRecipe
     stage: str
     steps: int  # the stage's optimizer steps
     model: Any  # as accelerate prepared it (DDP-wrapped, or sharded by FSDP)
@@ -355,7 +375,7 @@ class Loop:
     clock: float = 0.0  # time.perf_counter() at the start of the run, less the time a resumed run had spent
 
     @property
-    def section(self) -> "TrainSection":
+    def section(self) -> TrainSection:
         return self.loaded.recipe.train
 
     @property
@@ -379,7 +399,7 @@ class StepStats:
 
 
 def start_loop(
-    loaded: "LoadedRecipe",
+    loaded: LoadedRecipe,
     stage: str,
     *,
     model,
@@ -418,7 +438,10 @@ def start_loop(
         fsdp.shard(model)  # before the optimizer is built: it must hold the sharded parameters
     optimizer = build_optimizer(model, section.weight_decay, lr, device.type)
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, num_warmup_steps=min(section.warmup_steps, steps), num_training_steps=steps, min_lr_rate=section.min_lr_ratio
+        optimizer,
+        num_warmup_steps=min(section.warmup_steps, steps),
+        num_training_steps=steps,
+        min_lr_rate=section.min_lr_ratio,
     )
     if section.compile:
         # each block compiled in place (one graph, reused by every layer): whatever calls the
@@ -440,9 +463,23 @@ def start_loop(
             f"sequences (global batch) on {device}"
         )
     return Loop(
-        loaded=loaded, stage=stage, steps=steps, model=model, plain_class=plain_class, n_params=n_params, tokenizer=tokenizer,
-        optimizer=optimizer, scheduler=scheduler, step_fn=step_fn, train_set=train_set, val_set=val_set, sampler=sampler,
-        accelerator=accelerator, ranks=ranks, run=run, signals=signals,
+        loaded=loaded,
+        stage=stage,
+        steps=steps,
+        model=model,
+        plain_class=plain_class,
+        n_params=n_params,
+        tokenizer=tokenizer,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        step_fn=step_fn,
+        train_set=train_set,
+        val_set=val_set,
+        sampler=sampler,
+        accelerator=accelerator,
+        ranks=ranks,
+        run=run,
+        signals=signals,
     )
 
 
@@ -463,7 +500,9 @@ def resume_or_begin(loop: Loop, resume_from: Path | None) -> None:
     settings = resume_settings_hash(loop.loaded, ranks.world)
     state = loop.state = LoopState(settings_hash=settings)
     if resume_from is not None:
-        saved = checkpoint.load(resume_from, loop.accelerator.unwrap_model(loop.model), loop.optimizer, loop.scheduler, ranks.rank)
+        saved = checkpoint.load(
+            resume_from, loop.accelerator.unwrap_model(loop.model), loop.optimizer, loop.scheduler, ranks.rank
+        )
         state = loop.state = LoopState(**saved)
         check_resume_layout(state, loop.section.batch_size, ranks.world, resume_from)
         if state.settings_hash != settings:
@@ -471,7 +510,11 @@ def resume_or_begin(loop: Loop, resume_from: Path | None) -> None:
             state.settings_hash = settings
         if ranks.main:
             loop.run.truncate_metrics(state.metrics_lines)
-            moved = f", now with {ranks.world} processes instead of {state.processes}" if state.processes != ranks.world else ""
+            moved = (
+                f", now with {ranks.world} processes instead of {state.processes}"
+                if state.processes != ranks.world
+                else ""
+            )
             log(f"{loop.stage}: resumed at step {state.step}/{loop.steps}{moved}")
     else:
         state.first_val = state.last_val = validation_loss(loop)
@@ -528,7 +571,9 @@ def optimizer_step(loop: Loop) -> StepStats:
     )
     totals = summed["step"]
     loss = totals["loss_sum"] / max(label_tokens, 1)
-    grad_norm = loop.accelerator.clip_grad_norm_(loop.model.parameters(), section.clip_grad if section.clip_grad > 0 else float("inf"))
+    grad_norm = loop.accelerator.clip_grad_norm_(
+        loop.model.parameters(), section.clip_grad if section.clip_grad > 0 else float("inf")
+    )
     grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP: a DTensor
     lr = loop.scheduler.get_last_lr()[0]
     loop.state.step = step
@@ -547,7 +592,7 @@ def optimizer_step(loop: Loop) -> StepStats:
     )
 
 
-def micro_batches(loop: Loop, step: int) -> list[dict[str, "torch.Tensor"]]:
+def micro_batches(loop: Loop, step: int) -> list[dict[str, torch.Tensor]]:
     """This process's train.grad_accum micro-batches of optimizer step `step` (1-based), on the
     device: a pure function of the step, so a resumed run sees the batches the whole run would."""
     grad_accum = loop.section.grad_accum
@@ -555,7 +600,7 @@ def micro_batches(loop: Loop, step: int) -> list[dict[str, "torch.Tensor"]]:
     return [{k: v.to(loop.device) for k, v in loop.train_set.collate(idx, epoch).items()} for idx, epoch in batches]
 
 
-def backward(loop: Loop, micro: list[dict[str, "torch.Tensor"]], *, scale: float) -> tuple[float, dict[str, float]]:
+def backward(loop: Loop, micro: list[dict[str, torch.Tensor]], *, scale: float) -> tuple[float, dict[str, float]]:
     """`step_fn` on every micro-batch (it backpropagates the loss times `scale`), gradients
     synchronised across processes on the last one only. Returns the summed loss and the sums of
     step_fn's other statistics."""
@@ -566,7 +611,13 @@ def backward(loop: Loop, micro: list[dict[str, "torch.Tensor"]], *, scale: float
     extras: dict[str, float] = {}
     for index, batch in enumerate(micro):
         sync = index == len(micro) - 1 or ranks.world == 1
-        with (contextlib.nullcontext() if sync else fsdp.gradient_sync(model, False) if ranks.sharded else loop.accelerator.no_sync(model)):
+        with (
+            contextlib.nullcontext()
+            if sync
+            else fsdp.gradient_sync(model, False)
+            if ranks.sharded
+            else loop.accelerator.no_sync(model)
+        ):
             stats = loop.step_fn(model, batch, loop.train_set.causal, scale, loop.accelerator)
         loss_sum += stats.pop("loss_sum")
         for key, value in stats.items():
@@ -615,10 +666,14 @@ def update_or_skip(loop: Loop, step: int, *, loss: float, grad_norm: float) -> N
     state.skipped += 1
     if section.on_nonfinite == "stop" or state.skipped > section.max_skips:
         found = checkpoint.latest(loop.run.work)
-        kept = f"; the last good checkpoint is {found} (resume with --resume, e.g. with a lower train.lr)" if found else ""
+        kept = (
+            f"; the last good checkpoint is {found} (resume with --resume, e.g. with a lower train.lr)" if found else ""
+        )
         after = f" after {state.skipped - 1} skipped steps" if state.skipped > 1 else ""
         raise TrainingDiverged(f"{loop.stage}: non-finite {what} at step {step}{after}; stopping{kept}")
-    loop.reporter.message(f"{loop.stage} step {step}: non-finite {what}, step skipped ({state.skipped}/{section.max_skips})")
+    loop.reporter.message(
+        f"{loop.stage} step {step}: non-finite {what}, step skipped ({state.skipped}/{section.max_skips})"
+    )
 
 
 def count_step(state: LoopState, stats: StepStats) -> None:
@@ -664,7 +719,14 @@ def close_log_window(loop: Loop, stats: StepStats) -> dict[str, Any] | None:
 
 def validation_loss(loop: Loop) -> dict[str, float]:
     section = loop.section
-    return evaluate_loss(loop.model, loop.val_set, batch_size=section.batch_size, max_batches=section.eval_batches, device=loop.device, ranks=loop.ranks)
+    return evaluate_loss(
+        loop.model,
+        loop.val_set,
+        batch_size=section.batch_size,
+        max_batches=section.eval_batches,
+        device=loop.device,
+        ranks=loop.ranks,
+    )
 
 
 def validate(loop: Loop, step: int) -> None:
@@ -674,9 +736,13 @@ def validate(loop: Loop, step: int) -> None:
     if loop.ranks.main:
         from textgen_cli.train_eval import validation_generation  # train.eval_generate: val_bleu ({} when off)
 
-        generated = validation_generation(loop.loaded, loop.stage, loop.accelerator.unwrap_model(loop.model), loop.tokenizer, loop.ranks.world)
+        generated = validation_generation(
+            loop.loaded, loop.stage, loop.accelerator.unwrap_model(loop.model), loop.tokenizer, loop.ranks.world
+        )
         loop.run.append_metrics({"step": step, "tokens": state.tokens_seen, **state.last_val, **generated})
-    loop.reporter.message(f"{loop.stage} step {step}: validation loss {state.last_val['val_loss']:.4f} (ppl {state.last_val['val_ppl']:.2f})")
+    loop.reporter.message(
+        f"{loop.stage} step {step}: validation loss {state.last_val['val_loss']:.4f} (ppl {state.last_val['val_ppl']:.2f})"
+    )
 
 
 def stop_or_checkpoint(loop: Loop, stats: StepStats) -> None:
@@ -685,7 +751,10 @@ def stop_or_checkpoint(loop: Loop, stats: StepStats) -> None:
     if stats.stop_requested:
         saved_at = save_checkpoint(loop)
         signum = loop.signals.received or signal.SIGTERM
-        raise Interrupted(f"{loop.stage} interrupted at step {stats.step}; checkpoint saved to {saved_at}; continue with --resume", 128 + signum)
+        raise Interrupted(
+            f"{loop.stage} interrupted at step {stats.step}; checkpoint saved to {saved_at}; continue with --resume",
+            128 + signum,
+        )
     every = loop.loaded.recipe.checkpoint.every
     if every and stats.step % every == 0 and stats.step < loop.steps:
         save_checkpoint(loop)
@@ -697,7 +766,16 @@ def save_checkpoint(loop: Loop) -> Path:
     state = loop.state
     state.metrics_lines = loop.run.metrics_lines
     unwrapped = loop.accelerator.unwrap_model(loop.model)
-    return checkpoint.save(loop.run.work, state.step, unwrapped, loop.optimizer, loop.scheduler, asdict(state), loop.loaded.recipe.checkpoint.keep_last, loop.ranks)
+    return checkpoint.save(
+        loop.run.work,
+        state.step,
+        unwrapped,
+        loop.optimizer,
+        loop.scheduler,
+        asdict(state),
+        loop.loaded.recipe.checkpoint.keep_last,
+        loop.ranks,
+    )
 
 
 def finish(loop: Loop, *, notes: dict[str, Any], resumed: bool) -> RunSummary:
@@ -814,7 +892,7 @@ def save_final(model, tokenizer, folder: Path, run: RunDir) -> None:
         tokenizer.save_pretrained(folder)
 
 
-def resume_settings_hash(loaded: "LoadedRecipe", world: int) -> str:
+def resume_settings_hash(loaded: LoadedRecipe, world: int) -> str:
     """The settings hash a resumed run is checked against, with the per-process batch size replaced
     by the global micro-batch: 2 processes x 4 and 1 process x 8 are the same experiment."""
     from textgen_cli.recipe import settings_digest
@@ -832,7 +910,11 @@ def check_resume_layout(state: LoopState, batch_size: int, world: int, path: Pat
     if state.global_micro_batch in (0, batch_size * world):  # 0: a checkpoint from before this was recorded
         return
     saved = state.global_micro_batch
-    fix = f"resume with train.batch_size={saved // world}" if saved % world == 0 else f"resume with a number of processes that divides {saved}"
+    fix = (
+        f"resume with train.batch_size={saved // world}"
+        if saved % world == 0
+        else f"resume with a number of processes that divides {saved}"
+    )
     raise UserError(
         f"checkpoint {path} was written by {state.processes} process(es) x train.batch_size={saved // max(state.processes, 1)} = {saved} "
         f"sequences per micro-batch, but this run has {world} x {batch_size} = {batch_size * world}: the data position would not carry over; {fix}"

@@ -54,11 +54,16 @@ def validation_generation(loaded, stage: str, model, tokenizer, world: int = 1) 
     role = role_of_model(model)
     role.configure_generation(model, tokenizer, r.model.context)
     settings = dataclasses.replace(r.generate, do_sample=False, num_beams=1)
-    generator = Generator.from_recipe(model, tokenizer, r, family=role.name, stage=stage, path=Path("."), settings=settings)
+    generator = Generator.from_recipe(
+        model, tokenizer, r, family=role.name, stage=stage, path=Path("."), settings=settings
+    )
     was_training = model.training
     model.eval()
     try:
         outputs = [result.output for result in generator.batch([e.prompt for e in examples])]
     finally:
         model.train(was_training)
-    return {"val_bleu": sacrebleu.corpus_bleu(outputs, [[e.reference for e in examples]]).score, "val_bleu_examples": len(examples)}
+    return {
+        "val_bleu": sacrebleu.corpus_bleu(outputs, [[e.reference for e in examples]]).score,
+        "val_bleu_examples": len(examples),
+    }

@@ -20,7 +20,11 @@ VERDICT_ROWS = {"bleu": "BLEU", "chrf": "chrF"}
 
 
 def thresholds_of(section) -> dict[str, float]:
-    return {"min_input_gap": section.min_input_gap, "min_distinct_outputs": section.min_distinct_outputs, "max_repetition_excess": section.max_repetition_excess}
+    return {
+        "min_input_gap": section.min_input_gap,
+        "min_distinct_outputs": section.min_distinct_outputs,
+        "max_repetition_excess": section.max_repetition_excess,
+    }
 
 
 def judge(report: dict[str, Any], thresholds: dict[str, float]) -> dict[str, Any]:
@@ -53,13 +57,17 @@ def judge(report: dict[str, Any], thresholds: dict[str, float]) -> dict[str, Any
     share = degeneration.get("distinct_outputs_share")
     if share is not None:
         if share < thresholds["min_distinct_outputs"]:
-            flags.append(f"degenerate: distinct outputs for only {100 * share:.0f}% of distinct sources (needs {100 * thresholds['min_distinct_outputs']:.0f}%)")
+            flags.append(
+                f"degenerate: distinct outputs for only {100 * share:.0f}% of distinct sources (needs {100 * thresholds['min_distinct_outputs']:.0f}%)"
+            )
         else:
             passed.append(f"distinct outputs for {100 * share:.0f}% of distinct sources")
     rep, ref_rep = degeneration.get("repeated_4gram_rate"), degeneration.get("reference_repeated_4gram_rate")
     if rep is not None and ref_rep is not None:
         if rep > ref_rep + thresholds["max_repetition_excess"]:
-            flags.append(f"degenerate: repeats itself ({100 * rep:.0f}% of 4-grams repeat within an output, {100 * ref_rep:.0f}% in the references)")
+            flags.append(
+                f"degenerate: repeats itself ({100 * rep:.0f}% of 4-grams repeat within an output, {100 * ref_rep:.0f}% in the references)"
+            )
     return {"ok": not flags, "flags": flags, "passed": passed, "thresholds": dict(thresholds)}
 
 

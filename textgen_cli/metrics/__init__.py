@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from textgen_cli.errors import UserError
 from textgen_cli.metrics._bootstrap import BOOTSTRAP_METRICS, paired_bootstrap
@@ -72,7 +73,9 @@ def resolve_metric_path(name_or_path: str) -> Path:
         if path.is_dir():
             script = path / f"{path.name}.py"
             if not script.is_file():
-                raise UserError(f"metric directory {entry!r} has no {path.name}.py (evaluate loads <dir>/<dir name>.py)")
+                raise UserError(
+                    f"metric directory {entry!r} has no {path.name}.py (evaluate loads <dir>/<dir name>.py)"
+                )
             return script
         raise UserError(f"metric module {entry!r} does not exist ({path})")
 

@@ -8,7 +8,8 @@ resampled corpus); ROUGE and exact match are means of per-example scores.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Union
 
 import numpy as np
 
@@ -16,7 +17,7 @@ from textgen_cli.metrics import _core
 
 BOOTSTRAP_METRICS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum", "exact_match")
 
-MetricFn = Union[str, Callable[[Sequence[str], Sequence[str]], float]]
+MetricFn = Union[str, Callable[[Sequence[str], Sequence[str]], float]]  # noqa: UP007 (a runtime alias)
 
 
 class _Statistic:
@@ -42,8 +43,9 @@ def _statistic(name: str, predictions: Sequence[str], references: Sequence[str])
     if name in _core.ROUGE_TYPES:
         per = np.asarray(_core.rouge_per_example(predictions, references, [name])[name], dtype=np.float64)
         n = len(per)
-        return _Statistic(per[:, None], lambda row: float(row[0]) / n,
-                          _core.rouge_signature(_core.ROUGE_USE_STEMMER, "default"))
+        return _Statistic(
+            per[:, None], lambda row: float(row[0]) / n, _core.rouge_signature(_core.ROUGE_USE_STEMMER, "default")
+        )
     if name == "exact_match":
         per = np.asarray(_core.exact_match_per_example(predictions, references), dtype=np.float64)
         n = len(per)
@@ -144,7 +146,11 @@ def paired_bootstrap(
 
     diff = samples[0] - samples[1]
     out = {"metric": name}
-    for key, point, values in (("a", points[0], samples[0]), ("b", points[1], samples[1]), ("diff", points[0] - points[1], diff)):
+    for key, point, values in (
+        ("a", points[0], samples[0]),
+        ("b", points[1], samples[1]),
+        ("diff", points[0] - points[1], diff),
+    ):
         low, high = _interval(values, confidence)
         out[key] = {"score": point, "low": low, "high": high}
     out["a_wins"] = float(np.mean(diff > 0))

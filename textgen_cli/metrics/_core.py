@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -127,7 +127,9 @@ class UnicodeTokenizer:
         return tokens
 
 
-def rouge_scorer(rouge_types: Iterable[str] = ROUGE_TYPES, use_stemmer: bool = ROUGE_USE_STEMMER, tokenizer: str = "default"):
+def rouge_scorer(
+    rouge_types: Iterable[str] = ROUGE_TYPES, use_stemmer: bool = ROUGE_USE_STEMMER, tokenizer: str = "default"
+):
     from rouge_score import rouge_scorer as rs
 
     if tokenizer not in ROUGE_TOKENIZERS:
@@ -237,8 +239,12 @@ def self_bleu(predictions: Sequence[str], max_samples: int = SELF_BLEU_MAX_SAMPL
     metric = sacrebleu_metric("bleu", effective_order=True)
     metric.num_refs = max(len(idx) - 1, 1)  # each prediction has the other sampled ones as references
     signature = str(metric.get_signature())
-    base = {"n_sampled": len(idx), "max_samples": max_samples, "seed": seed,
-            "signature": f"self-bleu|sample:{len(idx)}|seed:{seed}|{signature}"}
+    base = {
+        "n_sampled": len(idx),
+        "max_samples": max_samples,
+        "seed": seed,
+        "signature": f"self-bleu|sample:{len(idx)}|seed:{seed}|{signature}",
+    }
     if len(idx) < 2:
         return {"self_bleu": None, **base}
 

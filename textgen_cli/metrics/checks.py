@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -94,7 +94,12 @@ def welch_t_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float | st
     vb = sum((x - mb) ** 2 for x in b) / (len(b) - 1)
     se2 = va / len(a) + vb / len(b)
     if se2 == 0.0:
-        return {"t": math.inf if ma != mb else 0.0, "df": float(len(a) + len(b) - 2), "p": 0.0 if ma != mb else 1.0, "method": "exact (no spread)"}
+        return {
+            "t": math.inf if ma != mb else 0.0,
+            "df": float(len(a) + len(b) - 2),
+            "p": 0.0 if ma != mb else 1.0,
+            "method": "exact (no spread)",
+        }
     t = (ma - mb) / math.sqrt(se2)
     df = se2**2 / ((va / len(a)) ** 2 / (len(a) - 1) + (vb / len(b)) ** 2 / (len(b) - 1))
     try:
@@ -102,7 +107,12 @@ def welch_t_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float | st
     except ImportError:
         return {"t": t, "df": df, "p": min(1.0, 2.0 * _t_sf(abs(t), df)), "method": "exact Student-t tail (textgen)"}
     result = stats.ttest_ind(list(a), list(b), equal_var=False)
-    return {"t": float(result.statistic), "df": df, "p": float(result.pvalue), "method": "scipy.stats.ttest_ind(equal_var=False)"}
+    return {
+        "t": float(result.statistic),
+        "df": df,
+        "p": float(result.pvalue),
+        "method": "scipy.stats.ttest_ind(equal_var=False)",
+    }
 
 
 def words(text: str) -> list[str]:

@@ -68,9 +68,12 @@ class LikelihoodTotals:
         self.bytes += int(n_bytes)
 
     def result(self) -> dict:
-        out = {"nll_sum": self.nll, "tokens": self.tokens,
-               "nll_per_token": self.nll / self.tokens if self.tokens else None,
-               "perplexity": perplexity(self.nll, self.tokens) if self.tokens else None}
+        out = {
+            "nll_sum": self.nll,
+            "tokens": self.tokens,
+            "nll_per_token": self.nll / self.tokens if self.tokens else None,
+            "perplexity": perplexity(self.nll, self.tokens) if self.tokens else None,
+        }
         if self.bytes:
             out["bytes"] = self.bytes
             out["bits_per_byte"] = bits_per_byte(self.nll, self.bytes)

@@ -20,9 +20,13 @@ class Row:
     group: str  # the comparison table's group: quality, diversity, input use, cost
     label: str  # the row's label in comparison tables
     higher_is_better: bool | None  # None: a size, not a score: never ranked
-    module: str | None = None  # the shipped evaluate module computing it; None: computed by evaluate.py or training (see compare.values_of)
+    module: str | None = (
+        None  # the shipped evaluate module computing it; None: computed by evaluate.py or training (see compare.values_of)
+    )
     key: str | None = None  # the key of the module's result holding the number (default: `name`)
-    interval: bool = False  # a 95% paired-bootstrap interval in eval.json; compare tests its lead with a paired bootstrap
+    interval: bool = (
+        False  # a 95% paired-bootstrap interval in eval.json; compare tests its lead with a paired bootstrap
+    )
     table: bool = True  # a row of the comparison table; False: only in eval.json, metrics.json and metrics.csv
 
 

@@ -28,9 +28,25 @@ from textgen_cli.models.roles import DECODER_ONLY, ENCODER_DECODER, ROLES, Role,
 FAMILIES = ROLES  # family name -> role; `FAMILIES[name].build(section, tokenizer)` builds from scratch
 
 __all__ = [
-    "ARCHS", "DECODER_ONLY", "ENCODER_DECODER", "FAMILIES", "ROLES", "SCRATCH", "Pretrained", "Role", "context_of",
-    "family_of_checkpoint", "init_from", "is_hub_id", "load_checkpoint", "load_pretrained", "resolve_init_from",
-    "role_for", "role_of_config", "role_of_model", "transformer_blocks",
+    "ARCHS",
+    "DECODER_ONLY",
+    "ENCODER_DECODER",
+    "FAMILIES",
+    "ROLES",
+    "SCRATCH",
+    "Pretrained",
+    "Role",
+    "context_of",
+    "family_of_checkpoint",
+    "init_from",
+    "is_hub_id",
+    "load_checkpoint",
+    "load_pretrained",
+    "resolve_init_from",
+    "role_for",
+    "role_of_config",
+    "role_of_model",
+    "transformer_blocks",
 ]
 
 

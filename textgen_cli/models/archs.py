@@ -9,8 +9,9 @@ AutoModelForCausalLM loads can be finetuned (see loading.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from textgen_cli.models.bart import build_bart
 from textgen_cli.models.gpt2 import build_gpt2
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from textgen_cli.schema import ModelSection
 
 
-def build_t5(section: "ModelSection", tokenizer: "PreTrainedTokenizerFast") -> "PreTrainedModel":
+def build_t5(section: ModelSection, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
     """T5 (v1.1 style, gated GELU): relative position buckets, so T5 has no context field; textgen
     records `model.context` as `n_positions`. The decoder starts from bos, as textgen's BART does."""
     from transformers import T5Config, T5ForConditionalGeneration
@@ -46,7 +47,7 @@ def build_t5(section: "ModelSection", tokenizer: "PreTrainedTokenizerFast") -> "
     return T5ForConditionalGeneration(config)
 
 
-def _llama_like(config_class, model_class, section: "ModelSection", tokenizer: "PreTrainedTokenizerFast", **extra):
+def _llama_like(config_class, model_class, section: ModelSection, tokenizer: PreTrainedTokenizerFast, **extra):
     config = config_class(
         vocab_size=len(tokenizer),
         hidden_size=section.hidden,
@@ -65,13 +66,13 @@ def _llama_like(config_class, model_class, section: "ModelSection", tokenizer: "
     return model_class(config)
 
 
-def build_llama(section: "ModelSection", tokenizer: "PreTrainedTokenizerFast") -> "PreTrainedModel":
+def build_llama(section: ModelSection, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     return _llama_like(LlamaConfig, LlamaForCausalLM, section, tokenizer)
 
 
-def build_qwen2(section: "ModelSection", tokenizer: "PreTrainedTokenizerFast") -> "PreTrainedModel":
+def build_qwen2(section: ModelSection, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     return _llama_like(Qwen2Config, Qwen2ForCausalLM, section, tokenizer, use_sliding_window=False)
@@ -81,7 +82,7 @@ def build_qwen2(section: "ModelSection", tokenizer: "PreTrainedTokenizerFast") -
 class Arch:
     name: str
     family: str  # the role it plays: `sora` (encoder-decoder) or `chatgpt` (decoder-only)
-    build: Callable[["ModelSection", "PreTrainedTokenizerFast"], "PreTrainedModel"]
+    build: Callable[[ModelSection, PreTrainedTokenizerFast], PreTrainedModel]
 
 
 ARCHS = {

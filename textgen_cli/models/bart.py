@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from textgen_cli.schema import ModelSection
 
 
-def build_bart(section: "ModelSection", tokenizer: "PreTrainedTokenizerFast") -> "BartForConditionalGeneration":
+def build_bart(section: ModelSection, tokenizer: PreTrainedTokenizerFast) -> BartForConditionalGeneration:
     from transformers import BartConfig, BartForConditionalGeneration
 
     config = BartConfig(

@@ -31,12 +31,18 @@ class TemplateChatEncoder:
         if not messages:
             return []
         try:
-            out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=True)
+            out = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=True
+            )
         except Exception as exc:  # jinja raises its own errors (e.g. a template that wants alternating roles)
-            raise UserError(f"the tokenizer's chat template cannot render this conversation: {str(exc).splitlines()[0]}") from exc
+            raise UserError(
+                f"the tokenizer's chat template cannot render this conversation: {str(exc).splitlines()[0]}"
+            ) from exc
         return list(out["input_ids"])
 
-    def encode(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+    def encode(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool = False
+    ) -> tuple[list[int], list[int]]:
         ids = self.render(messages, add_generation_prompt)
         labels = [IGNORE_INDEX] * len(ids)
         for position, message in enumerate(messages):

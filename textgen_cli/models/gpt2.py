@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from textgen_cli.schema import ModelSection
 
 
-def build_gpt2(section: "ModelSection", tokenizer: "PreTrainedTokenizerFast") -> "GPT2LMHeadModel":
+def build_gpt2(section: ModelSection, tokenizer: PreTrainedTokenizerFast) -> GPT2LMHeadModel:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(

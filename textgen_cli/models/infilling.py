@@ -8,8 +8,9 @@ with, so a pretrained T5 continues the task it knows).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ class StartedInfilling(InfillingBlocks):
 
     start_id: int = 0
 
-    def collate(self, indices: Sequence[int], epoch: int) -> dict[str, "torch.Tensor"]:
+    def collate(self, indices: Sequence[int], epoch: int) -> dict[str, torch.Tensor]:
         return seq2seq_batch([self.example(i, epoch) for i in indices], self.pad_id, self.start_id)
 
 
@@ -71,16 +72,25 @@ class SentinelInfilling(StartedInfilling):
         return [*source, self.eos_id], [*target, self.eos_id]
 
 
-def infilling_sets(train_blocks, val_blocks, tokenizer, start_id: int, recipe: "Recipe") -> tuple[Any, Any]:
+def infilling_sets(train_blocks, val_blocks, tokenizer, start_id: int, recipe: Recipe) -> tuple[Any, Any]:
     from textgen_cli.tokenizer import MASK
 
     p = recipe.pretrain
-    ids = dict(bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, start_id=start_id)
+    ids = dict(
+        bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, start_id=start_id
+    )
     sentinels = sentinel_ids(tokenizer)
     if sentinels:
-        make = lambda blocks, seed: SentinelInfilling(blocks, p.mask_ratio, p.poisson_lambda, seed, mask_id=-1, sentinels=tuple(sentinels), **ids)  # noqa: E731
+
+        def make(blocks, seed):
+            return SentinelInfilling(
+                blocks, p.mask_ratio, p.poisson_lambda, seed, mask_id=-1, sentinels=tuple(sentinels), **ids
+            )
     else:
         mask_id = tokenizer.convert_tokens_to_ids(tokenizer.mask_token or MASK)
-        make = lambda blocks, seed: StartedInfilling(blocks, p.mask_ratio, p.poisson_lambda, seed, mask_id=mask_id, **ids)  # noqa: E731
+
+        def make(blocks, seed):
+            return StartedInfilling(blocks, p.mask_ratio, p.poisson_lambda, seed, mask_id=mask_id, **ids)
+
     # validation noise uses a fixed seed so every validation pass scores the same inputs
     return make(train_blocks, recipe.train.seed), make(val_blocks, 0)

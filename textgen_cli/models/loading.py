@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from textgen_cli.errors import UserError
 from textgen_cli.models.roles import Role, role_for, role_of_config, role_of_model_type
@@ -42,7 +43,7 @@ def resolve_init_from(value: str, root: Path) -> str:
     return str(path.resolve())
 
 
-def is_hub_id(ref: "str | Path") -> bool:
+def is_hub_id(ref: str | Path) -> bool:
     text = str(ref)
     return not Path(text).exists() and not Path(text).is_absolute() and looks_like_hub_id(text)
 
@@ -58,7 +59,9 @@ def context_of(config) -> int | None:
 
 
 def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE") or os.environ.get("TRANSFORMERS_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE") or os.environ.get(
+        "TRANSFORMERS_OFFLINE", ""
+    ).upper() in ("1", "ON", "YES", "TRUE")
 
 
 def unreachable_message(ref: str) -> str:
@@ -117,7 +120,9 @@ def _unsupported(ref: Any, model_type: Any) -> str:
     )
 
 
-def load_pretrained(ref: "str | Path", family: "str | Role", *, needs_mask: bool = False, context: int | None = None) -> Pretrained:
+def load_pretrained(
+    ref: str | Path, family: str | Role, *, needs_mask: bool = False, context: int | None = None
+) -> Pretrained:
     """Load a local directory or a hub id for `family`'s role, with the tokenizer adapted.
 
     `needs_mask`: pretraining an encoder-decoder whose tokenizer has no T5 sentinels needs <mask>.
@@ -151,8 +156,12 @@ def load_pretrained(ref: "str | Path", family: "str | Role", *, needs_mask: bool
     tokenizer = _from(text, hub, "tokenizer", lambda: AutoTokenizer.from_pretrained(text, **options))
     # safetensors only, from the hub too: a pickled checkpoint can run code when it is loaded
     model = _from(
-        text, hub, "weights",
-        lambda: role.model_class().from_pretrained(text, config=config, dtype=torch.float32, use_safetensors=True, trust_remote_code=False, **options),
+        text,
+        hub,
+        "weights",
+        lambda: role.model_class().from_pretrained(
+            text, config=config, dtype=torch.float32, use_safetensors=True, trust_remote_code=False, **options
+        ),
     )
     rows = model.get_input_embeddings().weight.shape[0]
     # textgen saves a model with exactly its tokenizer's rows; other checkpoints may pad their
@@ -170,7 +179,7 @@ def load_pretrained(ref: "str | Path", family: "str | Role", *, needs_mask: bool
     return Pretrained(model, tokenizer, role, text, added)
 
 
-def grow_embeddings(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerFast", added: list[str]) -> None:
+def grow_embeddings(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, added: list[str]) -> None:
     """Rows for the added tokens: the embeddings (and an untied output layer) grow to the tokenizer's
     size where needed, and each added token's row is the mean of the rows that were there."""
     import torch
@@ -196,7 +205,7 @@ def grow_embeddings(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerFas
     model.config.pad_token_id = tokenizer.pad_token_id
 
 
-def load_checkpoint(path: Path, family: "str | Role", vocab_size: int | None = None) -> "PreTrainedModel":
+def load_checkpoint(path: Path, family: str | Role, vocab_size: int | None = None) -> PreTrainedModel:
     """Load a local checkpoint of `family` whose tokenizer is already complete (textgen's own
     output), with clear errors for every way it can be wrong."""
     import transformers

@@ -34,7 +34,7 @@ TARGET_MODULES = {
 _WRAPPERS: dict[int, Any] = {}
 
 
-def check_section(section: "LoraSection", source: str) -> None:
+def check_section(section: LoraSection, source: str) -> None:
     if section.rank < 0:
         raise UserError(f"{source}: key 'model.lora.rank': expected an integer >= 0 (0: no LoRA), got {section.rank}")
     if section.alpha is not None and not section.alpha > 0:
@@ -43,7 +43,7 @@ def check_section(section: "LoraSection", source: str) -> None:
         raise UserError(f"{source}: key 'model.lora.dropout': expected a probability in [0, 1), got {section.dropout}")
 
 
-def target_modules(model, section: "LoraSection", source: str) -> list[str]:
+def target_modules(model, section: LoraSection, source: str) -> list[str]:
     if section.target_modules:
         return list(section.target_modules)
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
@@ -51,12 +51,14 @@ def target_modules(model, section: "LoraSection", source: str) -> list[str]:
     model_type = model.config.model_type
     found = TARGET_MODULES.get(model_type) or TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
     if not found:
-        raise UserError(f"{source}: key 'model.lora.target_modules': textgen has no default for a `{model_type}` model; name its projection modules, e.g. [q_proj, v_proj]")
+        raise UserError(
+            f"{source}: key 'model.lora.target_modules': textgen has no default for a `{model_type}` model; name its projection modules, e.g. [q_proj, v_proj]"
+        )
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     return [name for name in found if name in names]
 
 
-def attach_lora(model, section: "LoraSection", source: str = "recipe") -> tuple[Any, dict[str, Any]]:
+def attach_lora(model, section: LoraSection, source: str = "recipe") -> tuple[Any, dict[str, Any]]:
     """Inject LoRA adapters; returns the (same) transformers model, now training only the adapters,
     and what the summary records: rank, alpha, targets, trainable and total parameters."""
     from peft import LoraConfig, get_peft_model
@@ -84,8 +86,15 @@ def attach_lora(model, section: "LoraSection", source: str = "recipe") -> tuple[
     _WRAPPERS[id(inner)] = (wrapper, section.keep_adapter)
     trainable = sum(p.numel() for p in inner.parameters() if p.requires_grad)
     total = sum(p.numel() for p in inner.parameters())
-    notes = {"rank": section.rank, "alpha": alpha, "dropout": section.dropout, "target_modules": targets,
-             "trainable_parameters": trainable, "total_parameters": total, "trainable_share": trainable / total}
+    notes = {
+        "rank": section.rank,
+        "alpha": alpha,
+        "dropout": section.dropout,
+        "target_modules": targets,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "trainable_share": trainable / total,
+    }
     return inner, notes
 
 

@@ -56,7 +56,7 @@ class Role:
 
     # ------------------------------------------------------------------ building and loading
 
-    def arch(self, section: "ModelSection", source: str = "recipe") -> Arch:
+    def arch(self, section: ModelSection, source: str = "recipe") -> Arch:
         """The layout `model.arch` names (`auto`: this role's default), checked to play this role."""
         name = self.default_arch if section.arch == "auto" else section.arch
         arch = ARCHS[name]
@@ -68,7 +68,7 @@ class Role:
             )
         return arch
 
-    def build(self, section: "ModelSection", tokenizer: "PreTrainedTokenizerFast") -> "PreTrainedModel":
+    def build(self, section: ModelSection, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
         """A model with random weights in the recipe's layout (`model.arch`) and sizes."""
         return self.arch(section).build(section, tokenizer)
 
@@ -98,7 +98,7 @@ class Role:
         """GenerationConfig values this role adds to the decoding settings."""
         return {}
 
-    def system_prompt(self, recipe: "Recipe") -> str:
+    def system_prompt(self, recipe: Recipe) -> str:
         """The recipe's system prompt, where this role's prompts carry one."""
         return ""
 
@@ -121,16 +121,26 @@ class Role:
 
     # ------------------------------------------------------------------ objectives
 
-    def finetune_examples(self, dialogues: "list[Dialogue]", tokenizer, loaded: "LoadedRecipe", context: int, count: "TruncationCount", start_id: int | None = None):
+    def finetune_examples(
+        self,
+        dialogues: list[Dialogue],
+        tokenizer,
+        loaded: LoadedRecipe,
+        context: int,
+        count: TruncationCount,
+        start_id: int | None = None,
+    ):
         raise NotImplementedError
 
     def pretrain_block_size(self, context: int) -> int:
         return context
 
-    def pretrain_sets(self, train_blocks, val_blocks, tokenizer, model, recipe: "Recipe") -> tuple[Any, Any]:
+    def pretrain_sets(self, train_blocks, val_blocks, tokenizer, model, recipe: Recipe) -> tuple[Any, Any]:
         raise NotImplementedError
 
-    def pretrain_tokens_per_sequence(self, context: int, mask_ratio: float, poisson_lambda: float) -> tuple[float, float]:
+    def pretrain_tokens_per_sequence(
+        self, context: int, mask_ratio: float, poisson_lambda: float
+    ) -> tuple[float, float]:
         raise NotImplementedError
 
     def needs_mask_token(self, tokenizer) -> bool:
@@ -225,7 +235,18 @@ class EncoderDecoder(Role):
                 else:
                     source = encoder.encode_history(history)
                 target = [*encode_texts(tokenizer, [turn["content"]])[0], eos]
-                examples.append(fit_seq2seq(source, target, eos, context, "start" if pairs_task else "end", dialogue.id, recipe.data.too_long, count))
+                examples.append(
+                    fit_seq2seq(
+                        source,
+                        target,
+                        eos,
+                        context,
+                        "start" if pairs_task else "end",
+                        dialogue.id,
+                        recipe.data.too_long,
+                        count,
+                    )
+                )
         return Seq2SeqExamples(examples, pad_id=tokenizer.pad_token_id, bos_id=bos if start_id is None else start_id)
 
     def pretrain_block_size(self, context: int) -> int:
@@ -348,7 +369,7 @@ DECODER_ONLY = DecoderOnly()
 ROLES = {role.name: role for role in (ENCODER_DECODER, DECODER_ONLY)}
 
 
-def role_for(family: "str | Role") -> Role:
+def role_for(family: str | Role) -> Role:
     """The role of a family name (or the role itself)."""
     if isinstance(family, Role):
         return family
@@ -361,7 +382,10 @@ def role_for(family: "str | Role") -> Role:
 def role_of_model_type(model_type: str | None, is_encoder_decoder: bool = False) -> Role | None:
     """The role a checkpoint plays, from its config's model_type: what AutoModelForSeq2SeqLM loads is
     encoder-decoder, what AutoModelForCausalLM loads is decoder-only (seq2seq first: BART has both)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+    )
 
     if model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES or is_encoder_decoder:
         return ENCODER_DECODER

@@ -43,9 +43,18 @@ class Rouge(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
+            features=datasets.Features(
+                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
+            ),
             codebase_urls=["https://github.com/google-research/google-research/tree/master/rouge"],
         )
 
-    def _compute(self, predictions, references, rouge_types=_core.ROUGE_TYPES, use_stemmer=_core.ROUGE_USE_STEMMER, tokenizer="default"):
+    def _compute(
+        self,
+        predictions,
+        references,
+        rouge_types=_core.ROUGE_TYPES,
+        use_stemmer=_core.ROUGE_USE_STEMMER,
+        tokenizer="default",
+    ):
         return _core.rouge(predictions, references, rouge_types, use_stemmer, tokenizer)
