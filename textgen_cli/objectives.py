@@ -342,12 +342,13 @@ def _separable(model) -> bool:
     """A plain (unwrapped) transformers LM whose body and output layer can be called apart. A DDP
     wrapper is not: its forward must run for gradients to be synchronised; nor is an FSDP-sharded
     model: its forward gathers the parameters that the output layer uses."""
-    from textgen_cli.fsdp import is_sharded
+    # not fsdp.is_sharded: fsdp imports the model code, which imports this module
+    from torch.distributed.fsdp import FSDPModule
 
     return (
         getattr(model, "base_model", model) is not model
         and model.get_output_embeddings() is not None
-        and not is_sharded(model)
+        and not isinstance(model, FSDPModule)
     )
 
 

@@ -13,7 +13,7 @@ from typing import Union
 
 import numpy as np
 
-from textgen_cli.metrics import _core
+import textgen_cli.metrics._core as _core
 
 BOOTSTRAP_METRICS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum", "exact_match")
 
