@@ -10,20 +10,25 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test lint demo data bench docs clean
 
-# What textgen needs to run (the demo needs no more); `install` adds the test tools and trackers
-# (pytest, TensorBoard, W&B, MLflow), which take longer to install than the rest together.
-$(RUNTIME_STAMP): pyproject.toml
+# The venv, the pinned CPU torch, then the project with the extras given as $(1) (e.g. [test]).
+# The distribution was called `textgen` before it became `textgen-cli`: an old install of it is dropped,
+# or two distributions would claim the `textgen` command
+define install_project
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
-	# the distribution was called `textgen` before it became `textgen-cli`: drop an old install of it,
-	# or two distributions would claim the `textgen` command
 	$(BIN)/python -m pip uninstall --quiet --yes textgen 2>/dev/null || true
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e ".$(1)"
+endef
+
+# What textgen needs to run (the demo needs no more); `install` adds the test tools and trackers
+# (pytest, ruff, TensorBoard, W&B, MLflow), which take longer to install than the rest together.
+$(RUNTIME_STAMP): pyproject.toml
+	$(call install_project,)
 	touch $(RUNTIME_STAMP)
 
-$(STAMP): $(RUNTIME_STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[test]"
-	touch $(STAMP)
+$(STAMP): pyproject.toml
+	$(call install_project,[test])
+	touch $(RUNTIME_STAMP) $(STAMP)
 
 install: $(STAMP)
 
