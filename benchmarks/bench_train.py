@@ -282,6 +282,7 @@ class ReferenceGPT(nn.Module):
 
 
 NANOGPT = [
+    "model.arch=gpt2",  # nanoGPT is GPT-2's layout; the shipped chatgpt.yaml builds the Llama layout
     "model.layers=4",
     "model.heads=4",
     "model.hidden=128",
