@@ -383,66 +383,97 @@ def load_average() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
-def compare_nanogpt(args) -> None:
-    """`--nanogpt`: textgen against the reference GPT at nanoGPT's CPU settings, interleaved."""
+# the reference GPT, four ways; each measurement runs in a fresh process (see compare_nanogpt)
+NANOGPT_WAYS = {
+    "textgen": "textgen's train_stage (fused AdamW and keep_freed_memory: its own)",
+    "reference": "nanoGPT's model and loop as nanoGPT runs them: per-parameter AdamW, glibc's default malloc",
+    "reference_fused_adamw": "the reference with textgen's fused AdamW",
+    "reference_fused_adamw_kept_memory": "the reference with textgen's fused AdamW and keep_freed_memory",
+}
+
+
+def measure_nanogpt_way(way: str, steps: int, warmup: int) -> tuple[float, float]:
+    """One way of NANOGPT_WAYS in this process: (wall-clock, CPU-time) tokens/s after `warmup` steps."""
+    from textgen_cli.train import keep_freed_memory
+
     loaded = load_recipe(str(REPO / "recipes/chatgpt.yaml"), NANOGPT)
-    data = dataset(loaded, n_blocks=2048)
+    if way == "textgen":
+        return textgen_wall_tokens_per_s(loaded, dataset(loaded, n_blocks=2048), steps, warmup)
+    if way.endswith("kept_memory"):
+        keep_freed_memory()
     tokens = np.random.default_rng(1).integers(10, loaded.recipe.tokenizer.vocab_size, size=1_000_000).astype(np.uint16)
-    ways = {
-        "textgen": lambda: textgen_wall_tokens_per_s(loaded, data, args.steps, args.warmup),
-        "reference": lambda: reference_tokens_per_s(loaded, tokens, args.steps, args.warmup, fused=False),
-        "reference_fused_adamw": lambda: reference_tokens_per_s(loaded, tokens, args.steps, args.warmup, fused=True),
-    }
-    runs: dict[str, list[float]] = {name: [] for name in ways}
-    cpu_runs: dict[str, list[float]] = {name: [] for name in ways}
+    return reference_tokens_per_s(loaded, tokens, steps, warmup, fused="fused" in way)
+
+
+def compare_nanogpt(args) -> None:
+    """`--nanogpt`: textgen against the reference GPT at nanoGPT's CPU settings. Every measurement is a
+    fresh process (`--nanogpt-way`), as nanoGPT's train.py and `textgen pretrain` would be: a process-wide
+    setting of one (textgen's malloc settings) cannot leak into the other, and none inherits the other's
+    heap. The ways alternate, their order reversed every other repeat."""
+    import subprocess
+
+    loaded = load_recipe(str(REPO / "recipes/chatgpt.yaml"), NANOGPT)
+    runs: dict[str, list[float]] = {name: [] for name in NANOGPT_WAYS}
+    cpu_runs: dict[str, list[float]] = {name: [] for name in NANOGPT_WAYS}
     loads: list[float] = []
     for repeat in range(args.repeats):
-        order = list(ways) if repeat % 2 == 0 else list(reversed(ways))  # alternate, so no way always goes first
+        order = list(NANOGPT_WAYS) if repeat % 2 == 0 else list(reversed(NANOGPT_WAYS))
         for name in order:
             loads.append(load_average())
-            wall, cpu = ways[name]()
+            command = [
+                sys.executable,
+                __file__,
+                "--nanogpt-way",
+                name,
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+            ]
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            wall, cpu = json.loads(out.strip().splitlines()[-1])
             runs[name].append(wall)
             cpu_runs[name].append(cpu)
         print(
             f"repeat {repeat + 1}: "
-            + "  ".join(f"{n} {runs[n][-1]:,.0f} ({cpu_runs[n][-1]:,.0f} per CPU s)" for n in ways)
+            + "  ".join(f"{n} {runs[n][-1]:,.0f} ({cpu_runs[n][-1]:,.0f} per CPU s)" for n in NANOGPT_WAYS)
             + f"  (load average {loads[-1]:.2f})",
             flush=True,
         )
+
+    def ratio(numerator: str, denominator: str, table: dict[str, list[float]]) -> float:
+        # the median over repeats of each repeat's ratio (the two ran one after the other)
+        return statistics.median(a / b for a, b in zip(table[numerator], table[denominator]))
+
     ref_params = sum(p.numel() for p in ReferenceGPT(4096, 64, 128, 4, 4, 512).parameters())
     ours_params = sum(p.numel() for p in FAMILIES["chatgpt"].build(loaded.recipe.model, Vocab(4096)).parameters())
+    others = [name for name in NANOGPT_WAYS if name != "textgen"]
     result = {
-        "threads": torch.get_num_threads(),
+        "command": " ".join(["python benchmarks/bench_train.py", *sys.argv[1:]]),
+        "threads": int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())),
         "steps": args.steps,
         "warmup": args.warmup,
         "repeats": args.repeats,
+        "ways": NANOGPT_WAYS,
         "parameters": {"textgen": ours_params, "reference": ref_params},
         "median_tokens_per_s": {name: statistics.median(values) for name, values in runs.items()},
         "median_tokens_per_cpu_s": {name: statistics.median(values) for name, values in cpu_runs.items()},
-        # the median over repeats of each repeat's ratio (each pair ran back to back)
-        "ratio_textgen_to_reference": statistics.median(a / b for a, b in zip(runs["textgen"], runs["reference"])),
-        "ratio_textgen_to_reference_fused_adamw": statistics.median(
-            a / b for a, b in zip(runs["textgen"], runs["reference_fused_adamw"])
-        ),
-        "cpu_ratio_textgen_to_reference": statistics.median(
-            a / b for a, b in zip(cpu_runs["textgen"], cpu_runs["reference"])
-        ),
-        "cpu_ratio_textgen_to_reference_fused_adamw": statistics.median(
-            a / b for a, b in zip(cpu_runs["textgen"], cpu_runs["reference_fused_adamw"])
-        ),
+        "ratio_textgen_to": {name: ratio("textgen", name, runs) for name in others},
+        "cpu_ratio_textgen_to": {name: ratio("textgen", name, cpu_runs) for name in others},
         "load_average_1min": {"min": min(loads), "median": statistics.median(loads), "max": max(loads)},
         "runs": runs,
         "cpu_runs": cpu_runs,
     }
-    for name in ways:
-        print(
-            f"{name:<22} {result['median_tokens_per_s'][name]:>9,.0f} tokens/s  {result['median_tokens_per_cpu_s'][name]:>9,.0f} tokens per CPU s"
+    for name in NANOGPT_WAYS:
+        versus = (
+            ""
+            if name == "textgen"
+            else f"   textgen / this: {result['ratio_textgen_to'][name]:.3f} (CPU {result['cpu_ratio_textgen_to'][name]:.3f})"
         )
-    print(
-        f"textgen / reference GPT: wall {result['ratio_textgen_to_reference']:.3f}, CPU {result['cpu_ratio_textgen_to_reference']:.3f}   "
-        f"textgen / reference GPT with fused AdamW: wall {result['ratio_textgen_to_reference_fused_adamw']:.3f}, "
-        f"CPU {result['cpu_ratio_textgen_to_reference_fused_adamw']:.3f}   load average {result['load_average_1min']}"
-    )
+        print(
+            f"{name:<34} {result['median_tokens_per_s'][name]:>9,.0f} tokens/s  {result['median_tokens_per_cpu_s'][name]:>9,.0f} per CPU s{versus}"
+        )
+    print(f"load average {result['load_average_1min']}")
     output = (
         Path(args.output).with_name("train-nanogpt.json") if args.output.endswith("train.json") else Path(args.output)
     )
@@ -539,7 +570,12 @@ def main() -> None:
         "--adamw", action="store_true", help="AdamW per-parameter loop vs foreach vs fused (writes train-adamw.json)"
     )
     parser.add_argument("--warmup", type=int, default=20, help="--nanogpt: steps before the clock starts")
+    parser.add_argument("--nanogpt-way", choices=sorted(NANOGPT_WAYS), help=argparse.SUPPRESS)  # one measurement
     args = parser.parse_args()
+    if args.nanogpt_way:
+        quiet_libraries()
+        print(json.dumps(measure_nanogpt_way(args.nanogpt_way, args.steps, args.warmup)))
+        return
 
     quiet_libraries()
     if args.nanogpt:
