@@ -53,9 +53,9 @@ def test_training_uses_the_fused_adamw_kernel_on_cpu():
 
 
 def test_the_training_loss_equals_the_models_own_loss_with_and_without_unlabelled_positions(tokenizer):
-    """The decoder-only training loss sends only labelled positions through the output layer, and
-    skips even that selection when every position is labelled (pretraining blocks). Both paths give
-    the loss and gradients of transformers' own `labels=` loss (a mean, so times the label count)."""
+    """The decoder-only training loss sends only the labelled positions through the output layer: with
+    every position labelled (pretraining blocks) and with assistant-only labels, it gives the loss and
+    gradients of transformers' own `labels=` loss (a mean, so times the label count)."""
     from textgen_cli.objectives import IGNORE_INDEX, token_loss_sum
 
     torch.manual_seed(0)

@@ -367,13 +367,8 @@ def _label_positions_loss(
     hidden = model.base_model(**inputs, use_cache=False).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE_INDEX
-    n_tokens = int(keep.sum())
-    if n_tokens == keep.numel():
-        # every position has a label (pretraining blocks): no gather, and no scatter in the backward pass
-        logits = model.get_output_embeddings()(hidden[:, :-1])
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum"), n_tokens
     logits = model.get_output_embeddings()(hidden[:, :-1][keep])
-    return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), n_tokens
+    return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), int(keep.sum())
 
 
 def summed_nll(
