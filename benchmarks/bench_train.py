@@ -19,11 +19,12 @@ The ratio textgen / baseline is measured in the same process, interleaved, media
     python benchmarks/bench_train.py --adamw       # AdamW: per-parameter loop vs foreach vs fused
 
 `--nanogpt` measures at nanoGPT's own CPU settings (4 layers, 4 heads, hidden 128, block 64,
-batch 12, fp32, no compile, dropout 0, vocabulary 4096) three ways, interleaved, wall-clock tokens/s
-after 20 warm-up steps: textgen's `train_stage`; `ReferenceGPT` (below: nanoGPT's model and loop
-re-typed in plain PyTorch, since nanoGPT itself cannot be downloaded here) with nanoGPT's AdamW
-choice (torch's default: the per-parameter loop on CPU); and the same reference with the fused AdamW
-textgen uses, which splits the gap into model + loop and optimizer.
+batch 12, fp32, no compile, dropout 0, vocabulary 4096) four ways (NANOGPT_WAYS), each measurement a
+fresh process, alternating, wall-clock tokens/s after 20 warm-up steps: textgen's `train_stage`;
+`ReferenceGPT` (below: nanoGPT's model and loop re-typed in plain PyTorch, since nanoGPT itself cannot
+be downloaded here) as nanoGPT runs it (torch's default AdamW: the per-parameter loop on CPU; glibc's
+default malloc); the same reference with textgen's fused AdamW; and with fused AdamW and
+`keep_freed_memory` too, which leaves only model + loop to compare.
 
 Writes benchmarks/results/train.json (train-compile.json, train-nanogpt.json, train-adamw.json for
 the modes) and prints a table.
@@ -186,23 +187,17 @@ def compare_compile(args, peak: float) -> None:
                 f"x{row['speedup']:.3f}  compile {row['compile_seconds']:.1f} s  MFU {row['mfu_eager']:.1%} -> {row['mfu_compiled']:.1%}",
                 flush=True,
             )
-    output = (
-        Path(args.output).with_name("train-compile.json") if args.output.endswith("train.json") else Path(args.output)
+    write_result(
+        args,
+        "compile",
+        {
+            "peak_flops": peak,
+            "threads": torch.get_num_threads(),
+            "steps": args.steps,
+            "repeats": args.repeats,
+            "rows": rows,
+        },
     )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(
-        json.dumps(
-            {
-                "peak_flops": peak,
-                "threads": torch.get_num_threads(),
-                "steps": args.steps,
-                "repeats": args.repeats,
-                "rows": rows,
-            },
-            indent=2,
-        )
-    )
-    print(f"wrote {output}")
 
 
 class _NoTokenizer:
@@ -379,6 +374,17 @@ def textgen_wall_tokens_per_s(loaded, data, steps: int, warmup: int) -> tuple[fl
     )
 
 
+def write_result(args, mode: str | None, result: dict) -> None:
+    """Write a benchmark's JSON: `--output` itself, or for a mode (`--compile`, `--nanogpt`, `--adamw`)
+    with the default output, train-MODE.json beside it."""
+    output = Path(args.output)
+    if mode is not None and args.output.endswith("train.json"):
+        output = output.with_name(f"train-{mode}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2))
+    print(f"wrote {output}")
+
+
 def load_average() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
@@ -474,12 +480,7 @@ def compare_nanogpt(args) -> None:
             f"{name:<34} {result['median_tokens_per_s'][name]:>9,.0f} tokens/s  {result['median_tokens_per_cpu_s'][name]:>9,.0f} per CPU s{versus}"
         )
     print(f"load average {result['load_average_1min']}")
-    output = (
-        Path(args.output).with_name("train-nanogpt.json") if args.output.endswith("train.json") else Path(args.output)
-    )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2))
-    print(f"wrote {output}")
+    write_result(args, "nanogpt", result)
 
 
 def compare_adamw(args) -> None:
@@ -532,12 +533,7 @@ def compare_adamw(args) -> None:
             f"AdamW {name:<8} step {result['median_step_ms'][name]:7.2f} ms   optimizer.step {result['median_optimizer_step_ms'][name]:6.2f} ms"
         )
     print(f"load average {result['load_average_1min']}")
-    output = (
-        Path(args.output).with_name("train-adamw.json") if args.output.endswith("train.json") else Path(args.output)
-    )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2))
-    print(f"wrote {output}")
+    write_result(args, "adamw", result)
 
 
 def flops_per_token(loaded) -> float:
@@ -616,20 +612,17 @@ def main() -> None:
                 f"ratio {row['ratio']:.3f}  MFU {row['mfu']:.1%}",
                 flush=True,
             )
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(
-        json.dumps(
-            {
-                "peak_flops": peak,
-                "threads": torch.get_num_threads(),
-                "steps": args.steps,
-                "repeats": args.repeats,
-                "rows": rows,
-            },
-            indent=2,
-        )
+    write_result(
+        args,
+        None,
+        {
+            "peak_flops": peak,
+            "threads": torch.get_num_threads(),
+            "steps": args.steps,
+            "repeats": args.repeats,
+            "rows": rows,
+        },
     )
-    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":
