@@ -52,7 +52,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from textgen_cli.flops import flops_model, pretrain_tokens_per_sequence  # noqa: E402
+from textgen_cli.flops import Lengths, flops_model, pretrain_tokens_per_sequence  # noqa: E402
 from textgen_cli.models import FAMILIES  # noqa: E402
 from textgen_cli.objectives import CausalBlocks, InfillingBlocks  # noqa: E402
 from textgen_cli.progress import quiet_libraries  # noqa: E402
@@ -543,7 +543,7 @@ def flops_per_token(loaded) -> float:
     enc, dec = pretrain_tokens_per_sequence(
         r.model.family, r.model.context, r.pretrain.mask_ratio, r.pretrain.poisson_lambda
     )
-    return (fm.per_encoder_token() * enc + fm.per_decoder_token() * dec) / (enc + dec)
+    return fm.flops(Lengths.of_sequence(enc, dec)) / (enc + dec)
 
 
 def main() -> None:

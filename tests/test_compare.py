@@ -460,7 +460,7 @@ def matched_steps_in_log(log: str, match: str) -> dict[tuple[str, str], int]:
 def test_match_flops_pretrain_estimates_agree_within_one_step(matched_flops, root):
     """The estimate compare matches on (textgen_cli.flops on the final models and the pretraining
     tokens per sequence) agrees within one step of the second recipe."""
-    from textgen_cli.flops import flops_model, pretrain_tokens_per_sequence, step_flops
+    from textgen_cli.flops import Lengths, flops_model, pretrain_tokens_per_sequence
     from textgen_cli.models import load_checkpoint
     from textgen_cli.tokenizer import load_tokenizer
 
@@ -473,7 +473,7 @@ def test_match_flops_pretrain_estimates_agree_within_one_step(matched_flops, roo
         final = root / "runs" / name / "pretrain" / "final"
         fm = flops_model(load_checkpoint(final, family, len(load_tokenizer(final))))
         enc, dec = pretrain_tokens_per_sequence(family, 64, 0.3, 3.0)
-        per_step[name] = step_flops(fm, enc * 8, dec * 8)  # batch 8, no accumulation
+        per_step[name] = fm.flops(Lengths.of_sequence(enc, dec, count=8))  # batch 8, no accumulation
     assert per_step[GPT] != pytest.approx(per_step[BART], rel=0.05)  # a real adjustment, not equal models
     total = {name: per_step[name] * runs[name]["pretrain"]["steps"] for name in (GPT, BART)}
     assert abs(total[GPT] - total[BART]) <= per_step[BART]

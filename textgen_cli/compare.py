@@ -18,6 +18,7 @@ from typing import Any
 
 from textgen_cli.comparison import Cell, Column, Model, effect_lines, lead_mark, legend, verdicts
 from textgen_cli.errors import UserError
+from textgen_cli.flops import Lengths
 from textgen_cli.metrics.registry import INTERVAL_ROWS, TABLE_ROWS
 from textgen_cli.progress import log
 from textgen_cli.recipe import LoadedRecipe, load_recipe
@@ -44,24 +45,23 @@ def with_overrides(loaded: LoadedRecipe, extra: list[str]) -> LoadedRecipe:
     return load_recipe(str(loaded.path), [*loaded.overrides, *extra])
 
 
-def finetune_step_inputs(loaded: LoadedRecipe, stage: str) -> tuple[float, float, Any]:
-    """Mean (encoder, decoder) tokens of one finetuning example, from the real tokenized data, and
+def finetune_step_inputs(loaded: LoadedRecipe, stage: str) -> tuple[Lengths, Any]:
+    """The lengths of one mean finetuning example (flops.Lengths, from the real tokenized data) and
     the model the stage starts from (random weights for `model.init_from: scratch`)."""
     from textgen_cli.finetune import build_examples, prepare, starting_point
-    from textgen_cli.train import count_tokens
+    from textgen_cli.train import count_lengths
 
     start = starting_point(loaded) if stage == "finetune" else str(loaded.run_dir("finetune") / FINAL_DIR)
     setup = prepare(loaded, start, stage)
     train_set, _, _ = build_examples(loaded, setup, stage)
     n = min(len(train_set), 512)
-    enc, dec = count_tokens(train_set.collate(list(range(n)), 0))
-    return enc / n, dec / n, setup.model
+    return count_lengths(train_set.collate(list(range(n)), 0)).scaled(1 / n), setup.model
 
 
 def step_cost(loaded: LoadedRecipe, stage: str, match: str) -> float:
     """FLOPs (or tokens) of one optimizer step of `stage`, from the recipe's model and data (the
     stages before it must be done: finetuning's tokens come from its starting model's tokenizer)."""
-    from textgen_cli.flops import flops_model, pretrain_tokens_per_sequence, step_flops
+    from textgen_cli.flops import flops_model, pretrain_tokens_per_sequence
     from textgen_cli.models import FAMILIES
 
     r = loaded.recipe
@@ -70,14 +70,13 @@ def step_cost(loaded: LoadedRecipe, stage: str, match: str) -> float:
         enc, dec = pretrain_tokens_per_sequence(
             r.model.family, r.model.context, r.pretrain.mask_ratio, r.pretrain.poisson_lambda
         )
+        example = Lengths.of_sequence(enc, dec)
         model = FAMILIES[r.model.family].build(r.model, _FakeVocab(r.tokenizer.vocab_size))
     else:
-        enc, dec, model = finetune_step_inputs(loaded, stage)
-    return (
-        step_flops(flops_model(model), enc * sequences, dec * sequences)
-        if match == "flops"
-        else (enc + dec) * sequences
-    )
+        example, model = finetune_step_inputs(loaded, stage)
+    if match == "flops":
+        return flops_model(model).flops(example) * sequences
+    return (example.encoder + example.decoder) * sequences
 
 
 def match_budgets(entries: list[LoadedRecipe], stage: str, match: str) -> list[LoadedRecipe]:

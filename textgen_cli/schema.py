@@ -53,7 +53,7 @@ class ModelSection:
     )
     arch: str = _key(
         "auto",
-        "Layout built from scratch: `bart` or `t5` for `sora`; `gpt2`, `llama` or `qwen2` for `chatgpt`; `auto`: bart / gpt2. A pretrained start (model.init_from) keeps its own.",
+        "Layout built from scratch: `bart`, `t5` or `t5gemma` for `sora`; `gpt2`, `llama`, `qwen2` or `gemma2` for `chatgpt`; `auto`: bart / gpt2. `t5gemma` and `gemma2` are the matched pair: the same Gemma 2 block on both sides (docs/compare.md). A pretrained start (model.init_from) keeps its own.",
     )
     layers: int = _key(2, "Transformer layers (for `sora`: in the encoder and in the decoder each).")
     hidden: int = _key(128, "Hidden size (d_model).")
@@ -62,7 +62,7 @@ class ModelSection:
     context: int = _key(256, "Context length in tokens (at least 8).")
     dropout: float = _key(
         0.1,
-        "Dropout probability during training, on the embeddings and on each attention and feed-forward output (BART, T5, GPT-2). The Llama and Qwen2 layouts have no such dropout: there only model.attention_dropout applies.",
+        "Dropout probability during training, on the embeddings and on each attention and feed-forward output (BART, T5, GPT-2). The Llama, Qwen2, Gemma2 and T5Gemma layouts have no such dropout: there only model.attention_dropout applies.",
     )
     attention_dropout: float = _key(
         0.0,
@@ -386,7 +386,7 @@ class Recipe:
 # Allowed values of string keys (dotted key -> choices). Checked by recipe.validate_values.
 CHOICES = {
     "model.family": ("sora", "chatgpt"),
-    "model.arch": ("auto", "bart", "t5", "gpt2", "llama", "qwen2"),
+    "model.arch": ("auto", "bart", "t5", "t5gemma", "gpt2", "llama", "qwen2", "gemma2"),
     "data.finetune.task": ("pairs", "dialogue"),
     "data.too_long": ("truncate", "error"),
     "train.device": ("auto", "cpu", "cuda"),

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from textgen_cli.errors import Interrupted, TrainingDiverged, UserError
-from textgen_cli.flops import flops_model, step_flops
+from textgen_cli.flops import Lengths, flops_model
 from textgen_cli.model_card import write_model_card
 from textgen_cli.models import role_of_model, transformer_blocks
 from textgen_cli.models.lora import merged_for_saving
@@ -165,13 +165,22 @@ def make_accelerator(section: TrainSection):
     return Accelerator(cpu=on_cpu, mixed_precision="bf16" if bf16 else "no")
 
 
-def count_tokens(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
-    """(encoder, decoder) tokens processed: non-pad inputs of the one stack of a decoder-only model;
-    encoder inputs and decoder targets of an encoder-decoder model."""
-    inputs = int(batch["attention_mask"].sum())
+def count_lengths(batch: dict[str, torch.Tensor]) -> Lengths:
+    """What the batch's compute depends on (flops.Lengths): non-pad inputs of the one stack of a
+    decoder-only model; encoder inputs and decoder targets of an encoder-decoder model, per row."""
+    import torch
+
+    inputs = batch["attention_mask"].sum(dim=1).to(torch.float64)
     if "decoder_input_ids" in batch:
-        return inputs, int((batch["labels"] != IGNORE_INDEX).sum())
-    return 0, inputs
+        targets = (batch["labels"] != IGNORE_INDEX).sum(dim=1).to(torch.float64)
+        return Lengths(
+            float(inputs.sum()),
+            float(targets.sum()),
+            float((inputs**2).sum()),
+            float((targets**2).sum()),
+            float((inputs * targets).sum()),
+        )
+    return Lengths(decoder=float(inputs.sum()), decoder_sq=float((inputs**2).sum()))
 
 
 def evaluate_loss(
@@ -224,6 +233,7 @@ class LoopState:
     tokens_seen: int = 0
     encoder_tokens: int = 0
     decoder_tokens: int = 0
+    attention: dict[str, float] = field(default_factory=dict)  # Lengths' squared sums, for the FLOPs
     train_time: float = 0.0
     elapsed: float = 0.0
     window_tokens: int = 0
@@ -394,6 +404,7 @@ class StepStats:
     lr: float  # the learning rate the step was taken with
     encoder_tokens: int
     decoder_tokens: int
+    lengths: Lengths
     seconds: float
     stop_requested: bool  # a signal reached at least one process: every process stops after this step
 
@@ -590,15 +601,11 @@ def optimizer_step(loop: Loop) -> StepStats:
     (label_tokens,) = ranks.total(sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro))
     # DDP averages gradients over processes, hence world / tokens
     loss_sum, extras = backward(loop, micro, scale=ranks.world / max(label_tokens, 1))
-    split = [count_tokens(b) for b in micro]
+    lengths = sum((count_lengths(b) for b in micro), Lengths())
     summed = sum_over_ranks(
         ranks,
-        step={
-            "loss_sum": loss_sum,
-            "encoder_tokens": sum(e for e, _ in split),
-            "decoder_tokens": sum(d for _, d in split),
-            "stop_votes": float(loop.signals.received is not None),
-        },
+        step={"loss_sum": loss_sum, "stop_votes": float(loop.signals.received is not None)},
+        lengths=lengths.as_dict(),
         extras=extras,
     )
     totals = summed["step"]
@@ -617,8 +624,9 @@ def optimizer_step(loop: Loop) -> StepStats:
         extras=per_step(summed["extras"], label_tokens=label_tokens, micro_batches=len(micro) * ranks.world),
         grad_norm=grad_norm,
         lr=lr,
-        encoder_tokens=int(totals["encoder_tokens"]),
-        decoder_tokens=int(totals["decoder_tokens"]),
+        encoder_tokens=int(summed["lengths"]["encoder"]),
+        decoder_tokens=int(summed["lengths"]["decoder"]),
+        lengths=Lengths(**summed["lengths"]),
         seconds=time.perf_counter() - started,
         stop_requested=totals["stop_votes"] > 0,
     )
@@ -714,6 +722,8 @@ def count_step(state: LoopState, stats: StepStats) -> None:
     tokens = stats.encoder_tokens + stats.decoder_tokens
     state.encoder_tokens += stats.encoder_tokens
     state.decoder_tokens += stats.decoder_tokens
+    for key in ("encoder_sq", "decoder_sq", "cross"):
+        state.attention[key] = state.attention.get(key, 0.0) + getattr(stats.lengths, key)
     state.tokens_seen += tokens
     state.train_time += stats.seconds
     state.window_tokens += tokens
@@ -862,7 +872,7 @@ def run_summary(loop: Loop, model, *, weight_hashes: list[str], notes: dict[str,
         tokens=state.tokens_seen,
         encoder_tokens=state.encoder_tokens,
         decoder_tokens=state.decoder_tokens,
-        flops=step_flops(flops_model(model, recipe.model.context), state.encoder_tokens, state.decoder_tokens),
+        flops=flops_model(model).flops(Lengths(state.encoder_tokens, state.decoder_tokens, **state.attention)),
         wall_time_s=state.elapsed,
         train_time_s=state.train_time,
         tokens_per_s=state.tokens_seen / max(state.train_time, 1e-9),

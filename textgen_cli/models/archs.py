@@ -2,8 +2,15 @@
 
 `bart` and `gpt2` are the defaults of `sora` and `chatgpt` (their builders live in bart.py and
 gpt2.py, unchanged); `t5` is a second encoder-decoder layout, `llama` and `qwen2` two more
-decoder-only ones (rotary positions, RMSNorm, SwiGLU). Adding a layout means one builder and one
-entry in ARCHS. A pretrained checkpoint needs no entry: whatever AutoModelForSeq2SeqLM or
+decoder-only ones (rotary positions, RMSNorm, SwiGLU).
+
+`t5gemma` (encoder-decoder) and `gemma2` (decoder-only) are the matched pair of the controlled
+comparison: both are built from the same Gemma 2 block (rotary positions, RMSNorm before and after
+each sub-layer, GeGLU), with every option that could differ set the same on both sides
+(`gemma_block`). The encoder-decoder's decoder block is the decoder-only block plus
+cross-attention, and nothing else (tests/test_matched_layouts.py checks it, weights included).
+
+Adding a layout means one builder and one entry in ARCHS. A pretrained checkpoint needs no entry: whatever AutoModelForSeq2SeqLM or
 AutoModelForCausalLM loads can be finetuned (see loading.py).
 """
 
@@ -78,6 +85,70 @@ def build_qwen2(section: ModelSection, tokenizer: PreTrainedTokenizerFast) -> Pr
     return _llama_like(Qwen2Config, Qwen2ForCausalLM, section, tokenizer, use_sliding_window=False)
 
 
+def gemma_block(section: ModelSection, tokenizer: PreTrainedTokenizerFast, layers: int) -> dict:
+    """The Gemma 2 block settings both matched layouts share. Gemma 2's own defaults that would make
+    the two sides differ, or that do not fit a model this small, are switched off on both: logit
+    soft-capping (attention and output), sliding windows (every layer attends over the whole
+    context), and the fixed 1/sqrt(256) query scale (the head size's, as in every other layout).
+    Gemma 2's block has no hidden dropout, so neither side gets one (T5Gemma's `dropout_rate` is
+    0); attention dropout is `model.attention_dropout` on both."""
+    head_dim = section.hidden // section.heads
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=section.hidden,
+        intermediate_size=section.ffn,
+        num_hidden_layers=layers,
+        num_attention_heads=section.heads,
+        num_key_value_heads=section.heads,
+        head_dim=head_dim,
+        hidden_activation="gelu_pytorch_tanh",
+        max_position_embeddings=section.context,
+        attention_dropout=section.attention_dropout,
+        query_pre_attn_scalar=head_dim,
+        sliding_window=section.context,
+        layer_types=["full_attention"] * layers,
+        attn_logit_softcapping=None,
+        final_logit_softcapping=None,
+        initializer_range=0.02,
+        rms_norm_eps=1e-6,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+
+
+def build_t5gemma(section: ModelSection, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
+    """T5Gemma: an encoder and a decoder of `model.layers` Gemma 2 blocks each (the decoder's add
+    cross-attention). The decoder's embeddings are tied to the output layer, as Gemma 2's are; the
+    encoder has its own table (T5Gemma does not share it), so the two layouts' total parameters
+    differ by one vocab x hidden table and their non-embedding parameters do not differ."""
+    from transformers import T5GemmaConfig, T5GemmaForConditionalGeneration, T5GemmaModuleConfig
+
+    block = gemma_block(section, tokenizer, section.layers)
+    config = T5GemmaConfig(
+        encoder=T5GemmaModuleConfig(**block),
+        decoder=T5GemmaModuleConfig(**block),
+        dropout_rate=0.0,
+        attention_dropout=section.attention_dropout,
+        vocab_size=len(tokenizer),
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.bos_token_id,
+        n_positions=section.context,  # not T5Gemma's own field: where textgen reads the context back from
+    )
+    return T5GemmaForConditionalGeneration(config)
+
+
+def build_gemma2(section: ModelSection, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
+    """Gemma 2, decoder-only: `model.layers` blocks, the same block as `t5gemma`'s."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    return Gemma2ForCausalLM(Gemma2Config(**gemma_block(section, tokenizer, section.layers)))
+
+
 @dataclass(frozen=True)
 class Arch:
     name: str
@@ -91,4 +162,6 @@ ARCHS = {
     "gpt2": Arch("gpt2", "chatgpt", build_gpt2),
     "llama": Arch("llama", "chatgpt", build_llama),
     "qwen2": Arch("qwen2", "chatgpt", build_qwen2),
+    "t5gemma": Arch("t5gemma", "sora", build_t5gemma),
+    "gemma2": Arch("gemma2", "chatgpt", build_gemma2),
 }
