@@ -11,10 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from harness import SHIPPED
 from textgen_cli.models import FAMILIES
 from textgen_cli.schema import ModelSection
-
-from harness import SHIPPED
 
 # T5Gemma's name of a decoder sub-module -> Gemma 2's name of the same sub-module
 GEMMA2_NAME = {"pre_self_attn_layernorm": "input_layernorm", "post_self_attn_layernorm": "post_attention_layernorm"}
