@@ -303,14 +303,16 @@ def test_verdicts_above_the_table_and_atop_the_reports(first, root):
 
 
 def test_a_lead_without_interval_is_marked_untested(first):
-    """Cost rows and likelihood rows have no interval with one seed: their best cell carries the
-    untested marker, never the significance star; BLEU is tested by a paired bootstrap."""
+    """Cost rows and likelihood rows have no per-example statistic: their best cell carries the
+    no-claim marker, never the significance star. BLEU is tested (two-level bootstrap), but with one
+    seed per arm, flagged models and different budgets its star is withheld, and the reasons listed."""
     markdown = (first["folder"] / "report.md").read_text(encoding="utf-8")
     rows = {line.split(" | ")[1]: line for line in markdown.splitlines() if line.startswith("| ")}
     assert "(†)" in rows["validation loss (own tokenizer)"] and "** *" not in rows["validation loss (own tokenizer)"]
     assert "(†)" in rows["bits per byte (test references)"]
-    assert "†: best in row but untested" in markdown and "paired bootstrap" in markdown
-    assert "(†)" not in rows["BLEU"]
+    assert "†: no claim: untested" in markdown and "significant at 95% (two-level bootstrap;" in markdown
+    assert "*" not in rows["BLEU"].replace("**", "")  # no star anywhere in the row
+    assert markdown.splitlines()[2].startswith("**CONFOUNDED**: the arms differ in more than the family:")
 
 
 def test_val_bleu_during_training_is_the_final_models_bleu(first, root):
@@ -550,7 +552,7 @@ def test_seeds_report_mean_and_std(root):
     bleus = [eval_report(root, f"{GPT}-seed{seed}")["metrics"]["bleu"] for seed in (7, 8)]
     assert by_json[(GPT, "bleu")]["std"] == pytest.approx(statistics.stdev(bleus), abs=1e-12)
     markdown = (folder / "report.md").read_text(encoding="utf-8")
-    assert " ± " in markdown and "Welch's t-test over the seed values" in markdown
+    assert " ± " in markdown and "or the mean ± std over seeds" in markdown
     assert f"{GPT} (seed 7): FLAGGED" in markdown and f"{GPT} (seed 8): FLAGGED" in markdown
     assert json.loads((folder / "metrics.json").read_text(encoding="utf-8"))["provenance"]["seeds"] == [7, 8]
 
@@ -575,26 +577,80 @@ def test_unknown_match_is_a_usage_error(root):
 # ------------------------------------------------------------------------------------ significance (no training)
 
 
-def test_significance_welch_over_seeds_and_untested_without_interval():
-    from textgen_cli.compare import Cell, Column, lead_mark, significance
+def fake_arm(label: str, seeds: list[list[str]], ok: bool = True):
+    """A column of one model per seed; its BLEU cell is the mean over seeds, as build_columns makes it."""
+    from textgen_cli.compare import Cell, Column, Model
+    from textgen_cli.metrics import compute_metrics
 
-    def column(label, values, low=None, high=None, baseline=False):
-        cell = Cell(statistics.fmean(values), low=low, high=high, values=list(values), n=len(values))
-        return Column(label, [], {"row": cell}, baseline=baseline)
+    models = [
+        Model(label, None, "finetune", k, predictions=p, eval=SimpleNamespace(verdict={"ok": ok}))  # type: ignore[arg-type]
+        for k, p in enumerate(seeds)
+    ]
+    scores = [compute_metrics(["bleu"], p, REFERENCES)["bleu"]["score"] for p in seeds]
+    return Column(label, models, {"bleu": Cell(sum(scores) / len(scores))})
 
-    # several seeds: Welch's t-test; clearly apart -> significant, overlapping -> not
-    apart = [column("a", [10.0, 10.2, 9.9]), column("b", [5.0, 5.3, 5.1])]
-    assert significance(apart, "row", True, 10, 0) == (0, True, "Welch's t-test over seeds")
-    close = [column("a", [10.0, 12.0, 8.0]), column("b", [9.0, 11.5, 8.5])]
-    assert significance(close, "row", True, 10, 0) == (0, False, "Welch's t-test over seeds")
-    # one seed, no interval: the lead is untested, whatever its size
-    bare = [column("a", [3.0]), column("b", [1.0])]
-    best, significant, test = significance(bare, "row", False, 10, 0)
-    assert (best, significant, test) == (1, False, "untested")
-    assert lead_mark({"test": test, "significant": significant}) == "†"
-    # intervals that do not overlap: tested and significant; a baseline column is never ranked
-    spaced = [column("a", [3.0], 2.5, 3.5), column("b", [1.0], 0.5, 1.5), column("copy", [9.0], baseline=True)]
-    assert significance(spaced, "row", True, 10, 0) == (0, True, "95% intervals")
+
+REFERENCES = [f"the ship sailed at dawn number {i} from the old harbour" for i in range(40)]
+
+
+def noisy(k: int) -> list[str]:
+    """Predictions that get about k of every 4 references right, the rest garbled."""
+    return [r if (i + k) % 4 < k else "a ship at noon " + str(i) for i, r in enumerate(REFERENCES)]
+
+
+def test_two_level_bootstrap_with_one_seed_is_the_paired_bootstrap():
+    from textgen_cli.metrics import paired_bootstrap, two_level_bootstrap
+
+    a, b = noisy(3), noisy(2)
+    two = two_level_bootstrap("bleu", [a], [b], REFERENCES, n_resamples=300, seed=7)
+    paired = paired_bootstrap("bleu", a, b, REFERENCES, n_resamples=300, seed=7)
+    assert two["diff"] == pytest.approx(paired["diff"])
+    assert two["seeds"] == [1, 1] and 0 <= two["p"] < 0.05
+
+
+def test_two_level_bootstrap_covers_training_noise():
+    """Arm A's seeds disagree wildly (one good, one bad): resampling seeds widens the interval of the
+    difference well beyond what resampling the test examples of the seed means would give."""
+    from textgen_cli.metrics import two_level_bootstrap
+
+    steady = two_level_bootstrap("chrf", [noisy(2), noisy(2)], [noisy(1), noisy(1)], REFERENCES, 400, 3)
+    shaky = two_level_bootstrap("chrf", [noisy(4), noisy(0)], [noisy(1), noisy(1)], REFERENCES, 400, 3)
+    width = {name: r["diff"]["high"] - r["diff"]["low"] for name, r in (("steady", steady), ("shaky", shaky))}
+    assert width["shaky"] > 2 * width["steady"]
+    assert shaky["diff"]["low"] < 0 < shaky["diff"]["high"]  # the seeds' spread swallows the lead
+
+
+def test_holm_against_the_hand_computed_procedure():
+    from textgen_cli.metrics import holm
+
+    # sorted p: 0.01 <= 0.05/3 rejected; 0.03 > 0.05/2 stops there, so 0.04 is kept too
+    assert holm({"a": 0.04, "b": 0.01, "c": 0.03}) == {"a": False, "b": True, "c": False}
+    assert holm({"a": 0.01, "b": 0.02}) == {"a": True, "b": True}  # 0.01 <= 0.025, 0.02 <= 0.05
+
+
+def test_one_legend_stars_only_a_clean_tested_lead():
+    """`*` needs two or more seeds per arm, a tested significant lead, an unflagged leader and
+    unconfounded arms; `n.s.` a tested lead inside the noise; `†` everything else, with the reason.
+    Never `* n.s.`."""
+    from textgen_cli.compare import lead_mark
+    from textgen_cli.significance import decide, row_lead
+
+    def marks(columns, confounded=()):
+        lead = row_lead(columns, "bleu", True, REFERENCES, 300, 1)
+        row = {"row": "bleu", "label": "BLEU", **vars(lead), "withheld": None}
+        decide([row], columns, "bleu", list(confounded))
+        return lead_mark(row), row
+
+    good, weak = [noisy(4), noisy(4), noisy(4)], [noisy(1), noisy(1), noisy(1)]
+    assert marks([fake_arm("good", good), fake_arm("weak", weak)])[0] == "*"
+    mark, row = marks([fake_arm("good", good[:1]), fake_arm("weak", weak[:1])])
+    assert mark == "†" and row["withheld"].startswith("one seed per arm")
+    mark, row = marks([fake_arm("good", good, ok=False), fake_arm("weak", weak)])
+    assert mark == "†" and "flagged" in row["withheld"]
+    mark, row = marks([fake_arm("good", good), fake_arm("weak", weak)], ["positions learned absolute vs rotary"])
+    assert mark == "†" and row["withheld"] == "confounded: positions learned absolute vs rotary"
+    mark, row = marks([fake_arm("good", [noisy(4), noisy(0)]), fake_arm("weak", [noisy(1), noisy(2)])])
+    assert mark == "n.s." and not row["significant"]
 
 
 def test_match_total_budget_across_different_stage_lists(tmp_path, monkeypatch):

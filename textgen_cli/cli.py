@@ -493,7 +493,30 @@ def compare(
         list[str] | None,
         typer.Option("--recipe", "-r", help="A recipe to train (what is missing) and compare; give two or more."),
     ] = None,
-    seeds: Annotated[int, typer.Option("--seeds", help="Repeat each recipe with N seeds and report mean ± std.")] = 1,
+    seeds: Annotated[
+        int | None,
+        typer.Option(
+            "--seeds",
+            help="Repeat each recipe with N seeds (mean ± std; the leads tested by a two-level bootstrap over seeds and examples). Default: 3 with --budget, else 1.",
+            show_default=False,
+        ),
+    ] = None,
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            "--budget",
+            help="The budget every arm gets, whatever the flag order: flops=3e12,1e13 (or tokens=..., examples=...). Several values give a table per budget, the metric against FLOPs and the crossover; with a constant learning rate each arm and seed trains once.",
+            show_default=False,
+        ),
+    ] = None,
+    lr_grid: Annotated[
+        str | None,
+        typer.Option(
+            "--lr-grid",
+            help="Learning rates each arm picks from (e.g. 1e-3,2e-3,4e-3), judged on the validation split by the primary metric, never on test; the picks apply to every seed.",
+            show_default=False,
+        ),
+    ] = None,
     match: Annotated[
         str | None,
         typer.Option(
@@ -504,6 +527,19 @@ def compare(
         str | None, typer.Option("--name", help="Report name (default: the recipe names joined by -vs-).")
     ] = None,
     reports: Annotated[str, typer.Option("--reports", help="Folder that holds reports.")] = "reports",
+    primary: Annotated[
+        str,
+        typer.Option(
+            "--primary", help="The primary metric, named before the run; the other tested rows are Holm-corrected."
+        ),
+    ] = "bleu",
+    factors: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--factor",
+            help="A setting besides the family that the arms may differ in (a name from the settings table, e.g. 'learning rate'); any other difference marks the comparison confounded.",
+        ),
+    ] = None,
     json_output: JsonOutput = False,
     debug: Debug = False,
     verbose: Verbose = False,
@@ -519,7 +555,19 @@ def compare(
         given = list(items or [])
         overrides = [item for item in given if "=" in item]
         runs = [item for item in given if "=" not in item]
-        result = run_compare(list(recipes or []), runs, overrides, seeds, match, name, reports)
+        result = run_compare(
+            list(recipes or []),
+            runs,
+            overrides,
+            seeds,
+            match,
+            name,
+            reports,
+            primary,
+            list(factors or []),
+            budget,
+            lr_grid,
+        )
         if json_output:
             print(
                 json.dumps(
@@ -527,12 +575,30 @@ def compare(
                         "report": result["report"],
                         "rows": result["rows"],
                         "models": [c.label for c in result["columns"]],
+                        "confounded": result["confounded"],
+                        "settings": [vars(s) for s in result["settings"]],
+                        "budgets": result.get("curve_record"),
+                        "lr_grid": [vars(g) for g in result.get("lr_grid", [])],
                     },
                     indent=2,
                 )
             )
         else:
-            print_table(result["columns"], result["rows"])
+            from textgen_cli.compare import print_budgets
+            from textgen_cli.tuning import grid_lines
+
+            if result.get("lr_grid"):
+                print("\n".join(grid_lines(result["lr_grid"], result["primary"])))
+            if "budgets" in result:
+                print_budgets(result)
+            else:
+                print_table(
+                    result["columns"],
+                    result["rows"],
+                    settings=result["settings"],
+                    confounded=result["confounded"],
+                    primary=result["primary"],
+                )
             print(
                 f"report: {result['report']}/report.html (also report.md, metrics.csv, metrics.json) in {result['elapsed_s']:.0f} s"
             )

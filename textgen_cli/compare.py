@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from textgen_cli.comparison import Cell, Column, Model, effect_lines, lead_mark, legend, verdicts
+from textgen_cli.comparison import Cell, Column, Model, effect_lines, lead_mark, legend, verdicts, withheld_lines
 from textgen_cli.errors import UserError
 from textgen_cli.flops import Lengths
-from textgen_cli.metrics.registry import INTERVAL_ROWS, TABLE_ROWS
+from textgen_cli.metrics.registry import TABLE_ROWS
 from textgen_cli.progress import log
 from textgen_cli.recipe import LoadedRecipe, load_recipe
 from textgen_cli.report import write_report
@@ -313,41 +313,6 @@ def baseline_columns(models: list[Model]) -> list[Column]:
     return columns
 
 
-def significance(
-    columns: list[Column], row: str, higher: bool, n_resamples: int, seed: int
-) -> tuple[int | None, bool, str]:
-    """(index of the best model column, whether its lead over the runner-up is significant, the test).
-
-    Several seeds on both sides: Welch's t-test over the seed values (p < 0.05). One seed: a paired
-    bootstrap of the two models' predictions on the same examples (BLEU, chrF, ROUGE-L), else
-    non-overlapping 95% intervals. A row with neither is `untested`: its lead is never called
-    significant. Baseline columns are not ranked."""
-    present = [(i, c.cells[row]) for i, c in enumerate(columns) if row in c.cells and not c.baseline]
-    if len(present) < 2:
-        return (present[0][0] if present else None), False, "untested"
-    ranked = sorted(present, key=lambda item: item[1].value, reverse=higher)
-    (best, a), (second, b) = ranked[0], ranked[1]
-    if a.value == b.value:
-        return None, False, "untested"
-    if len(a.values) > 1 and len(b.values) > 1:
-        from textgen_cli.metrics.checks import welch_t_test
-
-        return best, welch_t_test(a.values, b.values)["p"] < 0.05, "Welch's t-test over seeds"
-    if row in INTERVAL_ROWS and len(columns[best].models) == 1 and len(columns[second].models) == 1:
-        from textgen_cli.metrics import paired_bootstrap
-
-        ma, mb = columns[best].models[0], columns[second].models[0]
-        references = references_of(ma)
-        if len(ma.predictions) == len(mb.predictions) == len(references):
-            result = paired_bootstrap(
-                row, ma.predictions, mb.predictions, references, n_resamples=n_resamples, seed=seed
-            )
-            return best, result["diff"]["low"] > 0 or result["diff"]["high"] < 0, "paired bootstrap"
-    if a.low is not None and b.low is not None:
-        return best, (a.low > b.high) if higher else (a.high < b.low), "95% intervals"
-    return best, False, "untested"
-
-
 def references_of(model: Model) -> list[str]:
     path = (model.eval_dir or model.loaded.run_dir(model.stage)) / "predictions.jsonl"
     return [json.loads(line)["reference"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -372,8 +337,15 @@ def format_value(row: str, cell: Cell) -> str:
     return text
 
 
-def table_rows(columns: list[Column], n_resamples: int, seed: int) -> list[dict[str, Any]]:
-    """Rows for every output: group, label, formatted cells, the best column and significance."""
+def table_rows(
+    columns: list[Column], n_resamples: int, seed: int, primary: str = "bleu", confounded: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Rows for every output: group, label, formatted cells, the best column and whether its lead
+    counts (significance.py: the two-level bootstrap, Holm, the rules that withhold a star)."""
+    from textgen_cli.significance import decide, row_lead
+
+    model_columns = [c for c in columns if not c.baseline and c.models]
+    references = references_of(model_columns[0].models[0]) if model_columns else []
     rows = []
     known = {row.name for row in TABLE_ROWS}
     extra = sorted({row for c in columns for row in c.cells if row not in known and ("@" in row)})
@@ -382,21 +354,24 @@ def table_rows(columns: list[Column], n_resamples: int, seed: int) -> list[dict[
     for group, row, label, higher in definitions:
         if not any(row in c.cells for c in columns):
             continue
-        best, significant, test = (
-            significance(columns, row, higher, n_resamples, seed) if higher is not None else (None, False, "not ranked")
-        )
+        lead = row_lead(columns, row, higher, references, n_resamples, seed) if higher is not None else None
         rows.append(
             {
                 "group": group,
                 "row": row,
                 "label": label,
                 "cells": [format_value(row, c.cells[row]) if row in c.cells else "" for c in columns],
-                "best": best,
-                "significant": significant,
-                "test": test,
+                "best": lead.best if lead else None,
+                "tested": bool(lead and lead.tested),
+                "significant": bool(lead and lead.significant),
+                "withheld": None,
+                "test": lead.test if lead else "not ranked",
+                "p": lead.p if lead else None,
+                "diff": lead.diff if lead else None,
                 "higher_is_better": higher,
             }
         )
+    decide(rows, columns, primary, confounded or [])
     return rows
 
 
@@ -461,7 +436,22 @@ def pretraining_effects(columns: list[Column], n_resamples: int = 1000, seed: in
     return effects
 
 
-def print_table(columns: list[Column], rows: list[dict[str, Any]], stream=None) -> None:
+def controlled_line(confounded: list[str], factors: Sequence[str] = ()) -> str:
+    """The first line of every comparison: is it a controlled one?"""
+    if confounded:
+        return "CONFOUNDED: the arms differ in more than the family: " + "; ".join(confounded) + " (no lead is starred)"
+    extra = f" and the declared factor{'s' if len(factors) > 1 else ''} {', '.join(factors)}" if factors else ""
+    return f"controlled: the arms differ only in the family{extra} (settings below)"
+
+
+def print_table(
+    columns: list[Column],
+    rows: list[dict[str, Any]],
+    stream=None,
+    settings: list | None = None,
+    confounded: list[str] | None = None,
+    primary: str | None = None,
+) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -469,13 +459,18 @@ def print_table(columns: list[Column], rows: list[dict[str, Any]], stream=None) 
     from textgen_cli.verdict import verdict_lines
 
     console = Console(file=stream, width=max(100, 32 + 30 * len(columns)))
+    if settings is not None:
+        style = "bold red" if confounded else "green"
+        console.print(f"[{style}]{escape(controlled_line(confounded or []))}[/{style}]", soft_wrap=True)
     for label, verdict in verdicts(columns):
         lines = verdict_lines(label, verdict)
         style = "green" if verdict["ok"] else "bold red"
         console.print(f"[{style}]{escape(lines[0])}[/{style}]", soft_wrap=True)
         for line in lines[1:]:
             console.print(escape(line), soft_wrap=True)
-    table = Table(title="textgen compare", caption=legend(rows))
+    if settings:
+        print_settings(console, columns, settings)
+    table = Table(title="textgen compare", caption=legend(rows, primary))
     table.add_column("group")
     table.add_column("metric")
     for column in columns:
@@ -493,8 +488,58 @@ def print_table(columns: list[Column], rows: list[dict[str, Any]], stream=None) 
         table.add_row(r["group"] if r["group"] != previous else "", r["label"], *cells)
         previous = r["group"]
     console.print(table)
+    for line in withheld_lines(rows):
+        console.print(escape(line), soft_wrap=True)
     for line in effect_lines(pretraining_effects(columns)):
         console.print(escape(line), soft_wrap=True)
+
+
+def print_settings(console, columns: list[Column], settings: list) -> None:
+    """The effective settings, read from the trained models: what differs first."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="settings as trained (from the models and runs)")
+    table.add_column("setting")
+    table.add_column("kind")
+    for column in columns:
+        if not column.baseline and column.models:
+            table.add_column(column.label, justify="right")
+    for s in sorted(settings, key=lambda s: not s.differs):
+        style = ("bold red" if s.kind != "family" else "bold") if s.differs else "dim"
+        table.add_row(escape(s.name), s.kind, *(f"[{style}]{escape(v)}[/{style}]" for v in s.values))
+    console.print(table)
+
+
+def print_budgets(result: dict[str, Any], stream=None) -> None:
+    """--budget: a table per budget (the settings once, with the largest), then the curve."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from textgen_cli.budgets import curve_rows
+
+    tables = result["budgets"]
+    for k, (budget, table) in enumerate(tables):
+        Console(file=stream).rule(f"budget: {budget.label}")
+        last = k == len(tables) - 1
+        print_table(
+            table["columns"],
+            table["rows"],
+            stream,
+            settings=table["settings"] if last else [],
+            confounded=table["confounded"],
+            primary=result["primary"],
+        )
+    arms, points = result["curve"]
+    console = Console(file=stream, width=max(100, 40 + 34 * len(arms)))
+    curve = Table(title=f"{result['primary']} across budgets (mean ± std over seeds)")
+    for head in ["budget", *arms, f"{arms[0]} - {arms[1]} [95%, two-level bootstrap]" if len(arms) > 1 else ""]:
+        curve.add_column(head, justify="right")
+    for row in curve_rows(arms, points):
+        curve.add_row(*(escape(c) for c in row))
+    console.print(curve)
+    console.print(escape(result["crossover"]), soft_wrap=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -572,25 +617,46 @@ def run_compare(
     recipes: Sequence[str],
     runs: Sequence[str],
     overrides: list[str],
-    seeds: int,
+    seeds: int | None,
     match: str | None,
     name: str | None,
     reports_root: str = "reports",
+    primary: str = "bleu",
+    factors: Sequence[str] = (),
+    budget: str | None = None,
+    lr_grid: str | None = None,
 ) -> dict[str, Any]:
+    """`seeds` None: 3 with --budget (the controlled mode), else 1."""
     started = time.perf_counter()
     if recipes and runs:
         raise UserError(
             "give either --recipe (train what is missing) or run directories (compare finished runs), not both"
         )
+    seeds = seeds if seeds is not None else (3 if budget else 1)
     if seeds < 1:
         raise UserError(f"--seeds {seeds}: expected a positive number")
     if match not in (None, "flops", "tokens"):
         raise UserError(f"--match {match}: expected flops or tokens")
+    if budget and (match or runs):
+        raise UserError("--budget states every arm's budget itself: give it with --recipe, without --match")
+    from textgen_cli.metrics.registry import INTERVAL_ROWS
+
+    if primary not in INTERVAL_ROWS:
+        raise UserError(
+            f"--primary {primary}: expected a metric with per-example statistics: {', '.join(INTERVAL_ROWS)}"
+        )
+    if lr_grid and not recipes:
+        raise UserError("--lr-grid trains each recipe at each learning rate: give the recipes with --recipe")
+    if budget:
+        return run_budgets(recipes, overrides, seeds, budget, name, reports_root, primary, factors, started, lr_grid)
     reused: dict[tuple[str, str], bool] = {}
+    grid: list = []
     if recipes:
         if len(recipes) < 2 and seeds < 2:
             raise UserError("compare needs two or more recipes (or --seeds N with one recipe)")
         entries = plan(recipes, overrides, seeds)
+        if lr_grid:
+            entries, grid = tuned(entries, lr_grid, primary, lambda loaded: [])
         trained, reused = train_all([loaded for _, loaded, _ in entries], match)
         models = [
             Model(label=f"{base} {stage}" if stage != "finetune" else base, loaded=loaded, stage=stage, seed=seed)
@@ -612,9 +678,69 @@ def run_compare(
         }
         collect(model)
         evaluate_model(model)
+    table = judged_table(models, primary, factors)
+    effects = pretraining_effects(table["columns"], reference.recipe.eval.bootstrap, reference.recipe.eval.seed)
+    folder = report_folder(reports_root, name, models)
+    write_report(
+        folder,
+        table["columns"],
+        table["rows"],
+        models,
+        match,
+        seeds,
+        effects,
+        table["settings"],
+        table["confounded"],
+        primary,
+    )
+    return {
+        "report": str(folder),
+        **table,
+        "primary": primary,
+        "pretraining": effects,
+        "elapsed_s": time.perf_counter() - started,
+    }
+
+
+def tuned(entries: list, lr_grid: str, primary: str, steps_of) -> tuple[list, list]:
+    """Each arm's learning rate picked from the same grid on validation (tuning.py), applied to
+    every seed of that arm; (entries with the picks, the grid results)."""
+    from textgen_cli.tuning import parse_grid, tune_arm
+
+    grid = parse_grid(lr_grid)
+    results = {}
+    for base, loaded, _ in entries:
+        if base not in results:
+            results[base] = tune_arm(base, loaded, grid, primary, steps_of(loaded))
+    picked = []
+    for base, loaded, seed in entries:
+        lr = f"{results[base].chosen:g}"
+        section = section_of(list(loaded.recipe.stages)[-1])
+        own = [f"{section}.lr={lr}"] if getattr(getattr(loaded.recipe, section), "lr", None) is not None else []
+        picked.append((base, with_overrides(loaded, [f"train.lr={lr}", *own]), seed))
+    return picked, list(results.values())
+
+
+def write_grid_files(folder: Path, grid: list, primary: str) -> None:
+    if grid:
+        from textgen_cli.tuning import write_grid
+
+        write_grid(folder, grid, primary)
+
+
+def judged_table(models: list[Model], primary: str, factors: Sequence[str]) -> dict[str, Any]:
+    """Columns, the settings as trained, the confounds among them, and the judged rows."""
+    from textgen_cli.settings_diff import confounds, effective_settings
+
+    reference = models[0].loaded.recipe
     columns = build_columns(models)
-    rows = table_rows(columns, reference.recipe.eval.bootstrap, reference.recipe.eval.seed)
-    effects = pretraining_effects(columns, reference.recipe.eval.bootstrap, reference.recipe.eval.seed)
+    settings = effective_settings(columns)
+    confounded = confounds(settings, tuple(factors))
+    rows = table_rows(columns, reference.eval.bootstrap, reference.eval.seed, primary, confounded)
+    return {"columns": columns, "rows": rows, "settings": settings, "confounded": confounded}
+
+
+def report_folder(reports_root: str, name: str | None, models: list[Model]) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     report_name = name or "-vs-".join(dict.fromkeys(m.loaded.name.split("-seed")[0] for m in models))
     folder = Path(reports_root) / f"{report_name}-{stamp}"
@@ -622,11 +748,76 @@ def run_compare(
     while folder.exists() or folder.with_name(folder.name + ".partial").exists():  # two reports in one second
         folder = Path(reports_root) / f"{report_name}-{stamp}-{suffix}"
         suffix += 1
-    write_report(folder, columns, rows, models, match, seeds, effects)
+    return folder
+
+
+def run_budgets(
+    recipes: Sequence[str],
+    overrides: list[str],
+    seeds: int,
+    budget_text: str,
+    name: str | None,
+    reports_root: str,
+    primary: str,
+    factors: Sequence[str],
+    started: float,
+    lr_grid: str | None = None,
+) -> dict[str, Any]:
+    """--budget: every arm and seed trained to every budget (budgets.py), one judged table per
+    budget, the primary metric's curve across budgets and its crossover; the report folder holds
+    the largest budget's full report and budgets.md / budgets.json / primary_vs_flops.png."""
+    from textgen_cli.budgets import crossover, curve, parse_budgets, train_at_budgets, write_curve
+
+    budgets = parse_budgets(budget_text)
+    if len(recipes) < 2:
+        raise UserError("--budget compares two or more recipes (the arms)")
+    entries = plan(recipes, overrides, seeds)
+    grid: list = []
+    if lr_grid:
+        from textgen_cli.budgets import budget_steps, step_cost
+        from textgen_cli.stages import section_of
+
+        def largest_budget(loaded: LoadedRecipe) -> list[str]:
+            stages = list(loaded.recipe.stages)
+            costs = {s: step_cost(loaded, s, budgets[-1].unit) for s in stages}
+            return [f"{section_of(stages[-1])}.steps={budget_steps(loaded, budgets[-1], costs)}"]
+
+        entries, grid = tuned(entries, lr_grid, primary, largest_budget)
+    reference = entries[0][1]
+    by_budget: dict[Any, list[Model]] = {b: [] for b in budgets}
+    for base, loaded, seed in entries:
+        for budget, model in train_at_budgets(base, loaded, seed, budgets, reference):
+            by_budget[budget].append(model)
+    tables = [(budget, judged_table(models, primary, factors)) for budget, models in by_budget.items()]
+    section = reference.recipe.eval
+    arms, points = curve(by_budget, primary, section.bootstrap, section.seed)
+    line = crossover(arms, points)
+    largest, table = tables[-1]
+    models = by_budget[largest]
+    folder = report_folder(reports_root, name, models)
+    write_report(
+        folder,
+        table["columns"],
+        table["rows"],
+        models,
+        None,
+        seeds,
+        [],
+        table["settings"],
+        table["confounded"],
+        primary,
+    )
+    curve_record = write_curve(folder, arms, points, primary, line)
+    write_grid_files(folder, grid, primary)
     return {
         "report": str(folder),
-        "columns": columns,
-        "rows": rows,
-        "pretraining": effects,
+        **table,
+        "lr_grid": grid,
+        "budgets": tables,
+        "curve": (arms, points),
+        "crossover": line,
+        "curve_record": curve_record,
+        "primary": primary,
+        "pretraining": [],
         "elapsed_s": time.perf_counter() - started,
     }

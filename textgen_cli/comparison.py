@@ -2,8 +2,9 @@
 lead is marked. `compare.py` fills them (training, evaluation, significance); `report.py` writes them
 to files; both print the same table from them. Plain data and formatting: no training, no torch.
 
-A table row is a dict: group, row, label, cells (formatted), best (column index or None),
-significant, test (the significance test, `untested` or `not ranked`), higher_is_better.
+A table row is a dict: group, row, label, cells (formatted), best (column index or None), tested,
+significant, withheld (why a significant lead gets no star, or None), test (how it was tested, or
+`untested` / `not ranked`), p, diff, higher_is_better.
 """
 
 from __future__ import annotations
@@ -73,20 +74,33 @@ UNTESTED = "†"
 
 
 def lead_mark(r: dict[str, Any]) -> str:
-    """The marker after the best cell: `*` a significant lead, `* n.s.` a tested lead inside the
-    noise, `†` a lead that no interval or test backs (never to be read as a win)."""
-    if r["test"] == "untested":
-        return UNTESTED
-    return "*" if r["significant"] else "* n.s."
+    """The marker after the best cell (one legend, significance.py): `*` a significant lead, `n.s.`
+    a tested lead inside the noise, `†` no claim (untested, or a star withheld: `withheld` says why)."""
+    if r["significant"]:
+        return "*"
+    if r.get("tested") and not r.get("withheld"):
+        return "n.s."
+    return UNTESTED
 
 
-def legend(rows: list[dict[str, Any]]) -> str:
-    tests = sorted({r["test"] for r in rows if r["test"] not in ("untested", "not ranked")})
+def legend(rows: list[dict[str, Any]], primary: str | None = None) -> str:
+    tests = sorted({r["test"].split(":")[0] for r in rows if r.get("tested")})
+    primary_text = f"; primary metric: {primary}, the other tested rows Holm-corrected" if primary else ""
     return (
-        f"*: best model in row, its lead over the runner-up significant at 95% ({', '.join(tests) or 'no test ran'}); "
-        f"n.s.: the lead is inside the noise; {UNTESTED}: best in row but untested (no interval, no test): not a significant win; "
+        f"*: best model in row, its lead over the runner-up significant at 95% ({', '.join(tests) or 'no test ran'}{primary_text}); "
+        f"n.s.: tested, the lead is inside the noise; {UNTESTED}: no claim: untested (no per-example statistic), "
+        "or a star withheld (one seed per arm, a flagged model, or confounded arms: the reason is listed); "
         "baseline columns are never ranked (the verdicts compare each model with them)"
     )
+
+
+def withheld_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per distinct reason a star was withheld, with the rows it applies to."""
+    reasons: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("withheld"):
+            reasons.setdefault(r["withheld"], []).append(r["label"])
+    return [f"{UNTESTED} no star for {', '.join(labels)}: {reason}" for reason, labels in reasons.items()]
 
 
 def verdicts(columns: list[Column]) -> list[tuple[str, dict[str, Any]]]:

@@ -340,6 +340,26 @@ def runs_used(models: list[Model]) -> list[dict[str, Any]]:
     return out
 
 
+def controlled_html(settings: list | None, confounded: list[str] | None) -> str:
+    if confounded:
+        return f'<p class="confounded"><b>CONFOUNDED</b>: the arms differ in more than the family: {html.escape("; ".join(confounded))}. No lead is starred.</p>'
+    return "<p>Controlled: the arms differ only in the family (settings below).</p>" if settings else ""
+
+
+def settings_html(columns: list[Column], settings: list | None) -> str:
+    if not settings:
+        return ""
+    arms = [c.label for c in columns if not c.baseline and c.models]
+    head = "<tr><th>setting</th><th>kind</th>" + "".join(f"<th>{html.escape(a)}</th>" for a in arms) + "</tr>"
+    body = "".join(
+        f"<tr><td>{'<b>' if x.differs else ''}{html.escape(x.name)}{'</b>' if x.differs else ''}</td><td>{x.kind}</td>"
+        + "".join(f"<td>{html.escape(v)}</td>" for v in x.values)
+        + "</tr>"
+        for x in sorted(settings, key=lambda x: not x.differs)
+    )
+    return f"<h2>Settings as trained</h2><table>{head}{body}</table>"
+
+
 def write_report(
     folder: Path,
     columns: list[Column],
@@ -348,8 +368,12 @@ def write_report(
     match: str | None,
     seeds: int,
     effects: list[dict[str, Any]],
+    settings: list | None = None,
+    confounded: list[str] | None = None,
+    primary: str | None = None,
 ) -> None:
-    """`effects`: compare.pretraining_effects of the columns (the same the terminal shows)."""
+    """`effects`: compare.pretraining_effects of the columns (the same the terminal shows);
+    `settings` / `confounded`: settings_diff's effective settings and the confounds among them."""
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -364,6 +388,9 @@ def write_report(
                     "metrics": records,
                     "verdicts": judged,
                     "pretraining": effects,
+                    "confounded": confounded or [],
+                    "primary_metric": primary,
+                    "settings": [vars(x) for x in settings or []],
                     "provenance": prov,
                     "runs": runs_used(models),
                 },
@@ -384,9 +411,22 @@ def write_report(
         effects_md = (
             ["## Does pretraining help?", "", *(f"- {line}" for line in effect_lines(effects)), ""] if effects else []
         )
+        from textgen_cli.comparison import withheld_lines
+
+        controlled = (
+            [
+                "**CONFOUNDED**: the arms differ in more than the family: "
+                + "; ".join(confounded)
+                + ". No lead is starred.",
+                "",
+            ]
+            if confounded
+            else (["Controlled: the arms differ only in the family (settings below).", ""] if settings else [])
+        )
         md = [
             f"# textgen compare: {' vs '.join(c.label for c in models_only)}",
             "",
+            *controlled,
             *verdict_markdown(columns),
             *effects_md,
             "## Results",
@@ -395,7 +435,9 @@ def write_report(
             "",
         ]
         md += [
-            f"**bold**: best model in row. {legend(rows)}. With one seed the tests are paired bootstraps over the test examples (BLEU/chrF/ROUGE-L) or the 95% intervals; with several seeds Welch's t-test over the seed values (cells: mean ± std).",
+            f"**bold**: best model in row. {legend(rows, primary)}. Cells: one seed's value [95% bootstrap interval over the test examples], or the mean ± std over seeds.",
+            "",
+            *(f"- {line}" for line in withheld_lines(rows)),
             "",
         ]
         md += [
@@ -415,7 +457,20 @@ def write_report(
             f"| {u['model']} | {u['stage']} | `{u['run']}` | {'yes' if u['reused'] else 'trained now'} | {u['steps']} |"
             for u in used
         ]
-        md += ["", "## Settings that differ", "", "| key | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        arms = [c.label for c in models_only]
+        md += ["", "## Settings as trained (from the models and runs)", ""]
+        md += ["| setting | kind | " + " | ".join(arms) + " |", "|---|---|" + "---|" * len(arms)]
+        md += [
+            f"| {'**' + x.name + '**' if x.differs else x.name} | {x.kind} | " + " | ".join(x.values) + " |"
+            for x in sorted(settings or [], key=lambda x: not x.differs)
+        ]
+        md += [
+            "",
+            "## Recipe keys that differ",
+            "",
+            "| key | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
         md += [f"| `{key}` | " + " | ".join(v.replace("|", "\\|") for v in values) + " |" for key, values in diff]
         md += ["", "## Example outputs (first test examples)", ""]
         for n, sample in enumerate(samples, 1):
@@ -460,16 +515,18 @@ def write_report(
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; }} th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
 td:first-child, td:nth-child(2), th {{ text-align: left; }} td.best {{ background: #e3f6e3; font-weight: bold; }} td.ns {{ background: #f4f4f4; }}
-td.baseline, th.baseline {{ color: #666; font-style: italic; }} li.flagged {{ color: #a00; }} li.ok {{ color: #060; }} li.flagged li {{ color: #222; }}
+td.baseline, th.baseline {{ color: #666; font-style: italic; }} li.flagged {{ color: #a00; }} li.ok {{ color: #060; }} li.flagged li {{ color: #222; }} p.confounded {{ color: #a00; }}
 img {{ max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }} pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
 </style></head><body>
 <h1>textgen compare</h1>
+{controlled_html(settings, confounded)}
 {verdict_html(columns)}
 {("<h2>Does pretraining help?</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in effect_lines(effects)) + "</ul>") if effects else ""}
 <p>{html.escape(" vs ".join(c.label for c in columns if not c.baseline))} on {prov["test_examples"]} test examples, the same metrics and decoding settings for every model.
 Best model in each row highlighted; grey: the lead over the runner-up is not significant (n.s.) or untested.</p>
 <h2>Results</h2>{html_table(columns, rows)}
-<p><small>{html.escape(legend(rows))}</small></p>
+<p><small>{html.escape(legend(rows, primary))}</small></p>
+{settings_html(columns, settings)}
 <h2>Plots</h2>
 <img alt="training loss against tokens" src="data:image/png;base64,{embedded["loss_vs_tokens.png"]}">
 <img alt="validation loss against tokens" src="data:image/png;base64,{embedded["validation.png"]}">

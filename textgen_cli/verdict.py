@@ -2,7 +2,8 @@
 
 A model is flagged when it
 - scores below a trivial baseline on BLEU or chrF (copy-source for pairs; retrieval and
-  most-frequent-response for dialogue), with the paired-bootstrap interval of the difference;
+  most-frequent-response for dialogue): the whole paired-bootstrap interval of the difference
+  below zero (a gap inside the noise is reported as a tie, not flagged);
 - ignores its input: the reference bits per byte barely change when every example gets another
   example's source (gap below `eval.min_input_gap`);
 - degenerates: distinct outputs for fewer than `eval.min_distinct_outputs` of the distinct sources,
@@ -32,18 +33,22 @@ def judge(report: dict[str, Any], thresholds: dict[str, float]) -> dict[str, Any
     flags: list[str] = []
     passed: list[str] = []
     for baseline in report.get("baselines", []):
-        below = []
+        below, ties = [], []
         for row, label in VERDICT_ROWS.items():
             versus = baseline.get("versus", {}).get(row)
             if versus is None:
                 continue
-            if versus["diff"] < 0:
-                noise = "" if versus["high"] < 0 else ", within noise"
-                below.append(f"{label} {versus['diff']:+.2f} [{versus['low']:+.2f}, {versus['high']:+.2f}]{noise}")
+            text = f"{label} {versus['diff']:+.2f} [{versus['low']:+.2f}, {versus['high']:+.2f}]"
+            if versus["high"] < 0:  # below only when the whole interval is: a gap inside the noise is a tie
+                below.append(text)
+            elif versus["low"] <= 0:
+                ties.append(text)
         if below:
             flags.append(f"below the {baseline['label']} baseline: " + "; ".join(below))
+        if ties:
+            passed.append(f"ties the {baseline['label']} baseline within the noise: " + "; ".join(ties))
     if report.get("baselines") and not any(f.startswith("below") for f in flags):
-        passed.append("above " + " and ".join(b["label"] for b in report["baselines"]) + " on BLEU and chrF")
+        passed.append("not below " + " or ".join(b["label"] for b in report["baselines"]) + " on BLEU and chrF")
 
     use = report.get("input_use") or {}
     if use.get("gap") is not None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from textgen_cli.errors import UserError
-from textgen_cli.metrics._bootstrap import BOOTSTRAP_METRICS, paired_bootstrap
+from textgen_cli.metrics._bootstrap import BOOTSTRAP_METRICS, holm, paired_bootstrap, two_level_bootstrap
 from textgen_cli.metrics.likelihood import LikelihoodTotals, bits_per_byte, perplexity, utf8_bytes
 from textgen_cli.metrics.registry import METRIC_NAMES
 
@@ -32,6 +32,8 @@ __all__ = [
     "resolve_metric_path",
     "compute_metrics",
     "paired_bootstrap",
+    "two_level_bootstrap",
+    "holm",
     "perplexity",
     "bits_per_byte",
     "utf8_bytes",

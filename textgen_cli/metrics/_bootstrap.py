@@ -158,3 +158,61 @@ def paired_bootstrap(
     out["ties"] = float(np.mean(diff == 0))
     out.update(meta)
     return out
+
+
+def two_level_bootstrap(
+    metric: str,
+    seeds_a: Sequence[Sequence[str]],
+    seeds_b: Sequence[Sequence[str]],
+    references: Sequence[str],
+    n_resamples: int = 1000,
+    seed: int = 1234,
+    confidence: float = 0.95,
+) -> dict:
+    """The difference between two arms (A - B) with an interval that covers training noise and
+    test-set noise together: a hierarchical bootstrap over each arm's trained models (one list of
+    predictions per seed) and then the test examples.
+
+    Each replicate (1) resamples the seeds of each arm with replacement, (2) resamples the test
+    examples once for both arms (they are paired: the same references), (3) takes the mean metric
+    over the drawn seeds of each arm, and the difference. With one seed per arm it is the paired
+    bootstrap over examples. `p` is the two-sided bootstrap p-value of a zero difference
+    (2 x the smaller tail), for a multiple-testing correction.
+
+    {"metric", "diff": {score, low, high}, "a": {...}, "b": {...}, "p", "seeds": [n_a, n_b], ...};
+    `score`: the mean over seeds of each seed's metric on the whole test set."""
+    if not seeds_a or not seeds_b:
+        raise ValueError("each arm needs at least one seed's predictions")
+    n = len(references)
+    stats_a = [_statistic(metric, preds, references) for preds in seeds_a]
+    stats_b = [_statistic(metric, preds, references) for preds in seeds_b]
+    rng = np.random.default_rng(seed + 1)  # the seed draws; the example draws use `seed`
+    means: dict[str, list[np.ndarray]] = {"a": [], "b": []}
+    for idx in _resample_indices(n, n_resamples, seed):
+        counts = _counts(idx, n)
+        for key, stats in (("a", stats_a), ("b", stats_b)):
+            per_seed = np.stack([s.resampled(counts) for s in stats], axis=1)  # [rows, seeds]
+            drawn = rng.integers(0, len(stats), size=per_seed.shape)  # seeds drawn with replacement
+            means[key].append(np.take_along_axis(per_seed, drawn, axis=1).mean(axis=1))
+    a, b = np.concatenate(means["a"]), np.concatenate(means["b"])
+    diff = a - b
+    points = {"a": float(np.mean([s.point() for s in stats_a])), "b": float(np.mean([s.point() for s in stats_b]))}
+    out: dict = {"metric": metric}
+    for key, point, values in (("a", points["a"], a), ("b", points["b"], b), ("diff", points["a"] - points["b"], diff)):
+        low, high = _interval(values, confidence)
+        out[key] = {"score": point, "low": low, "high": high}
+    out["p"] = float(min(1.0, 2 * min(np.mean(diff <= 0), np.mean(diff >= 0))))
+    out.update(seeds=[len(stats_a), len(stats_b)], confidence=confidence, n_resamples=n_resamples, seed=seed)
+    return out
+
+
+def holm(p_values: dict[str, float], alpha: float = 0.05) -> dict[str, bool]:
+    """Holm-Bonferroni: which of these hypotheses are rejected at family-wise level `alpha`."""
+    rejected = {}
+    ordered = sorted(p_values.items(), key=lambda item: item[1])
+    for rank, (name, p) in enumerate(ordered):
+        if p > alpha / (len(ordered) - rank):
+            rejected.update({later: False for later, _ in ordered[rank:]})
+            break
+        rejected[name] = True
+    return rejected

@@ -1,0 +1,239 @@
+"""`textgen compare --budget`: the stated budget for every arm, the curve across budgets, the lr grid.
+
+One tiny matched pair (T5Gemma 1+1 against Gemma 2, 2 layers) is compared at two FLOPs budgets with
+two seeds, then again with the recipes in the other order (nothing retrained: the budgets, not the
+flag order, set the steps), and once with a learning-rate grid judged on validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from harness import SHIPPED, end_to_end_recipe, merged, ok, save_recipe, textgen, usage_error
+
+pytestmark = pytest.mark.slow
+
+ED, DO = "bud-t5gemma", "bud-gemma2"
+BUDGETS = "flops=6e9,1.2e10"
+
+
+def pair_recipe(root: Path, name: str, family: str, arch: str, layers: int) -> None:
+    values = merged(
+        end_to_end_recipe(family),
+        {
+            "stages": ["finetune"],
+            "model": {"arch": arch, "layers": layers, "dropout": 0.0, "init_from": "scratch"},
+            "prompt": {"system": ""},
+            "data": {
+                "finetune": {
+                    "train": "../data/train.jsonl",
+                    "validation": "../data/val.jsonl",
+                    "test": "../data/test.jsonl",
+                },
+            },
+            "tokenizer": {"include_finetune_data": True},
+            "train": {"min_lr_ratio": 1.0, "eval_every": 1000},
+            "generate": {"max_new_tokens": 12},
+            "eval": {"bootstrap": 100, "input_check": 8},
+        },
+    )
+    values["data"].pop("pretrain", None)
+    save_recipe(root / "recipes" / f"{name}.yaml", values)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("budgets")
+    (root / "data").mkdir()
+    (root / "recipes").mkdir()
+    rows = (SHIPPED / "data" / "bible-modern" / "train.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    rows.sort(key=lambda line: len(line))
+    (root / "data" / "train.jsonl").write_text("".join(rows[:160]), encoding="utf-8")
+    (root / "data" / "val.jsonl").write_text("".join(rows[160:172]), encoding="utf-8")
+    (root / "data" / "test.jsonl").write_text("".join(rows[172:184]), encoding="utf-8")
+    pair_recipe(root, ED, "sora", "t5gemma", 1)
+    pair_recipe(root, DO, "chatgpt", "gemma2", 2)
+    return root
+
+
+def steps_logged(stderr: str) -> dict[tuple[str, str, str], int]:
+    found = re.findall(r"compare: (\S+) seed (\d+) at flops (\S+): (\d+) finetune steps", stderr)
+    return {(arm, seed, budget): int(steps) for arm, seed, budget, steps in found}
+
+
+@pytest.fixture(scope="module")
+def swept(root):
+    result = ok(
+        textgen(
+            [
+                "compare",
+                "--recipe",
+                f"recipes/{ED}.yaml",
+                "--recipe",
+                f"recipes/{DO}.yaml",
+                "--budget",
+                BUDGETS,
+                "--seeds",
+                "2",
+            ],
+            cwd=root,
+        )
+    )
+    folder = root / re.search(r"report: (\S+)/report\.html", result.stdout).group(1)
+    return {"result": result, "folder": folder}
+
+
+def test_every_arm_gets_the_stated_budget_and_the_curve(swept):
+    out, folder = swept["result"].stdout, swept["folder"]
+    record = json.loads((folder / "budgets.json").read_text(encoding="utf-8"))
+    assert [b["budget"]["value"] for b in record["budgets"]] == [6e9, 1.2e10]
+    for point in record["budgets"]:
+        for arm in (ED, DO):
+            assert len(point["per_seed"][arm]) == 2  # two seeds per arm and budget
+            # whole steps match a budget to within one step: the measured FLOPs are close to it
+            assert point["flops"][arm] == pytest.approx(point["budget"]["value"], rel=0.35)
+        d = point["difference"]
+        assert d["low"] <= d["score"] <= d["high"]
+    assert record["crossover"].startswith(("crossover:", "no crossover:"))
+    assert (folder / "primary_vs_flops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "budget: flops 6e+09" in out and "budget: flops 1.2e+10" in out
+    assert "bleu across budgets" in out and record["crossover"] in out.replace("\n", " ")
+    report = (folder / "report.md").read_text(encoding="utf-8")
+    assert report.index("## Across budgets") < report.index("## Results")
+
+
+def test_the_matched_pair_is_reported_controlled_with_a_two_level_test(swept):
+    out = swept["result"].stdout
+    assert "controlled: the arms differ only in the family" in out and "CONFOUNDED" not in out
+    settings = {s["name"]: s for s in json.loads((swept["folder"] / "metrics.json").read_text())["settings"]}
+    assert settings["positions"]["values"] == ["rotary", "rotary"]
+    assert settings["norm"]["values"] == ["pre+post-RMSNorm", "pre+post-RMSNorm"]
+    assert settings["stack"]["values"] == ["encoder-decoder 1+1", "decoder-only 2"]
+    assert "two-level bootstrap" in out
+
+
+def test_a_budget_is_reached_by_continuing_one_run_bit_for_bit(root, swept):
+    """Constant learning rate: each arm and seed is one run continued from budget to budget. The
+    continued model equals a run trained straight to the larger budget's steps."""
+    steps = steps_logged(swept["result"].stderr)
+    small, large = steps[(DO, "7", "6e+09")], steps[(DO, "7", "1.2e+10")]
+    assert 0 < small < large
+    assert not (root / "runs" / f"{DO}-seed7-flops-6e+09").exists()  # no run of its own per budget
+    direct = ok(
+        textgen(
+            [
+                "finetune",
+                "--recipe",
+                f"recipes/{DO}.yaml",
+                "run.name=direct",
+                f"finetune.steps={large}",
+                "eval.after_finetune=false",
+            ],
+            cwd=root,
+        )
+    )
+    assert direct.returncode == 0
+
+    def weights(name: str) -> str:
+        return hashlib.sha256(
+            (root / "runs" / name / "finetune" / "final" / "model.safetensors").read_bytes()
+        ).hexdigest()
+
+    assert weights(f"{DO}-seed7") == weights("direct")
+    assert (root / "runs" / f"{DO}-seed7" / "budgets" / "flops-6e+09" / "eval.json").is_file()
+
+
+def test_the_flag_order_changes_nothing(root, swept):
+    """The same budgets with the recipes the other way round: the same steps per arm, every
+    evaluation reused, nothing trained."""
+    result = ok(
+        textgen(
+            [
+                "compare",
+                "--recipe",
+                f"recipes/{DO}.yaml",
+                "--recipe",
+                f"recipes/{ED}.yaml",
+                "--budget",
+                BUDGETS,
+                "--seeds",
+                "2",
+            ],
+            cwd=root,
+        )
+    )
+    assert steps_logged(result.stderr) == steps_logged(swept["result"].stderr)
+    assert "compare: training" not in result.stderr and "compare: evaluating" not in result.stderr
+
+
+def test_the_lr_grid_picks_on_validation(root, swept):
+    result = ok(
+        textgen(
+            [
+                "compare",
+                "--recipe",
+                f"recipes/{ED}.yaml",
+                "--recipe",
+                f"recipes/{DO}.yaml",
+                "--budget",
+                "flops=6e9",
+                "--seeds",
+                "1",
+                "--lr-grid",
+                "1e-3,3e-3",
+            ],
+            cwd=root,
+        )
+    )
+    folder = root / re.search(r"report: (\S+)/report\.html", result.stdout).group(1)
+    grid = json.loads((folder / "lr_grid.json").read_text(encoding="utf-8"))
+    assert grid["split"] == "validation"
+    for arm in grid["arms"]:
+        assert set(arm["scores"]) == {"0.001", "0.003"}
+        assert arm["chosen"] == max((float(k) for k in arm["scores"]), key=lambda k: arm["scores"][f"{k:g}"])
+        record = json.loads(
+            (
+                root / "runs" / f"{arm['arm']}-lr{arm['chosen']:g}" / "lr-grid-validation" / "eval-validation.json"
+            ).read_text()
+        )
+        assert record["split"] == "validation" and record["metrics"]["bleu"] == arm["scores"][f"{arm['chosen']:g}"]
+    assert "Learning rate per arm, from the same grid, by validation bleu (never test)" in result.stdout
+    settings = {s["name"]: s for s in json.loads((folder / "metrics.json").read_text())["settings"]}
+    assert settings["learning rate"]["values"] == [f"{a['chosen']:g}" for a in grid["arms"]]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--budget", "flops"], "expected UNIT=VALUE"),
+        (["--budget", "watts=3"], "expected UNIT=VALUE"),
+        (["--budget", "flops=1e12,lots"], "'lots' is not a number"),
+        (["--budget", "flops=-1"], "must be positive"),
+        (["--budget", "flops=1e12", "--match", "flops"], "without --match"),
+        (["--budget", "flops=1e12", "--primary", "val_loss"], "--primary val_loss"),
+        (["--lr-grid", "fast"], "--lr-grid fast"),
+    ],
+)
+def test_bad_budget_flags_are_usage_errors(root, args, expected):
+    result = textgen(["compare", "--recipe", f"recipes/{ED}.yaml", "--recipe", f"recipes/{DO}.yaml", *args], cwd=root)
+    usage_error(result, expected)
+    assert not (root / "runs" / "never").exists()
+
+
+def test_crossover_is_read_from_the_sign_of_the_difference():
+    from textgen_cli.budgets import Budget, BudgetPoint, crossover
+
+    def point(value: float, diff: float, half: float) -> BudgetPoint:
+        return BudgetPoint(Budget("flops", value), {}, {}, {"score": diff, "low": diff - half, "high": diff + half})
+
+    line = crossover(["ed", "do"], [point(1e12, 4.0, 1.0), point(1e13, -4.0, 1.0)])
+    # the mean difference crosses zero halfway in log budget: sqrt(1e12 * 1e13) ~ 3.2e12
+    assert line.startswith("crossover: ed leads below about flops 3.2e+12, do above")
+    assert "every difference is beyond the noise" in line
+    line = crossover(["ed", "do"], [point(1e12, 2.0, 3.0), point(1e13, 5.0, 1.0)])
+    assert line == "no crossover: ed leads at every budget; the difference is inside the noise at flops 1e+12"
