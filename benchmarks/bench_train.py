@@ -277,7 +277,7 @@ class ReferenceGPT(nn.Module):
 
 
 NANOGPT = [
-    "model.arch=gpt2",  # nanoGPT is GPT-2's layout; the shipped chatgpt.yaml builds the Llama layout
+    "model.arch=gpt2",  # nanoGPT is GPT-2's layout; chatgpt-llama.yaml builds the Llama layout
     "model.layers=4",
     "model.heads=4",
     "model.hidden=128",
@@ -402,7 +402,7 @@ def measure_nanogpt_way(way: str, steps: int, warmup: int) -> tuple[float, float
     """One way of NANOGPT_WAYS in this process: (wall-clock, CPU-time) tokens/s after `warmup` steps."""
     from textgen_cli.train import keep_freed_memory
 
-    loaded = load_recipe(str(REPO / "recipes/chatgpt.yaml"), NANOGPT)
+    loaded = load_recipe(str(REPO / "recipes/chatgpt-llama.yaml"), NANOGPT)
     if way == "textgen":
         return textgen_wall_tokens_per_s(loaded, dataset(loaded, n_blocks=2048), steps, warmup)
     if way.endswith("kept_memory"):
@@ -418,7 +418,7 @@ def compare_nanogpt(args) -> None:
     heap. The ways alternate, their order reversed every other repeat."""
     import subprocess
 
-    loaded = load_recipe(str(REPO / "recipes/chatgpt.yaml"), NANOGPT)
+    loaded = load_recipe(str(REPO / "recipes/chatgpt-llama.yaml"), NANOGPT)
     runs: dict[str, list[float]] = {name: [] for name in NANOGPT_WAYS}
     cpu_runs: dict[str, list[float]] = {name: [] for name in NANOGPT_WAYS}
     loads: list[float] = []
@@ -486,7 +486,7 @@ def compare_nanogpt(args) -> None:
 def compare_adamw(args) -> None:
     """`--adamw`: one training step of the default `chatgpt` at nanoGPT's settings in a plain loop,
     with each AdamW implementation, interleaved: ms per whole step and per `optimizer.step()`."""
-    loaded = load_recipe(str(REPO / "recipes/chatgpt.yaml"), NANOGPT)
+    loaded = load_recipe(str(REPO / "recipes/chatgpt-llama.yaml"), NANOGPT)
     r = loaded.recipe
     data = dataset(loaded)
     batches = [
