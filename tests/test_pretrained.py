@@ -219,6 +219,67 @@ def test_only_missing_needed_tokens_are_added_with_mean_rows(space):
     assert load_pretrained(space.checkpoints["qwen2-chat"], "chatgpt").added_tokens == []
 
 
+def qwen2_beside(tmp_path: Path, rows: int, specials: dict[str, str], chat: bool = False) -> tuple[Path, object]:
+    """A tiny `qwen2` model with `rows` embedding rows saved beside a plain tokenizer of 320 tokens
+    (`chat`: with a chat template of its own)."""
+    from foreign_checkpoints import tiny_model, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer([line.strip() for line in moby_lines(300) if line.strip()], specials)
+    if chat:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    model = tiny_model("qwen2", tokenizer)
+    model.resize_token_embeddings(rows, mean_resizing=False)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    return tmp_path, model
+
+
+def test_a_tokenizer_that_loads_bigger_than_the_model_gets_mean_rows(tmp_path):
+    """transformers loads a plain tokenizer saved beside a `qwen2` model as Qwen2Tokenizer, which adds
+    an `<|endoftext|>` pad: one token more than the model has rows."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from textgen_cli.models import load_pretrained
+
+    folder, saved = qwen2_beside(tmp_path, 320, {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
+    assert len(AutoTokenizer.from_pretrained(folder)) == 321  # the case itself: 321 tokens for 320 rows
+    start = load_pretrained(folder, "chatgpt")
+    assert start.tokens_beyond_rows == ["<|endoftext|>"] and start.tokenizer.pad_token == "<|endoftext|>"
+    assert start.added_tokens == ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]  # pad: its own now
+    weight = start.model.get_input_embeddings().weight
+    old = saved.get_input_embeddings().weight
+    assert weight.shape[0] == len(start.tokenizer) == 325
+    assert torch.equal(weight[:320], old)
+    assert torch.allclose(weight[start.tokenizer.convert_tokens_to_ids("<|endoftext|>")], old.mean(dim=0))
+    assert start.adaptation("finetune")[0] == (
+        f"finetune: the tokenizer of {folder} loads with 1 token(s) the model has no embedding row for: "
+        "<|endoftext|> (rows added: the mean of the others)"
+    )
+
+
+def test_more_rows_than_tokens_are_kept_untouched(tmp_path):
+    """A padded vocabulary (Qwen2.5: more embedding rows than tokens) loads as it is."""
+    import torch
+
+    from textgen_cli.models import load_pretrained
+
+    folder, saved = qwen2_beside(tmp_path, 384, {"eos_token": "<|endoftext|>", "pad_token": "<pad>"}, chat=True)
+    start = load_pretrained(folder, "chatgpt")
+    assert start.tokens_beyond_rows == start.added_tokens == [] and len(start.tokenizer) == 320
+    weight = start.model.get_input_embeddings().weight
+    assert weight.shape[0] == 384 and torch.equal(weight, saved.get_input_embeddings().weight)
+
+
+def test_a_tokenizer_of_another_model_is_still_an_error(tmp_path):
+    """More base-vocabulary tokens than rows is not a tokenizer that grew as it loaded."""
+    from textgen_cli.models import load_pretrained
+
+    folder, _ = qwen2_beside(tmp_path, 300, {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
+    with pytest.raises(UserError, match="the model has 300 token embeddings but its tokenizer has 321 tokens"):
+        load_pretrained(folder, "chatgpt")
+
+
 def test_the_role_follows_the_config_and_a_mismatch_is_an_error(space):
     from textgen_cli.models import load_pretrained
 

@@ -95,7 +95,23 @@ class Pretrained:
     tokenizer: Any
     role: Role
     source: str
-    added_tokens: list[str] = field(default_factory=list)
+    added_tokens: list[str] = field(default_factory=list)  # added by textgen (tokenizer.adapt_tokenizer)
+    # brought by the tokenizer beyond the model's embedding rows (see tokens_beyond_rows): given rows too
+    tokens_beyond_rows: list[str] = field(default_factory=list)
+
+    def adaptation(self, stage: str) -> list[str]:
+        """What was done to fit the checkpoint to textgen, as log lines (none when nothing was)."""
+        lines = []
+        if self.tokens_beyond_rows:
+            lines.append(
+                f"{stage}: the tokenizer of {self.source} loads with {len(self.tokens_beyond_rows)} token(s) the model has no "
+                f"embedding row for: {', '.join(self.tokens_beyond_rows)} (rows added: the mean of the others)"
+            )
+        if self.added_tokens:
+            lines.append(
+                f"{stage}: added to the tokenizer of {self.source}: {', '.join(self.added_tokens)} (embedding rows: the mean of the others)"
+            )
+        return lines
 
 
 def family_of_checkpoint(path: Path) -> str:
@@ -195,18 +211,32 @@ def load_pretrained(
         model = plain_model(model, role)  # saveable: final/ is then a plain safetensors checkpoint
     rows = model.get_input_embeddings().weight.shape[0]
     # textgen saves a model with exactly its tokenizer's rows; other checkpoints may pad their
-    # vocabulary (Qwen), but a tokenizer larger than the embeddings belongs to another model
-    if (is_textgen_tokenizer(tokenizer) and rows != len(tokenizer)) or rows < len(tokenizer):
+    # vocabulary (Qwen2.5: more rows than tokens, kept as they are)
+    beyond = tokens_beyond_rows(tokenizer, rows)
+    if (is_textgen_tokenizer(tokenizer) and rows != len(tokenizer)) or beyond is None:
         raise UserError(
             f"checkpoint '{text}': the model has {rows} token embeddings but its tokenizer has {len(tokenizer)} tokens; "
             "expected a tokenizer saved with this model"
         )
     added = adapt_tokenizer(tokenizer, needs_mask=needs_mask and role.needs_mask_token(tokenizer))
-    if added:
-        grow_embeddings(model, tokenizer, added)
+    if added or beyond:
+        grow_embeddings(model, tokenizer, beyond + added)
     if context_of(model.config) is None and context:
         model.config.n_positions = context  # saved with the model, so it is read back the same way
-    return Pretrained(model, tokenizer, role, text, added)
+    return Pretrained(model, tokenizer, role, text, added, beyond)
+
+
+def tokens_beyond_rows(tokenizer, rows: int) -> list[str] | None:
+    """The tokens whose ids are past the model's `rows` embeddings, when all of them are added tokens:
+    a tokenizer class may add defaults as it loads (transformers 5 loads a plain tokenizer saved
+    beside a `qwen2` model as Qwen2Tokenizer, which adds an `<|endoftext|>` pad), and those get rows.
+    None when the base vocabulary itself is larger than the embeddings: the tokenizer of another model."""
+    if len(tokenizer) <= rows:
+        return []
+    added = tokenizer.added_tokens_decoder
+    if any(index not in added for index in range(rows, len(tokenizer))):
+        return None
+    return [str(added[index]) for index in range(rows, len(tokenizer))]
 
 
 def grow_embeddings(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, added: list[str]) -> None:
