@@ -247,7 +247,9 @@ def main() -> int:
 
     check_generate(report, work, gguf, smol, args.max_new_tokens)
 
-    result, seconds = textgen(["evaluate", "--recipe", str(smol), "--model", str(gguf), "--json"], work)
+    result, seconds = textgen(
+        ["evaluate", "--recipe", str(smol), "--model", str(gguf), "--output", str(work / "zero-shot"), "--json"], work
+    )
     if result.returncode != 0:
         report.add("zero-shot evaluate", False, f"textgen evaluate exited {result.returncode}")
         return summarize(report, started)
