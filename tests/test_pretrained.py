@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from foreign_checkpoints import ARCHITECTURES, CHAT_TEMPLATE, SPECIALS, save_checkpoint
-from harness import OMIT, REPO, SHIPPED, cli_env, moby_lines, textgen, write_recipe
+from foreign_checkpoints import ARCHITECTURES, CHAT_TEMPLATE, SPECIALS, save_checkpoint, save_gguf
+from harness import OMIT, REPO, SHIPPED, cli_env, moby_lines, textgen, usage_error, write_recipe
 from textgen_cli.errors import UserError
 
 STEPS = 4
@@ -219,6 +219,67 @@ def test_only_missing_needed_tokens_are_added_with_mean_rows(space):
     assert load_pretrained(space.checkpoints["qwen2-chat"], "chatgpt").added_tokens == []
 
 
+def qwen2_beside(tmp_path: Path, rows: int, specials: dict[str, str], chat: bool = False) -> tuple[Path, object]:
+    """A tiny `qwen2` model with `rows` embedding rows saved beside a plain tokenizer of 320 tokens
+    (`chat`: with a chat template of its own)."""
+    from foreign_checkpoints import tiny_model, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer([line.strip() for line in moby_lines(300) if line.strip()], specials)
+    if chat:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    model = tiny_model("qwen2", tokenizer)
+    model.resize_token_embeddings(rows, mean_resizing=False)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    return tmp_path, model
+
+
+def test_a_tokenizer_that_loads_bigger_than_the_model_gets_mean_rows(tmp_path):
+    """transformers loads a plain tokenizer saved beside a `qwen2` model as Qwen2Tokenizer, which adds
+    an `<|endoftext|>` pad: one token more than the model has rows."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from textgen_cli.models import load_pretrained
+
+    folder, saved = qwen2_beside(tmp_path, 320, {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
+    assert len(AutoTokenizer.from_pretrained(folder)) == 321  # the case itself: 321 tokens for 320 rows
+    start = load_pretrained(folder, "chatgpt")
+    assert start.tokens_beyond_rows == ["<|endoftext|>"] and start.tokenizer.pad_token == "<|endoftext|>"
+    assert start.added_tokens == ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]  # pad: its own now
+    weight = start.model.get_input_embeddings().weight
+    old = saved.get_input_embeddings().weight
+    assert weight.shape[0] == len(start.tokenizer) == 325
+    assert torch.equal(weight[:320], old)
+    assert torch.allclose(weight[start.tokenizer.convert_tokens_to_ids("<|endoftext|>")], old.mean(dim=0))
+    assert start.adaptation("finetune")[0] == (
+        f"finetune: the tokenizer of {folder} loads with 1 token(s) the model has no embedding row for: "
+        "<|endoftext|> (rows added: the mean of the others)"
+    )
+
+
+def test_more_rows_than_tokens_are_kept_untouched(tmp_path):
+    """A padded vocabulary (Qwen2.5: more embedding rows than tokens) loads as it is."""
+    import torch
+
+    from textgen_cli.models import load_pretrained
+
+    folder, saved = qwen2_beside(tmp_path, 384, {"eos_token": "<|endoftext|>", "pad_token": "<pad>"}, chat=True)
+    start = load_pretrained(folder, "chatgpt")
+    assert start.tokens_beyond_rows == start.added_tokens == [] and len(start.tokenizer) == 320
+    weight = start.model.get_input_embeddings().weight
+    assert weight.shape[0] == 384 and torch.equal(weight, saved.get_input_embeddings().weight)
+
+
+def test_a_tokenizer_of_another_model_is_still_an_error(tmp_path):
+    """More base-vocabulary tokens than rows is not a tokenizer that grew as it loaded."""
+    from textgen_cli.models import load_pretrained
+
+    folder, _ = qwen2_beside(tmp_path, 300, {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
+    with pytest.raises(UserError, match="the model has 300 token embeddings but its tokenizer has 321 tokens"):
+        load_pretrained(folder, "chatgpt")
+
+
 def test_the_role_follows_the_config_and_a_mismatch_is_an_error(space):
     from textgen_cli.models import load_pretrained
 
@@ -342,6 +403,85 @@ def test_continued_pretraining_of_a_t5_checkpoint(space, tmp_path):
     )
     assert summary.notes["block_size"] == 30 and math.isfinite(summary.final_val_loss)
     assert summary.init_from == str(space.checkpoints["t5"])
+
+
+# ------------------------------------------------------------------ GGUF files
+
+
+@pytest.fixture(scope="session")
+def gguf_start(space) -> tuple[Path, object, object]:
+    """A tiny Llama written as a GGUF file (matrices in Q8_0), alone in its folder; with the model
+    transformers builds from the weights that file holds, and the tokenizer it was written with."""
+    folder = space.root / "gguf"
+    folder.mkdir()
+    texts = [line.strip() for line in moby_lines(300) if line.strip()]
+    model, tokenizer = save_gguf(folder / "tiny-llama.Q8_0.gguf", texts)
+    return folder / "tiny-llama.Q8_0.gguf", model, tokenizer
+
+
+def test_a_gguf_file_loads_dequantized_with_its_tokenizer_and_chat_template(gguf_start):
+    import torch
+
+    from textgen_cli.models import load_pretrained
+
+    file, expected, tokenizer = gguf_start
+    for ref in (file, file.parent):  # the file, or the folder that holds it
+        start = load_pretrained(ref, "chatgpt")
+        assert start.model.config.model_type == "llama" and not hasattr(start.model.config, "quantization_config")
+        assert start.tokenizer.chat_template == CHAT_TEMPLATE and start.tokenizer.eos_token == "<|im_end|>"
+        assert start.added_tokens == ["<pad>"]  # its pad was its eos
+        text = "Call me Ishmael. Some years ago"
+        ids = start.tokenizer(text)["input_ids"]
+        assert ids == tokenizer(text)["input_ids"]
+        with torch.no_grad():
+            got = start.model(torch.tensor([ids])).logits[..., : len(tokenizer)]
+            want = expected(torch.tensor([ids])).logits
+        assert torch.equal(got, want)  # the Q8_0 blocks dequantized exactly as the gguf package does
+
+
+def test_finetune_from_a_gguf_file_saves_a_plain_safetensors_checkpoint(space, gguf_start):
+    import transformers
+    from safetensors import safe_open
+
+    from textgen_cli.finetune import run_finetune
+    from textgen_cli.recipe import load_recipe
+
+    file = gguf_start[0]
+    loaded = load_recipe(
+        str(space.recipe("chatgpt")), [f"model.init_from={file}", f"run.root={space.root / 'runs'}", "run.name=gguf"]
+    )
+    summary = run_finetune(loaded)
+    assert summary.init_from == str(file) and summary.final_val_loss < summary.initial_val_loss
+    final = Path(summary.final_dir)
+    assert sorted(p.name for p in final.glob("*.safetensors")) == ["model.safetensors"]
+    with safe_open(str(final / "model.safetensors"), "pt") as weights:
+        assert "model.embed_tokens.weight" in weights.keys()
+    assert "quantization_config" not in json.loads((final / "config.json").read_text(encoding="utf-8"))
+    model = transformers.AutoModelForCausalLM.from_pretrained(final)  # plain transformers, no gguf
+    tokenizer = transformers.AutoTokenizer.from_pretrained(final)
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+    assert tokenizer.chat_template == CHAT_TEMPLATE and tokenizer.pad_token == "<pad>"
+
+
+def test_a_gguf_quantization_type_transformers_cannot_read_exits_2(space, gguf_start, tmp_path):
+    texts = [line.strip() for line in moby_lines(300) if line.strip()]
+    bad = tmp_path / "bad.gguf"
+    save_gguf(bad, texts, raw_types={"blk.0.ffn_down.weight": "Q8_1"})  # Q8_1: the gguf package has no dequantizer
+    result = textgen(
+        ["finetune", "--recipe", str(space.recipe("chatgpt")), f"model.init_from={bad}", "run.name=bad-gguf"],
+        cwd=space.root,
+    )
+    usage_error(result, f"checkpoint '{bad}'", "quantization type Q8_1 (blk.0.ffn_down.weight)", "cannot be read")
+    assert not (space.root / "runs" / "bad-gguf").exists()
+
+
+def test_a_folder_with_two_gguf_files_is_an_error(tmp_path):
+    from textgen_cli.models import load_pretrained
+
+    for name in ("a.Q4_0.gguf", "a.Q8_0.gguf"):
+        (tmp_path / name).write_bytes(b"GGUF")
+    with pytest.raises(UserError, match=r"2 GGUF files \(a.Q4_0.gguf, a.Q8_0.gguf\); expected one"):
+        load_pretrained(tmp_path, "chatgpt")
 
 
 # ------------------------------------------------------------------ layouts from scratch

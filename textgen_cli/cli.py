@@ -245,7 +245,7 @@ GenModel = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Generate from this local checkpoint directory instead (settings: --recipe, else the recipe saved beside it, else defaults).",
+        help="Generate from this local checkpoint directory (or .gguf file) instead (settings: --recipe, else the recipe saved beside it, else defaults).",
     ),
 ]
 GenStage = Annotated[
@@ -432,7 +432,7 @@ def evaluate(
         typer.Option(
             "--model",
             "-m",
-            help="Evaluate this local checkpoint directory instead of the recipe's latest trained model.",
+            help="Evaluate this local checkpoint directory (or .gguf file) instead of the recipe's latest trained model.",
         ),
     ] = None,
     stage: Annotated[

@@ -94,15 +94,12 @@ def starting_model(loaded: LoadedRecipe, start: str, stage: str) -> tuple[Any, A
         return model, tokenizer, {"from_scratch": True}
     accelerate.utils.set_seed(recipe.train.seed)
     pretrained = load_pretrained(start, recipe.model.family, context=recipe.model.context)
-    if pretrained.added_tokens:
-        log(
-            f"{stage}: added to the tokenizer of {start}: {', '.join(pretrained.added_tokens)} (embedding rows: the mean of the others)"
-        )
-    return (
-        pretrained.model,
-        pretrained.tokenizer,
-        {"added_tokens": pretrained.added_tokens} if pretrained.added_tokens else {},
-    )
+    for line in pretrained.adaptation(stage):
+        log(line)
+    notes = {"added_tokens": pretrained.added_tokens} if pretrained.added_tokens else {}
+    if pretrained.tokens_beyond_rows:
+        notes["tokens_beyond_rows"] = pretrained.tokens_beyond_rows
+    return pretrained.model, pretrained.tokenizer, notes
 
 
 def prepare(loaded: LoadedRecipe, start: str | Path, stage: str) -> FinetuneSetup:

@@ -103,10 +103,8 @@ def run_pretrain(loaded: LoadedRecipe) -> RunSummary:
         accelerate.utils.set_seed(recipe.train.seed)
         loaded_model = load_pretrained(start, role, needs_mask=True, context=recipe.model.context)
         model, tokenizer = loaded_model.model, loaded_model.tokenizer
-        if loaded_model.added_tokens:
-            log(
-                f"pretrain: added to the tokenizer of {start}: {', '.join(loaded_model.added_tokens)} (embedding rows: the mean of the others)"
-            )
+        for line in loaded_model.adaptation("pretrain"):
+            log(line)
 
     block_size = role.pretrain_block_size(context_of(model.config) or recipe.model.context)
     started = time.perf_counter()

@@ -156,7 +156,7 @@ def load_generate_recipe(recipe: str | None, model_dir: str | None, overrides: l
     if recipe is not None:
         return load_recipe(recipe, overrides)
     path = Path(model_dir).expanduser()  # type: ignore[arg-type]
-    if not path.is_dir():
+    if not path.is_dir() and not (path.is_file() and path.suffix.lower() == ".gguf"):
         raise UserError(f"model directory '{model_dir}' does not exist")
     return recipe_for_checkpoint(path, family_of_checkpoint(path), list(overrides or []))
 

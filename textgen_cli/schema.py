@@ -70,7 +70,7 @@ class ModelSection:
     )
     init_from: str | None = _key(
         None,
-        "Where a stage starts instead of random weights (pretrain) or the previous stage's output (finetune, adv-train): a local save_pretrained directory, a Hugging Face hub id (e.g. `openai-community/gpt2`, loaded through the transformers cache), or `scratch` (random weights from this section, tokenizer trained as pretrain trains it). See docs/models.md.",
+        "Where a stage starts instead of random weights (pretrain) or the previous stage's output (finetune, adv-train): a local save_pretrained directory, a `.gguf` file (llama.cpp / Ollama; or a folder holding one), dequantized to float32, a Hugging Face hub id (e.g. `openai-community/gpt2`, loaded through the transformers cache), or `scratch` (random weights from this section, tokenizer trained as pretrain trains it). See docs/models.md.",
     )
     lora: LoraSection = _section(LoraSection, "Parameter-efficient finetuning with LoRA (peft).")
 

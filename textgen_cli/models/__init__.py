@@ -3,7 +3,8 @@
 - roles.py: `sora` (encoder-decoder) and `chatgpt` (decoder-only), and everything that differs
   between them; FAMILIES maps a family name to its role.
 - archs.py: the layouts `model.arch` builds from scratch (bart, t5; gpt2, llama, qwen2).
-- loading.py: `model.init_from` (a local directory or a hub id) and the tokenizer adaptation.
+- loading.py: `model.init_from` (a local directory, a hub id or a GGUF file) and the tokenizer adaptation.
+- gguf.py: GGUF files (llama.cpp, Ollama) read through transformers, rebuilt as plain models.
 - chat.py: textgen's chat template or the tokenizer's own; lora.py: LoRA through peft.
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from textgen_cli.errors import UserError
 from textgen_cli.models.archs import ARCHS
+from textgen_cli.models.gguf import gguf_file_of
 from textgen_cli.models.loading import (
     SCRATCH,
     Pretrained,
@@ -51,12 +53,18 @@ __all__ = [
 
 
 def init_from(loaded) -> str:
-    """`model.init_from`: `scratch`, a hub id, or a local directory (checked to exist, the key named if not)."""
+    """`model.init_from`: `scratch`, a hub id, a local directory or a .gguf file (checked to exist,
+    the key named if not)."""
     value = loaded.recipe.model.init_from
     if value == SCRATCH or is_hub_id(value):
         return value
-    if not Path(value).is_dir():
+    path = Path(value)
+    if not path.exists():
         raise UserError(f"{loaded.path}: key 'model.init_from': checkpoint directory '{value}' does not exist")
+    if path.is_file() and gguf_file_of(path) is None:
+        raise UserError(
+            f"{loaded.path}: key 'model.init_from': '{value}' is a file; expected a save_pretrained directory or a .gguf file"
+        )
     return value
 
 

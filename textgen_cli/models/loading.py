@@ -1,4 +1,5 @@
-"""Loading a model to start from: a local `save_pretrained` directory or a Hugging Face hub id.
+"""Loading a model to start from: a local `save_pretrained` directory, a GGUF file (gguf.py) or a
+Hugging Face hub id.
 
 Everything goes through transformers' own `from_pretrained` (and so its cache, `HF_HOME`). The role
 (`sora` / `chatgpt`) follows the checkpoint's config. The checkpoint's own tokenizer is kept; only
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from textgen_cli.errors import UserError
+from textgen_cli.models.gguf import check_dequantizable, gguf_file_of, plain_model
 from textgen_cli.models.roles import Role, role_for, role_of_config, role_of_model_type
 
 if TYPE_CHECKING:
@@ -93,12 +95,45 @@ class Pretrained:
     tokenizer: Any
     role: Role
     source: str
-    added_tokens: list[str] = field(default_factory=list)
+    added_tokens: list[str] = field(default_factory=list)  # added by textgen (tokenizer.adapt_tokenizer)
+    # brought by the tokenizer beyond the model's embedding rows (see tokens_beyond_rows): given rows too
+    tokens_beyond_rows: list[str] = field(default_factory=list)
+
+    def adaptation(self, stage: str) -> list[str]:
+        """What was done to fit the checkpoint to textgen, as log lines (none when nothing was)."""
+        lines = []
+        if self.tokens_beyond_rows:
+            lines.append(
+                f"{stage}: the tokenizer of {self.source} loads with {len(self.tokens_beyond_rows)} token(s) the model has no "
+                f"embedding row for: {', '.join(self.tokens_beyond_rows)} (rows added: the mean of the others)"
+            )
+        if self.added_tokens:
+            lines.append(
+                f"{stage}: added to the tokenizer of {self.source}: {', '.join(self.added_tokens)} (embedding rows: the mean of the others)"
+            )
+        return lines
 
 
 def family_of_checkpoint(path: Path) -> str:
-    """Which family (role) a saved checkpoint plays, read from its config.json."""
+    """Which family (role) a saved checkpoint plays, read from its config.json (a GGUF file: from
+    the config transformers reads from its metadata)."""
     import json
+
+    gguf = gguf_file_of(path)
+    if gguf is not None:
+        from transformers import AutoConfig
+
+        check_dequantizable(gguf)
+        config = _from(
+            str(path),
+            False,
+            "config",
+            lambda: AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True),
+        )
+        role = role_of_config(config)
+        if role is None:
+            raise UserError(_unsupported(path, config.model_type))
+        return role.name
 
     config_file = path / "config.json"
     if not config_file.is_file():
@@ -136,13 +171,20 @@ def load_pretrained(
     text = str(ref)
     hub = is_hub_id(text)
     local = Path(text)
-    if not hub:
-        if not local.is_dir():
+    gguf = None if hub else gguf_file_of(local)
+    # what from_pretrained is given: a hub id, a save_pretrained folder, or a GGUF file's folder and name
+    source, options = text, {} if hub else {"local_files_only": True}
+    if gguf is not None:
+        check_dequantizable(gguf)
+        source, options = str(gguf.parent), {"local_files_only": True, "gguf_file": gguf.name}
+    elif not hub:
+        if not local.exists():
             raise UserError(f"checkpoint directory '{text}' does not exist")
-        if not (local / "config.json").is_file():
-            raise UserError(f"checkpoint '{text}': no config.json; expected a directory written by save_pretrained")
-    options: dict[str, Any] = {} if hub else {"local_files_only": True}
-    config = _from(text, hub, "config", lambda: AutoConfig.from_pretrained(text, trust_remote_code=False, **options))
+        if not local.is_dir() or not (local / "config.json").is_file():
+            raise UserError(
+                f"checkpoint '{text}': no config.json; expected a directory written by save_pretrained, or a .gguf file"
+            )
+    config = _from(text, hub, "config", lambda: AutoConfig.from_pretrained(source, trust_remote_code=False, **options))
     found = role_of_config(config)
     if found is None:
         raise UserError(_unsupported(text, config.model_type))
@@ -151,32 +193,50 @@ def load_pretrained(
             f"checkpoint '{text}' is a `{found.name}` model, but the recipe's model.family is `{role.name}` "
             f"(a `{config.model_type}` model loads with {found.auto_class}: it plays `{found.name}`)"
         )
-    if not hub and not list(local.glob("*.safetensors")):
+    if not hub and gguf is None and not list(local.glob("*.safetensors")):
         raise UserError(f"checkpoint '{text}': no .safetensors weights (textgen loads weights only from safetensors)")
-    tokenizer = _from(text, hub, "tokenizer", lambda: AutoTokenizer.from_pretrained(text, **options))
-    # safetensors only, from the hub too: a pickled checkpoint can run code when it is loaded
+    tokenizer = _from(text, hub, "tokenizer", lambda: AutoTokenizer.from_pretrained(source, **options))
+    # safetensors only, from the hub too: a pickled checkpoint can run code when it is loaded (a GGUF
+    # file holds tensors and metadata only)
+    weights_options = {**options, "use_safetensors": True} if gguf is None else options
     model = _from(
         text,
         hub,
         "weights",
         lambda: role.model_class().from_pretrained(
-            text, config=config, dtype=torch.float32, use_safetensors=True, trust_remote_code=False, **options
+            source, config=config, dtype=torch.float32, trust_remote_code=False, **weights_options
         ),
     )
+    if gguf is not None:
+        model = plain_model(model, role)  # saveable: final/ is then a plain safetensors checkpoint
     rows = model.get_input_embeddings().weight.shape[0]
     # textgen saves a model with exactly its tokenizer's rows; other checkpoints may pad their
-    # vocabulary (Qwen), but a tokenizer larger than the embeddings belongs to another model
-    if (is_textgen_tokenizer(tokenizer) and rows != len(tokenizer)) or rows < len(tokenizer):
+    # vocabulary (Qwen2.5: more rows than tokens, kept as they are)
+    beyond = tokens_beyond_rows(tokenizer, rows)
+    if (is_textgen_tokenizer(tokenizer) and rows != len(tokenizer)) or beyond is None:
         raise UserError(
             f"checkpoint '{text}': the model has {rows} token embeddings but its tokenizer has {len(tokenizer)} tokens; "
             "expected a tokenizer saved with this model"
         )
     added = adapt_tokenizer(tokenizer, needs_mask=needs_mask and role.needs_mask_token(tokenizer))
-    if added:
-        grow_embeddings(model, tokenizer, added)
+    if added or beyond:
+        grow_embeddings(model, tokenizer, beyond + added)
     if context_of(model.config) is None and context:
         model.config.n_positions = context  # saved with the model, so it is read back the same way
-    return Pretrained(model, tokenizer, role, text, added)
+    return Pretrained(model, tokenizer, role, text, added, beyond)
+
+
+def tokens_beyond_rows(tokenizer, rows: int) -> list[str] | None:
+    """The tokens whose ids are past the model's `rows` embeddings, when all of them are added tokens:
+    a tokenizer class may add defaults as it loads (transformers 5 loads a plain tokenizer saved
+    beside a `qwen2` model as Qwen2Tokenizer, which adds an `<|endoftext|>` pad), and those get rows.
+    None when the base vocabulary itself is larger than the embeddings: the tokenizer of another model."""
+    if len(tokenizer) <= rows:
+        return []
+    added = tokenizer.added_tokens_decoder
+    if any(index not in added for index in range(rows, len(tokenizer))):
+        return None
+    return [str(added[index]) for index in range(rows, len(tokenizer))]
 
 
 def grow_embeddings(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, added: list[str]) -> None:
