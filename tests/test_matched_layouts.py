@@ -155,3 +155,34 @@ def test_the_shipped_pair_is_matched():
 
     # plus the cross-attention (4 projections, 2 norms) and the encoder's final norm
     assert non_embedding(encoder_decoder[0]) == non_embedding(decoder_only) + 4 * 32 * 32 + 3 * 32
+
+
+def test_the_settings_table_reads_what_the_built_model_applies():
+    """settings_diff reads positions, norm, activation and dropout from the built models, not from
+    recipe keys: the Llama layout applies no hidden dropout although model.dropout says 0.1, BART
+    applies it; the matched pair's block settings are equal, the earlier pair's are not."""
+    from textgen_cli.settings_diff import block_settings, parameter_counts
+
+    def built(family: str, arch: str, layers: int = 2):
+        section = ModelSection(
+            family=family, arch=arch, layers=layers, hidden=32, heads=4, ffn=64, context=48, dropout=0.1
+        )
+        return FAMILIES[family].build(section, Vocab())
+
+    llama, bart = block_settings(built("chatgpt", "llama")), block_settings(built("sora", "bart"))
+    assert (llama["hidden dropout"], bart["hidden dropout"]) == ("0", "0.1")
+    assert (llama["positions"], bart["positions"]) == ("rotary", "learned absolute")
+    assert (llama["norm"], bart["norm"]) == ("pre-RMSNorm", "post-LayerNorm")
+    assert (llama["activation"], bart["activation"]) == ("SwiGLU", "GELU")
+    assert block_settings(built("chatgpt", "gpt2"))["positions"] == "learned absolute"
+    assert block_settings(built("sora", "t5"))["positions"] == "relative buckets"
+    encoder_decoder, decoder_only = built("sora", "t5gemma", 1), built("chatgpt", "gemma2", 2)
+    assert block_settings(encoder_decoder) == block_settings(decoder_only)
+    assert (
+        block_settings(decoder_only)["activation"] == "GeGLU"
+        and block_settings(decoder_only)["norm"] == "pre+post-RMSNorm"
+    )
+    total, non_embedding = parameter_counts(decoder_only)
+    assert total - non_embedding == 300 * 32  # one tied table
+    total, non_embedding = parameter_counts(encoder_decoder)
+    assert total - non_embedding == 2 * 300 * 32  # the encoder's own table and the decoder's tied one

@@ -81,7 +81,7 @@ def provenance(models: list[Model], match: str | None, seeds: int) -> dict[str, 
         "decoding": models[0].eval.decoding,
         "bootstrap": models[0].eval.bootstrap,
         "test_examples": models[0].eval.n_examples,
-        "flops_formula": "6 x parameters passed per token x tokens + 12 x layers x context x hidden per token for attention (x2 for sora's decoder: self + cross)",
+        "flops_formula": "6 x non-embedding parameters a token passes (encoder or decoder + output layer) x tokens + 12 x hidden x (query x key positions) per layer for attention, at each sequence's actual lengths (encoder self, decoder self, cross)",
     }
 
 

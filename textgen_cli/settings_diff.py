@@ -31,6 +31,7 @@ NORM_PLACEMENT = {
     "t5gemma": "pre+post",
 }
 RELATIVE_POSITIONS = ("t5", "mt5", "umt5", "longt5")
+HIDDEN_DROPOUT_FIELDS = ("dropout", "dropout_rate", "resid_pdrop", "embd_pdrop", "hidden_dropout_prob", "hidden_dropout")
 BUDGET_TOLERANCE = 0.05  # FLOPs within 5%, or within one optimizer step, count as the same budget
 
 
@@ -85,7 +86,13 @@ def block_settings(model) -> dict[str, str]:
     )
     act = {"gelu_pytorch_tanh": "gelu", "gelu_new": "gelu", "silu": "swish"}.get(act, act)
     activation = {"gelu": "GeGLU", "swish": "SwiGLU"}.get(act, f"{act} GLU") if gated else act.upper()
-    hidden_dropout = max((m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)), default=0.0)
+    # dropout modules, or the config fields of layouts that call dropout as a function (BART)
+    configured = [getattr(inner, name, None) for name in HIDDEN_DROPOUT_FIELDS]
+    hidden_dropout = max(
+        [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+        + [float(v) for v in configured if isinstance(v, (int, float))],
+        default=0.0,
+    )
     attention_dropout = float(getattr(inner, "attention_dropout", None) or getattr(inner, "attn_pdrop", None) or 0.0)
     tied = bool(getattr(config, "tie_word_embeddings", False))
     return {
