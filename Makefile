@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo data bench docs clean real-check
+.PHONY: install test test-fast lint demo data bench docs clean real-check
 
 # The venv, the pinned CPU torch, then the project with the extras given as $(1) (e.g. [test]).
 # The distribution was called `textgen` before it became `textgen-cli`: an old install of it is dropped,
@@ -34,6 +34,11 @@ install: $(STAMP)
 
 test: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# The suite without the tests marked `slow` (end-to-end runs through the installed command): a
+# quicker check while working; CI runs `make test`.
+test-fast: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
 # ruff (pinned in the `test` extra; settings in pyproject.toml): lint findings and unformatted files
 lint: install

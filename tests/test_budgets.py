@@ -105,6 +105,9 @@ def test_every_arm_gets_the_stated_budget_and_the_curve(swept):
     assert "bleu across budgets" in out and record["crossover"] in out.replace("\n", " ")
     report = (folder / "report.md").read_text(encoding="utf-8")
     assert report.index("## Across budgets") < report.index("## Results")
+    page = (folder / "report.html").read_text(encoding="utf-8")
+    assert page.index("<h2>Across budgets</h2>") < page.index("<h2>Results</h2>")
+    assert "data:image/png;base64," in page[page.index("Across budgets") : page.index("<h2>Results</h2>")]
 
 
 def test_the_matched_pair_is_reported_controlled_with_a_two_level_test(swept):

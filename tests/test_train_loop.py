@@ -1,6 +1,6 @@
 """The training loop's bookkeeping, without a model: sums over processes by name, and step_fn's
 statistics turned into per-step values (the loop itself is covered end to end, bit for bit, by the
-resume tests in test_reliability.py and test_distributed.py)."""
+resume tests in test_crash_safety.py, test_signals.py and test_distributed.py)."""
 
 from __future__ import annotations
 

@@ -20,6 +20,10 @@ BAD_RECIPES = {
     # name: (recipe text, substrings the message must contain)
     "yaml syntax": ("model: {{family: chatgpt}}\ntrain:\n  lr: 0.001: 2\n{data}", ["line 3", "bad.yaml"]),
     "unknown family": ("model: {{family: gpt5}}\n{data}", ["model.family", "gpt5", "sora, chatgpt"]),
+    "unknown metric": (
+        "model: {{family: chatgpt}}\nstages: [pretrain]\neval: {{metrics: [bleu, nosuchmetric]}}\n{data}",
+        ["bad.yaml", "eval.metrics", "unknown metric 'nosuchmetric'"],
+    ),
     "missing interpolation": (
         "model: {{family: chatgpt}}\ntrain: {{lr: '${{train.peak_lr}}'}}\n{data}",
         ["train.lr", "train.peak_lr"],

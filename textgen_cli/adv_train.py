@@ -13,7 +13,7 @@ from dataclasses import replace
 from textgen_cli.adversarial import AdversarialStep, settings_from
 from textgen_cli.data import Dialogue
 from textgen_cli.finetune import build_examples, prepare, starting_point
-from textgen_cli.perturb import perturb
+from textgen_cli.perturb import perturb_turns
 from textgen_cli.progress import log
 from textgen_cli.recipe import LoadedRecipe
 from textgen_cli.results import RunSummary
@@ -37,12 +37,7 @@ def augment(dialogues: list[Dialogue], rate: float, kinds: list[str], strength: 
     for n, index in enumerate(chosen):
         kind = kinds[n % len(kinds)]
         source = dialogues[index]
-        messages = [
-            turn
-            if turn["role"] == "assistant"
-            else {**turn, "content": perturb(turn["content"], kind, strength, seed + n)}
-            for turn in source.messages
-        ]
+        messages = perturb_turns(source.messages, kind, strength, seed + n)
         copies.append(Dialogue(id=f"{source.id}+{kind}", messages=messages))
     return copies
 

@@ -14,7 +14,6 @@ newest intact one. A full disk while saving removes the partial checkpoint at on
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -27,6 +26,7 @@ import numpy as np
 
 from textgen_cli import diskspace
 from textgen_cli.errors import UserError
+from textgen_cli.packing import file_digest
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -149,18 +149,10 @@ def state_bytes(state: Any) -> int:
     return 0
 
 
-def _sha256(path: Path, chunk_size: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_manifest(folder: Path) -> None:
     """The size and sha256 of every file of the checkpoint, read back from the disk."""
     files = {
-        p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)}
         for p in sorted(folder.iterdir())
         if p.is_file() and p.name != MANIFEST
     }
@@ -188,7 +180,7 @@ def damage(path: Path) -> str | None:
             return f"{name} is missing"
         if file.stat().st_size != size:
             return f"{name} has {file.stat().st_size:,} bytes, {size:,} when it was saved"
-        if _sha256(file) != digest:
+        if file_digest(file) != digest:
             return f"{name} does not match the checksum written when it was saved"
     return None
 

@@ -350,14 +350,11 @@ def prose_likelihood(generator, path: str | None, text_field: str, batch_size: i
 
 def perturbed_prompt(example: EvalExample, kind: str, rate: float, seed: int, index: int) -> str | list[dict[str, str]]:
     """Noise on the source (every non-assistant turn of a dialogue); the reference is untouched."""
-    from textgen_cli.perturb import perturb
+    from textgen_cli.perturb import perturb, perturb_turns
 
     if isinstance(example.prompt, str):
         return perturb(example.prompt, kind, rate, seed + index)
-    return [
-        turn if turn["role"] == "assistant" else {**turn, "content": perturb(turn["content"], kind, rate, seed + index)}
-        for turn in example.prompt
-    ]
+    return perturb_turns(example.prompt, kind, rate, seed + index)
 
 
 def eval_hash(loaded, stage: str | None, split: str) -> str:

@@ -137,3 +137,12 @@ def parse_spec(spec: str) -> tuple[str, float]:
     if not 0 < value <= 1:
         raise ValueError(f"perturbation '{spec}': the rate must be in (0, 1]")
     return kind, value
+
+
+def perturb_turns(messages: list[dict[str, str]], kind: str, rate: float, seed: int) -> list[dict[str, str]]:
+    """Noise on every non-assistant turn of a conversation (the source side); assistant turns, the
+    targets, stay as they are."""
+    return [
+        turn if turn["role"] == "assistant" else {**turn, "content": perturb(turn["content"], kind, rate, seed)}
+        for turn in messages
+    ]

@@ -142,7 +142,21 @@ def _validated(values: DictConfig, path: Path, overrides: list[str] | None) -> L
     override_keys = {item.split("=", 1)[0] for item in overrides}
     validate_values(recipe, source=str(path), override_keys=override_keys)
     _resolve_paths(recipe, base=path.parent, override_keys=override_keys)
+    check_metrics(recipe, str(path), override_keys)
     return LoadedRecipe(recipe=recipe, path=path, overrides=overrides)
+
+
+def check_metrics(recipe: Recipe, source: str, override_keys: set[str] = frozenset()) -> None:
+    """Every `eval.metrics` entry names a shipped metric or an existing module, checked when the
+    recipe loads: an evaluation after training must not be the first to find a typo."""
+    from textgen_cli.metrics.paths import resolve_metric_path
+
+    for entry in recipe.eval.metrics:
+        try:
+            resolve_metric_path(entry)
+        except UserError as exc:
+            where = "command line override" if "eval.metrics" in override_keys else source
+            raise UserError(f"{where}: key 'eval.metrics': {exc}") from None
 
 
 def load_generate_recipe(recipe: str | None, model_dir: str | None, overrides: list[str] | None = None) -> LoadedRecipe:

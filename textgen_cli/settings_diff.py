@@ -31,7 +31,14 @@ NORM_PLACEMENT = {
     "t5gemma": "pre+post",
 }
 RELATIVE_POSITIONS = ("t5", "mt5", "umt5", "longt5")
-HIDDEN_DROPOUT_FIELDS = ("dropout", "dropout_rate", "resid_pdrop", "embd_pdrop", "hidden_dropout_prob", "hidden_dropout")
+HIDDEN_DROPOUT_FIELDS = (
+    "dropout",
+    "dropout_rate",
+    "resid_pdrop",
+    "embd_pdrop",
+    "hidden_dropout_prob",
+    "hidden_dropout",
+)
 BUDGET_TOLERANCE = 0.05  # FLOPs within 5%, or within one optimizer step, count as the same budget
 
 

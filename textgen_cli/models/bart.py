@@ -28,7 +28,7 @@ def build_bart(section: ModelSection, tokenizer: PreTrainedTokenizerFast) -> Bar
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        # The decoder starts from bos and its labels are target + eos (see objectives.encode_pair).
+        # The decoder starts from bos and its labels are target + eos (see objectives.fit_seq2seq).
         decoder_start_token_id=tokenizer.bos_token_id,
         forced_eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=True,
