@@ -110,7 +110,11 @@ def test_the_distribution_is_textgen_cli_and_the_command_textgen():
     ("words", "cword", "expected"),
     [
         ("textgen fin", 1, ["finetune"]),
-        ("textgen pretrain --recipe sora-", 3, ["sora-chat.yaml", "sora-long.yaml", "sora-pretrained.yaml"]),
+        (
+            "textgen pretrain --recipe sora-",
+            3,
+            ["sora-bart.yaml", "sora-chat.yaml", "sora-long.yaml", "sora-pretrained.yaml"],
+        ),
     ],
 )
 def test_shell_completion_completes_commands_and_shipped_recipes(words, cword, expected):

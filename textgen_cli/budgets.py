@@ -334,15 +334,30 @@ def write_curve(folder: Path, arms: list[str], points: list[BudgetPoint], primar
     md += ["| " + " | ".join(row) + " |" for row in curve_rows(arms, points)]
     md += ["", "![primary metric against training FLOPs](primary_vs_flops.png)", ""]
     write_text_atomic(folder / "budgets.md", "\n".join(md))
+    largest = f"The tables below are the largest budget's ({points[-1].budget.label})."
     report = folder / "report.md"
     if report.is_file():  # the answer across budgets first, then the largest budget's full report
         lines = report.read_text(encoding="utf-8").splitlines()
-        block = [
-            "## Across budgets",
-            "",
-            *md[2:],
-            f"The tables below are the largest budget's ({points[-1].budget.label}).",
-            "",
-        ]
+        block = ["## Across budgets", "", *md[2:], largest, ""]
         write_text_atomic(report, "\n".join([*lines[:2], *block, *lines[2:]]) + "\n")
+    page = folder / "report.html"
+    if page.is_file():
+        text = page.read_text(encoding="utf-8")
+        at = text.index("</h1>") + len("</h1>")
+        write_text_atomic(page, text[:at] + curve_html(folder, head, arms, points, line, largest) + text[at:])
     return record
+
+
+def curve_html(folder: Path, head: list[str], arms: list[str], points: list[BudgetPoint], line: str, note: str) -> str:
+    import base64
+    import html
+
+    image = base64.b64encode((folder / "primary_vs_flops.png").read_bytes()).decode("ascii")
+    cells = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in curve_rows(arms, points)
+    )
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    return (
+        f"\n<h2>Across budgets</h2><p>{html.escape(line)}</p><table><tr>{header}</tr>{cells}</table>"
+        f'<img alt="primary metric against training FLOPs" src="data:image/png;base64,{image}"><p>{html.escape(note)}</p>\n'
+    )

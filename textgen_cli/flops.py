@@ -65,10 +65,10 @@ class Lengths:
 def stack_depths(model) -> tuple[int, int]:
     """(encoder, decoder) blocks: the model's repeated layers (`_no_split_modules`), counted in its
     encoder and in the rest."""
-    from textgen_cli.models import transformer_blocks
+    from textgen_cli.models import role_of_model, transformer_blocks
 
     blocks = transformer_blocks(model)
-    encoder = model.get_encoder() if getattr(model.config, "is_encoder_decoder", False) else None
+    encoder = role_of_model(model).encoder_of(model)
     in_encoder = {id(m) for m in encoder.modules()} if encoder is not None else set()
     n_encoder = sum(1 for block in blocks if id(block) in in_encoder)
     return n_encoder, len(blocks) - n_encoder

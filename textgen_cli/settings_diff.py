@@ -143,11 +143,7 @@ def arm_settings(model: Model) -> dict[str, tuple[str, str]]:
     flops = sum(s.flops for s in model.summaries)
     tokens = sum(s.tokens for s in model.summaries)
     total, non_embedding = parameter_counts(built)
-    depth = (
-        f"encoder-decoder {recipe.model.layers}+{recipe.model.layers}"
-        if role.is_encoder_decoder
-        else f"decoder-only {recipe.model.layers}"
-    )
+    depth = role.stack(recipe.model.layers)
     section = getattr(recipe, "finetune", None)
     lr = getattr(section, "lr", None) or recipe.train.lr
     schedule = (
@@ -171,12 +167,7 @@ def arm_settings(model: Model) -> dict[str, tuple[str, str]]:
             "context": ("block", f"{recipe.model.context}"),
             "tokenizer vocabulary": ("block", f"{built.get_input_embeddings().num_embeddings:,}"),
             "system prompt": ("prompt", repr(role.system_prompt(recipe)) if role.system_prompt(recipe) else "none"),
-            "source budget": (
-                "family",
-                f"encoder {recipe.model.context}"
-                if role.is_encoder_decoder
-                else f"shares {recipe.model.context} with the reply",
-            ),
+            "source budget": ("family", role.source_budget(recipe.model.context)),
             "training data": ("data", str(recipe.data.finetune.train)),
             "learning rate": ("optimisation", f"{lr:g}"),
             "schedule": ("optimisation", schedule),

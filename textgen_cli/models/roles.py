@@ -165,6 +165,20 @@ class Role:
         """(encoder, decoder) non-embedding parameters."""
         raise NotImplementedError
 
+    def encoder_of(self, model):
+        """The module that reads the source on its own (None: the one stack reads everything)."""
+        return None
+
+    # ------------------------------------------------------------------ the settings table
+
+    def stack(self, layers: int) -> str:
+        """The stack in words, for the table of settings as trained (settings_diff.py)."""
+        raise NotImplementedError
+
+    def source_budget(self, context: int) -> str:
+        """Where the source goes and how much of it fits."""
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"Role({self.name})"
 
@@ -287,6 +301,15 @@ class EncoderDecoder(Role):
         dec = sum(p.numel() for p in model.get_decoder().parameters() if id(p) not in embeddings)
         return enc, dec
 
+    def encoder_of(self, model):
+        return model.get_encoder()
+
+    def stack(self, layers: int) -> str:
+        return f"encoder-decoder {layers}+{layers}"
+
+    def source_budget(self, context: int) -> str:
+        return f"encoder {context}"
+
 
 class DecoderOnly(Role):
     name = "chatgpt"
@@ -362,6 +385,12 @@ class DecoderOnly(Role):
 
     def flops_params(self, model, embeddings):
         return 0, sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
+
+    def stack(self, layers: int) -> str:
+        return f"decoder-only {layers}"
+
+    def source_budget(self, context: int) -> str:
+        return f"shares {context} with the reply"
 
 
 ENCODER_DECODER = EncoderDecoder()
