@@ -647,6 +647,8 @@ def run_compare(
         )
     if lr_grid and not recipes:
         raise UserError("--lr-grid trains each recipe at each learning rate: give the recipes with --recipe")
+    if lr_grid:  # each arm's pick from the same grid on validation is fair tuning, not a confound
+        factors = (*factors, "learning rate")
     if budget:
         return run_budgets(recipes, overrides, seeds, budget, name, reports_root, primary, factors, started, lr_grid)
     reused: dict[tuple[str, str], bool] = {}
