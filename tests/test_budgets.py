@@ -233,8 +233,11 @@ def test_bad_budget_flags_are_usage_errors(root, args, expected):
 def test_crossover_is_read_from_the_sign_of_the_difference():
     from textgen_cli.budgets import Budget, BudgetPoint, crossover
 
-    def point(value: float, diff: float, half: float) -> BudgetPoint:
-        return BudgetPoint(Budget("flops", value), {}, {}, {"score": diff, "low": diff - half, "high": diff + half})
+    def point(value: float, diff: float, half: float, seeds: int = 3) -> BudgetPoint:
+        per_seed = {"ed": [1.0] * seeds, "do": [0.0] * seeds}
+        return BudgetPoint(
+            Budget("flops", value), per_seed, {}, {"score": diff, "low": diff - half, "high": diff + half}
+        )
 
     line = crossover(["ed", "do"], [point(1e12, 4.0, 1.0), point(1e13, -4.0, 1.0)])
     # the mean difference crosses zero halfway in log budget: sqrt(1e12 * 1e13) ~ 3.2e12
@@ -242,3 +245,9 @@ def test_crossover_is_read_from_the_sign_of_the_difference():
     assert "every difference is beyond the noise" in line
     line = crossover(["ed", "do"], [point(1e12, 2.0, 3.0), point(1e13, 5.0, 1.0)])
     assert line == "no crossover: ed leads at every budget; the difference is inside the noise at flops 1e+12"
+    # one seed: the interval says nothing about training noise, and the line says so
+    line = crossover(["ed", "do"], [point(1e12, 4.0, 1.0, seeds=1)])
+    assert line == (
+        "no crossover: ed leads at flops 1e+12; every difference is beyond the test-set noise "
+        "(one seed per arm: training noise not measured)"
+    )

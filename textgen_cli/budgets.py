@@ -245,11 +245,12 @@ def crossover(arms: list[str], points: list[BudgetPoint]) -> str:
     def leader(p: BudgetPoint) -> str:
         return a if p.diff["score"] > 0 else b
 
+    one_seed = any(len(seeds) < 2 for p in points for seeds in p.arms.values())
+    # with one seed per arm the interval covers the test examples only: training noise is not measured
+    kind = "the test-set noise (one seed per arm: training noise not measured)" if one_seed else "the noise"
     noise = [p.budget.label for p in points if p.diff["low"] <= 0 <= p.diff["high"]]
     noise_text = (
-        f"; the difference is inside the noise at {', '.join(noise)}"
-        if noise
-        else "; every difference is beyond the noise"
+        f"; the difference is inside {kind} at {', '.join(noise)}" if noise else f"; every difference is beyond {kind}"
     )
     for p, q in zip(points, points[1:]):
         if (p.diff["score"] > 0) != (q.diff["score"] > 0):
