@@ -66,24 +66,18 @@ def steps_logged(stderr: str) -> dict[tuple[str, str, str], int]:
     return {(arm, seed, budget): int(steps) for arm, seed, budget, steps in found}
 
 
-@pytest.fixture(scope="module")
-def swept(root):
-    result = ok(
+def compare(root: Path, first: str, second: str, *flags: str):
+    """`textgen compare` of two of this module's recipes with `flags`, expected to succeed."""
+    return ok(
         textgen(
-            [
-                "compare",
-                "--recipe",
-                f"recipes/{ED}.yaml",
-                "--recipe",
-                f"recipes/{DO}.yaml",
-                "--budget",
-                BUDGETS,
-                "--seeds",
-                "2",
-            ],
-            cwd=root,
+            ["compare", "--recipe", f"recipes/{first}.yaml", "--recipe", f"recipes/{second}.yaml", *flags], cwd=root
         )
     )
+
+
+@pytest.fixture(scope="module")
+def swept(root):
+    result = compare(root, ED, DO, "--budget", BUDGETS, "--seeds", "2")
     folder = root / re.search(r"report: (\S+)/report\.html", result.stdout).group(1)
     return {"result": result, "folder": folder}
 
@@ -154,45 +148,13 @@ def test_a_budget_is_reached_by_continuing_one_run_bit_for_bit(root, swept):
 def test_the_flag_order_changes_nothing(root, swept):
     """The same budgets with the recipes the other way round: the same steps per arm, every
     evaluation reused, nothing trained."""
-    result = ok(
-        textgen(
-            [
-                "compare",
-                "--recipe",
-                f"recipes/{DO}.yaml",
-                "--recipe",
-                f"recipes/{ED}.yaml",
-                "--budget",
-                BUDGETS,
-                "--seeds",
-                "2",
-            ],
-            cwd=root,
-        )
-    )
+    result = compare(root, DO, ED, "--budget", BUDGETS, "--seeds", "2")
     assert steps_logged(result.stderr) == steps_logged(swept["result"].stderr)
     assert "compare: training" not in result.stderr and "compare: evaluating" not in result.stderr
 
 
 def test_the_lr_grid_picks_on_validation(root, swept):
-    result = ok(
-        textgen(
-            [
-                "compare",
-                "--recipe",
-                f"recipes/{ED}.yaml",
-                "--recipe",
-                f"recipes/{DO}.yaml",
-                "--budget",
-                "flops=6e9",
-                "--seeds",
-                "1",
-                "--lr-grid",
-                "1e-3,3e-3",
-            ],
-            cwd=root,
-        )
-    )
+    result = compare(root, ED, DO, "--budget", "flops=6e9", "--seeds", "1", "--lr-grid", "1e-3,3e-3")
     folder = root / re.search(r"report: (\S+)/report\.html", result.stdout).group(1)
     grid = json.loads((folder / "lr_grid.json").read_text(encoding="utf-8"))
     assert grid["split"] == "validation"
