@@ -695,10 +695,12 @@ def run_compare(
         table["confounded"],
         primary,
     )
+    write_grid_files(folder, grid, primary)
     return {
         "report": str(folder),
         **table,
         "primary": primary,
+        "lr_grid": grid,
         "pretraining": effects,
         "elapsed_s": time.perf_counter() - started,
     }

@@ -12,7 +12,7 @@ Each setting has a kind:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from textgen_cli.comparison import Column, Model
@@ -214,12 +214,3 @@ def _one_step(by_name: dict[str, Setting]) -> float:
 def _within(values: list[str], tolerance: float) -> bool:
     numbers = [float(v) for v in values]
     return max(numbers) <= min(numbers) * (1 + tolerance)
-
-
-def settings_table(columns: list[Column], settings: list[Setting]) -> dict[str, Any]:
-    """For the report files: the labels, and each setting's kind, values and whether it differs."""
-    labels = [c.label for c in columns if not c.baseline and c.models]
-    return {
-        "arms": labels,
-        "settings": [{"name": s.name, "kind": s.kind, "values": s.values, "differs": s.differs} for s in settings],
-    }
