@@ -22,7 +22,7 @@ from textgen_cli.prompts import build_prompt, prompt_budget, prompt_format
 from textgen_cli.recipe import load_recipe
 from textgen_cli.schema import GenerateSection, ModelSection
 
-FAMILIES = ("chatgpt", "sora")
+FAMILIES = ("chatgpt", "sora", "prefix-lm")
 CONTEXT = 64
 PROMPTS = [
     "Call me Ishmael.",
@@ -45,8 +45,11 @@ def _tiny_model(family: str, tokenizer):
     from textgen_cli.models import FAMILIES as BUILDERS
 
     torch.manual_seed(0)
+    # a prefix LM needs two layers: with one, the cached keys and values of the prefix do not depend
+    # on what the prefix attended to, and reading it causally would go unnoticed
+    layers = 2 if family == "prefix-lm" else 1
     model = BUILDERS[family].build(
-        ModelSection(family=family, layers=1, hidden=32, heads=2, ffn=64, context=CONTEXT, dropout=0.0), tokenizer
+        ModelSection(family=family, layers=layers, hidden=32, heads=2, ffn=64, context=CONTEXT, dropout=0.0), tokenizer
     )
     with torch.no_grad():
         for param in model.parameters():
@@ -55,7 +58,8 @@ def _tiny_model(family: str, tokenizer):
         if family == "sora":
             model.final_logits_bias[0, tokenizer.eos_token_id] = 5.0
         else:
-            model.get_input_embeddings().weight[tokenizer.eos_token_id] *= 2.5
+            # the second layer of the prefix LM's model already ends some prompts early
+            model.get_input_embeddings().weight[tokenizer.eos_token_id] *= 2.5 if layers == 1 else 1.0
     return model.eval()
 
 
@@ -96,6 +100,11 @@ def _argmax_loop(model, prompt_ids: list[int], max_new_tokens: int, eos: int, st
                 logits = model(
                     input_ids=torch.tensor([prompt_ids]), decoder_input_ids=torch.tensor([[start, *new]])
                 ).logits
+            elif getattr(model.config, "textgen_family", None) == "prefix-lm":
+                ids = prompt_ids + new
+                logits = model(
+                    input_ids=torch.tensor([ids]), attention_mask=_prefix_mask(len(ids), len(prompt_ids) - 1)
+                ).logits
             else:
                 logits = model(input_ids=torch.tensor([prompt_ids + new])).logits
             token = int(logits[0, -1].argmax())
@@ -103,6 +112,19 @@ def _argmax_loop(model, prompt_ids: list[int], max_new_tokens: int, eos: int, st
             if token == eos:
                 break
     return new
+
+
+def _prefix_mask(width: int, prefix: int):
+    """A prefix LM's additive mask written out cell by cell: position q sees k when k <= q or when
+    k is in the prefix (every prompt token but the last, the reply's start token)."""
+    import torch
+
+    mask = torch.full((1, 1, width, width), torch.finfo(torch.float32).min)
+    for q in range(width):
+        for k in range(width):
+            if k <= q or k < prefix:
+                mask[0, 0, q, k] = 0.0
+    return mask
 
 
 # ------------------------------------------------------------------ prompts
@@ -197,7 +219,7 @@ def test_prompt_formats_follow_the_training_stage():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_greedy_equals_a_hand_written_argmax_loop(tiny, tokenizer, family):
     _, model = tiny[family]
-    fmt = "chat" if family == "chatgpt" else "text"
+    fmt = "chat" if family != "sora" else "text"
     results = generate_batch(
         model, tokenizer, PROMPTS, GREEDY, family, batch_size=len(PROMPTS), system="Be brief.", fmt=fmt
     )
@@ -483,7 +505,7 @@ def _generator(tiny, tokenizer, family: str, **settings) -> Generator:
         family=family,
         fmt="chat",
         task="dialogue",
-        system="Be brief." if family == "chatgpt" else "",
+        system="Be brief." if family != "sora" else "",
         settings=section,
         path=path,
         stage="finetune",
@@ -500,7 +522,7 @@ def test_chat_session_keeps_history_and_commands(tiny, tokenizer, tmp_path, fami
     replies = out.getvalue().split("\n")[:-1]
     assert len(replies) == 3 and stats.prompts == 3
     conversation = json.loads(saved.read_text(encoding="utf-8"))["messages"]
-    system = [{"role": "system", "content": "Be brief."}] if family == "chatgpt" else []
+    system = [{"role": "system", "content": "Be brief."}] if family != "sora" else []
     assert [(m["role"], m["content"]) for m in conversation[len(system) :]] == [
         ("user", "hello"),
         ("assistant", replies[0]),

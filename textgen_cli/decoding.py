@@ -178,6 +178,7 @@ def _decode_batch(
         kwargs["tokenizer"] = tokenizer
     if streamer is not None:
         kwargs["streamer"] = streamer
+    kwargs.update(role.decoding_inputs(model, kwargs["input_ids"], kwargs["attention_mask"], config.num_beams))
     saved = model.generation_config
     from transformers import GenerationConfig
 

@@ -1,10 +1,12 @@
 """Training objectives: token ids in, batches of tensors out.
 
 - `chatgpt` pretraining: causal LM over packed blocks (documents joined by eos, no padding).
+- `prefix-lm` pretraining: T5's prefix LM; each packed block is cut at a random point, the part
+  before it read both ways, the rest predicted.
 - `sora` pretraining: BART text infilling; spans with Poisson lengths cover `mask_ratio` of the
   tokens, each span becomes one <mask>, and the decoder reconstructs the original block.
-- finetuning: chat sequences with loss on assistant tokens only (eos included) for `chatgpt`;
-  source -> target for `sora`.
+- finetuning: chat sequences with loss on assistant tokens only (eos included) for `chatgpt`, one
+  reply per sequence with its prompt read both ways for `prefix-lm`; source -> target for `sora`.
 
 Every batch is a pure function of (example indices, epoch, seed), which keeps runs reproducible and
 lets a resumed run see exactly the batches the interrupted one would have.
@@ -93,6 +95,47 @@ def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
     return out
 
 
+def _tensor(values: Sequence[int]) -> torch.Tensor:
+    import torch
+
+    return torch.as_tensor(list(values), dtype=torch.long)
+
+
+def reply_prefix_length(labels: Sequence[int]) -> int:
+    """The prefix of a one-reply sequence: every token before the reply's start token (the token
+    just before the first label), so that decoding can read the prefix once and then extend causally
+    from the start token, as an encoder-decoder's decoder starts from its start token."""
+    first = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+    return max(first - 1, 0)
+
+
+def prefix_lm_mask(attention_mask: torch.Tensor, prefix_lengths: torch.Tensor, dtype) -> torch.Tensor:
+    """The 4-D additive attention mask (batch, 1, query, key) of a prefix LM: a key is visible to a
+    query when it is a real token and comes before it (causal) or lies in the row's prefix (both
+    ways). Prefix positions are counted over the real tokens, so left and right padding both work.
+    transformers' decoder-only models take such a mask as given (0: attend, dtype min: do not)."""
+    import torch
+
+    real = attention_mask.bool()
+    position = attention_mask.long().cumsum(-1) - 1  # index among the row's real tokens
+    in_prefix = (position < prefix_lengths[:, None]) & real
+    width = attention_mask.size(-1)
+    causal = torch.ones(width, width, dtype=torch.bool, device=real.device).tril()
+    visible = (causal[None] | in_prefix[:, None, :]) & real[:, None, :]
+    mask = torch.zeros(visible.shape, dtype=dtype, device=real.device)
+    return mask.masked_fill(~visible, torch.finfo(dtype).min)[:, None]
+
+
+def model_inputs(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What the model's forward takes from a batch: all but the labels, and a prefix LM's
+    `prefix_lengths` turned into its attention mask."""
+    inputs = {key: value for key, value in batch.items() if key not in ("labels", "prefix_lengths")}
+    if "prefix_lengths" in batch:
+        dtype = next(model.parameters()).dtype  # a DDP wrapper has no .dtype
+        inputs["attention_mask"] = prefix_lm_mask(batch["attention_mask"], batch["prefix_lengths"], dtype)
+    return inputs
+
+
 def shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tensor:
     """Decoder inputs: the labels shifted one step right, starting from `start_id`."""
     inputs = labels.new_full(labels.shape, pad_id)
@@ -116,6 +159,38 @@ class CausalBlocks:
 
         ids = torch.from_numpy(np.asarray(self.blocks[list(indices)], dtype=np.int64))
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+
+@dataclass
+class PrefixBlocks:
+    """`prefix-lm` pretraining (T5's prefix LM objective): each packed block is cut at a point drawn
+    uniformly from its inner positions, seeded by (seed, epoch, index); the part before the cut is the
+    prefix, read both ways, and the part after it is predicted causally (its loss only)."""
+
+    blocks: np.ndarray
+    seed: int
+    causal: bool = True
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def split(self, index: int, epoch: int) -> int:
+        return int(np.random.default_rng([self.seed, epoch, index]).integers(1, len(self.blocks[index]) - 1))
+
+    def collate(self, indices: Sequence[int], epoch: int) -> dict[str, torch.Tensor]:
+        import torch
+
+        ids = torch.from_numpy(np.asarray(self.blocks[list(indices)], dtype=np.int64))
+        splits = [self.split(i, epoch) for i in indices]
+        labels = ids.clone()
+        for row, cut in enumerate(splits):
+            labels[row, : cut + 1] = IGNORE_INDEX  # position `cut` holds the first predicting token
+        return {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "labels": labels,
+            "prefix_lengths": _tensor(splits),
+        }
 
 
 @dataclass
@@ -179,11 +254,16 @@ class Seq2SeqExamples:
 
 @dataclass
 class ChatExamples:
-    """`chatgpt` finetuning: chat-template ids, labels only on assistant tokens (eos included)."""
+    """`chatgpt` finetuning: chat-template ids, labels only on assistant tokens (eos included).
+
+    With `prefix_lm` (the `prefix-lm` family) each sequence holds one reply, and its batches also carry
+    `prefix_lengths`: the tokens before the reply's start token (the assistant tag), which attend to
+    each other both ways (`model_inputs`)."""
 
     sequences: list[tuple[list[int], list[int]]]
     pad_id: int
     causal: bool = True
+    prefix_lm: bool = False
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -192,11 +272,14 @@ class ChatExamples:
         chosen = [self.sequences[i] for i in indices]
         input_ids = _pad([ids for ids, _ in chosen], self.pad_id)
         attention_mask = _pad([[1] * len(ids) for ids, _ in chosen], 0)
-        return {
+        batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": _pad([labels for _, labels in chosen], IGNORE_INDEX),
         }
+        if self.prefix_lm:
+            batch["prefix_lengths"] = _tensor([reply_prefix_length(labels) for _, labels in chosen])
+        return batch
 
     def lengths(self) -> list[int]:
         return [len(ids) for ids, _ in self.sequences]
@@ -305,7 +388,7 @@ def fit_seq2seq(
 def forward_logits(model, batch: dict[str, torch.Tensor], inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """Logits for a batch; with `inputs_embeds` the (encoder) input ids are replaced by embeddings.
     No KV cache: a loss needs none, and building one costs time (and torch.compile recompiles)."""
-    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    inputs = model_inputs(model, batch)
     inputs["use_cache"] = False
     if inputs_embeds is not None:
         del inputs["input_ids"]
@@ -360,7 +443,7 @@ def _label_positions_loss(
     softmax are the most expensive part of a small model's step."""
     import torch.nn.functional as F
 
-    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    inputs = model_inputs(model, batch)
     if inputs_embeds is not None:
         del inputs["input_ids"]
         inputs["inputs_embeds"] = inputs_embeds

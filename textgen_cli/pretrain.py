@@ -74,9 +74,9 @@ def scratch_model(loaded: LoadedRecipe, tokenizer):
     import accelerate
 
     role = FAMILIES[loaded.recipe.model.family]
-    arch = role.arch(loaded.recipe.model, str(loaded.path))
+    role.arch(loaded.recipe.model, str(loaded.path))  # a layout of another family stops here, before seeding
     accelerate.utils.set_seed(loaded.recipe.train.seed)  # the model's initial weights depend on it
-    return arch.build(loaded.recipe.model, tokenizer)
+    return role.build(loaded.recipe.model, tokenizer, str(loaded.path))
 
 
 def run_pretrain(loaded: LoadedRecipe) -> RunSummary:

@@ -49,11 +49,11 @@ class LoraSection:
 class ModelSection:
     family: str = _key(
         MISSING,
-        "Model family (role): `sora` (encoder-decoder: BART, T5, ...) or `chatgpt` (decoder-only: GPT-2, Llama, Qwen2, ...).",
+        "Model family (role): `sora` (encoder-decoder: BART, T5, ...), `chatgpt` (decoder-only: GPT-2, Llama, Qwen2, ...) or `prefix-lm` (a decoder-only layout whose prompt attends both ways, its reply causally: T5's prefix LM).",
     )
     arch: str = _key(
         "auto",
-        "Layout built from scratch: `bart`, `t5` or `t5gemma` for `sora`; `gpt2`, `llama`, `qwen2` or `gemma2` for `chatgpt`; `auto`: bart / gpt2. `t5gemma` and `gemma2` are the matched pair: the same Gemma 2 block on both sides (docs/compare.md). A pretrained start (model.init_from) keeps its own.",
+        "Layout built from scratch: `bart`, `t5` or `t5gemma` for `sora`; `gpt2`, `llama`, `qwen2` or `gemma2` for `chatgpt` and `prefix-lm`; `auto`: bart / gpt2. `t5gemma` and `gemma2` are the matched pair: the same Gemma 2 block on both sides (docs/compare.md). A pretrained start (model.init_from) keeps its own.",
     )
     layers: int = _key(2, "Transformer layers (for `sora`: in the encoder and in the decoder each).")
     hidden: int = _key(128, "Hidden size (d_model).")
@@ -385,7 +385,7 @@ class Recipe:
 
 # Allowed values of string keys (dotted key -> choices). Checked by recipe.validate_values.
 CHOICES = {
-    "model.family": ("sora", "chatgpt"),
+    "model.family": ("sora", "chatgpt", "prefix-lm"),
     "model.arch": ("auto", "bart", "t5", "t5gemma", "gpt2", "llama", "qwen2", "gemma2"),
     "data.finetune.task": ("pairs", "dialogue"),
     "data.too_long": ("truncate", "error"),

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from textgen_cli.errors import UserError
 from textgen_cli.models.gguf import check_dequantizable, gguf_file_of, plain_model
-from textgen_cli.models.roles import Role, role_for, role_of_config, role_of_model_type
+from textgen_cli.models.roles import Role, role_for, role_of_config, role_of_config_file
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
@@ -142,7 +142,7 @@ def family_of_checkpoint(path: Path) -> str:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"{config_file}: not valid JSON ({exc})") from exc
-    role = role_of_model_type(config.get("model_type"), bool(config.get("is_encoder_decoder")))
+    role = role_of_config_file(config)
     if role is None:
         raise UserError(_unsupported(path, config.get("model_type")))
     return role.name
@@ -188,7 +188,7 @@ def load_pretrained(
     found = role_of_config(config)
     if found is None:
         raise UserError(_unsupported(text, config.model_type))
-    if found is not role:
+    if not role.can_start_from(found):
         raise UserError(
             f"checkpoint '{text}' is a `{found.name}` model, but the recipe's model.family is `{role.name}` "
             f"(a `{config.model_type}` model loads with {found.auto_class}: it plays `{found.name}`)"
@@ -209,6 +209,7 @@ def load_pretrained(
     )
     if gguf is not None:
         model = plain_model(model, role)  # saveable: final/ is then a plain safetensors checkpoint
+    role.mark(model)  # a causal LM started as a prefix LM is saved as one
     rows = model.get_input_embeddings().weight.shape[0]
     # textgen saves a model with exactly its tokenizer's rows; other checkpoints may pad their
     # vocabulary (Qwen2.5: more rows than tokens, kept as they are)

@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Any
 from textgen_cli.errors import UserError
 from textgen_cli.models.archs import ARCHS, Arch
 
+# The config key that tells a saved prefix LM from a plain decoder-only model of the same layout.
+FAMILY_KEY = "textgen_family"
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
@@ -60,17 +63,39 @@ class Role:
         """The layout `model.arch` names (`auto`: this role's default), checked to play this role."""
         name = self.default_arch if section.arch == "auto" else section.arch
         arch = ARCHS[name]
-        if arch.family != self.name:
-            fits = ", ".join(a.name for a in ARCHS.values() if a.family == self.name)
+        if arch.family != self.layouts_of:
+            fits = ", ".join(a.name for a in ARCHS.values() if a.family == self.layouts_of)
             raise UserError(
                 f"{source}: key 'model.arch': `{name}` builds a `{arch.family}` model, but model.family is `{self.name}`; "
                 f"expected auto or one of {fits}"
             )
         return arch
 
-    def build(self, section: ModelSection, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
+    @property
+    def layouts_of(self) -> str:
+        """The family whose layouts (models/archs.py) this role builds: its own, but for a prefix LM."""
+        return self.name
+
+    def can_start_from(self, found: Role) -> bool:
+        """Whether a checkpoint of role `found` may start a model of this role."""
+        return found is self
+
+    def mark(self, model) -> None:
+        """Record this role in the model's config, where its layout alone does not tell it."""
+        if hasattr(model.config, FAMILY_KEY):
+            delattr(model.config, FAMILY_KEY)
+
+    def decoding_inputs(self, model, input_ids, attention_mask, num_beams: int) -> dict[str, Any]:
+        """Extra `model.generate` inputs this role needs (a prefix LM: its prompt read first)."""
+        return {}
+
+    def build(
+        self, section: ModelSection, tokenizer: PreTrainedTokenizerFast, source: str = "recipe"
+    ) -> PreTrainedModel:
         """A model with random weights in the recipe's layout (`model.arch`) and sizes."""
-        return self.arch(section).build(section, tokenizer)
+        model = self.arch(section, source).build(section, tokenizer)
+        self.mark(model)
+        return model
 
     def model_class(self):
         import transformers
@@ -346,6 +371,9 @@ class DecoderOnly(Role):
     def new_tokens(self, sequences, prompt_width):
         return sequences[:, prompt_width:]
 
+    def can_start_from(self, found: Role) -> bool:
+        return found is self or found is PREFIX_LM  # the same weights; only the attention mask differs
+
     def finetune_examples(self, dialogues, tokenizer, loaded, context, count, start_id=None):
         """The chat sequence of each dialogue (the recipe's system prompt first), labels on the
         assistant turns only."""
@@ -393,9 +421,103 @@ class DecoderOnly(Role):
         return f"shares {context} with the reply"
 
 
+class PrefixLM(DecoderOnly):
+    """A decoder-only model whose prompt (the source) attends to itself both ways and whose reply
+    attends causally (T5's prefix LM, Raffel et al. 2020 §3.2.1). The same layouts and parameters as
+    `chatgpt`; only the attention mask differs, so it is the third arm of T5's architecture table.
+
+    Each assistant turn is its own example (as for `sora`): the prefix is everything before the
+    reply's start token (the assistant tag), so decoding reads the prefix once and extends causally
+    from the start token, and cached decoding equals a full forward pass at every step (tested)."""
+
+    name = "prefix-lm"
+
+    @property
+    def kind(self) -> str:
+        return "prefix LM"
+
+    @property
+    def layouts_of(self) -> str:
+        return DECODER_ONLY.name
+
+    def can_start_from(self, found: Role) -> bool:
+        return found is self or found is DECODER_ONLY  # any causal LM can be finetuned as a prefix LM
+
+    def mark(self, model) -> None:
+        setattr(model.config, FAMILY_KEY, self.name)
+
+    def finetune_examples(self, dialogues, tokenizer, loaded, context, count, start_id=None):
+        """One sequence per assistant turn: the chat up to it (the recipe's system prompt first),
+        labels on that reply only."""
+        from textgen_cli.data import with_system_prompt
+        from textgen_cli.models.chat import chat_encoder
+        from textgen_cli.objectives import IGNORE_INDEX, ChatExamples, fit_chat
+
+        encoder = chat_encoder(tokenizer)
+        recipe = loaded.recipe
+        sequences = []
+        for dialogue in dialogues:
+            messages = with_system_prompt(dialogue, self.system_prompt(recipe))
+            for position, turn in enumerate(messages):
+                if turn["role"] != "assistant":
+                    continue
+                fitted = fit_chat(encoder, dialogue.id, messages[: position + 1], context, recipe.data.too_long, count)
+                if fitted is None:
+                    continue
+                ids, labels = fitted
+                reply = len(ids) - 1 - ids[::-1].index(encoder.role["assistant"])  # the last reply's tag
+                sequences.append((ids, [IGNORE_INDEX] * (reply + 1) + labels[reply + 1 :]))
+        return ChatExamples(sequences, pad_id=tokenizer.pad_token_id, prefix_lm=True)
+
+    def pretrain_sets(self, train_blocks, val_blocks, tokenizer, model, recipe):
+        from textgen_cli.objectives import PrefixBlocks
+
+        return PrefixBlocks(train_blocks, recipe.train.seed), PrefixBlocks(val_blocks, recipe.train.seed)
+
+    def pretrain_tokens_per_sequence(self, context, mask_ratio, poisson_lambda):
+        return 0.0, float(context)  # a full packed block, prefix and continuation in one stack
+
+    def scoring_set(self, pairs, tokenizer, model):
+        from textgen_cli.objectives import ChatExamples
+
+        return ChatExamples(pairs, pad_id=tokenizer.pad_token_id, prefix_lm=True)
+
+    def decoding_inputs(self, model, input_ids, attention_mask, num_beams):
+        """Read each (left-padded) prompt but its last token, the reply's start token, with the
+        prefix mask and return that cache: `model.generate` then goes on from the start token
+        causally, and every new token sees the prefix as training showed it."""
+        import inspect
+
+        import torch
+
+        from textgen_cli.objectives import prefix_lm_mask
+
+        if input_ids.size(1) < 2:
+            return {}  # no prefix: the start token alone
+        prefix = attention_mask[:, :-1]
+        dtype = next(model.parameters()).dtype
+        mask = prefix_lm_mask(prefix, prefix.sum(-1), dtype)
+        # the positions `generate` gives left-padded rows (their real tokens count from 0)
+        positions = (prefix.long().cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            out = model(input_ids=input_ids[:, :-1], attention_mask=mask, position_ids=positions, use_cache=True)
+        cache = out.cache if "cache" in out else out.past_key_values  # renamed in transformers 5
+        if num_beams > 1:
+            cache.batch_repeat_interleave(num_beams)  # generate expands each prompt into its beams
+        key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        return {key: cache}
+
+    def stack(self, layers: int) -> str:
+        return f"prefix LM {layers}"
+
+    def source_budget(self, context: int) -> str:
+        return f"shares {context} with the reply, read both ways"
+
+
 ENCODER_DECODER = EncoderDecoder()
 DECODER_ONLY = DecoderOnly()
-ROLES = {role.name: role for role in (ENCODER_DECODER, DECODER_ONLY)}
+PREFIX_LM = PrefixLM()
+ROLES = {role.name: role for role in (ENCODER_DECODER, DECODER_ONLY, PREFIX_LM)}
 
 
 def role_for(family: str | Role) -> Role:
@@ -424,7 +546,16 @@ def role_of_model_type(model_type: str | None, is_encoder_decoder: bool = False)
 
 
 def role_of_config(config) -> Role | None:
+    if getattr(config, FAMILY_KEY, None) == PREFIX_LM.name:
+        return PREFIX_LM
     return role_of_model_type(getattr(config, "model_type", None), bool(getattr(config, "is_encoder_decoder", False)))
+
+
+def role_of_config_file(config: dict[str, Any]) -> Role | None:
+    """The role of a checkpoint from its config.json, read as JSON (no transformers import)."""
+    if config.get(FAMILY_KEY) == PREFIX_LM.name:
+        return PREFIX_LM
+    return role_of_model_type(config.get("model_type"), bool(config.get("is_encoder_decoder")))
 
 
 def role_of_model(model) -> Role:
