@@ -198,7 +198,7 @@ def test_crossover_is_read_from_the_sign_of_the_difference():
     def point(value: float, diff: float, half: float, seeds: int = 3) -> BudgetPoint:
         per_seed = {"ed": [1.0] * seeds, "do": [0.0] * seeds}
         return BudgetPoint(
-            Budget("flops", value), per_seed, {}, {"score": diff, "low": diff - half, "high": diff + half}
+            Budget("flops", value), per_seed, {}, {"do": {"score": diff, "low": diff - half, "high": diff + half}}
         )
 
     line = crossover(["ed", "do"], [point(1e12, 4.0, 1.0), point(1e13, -4.0, 1.0)])
@@ -213,3 +213,26 @@ def test_crossover_is_read_from_the_sign_of_the_difference():
         "no crossover: ed leads at flops 1e+12; every difference is beyond the test-set noise "
         "(one seed per arm: training noise not measured)"
     )
+
+
+def test_with_more_arms_the_first_is_compared_with_each_other_one():
+    from textgen_cli.budgets import Budget, BudgetPoint, crossover, curve_rows
+
+    def point(value: float, versus_do: float, versus_plm: float) -> BudgetPoint:
+        per_seed = {"ed": [1.0, 2.0, 3.0], "do": [0.0] * 3, "plm": [1.0] * 3}
+        diffs = {
+            "do": {"score": versus_do, "low": versus_do - 1, "high": versus_do + 1},
+            "plm": {"score": versus_plm, "low": versus_plm - 1, "high": versus_plm + 1},
+        }
+        return BudgetPoint(Budget("flops", value), per_seed, dict.fromkeys(per_seed, value), diffs)
+
+    points = [point(1e12, 4.0, 0.5), point(1e13, 3.0, -4.0)]
+    lines = crossover(["ed", "do", "plm"], points).split("\n")
+    assert lines[0] == "ed against do: no crossover: ed leads at every budget; every difference is beyond the noise"
+    assert lines[1].startswith(
+        "ed against plm: crossover: ed leads below about flops 1.3e+12, plm above"
+    )  # 1e12 * 10 ** (0.5 / 4.5)
+    assert lines[1].endswith("the difference is inside the noise at flops 1e+12")
+    row = curve_rows(["ed", "do", "plm"], points)[1]
+    assert row[0] == "flops 1e+13" and row[1].startswith("2.00 ± 1.00 (n=3")
+    assert row[4:] == ["+3.00 [+2.00, +4.00]", "-4.00 [-5.00, -3.00]"]

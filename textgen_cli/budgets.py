@@ -199,13 +199,19 @@ class BudgetPoint:
     budget: Budget
     arms: dict[str, list[float]]  # arm -> the primary metric per seed
     flops: dict[str, float]  # arm -> mean training FLOPs
-    diff: dict[str, float] | None  # first arm minus second: score, low, high (two-level bootstrap)
+    # every other arm -> the first arm minus it: score, low, high (two-level bootstrap)
+    diffs: dict[str, dict[str, float]]
+
+    @property
+    def diff(self) -> dict[str, float] | None:
+        """The first arm minus the second (None with one arm)."""
+        return next(iter(self.diffs.values()), None)
 
 
 def curve(
     by_budget: dict[Budget, list[Any]], primary: str, n_resamples: int, seed: int
 ) -> tuple[list[str], list[BudgetPoint]]:
-    """The primary metric of every arm at every budget, and the first two arms' difference."""
+    """The primary metric of every arm at every budget, and the first arm's difference from each other."""
     from textgen_cli.metrics import two_level_bootstrap
 
     arms = list(dict.fromkeys(m.label for models in by_budget.values() for m in models))
@@ -216,15 +222,19 @@ def curve(
             a: [float(m.eval.metrics[primary]) for m in ms if primary in m.eval.metrics] for a, ms in per_arm.items()
         }
         flops = {a: sum(sum(s.flops for s in m.summaries) for m in ms) / max(len(ms), 1) for a, ms in per_arm.items()}
-        diff = None
-        if len(arms) >= 2:
-            first, second = per_arm[arms[0]], per_arm[arms[1]]
-            references = _references(first[0])
+        first = per_arm[arms[0]]
+        diffs = {}
+        for other in arms[1:]:
             result = two_level_bootstrap(
-                primary, [m.predictions for m in first], [m.predictions for m in second], references, n_resamples, seed
+                primary,
+                [m.predictions for m in first],
+                [m.predictions for m in per_arm[other]],
+                _references(first[0]),
+                n_resamples,
+                seed,
             )
-            diff = result["diff"]
-        points.append(BudgetPoint(budget, values, flops, diff))
+            diffs[other] = result["diff"]
+        points.append(BudgetPoint(budget, values, flops, diffs))
     return arms, points
 
 
@@ -235,38 +245,47 @@ def _references(model) -> list[str]:
 
 def crossover(arms: list[str], points: list[BudgetPoint]) -> str:
     """Which arm leads where, the crossover between budgets (interpolated in log budget on the mean
-    difference), and the budgets where the difference is inside the noise."""
-    import math
-
+    difference), and the budgets where the difference is inside the noise: for the first arm against
+    each other arm, one line each (with more than two arms each line names its pair)."""
     if len(arms) < 2 or not points:
         return "no crossover: fewer than two arms"
-    a, b = arms[0], arms[1]
-
-    def leader(p: BudgetPoint) -> str:
-        return a if p.diff["score"] > 0 else b
-
     one_seed = any(len(seeds) < 2 for p in points for seeds in p.arms.values())
+    lines = [pair_crossover(arms[0], other, points, one_seed) for other in arms[1:]]
+    if len(lines) == 1:
+        return lines[0]
+    return "\n".join(f"{arms[0]} against {other}: {line}" for other, line in zip(arms[1:], lines))
+
+
+def pair_crossover(a: str, b: str, points: list[BudgetPoint], one_seed: bool) -> str:
+    import math
+
+    diff = [p.diffs[b] for p in points]
+
+    def leader(d: dict[str, float]) -> str:
+        return a if d["score"] > 0 else b
+
     # with one seed per arm the interval covers the test examples only: training noise is not measured
     kind = "the test-set noise (one seed per arm: training noise not measured)" if one_seed else "the noise"
-    noise = [p.budget.label for p in points if p.diff["low"] <= 0 <= p.diff["high"]]
+    noise = [p.budget.label for p, d in zip(points, diff) if d["low"] <= 0 <= d["high"]]
     noise_text = (
         f"; the difference is inside {kind} at {', '.join(noise)}" if noise else f"; every difference is beyond {kind}"
     )
-    for p, q in zip(points, points[1:]):
-        if (p.diff["score"] > 0) != (q.diff["score"] > 0):
+    for (p, dp), (q, dq) in zip(zip(points, diff), zip(points[1:], diff[1:])):
+        if (dp["score"] > 0) != (dq["score"] > 0):
             x0, x1 = math.log(p.budget.value), math.log(q.budget.value)
-            y0, y1 = p.diff["score"], q.diff["score"]
+            y0, y1 = dp["score"], dq["score"]
             at = math.exp(x0 + (x1 - x0) * y0 / (y0 - y1))
             return (
-                f"crossover: {leader(p)} leads below about {p.budget.unit} {at:.2g}, {leader(q)} above "
+                f"crossover: {leader(dp)} leads below about {p.budget.unit} {at:.2g}, {leader(dq)} above "
                 f"(between the budgets {p.budget.value:.3g} and {q.budget.value:.3g}){noise_text}"
             )
     where = "every budget" if len(points) > 1 else points[0].budget.label
-    return f"no crossover: {leader(points[0])} leads at {where}{noise_text}"
+    return f"no crossover: {leader(diff[0])} leads at {where}{noise_text}"
 
 
 def curve_rows(arms: list[str], points: list[BudgetPoint]) -> list[list[str]]:
-    """One row per budget: the budget, each arm's mean ± std (and FLOPs), the difference."""
+    """One row per budget: the budget, each arm's mean ± std (and FLOPs), the first arm's difference
+    from each other arm."""
     import statistics
 
     rows = []
@@ -276,8 +295,8 @@ def curve_rows(arms: list[str], points: list[BudgetPoint]) -> list[list[str]]:
             xs = p.arms[arm]
             spread = f" ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else ""
             cells.append(f"{statistics.fmean(xs):.2f}{spread} (n={len(xs)}, {p.flops[arm]:.3g} FLOPs)")
-        d = p.diff
-        cells.append(f"{d['score']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]" if d else "")
+        for d in p.diffs.values():
+            cells.append(f"{d['score']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]")
         rows.append(cells)
     return rows
 
@@ -325,13 +344,26 @@ def write_curve(folder: Path, arms: list[str], points: list[BudgetPoint], primar
         "arms": arms,
         "crossover": line,
         "budgets": [
-            {"budget": dataclasses.asdict(p.budget), "per_seed": p.arms, "flops": p.flops, "difference": p.diff}
+            {
+                "budget": dataclasses.asdict(p.budget),
+                "per_seed": p.arms,
+                "flops": p.flops,
+                "difference": p.diff,  # the first arm minus the second
+                "differences": p.diffs,  # the first arm minus each other arm
+            }
             for p in points
         ],
     }
     write_text_atomic(folder / "budgets.json", json.dumps(record, indent=2))
-    head = ["budget", *arms, f"{arms[0]} - {arms[1]} (two-level bootstrap)" if len(arms) > 1 else ""]
-    md = [f"# {primary} across budgets", "", line, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    head = ["budget", *arms, *difference_heads(arms, "(two-level bootstrap)")]
+    md = [
+        f"# {primary} across budgets",
+        "",
+        line.replace("\n", "\n\n"),
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     md += ["| " + " | ".join(row) + " |" for row in curve_rows(arms, points)]
     md += ["", "![primary metric against training FLOPs](primary_vs_flops.png)", ""]
     write_text_atomic(folder / "budgets.md", "\n".join(md))
@@ -347,6 +379,10 @@ def write_curve(folder: Path, arms: list[str], points: list[BudgetPoint], primar
         at = text.index("</h1>") + len("</h1>")
         write_text_atomic(page, text[:at] + curve_html(folder, head, arms, points, line, largest) + text[at:])
     return record
+
+
+def difference_heads(arms: list[str], test: str) -> list[str]:
+    return [f"{arms[0]} - {other} {test}" for other in arms[1:]]
 
 
 def curve_html(folder: Path, head: list[str], arms: list[str], points: list[BudgetPoint], line: str, note: str) -> str:

@@ -517,7 +517,7 @@ def print_budgets(result: dict[str, Any], stream=None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from textgen_cli.budgets import curve_rows
+    from textgen_cli.budgets import curve_rows, difference_heads
 
     tables = result["budgets"]
     for k, (budget, table) in enumerate(tables):
@@ -534,7 +534,7 @@ def print_budgets(result: dict[str, Any], stream=None) -> None:
     arms, points = result["curve"]
     console = Console(file=stream, width=max(100, 40 + 34 * len(arms)))
     curve = Table(title=f"{result['primary']} across budgets (mean ± std over seeds)")
-    for head in ["budget", *arms, f"{arms[0]} - {arms[1]} [95%, two-level bootstrap]" if len(arms) > 1 else ""]:
+    for head in ["budget", *arms, *difference_heads(arms, "[95%, two-level bootstrap]")]:
         curve.add_column(head, justify="right")
     for row in curve_rows(arms, points):
         curve.add_row(*(escape(c) for c in row))
