@@ -13,6 +13,7 @@ tests a family name. The role of a checkpoint follows its config (`role_of_confi
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,10 @@ class TextPrompt:
     keep_start: bool  # when cut: keep the beginning (a source to rewrite) or the end (text to continue)
 
 
-class Role:
+class Role(ABC):
+    """What differs between the families. Every abstract method must be written by each role: a role
+    that lacks one cannot be created, so the module fails at import, not at the method's first call."""
+
     name: str
     is_encoder_decoder: bool
     auto_class: str  # the transformers Auto class that loads and reloads a checkpoint of this role
@@ -115,9 +119,10 @@ class Role:
 
     # ------------------------------------------------------------------ prompts and decoding
 
+    @abstractmethod
     def prompt_budget(self, context: int, max_new_tokens: int) -> int:
         """Most prompt tokens a prompt may have, so that prompt and reply fit the model's context."""
-        raise NotImplementedError
+        ...
 
     def generation_extras(self, model, tokenizer) -> dict[str, Any]:
         """GenerationConfig values this role adds to the decoding settings."""
@@ -127,25 +132,28 @@ class Role:
         """The recipe's system prompt, where this role's prompts carry one."""
         return ""
 
-    def default_prompt_format(self, task: str) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def default_prompt_format(self, task: str) -> str: ...
 
-    def wrap_text(self, tokenizer, ids: list[int]) -> list[int]:
-        raise NotImplementedError
+    @abstractmethod
+    def wrap_text(self, tokenizer, ids: list[int]) -> list[int]: ...
 
-    def chat_prompt(self, encoder, messages: list[dict[str, str]]) -> list[int]:
-        raise NotImplementedError
+    @abstractmethod
+    def chat_prompt(self, encoder, messages: list[dict[str, str]]) -> list[int]: ...
 
+    @abstractmethod
     def chat_tail(self, encoder) -> list[int]:
         """What follows the last (user) turn in a chat prompt."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def new_tokens(self, sequences, prompt_width: int):
         """The generated part of `model.generate`'s output."""
-        raise NotImplementedError
+        ...
 
     # ------------------------------------------------------------------ objectives
 
+    @abstractmethod
     def finetune_examples(
         self,
         dialogues: list[Dialogue],
@@ -154,19 +162,18 @@ class Role:
         context: int,
         count: TruncationCount,
         start_id: int | None = None,
-    ):
-        raise NotImplementedError
+    ): ...
 
     def pretrain_block_size(self, context: int) -> int:
         return context
 
-    def pretrain_sets(self, train_blocks, val_blocks, tokenizer, model, recipe: Recipe) -> tuple[Any, Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def pretrain_sets(self, train_blocks, val_blocks, tokenizer, model, recipe: Recipe) -> tuple[Any, Any]: ...
 
+    @abstractmethod
     def pretrain_tokens_per_sequence(
         self, context: int, mask_ratio: float, poisson_lambda: float
-    ) -> tuple[float, float]:
-        raise NotImplementedError
+    ) -> tuple[float, float]: ...
 
     def needs_mask_token(self, tokenizer) -> bool:
         """Whether pretraining needs a <mask> token the tokenizer lacks."""
@@ -174,11 +181,11 @@ class Role:
 
     # ------------------------------------------------------------------ evaluation
 
-    def scoring_pair(self, prompt: list[int], target: list[int], context: int) -> tuple[list[int], list[int]]:
-        raise NotImplementedError
+    @abstractmethod
+    def scoring_pair(self, prompt: list[int], target: list[int], context: int) -> tuple[list[int], list[int]]: ...
 
-    def scoring_set(self, pairs, tokenizer, model):
-        raise NotImplementedError
+    @abstractmethod
+    def scoring_set(self, pairs, tokenizer, model): ...
 
     def prose_unscorable(self) -> str | None:
         """Why plain prose cannot be scored by this role (None: it can)."""
@@ -186,9 +193,10 @@ class Role:
 
     # ------------------------------------------------------------------ compute
 
+    @abstractmethod
     def flops_params(self, model, embeddings: set[int]) -> tuple[int, int]:
         """(encoder, decoder) non-embedding parameters."""
-        raise NotImplementedError
+        ...
 
     def encoder_of(self, model):
         """The module that reads the source on its own (None: the one stack reads everything)."""
@@ -196,13 +204,15 @@ class Role:
 
     # ------------------------------------------------------------------ the settings table
 
+    @abstractmethod
     def stack(self, layers: int) -> str:
         """The stack in words, for the table of settings as trained (settings_diff.py)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def source_budget(self, context: int) -> str:
         """Where the source goes and how much of it fits."""
-        raise NotImplementedError
+        ...
 
     def __repr__(self) -> str:
         return f"Role({self.name})"

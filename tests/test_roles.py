@@ -1,0 +1,24 @@
+"""The role table: every family is one Role, and a role that lacks a method cannot exist."""
+
+from __future__ import annotations
+
+import pytest
+
+from textgen_cli.models.roles import ROLES, DecoderOnly, Role
+from textgen_cli.schema import CHOICES
+
+
+def test_a_role_without_every_method_cannot_be_created():
+    class Half(Role):
+        name = "half"
+
+        def prompt_budget(self, context: int, max_new_tokens: int) -> int:
+            return context
+
+    with pytest.raises(TypeError, match="abstract"):
+        Half()
+    assert isinstance(DecoderOnly(), Role)
+
+
+def test_the_recipe_schema_offers_exactly_the_roles():
+    assert tuple(ROLES) == CHOICES["model.family"]
