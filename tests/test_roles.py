@@ -22,3 +22,12 @@ def test_a_role_without_every_method_cannot_be_created():
 
 def test_the_recipe_schema_offers_exactly_the_roles():
     assert tuple(ROLES) == CHOICES["model.family"]
+
+
+def test_the_recipe_schema_offers_exactly_the_layouts():
+    from textgen_cli.models.archs import ARCHS
+
+    assert sorted(CHOICES["model.arch"]) == sorted(("auto", *ARCHS))
+    # every layout plays a role that exists, and every role can build at least one layout
+    assert {arch.family for arch in ARCHS.values()} <= set(ROLES)
+    assert all(any(arch.family == role.layouts_of for arch in ARCHS.values()) for role in ROLES.values())
