@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint demo data bench docs clean real-check
+.PHONY: install test test-fast lint demo t5-table data bench docs clean real-check
 
 # The venv, the pinned CPU torch, then the project with the extras given as $(1) (e.g. [test]).
 # The distribution was called `textgen` before it became `textgen-cli`: an old install of it is dropped,
@@ -53,6 +53,14 @@ lint: install
 DEMO_BUDGET ?= flops=8e12
 demo: $(RUNTIME_STAMP)
 	$(BIN)/textgen compare --recipe sora.yaml --recipe chatgpt.yaml --budget $(DEMO_BUDGET) --seeds 1 --factor 'learning rate'
+
+# T5's architecture table, small (docs/controlled.md): the encoder-decoder with 4+4 layers (2P
+# parameters, M FLOPs an example) and 2+2 (P, M/2), the decoder-only model and the prefix LM (P, M),
+# the same Gemma 2 block in all four, 3 seeds each, at the stated budgets. The first arm is compared
+# with each other one. About 1 hour on 2 idle cores.
+T5_BUDGET ?= flops=2e12,4e12
+t5-table: $(RUNTIME_STAMP)
+	$(BIN)/textgen compare --recipe sora-4+4.yaml --recipe sora.yaml --recipe chatgpt.yaml --recipe prefix-lm.yaml --budget $(T5_BUDGET) --seeds 3 --factor 'learning rate'
 
 data: install
 	$(BIN)/python scripts/prepare_data.py --out recipes/data
