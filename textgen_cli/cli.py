@@ -598,6 +598,7 @@ def compare(
                     settings=result["settings"],
                     confounded=result["confounded"],
                     primary=result["primary"],
+                    effects=result["pretraining"],
                 )
             print(
                 f"report: {result['report']}/report.html (also report.md, metrics.csv, metrics.json) in {result['elapsed_s']:.0f} s"

@@ -380,18 +380,10 @@ def pretrained(model: Model) -> bool:
     return any(summary.stage == "pretrain" for summary in model.summaries)
 
 
-# computed once per table (the terminal and the report files show the same); the cache holds the
-# columns too, so that an id is never reused for another table while its entry lives
-_EFFECTS: dict[int, tuple[list[Column], list[dict[str, Any]]]] = {}
-
-
 def pretraining_effects(columns: list[Column], n_resamples: int = 1000, seed: int = 1234) -> list[dict[str, Any]]:
     """For every pair of models where one has pretraining behind it and the other does not (the
     ablation "scratch finetune" against "pretrain, then finetune", e.g. with --match flops): the paired
     bootstrap of BLEU and chrF on the same test examples, pretrained minus scratch (first seed)."""
-    key = id(columns)
-    if key in _EFFECTS and _EFFECTS[key][0] is columns:
-        return _EFFECTS[key][1]
     from textgen_cli.evaluate import versus
 
     model_columns = [c for c in columns if not c.baseline and c.models]
@@ -432,7 +424,6 @@ def pretraining_effects(columns: list[Column], n_resamples: int = 1000, seed: in
                     "method": f"paired bootstrap over the {len(references)} test examples ({n_resamples} resamples), {a.label} minus {b.label}, first seed",
                 }
             )
-    _EFFECTS[key] = (columns, effects)
     return effects
 
 
@@ -451,7 +442,9 @@ def print_table(
     settings: list | None = None,
     confounded: list[str] | None = None,
     primary: str | None = None,
+    effects: list[dict[str, Any]] = (),
 ) -> None:
+    """The judged table in the terminal; `effects`: the table's pretraining effects (judged_table)."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -490,7 +483,7 @@ def print_table(
     console.print(table)
     for line in withheld_lines(rows):
         console.print(escape(line), soft_wrap=True)
-    for line in effect_lines(pretraining_effects(columns)):
+    for line in effect_lines(list(effects)):
         console.print(escape(line), soft_wrap=True)
 
 
@@ -530,6 +523,7 @@ def print_budgets(result: dict[str, Any], stream=None) -> None:
             settings=table["settings"] if last else [],
             confounded=table["confounded"],
             primary=result["primary"],
+            effects=table["pretraining"],
         )
     arms, points = result["curve"]
     console = Console(file=stream, width=max(100, 40 + 34 * len(arms)))
@@ -681,7 +675,7 @@ def run_compare(
         collect(model)
         evaluate_model(model)
     table = judged_table(models, primary, factors)
-    effects = pretraining_effects(table["columns"], reference.recipe.eval.bootstrap, reference.recipe.eval.seed)
+    effects = table["pretraining"]
     folder = report_folder(reports_root, name, models)
     write_report(
         folder,
@@ -701,7 +695,6 @@ def run_compare(
         **table,
         "primary": primary,
         "lr_grid": grid,
-        "pretraining": effects,
         "elapsed_s": time.perf_counter() - started,
     }
 
@@ -741,7 +734,9 @@ def judged_table(models: list[Model], primary: str, factors: Sequence[str]) -> d
     settings = effective_settings(columns)
     confounded = confounds(settings, tuple(factors))
     rows = table_rows(columns, reference.eval.bootstrap, reference.eval.seed, primary, confounded)
-    return {"columns": columns, "rows": rows, "settings": settings, "confounded": confounded}
+    # once per table: the terminal and the report files show the same
+    effects = pretraining_effects(columns, reference.eval.bootstrap, reference.eval.seed)
+    return {"columns": columns, "rows": rows, "settings": settings, "confounded": confounded, "pretraining": effects}
 
 
 def report_folder(reports_root: str, name: str | None, models: list[Model]) -> Path:
@@ -806,7 +801,7 @@ def run_budgets(
         models,
         None,
         seeds,
-        [],
+        table["pretraining"],
         table["settings"],
         table["confounded"],
         primary,
