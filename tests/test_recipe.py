@@ -171,7 +171,21 @@ BAD_RECIPES = {
         ["data.pretrain.validaton", "did you mean 'data.pretrain.validation'"],
     ),
     "typo-top-level": ("model:\n  family: sora\ntrian:\n  lr: 0.1\n" + DATA, ["trian", "did you mean 'train'"]),
+    # checked when the recipe loads, not when LoRA is attached after the data is read
+    "lora-dropout": (
+        "model:\n  family: chatgpt\n  lora: {rank: 4, dropout: 1.5}\n" + DATA,
+        ["model.lora.dropout", "1.5"],
+    ),
+    "lora-rank": ("model:\n  family: chatgpt\n  lora: {rank: -2}\n" + DATA, ["model.lora.rank", "-2"]),
 }
+
+
+def test_recipes_validate_rejects_an_invalid_lora_section(tmp_path):
+    recipe = tmp_path / "lora.yaml"
+    recipe.write_text("model:\n  family: chatgpt\n  lora: {rank: 4, alpha: 0}\n" + DATA, encoding="utf-8")
+    result = textgen(["recipes", "validate", str(recipe)], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "model.lora.alpha" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("name", sorted(BAD_RECIPES))

@@ -315,6 +315,12 @@ def validate_values(recipe: Recipe, source: str, override_keys: set[str] = froze
         fail("model.dropout", "a probability in [0, 1)", m.dropout)
     if not 0 <= m.attention_dropout < 1:
         fail("model.attention_dropout", "a probability in [0, 1)", m.attention_dropout)
+    if m.lora.rank < 0:
+        fail("model.lora.rank", "an integer >= 0 (0: no LoRA)", m.lora.rank)
+    if m.lora.alpha is not None and not m.lora.alpha > 0:
+        fail("model.lora.alpha", "a positive number or null", m.lora.alpha)
+    if not 0 <= m.lora.dropout < 1:
+        fail("model.lora.dropout", "a probability in [0, 1)", m.lora.dropout)
     if recipe.tokenizer.vocab_size < 300:
         fail("tokenizer.vocab_size", "at least 300 (256 bytes plus special tokens)", recipe.tokenizer.vocab_size)
     t = recipe.train

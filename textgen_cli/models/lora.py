@@ -36,15 +36,6 @@ TARGET_MODULES = {
 _WRAPPERS: dict[int, Any] = {}
 
 
-def check_section(section: LoraSection, source: str) -> None:
-    if section.rank < 0:
-        raise UserError(f"{source}: key 'model.lora.rank': expected an integer >= 0 (0: no LoRA), got {section.rank}")
-    if section.alpha is not None and not section.alpha > 0:
-        raise UserError(f"{source}: key 'model.lora.alpha': expected a positive number or null, got {section.alpha}")
-    if not 0 <= section.dropout < 1:
-        raise UserError(f"{source}: key 'model.lora.dropout': expected a probability in [0, 1), got {section.dropout}")
-
-
 def target_modules(model, section: LoraSection, source: str) -> list[str]:
     if section.target_modules:
         return list(section.target_modules)
@@ -65,7 +56,6 @@ def attach_lora(model, section: LoraSection, source: str = "recipe") -> tuple[An
     and what the summary records: rank, alpha, targets, trainable and total parameters."""
     from peft import LoraConfig, get_peft_model
 
-    check_section(section, source)
     targets = target_modules(model, section, source)
     alpha = section.alpha if section.alpha is not None else 2.0 * section.rank
     config = LoraConfig(
