@@ -619,19 +619,19 @@ def _prose_generator(tokenizer, context: int):
 
     import torch
 
-    from textgen_cli.models import FAMILIES
+    from textgen_cli.models import role_for
     from textgen_cli.schema import ModelSection
 
     torch.manual_seed(0)
     model = (
-        FAMILIES["chatgpt"]
+        role_for("chatgpt")
         .build(
             ModelSection(family="chatgpt", layers=1, hidden=32, heads=2, ffn=64, context=context, dropout=0.0),
             tokenizer,
         )
         .eval()
     )
-    return SimpleNamespace(tokenizer=tokenizer, model=model, family="chatgpt", role=FAMILIES["chatgpt"])
+    return SimpleNamespace(tokenizer=tokenizer, model=model, family="chatgpt", role=role_for("chatgpt"))
 
 
 def test_prose_sliding_window_scores_every_token_once(tokenizer, tmp_path):
@@ -671,11 +671,11 @@ def test_prose_is_skipped_for_sora_with_a_reason(tokenizer, tmp_path):
     from types import SimpleNamespace
 
     from textgen_cli.evaluate import prose_likelihood
-    from textgen_cli.models import FAMILIES
+    from textgen_cli.models import role_for
 
     assert (
         "encoder-decoder"
-        in prose_likelihood(SimpleNamespace(family="sora", role=FAMILIES["sora"]), "x.txt", "text", 8)["skipped"]
+        in prose_likelihood(SimpleNamespace(family="sora", role=role_for("sora")), "x.txt", "text", 8)["skipped"]
     )
 
 

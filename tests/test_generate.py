@@ -42,13 +42,13 @@ def _tiny_model(family: str, tokenizer):
     position bug changes them), and an eos bias so that some prompts stop early and others do not."""
     import torch
 
-    from textgen_cli.models import FAMILIES as BUILDERS
+    from textgen_cli.models import role_for
 
     torch.manual_seed(0)
     # a prefix LM needs two layers: with one, the cached keys and values of the prefix do not depend
     # on what the prefix attended to, and reading it causally would go unnoticed
     layers = 2 if family == "prefix-lm" else 1
-    model = BUILDERS[family].build(
+    model = role_for(family).build(
         ModelSection(family=family, layers=layers, hidden=32, heads=2, ffn=64, context=CONTEXT, dropout=0.0), tokenizer
     )
     with torch.no_grad():

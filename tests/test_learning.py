@@ -85,8 +85,7 @@ def validation_losses(folder: Path, family: str) -> tuple[float, float]:
     """Validation loss per target token with the true sources, and with every source replaced by
     the next example's (the input-use check of docs/training.md)."""
     from textgen_cli.data import Dialogue, read_finetune_examples
-    from textgen_cli.models import FAMILIES as ROLES
-    from textgen_cli.models import load_checkpoint
+    from textgen_cli.models import load_checkpoint, role_for
     from textgen_cli.objectives import TruncationCount, summed_nll
     from textgen_cli.recipe import load_recipe
     from textgen_cli.tokenizer import load_tokenizer
@@ -105,7 +104,7 @@ def validation_losses(folder: Path, family: str) -> tuple[float, float]:
     ]
     losses = []
     for split in (dialogues, rotated):
-        examples = ROLES[family].finetune_examples(
+        examples = role_for(family).finetune_examples(
             split, tokenizer, loaded, model.config.max_position_embeddings, TruncationCount()
         )
         total, n_tokens = summed_nll(model, examples, 64, "cpu")

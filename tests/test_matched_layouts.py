@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from harness import SHIPPED
-from textgen_cli.models import FAMILIES
+from textgen_cli.models import role_for
 from textgen_cli.schema import ModelSection
 
 # T5Gemma's name of a decoder sub-module -> Gemma 2's name of the same sub-module
@@ -29,10 +29,10 @@ class Vocab:
 
 def build_pair(layers: int = 2, **sizes):
     section = dict(hidden=32, heads=4, ffn=64, context=48, attention_dropout=0.1, **sizes)
-    encoder_decoder = FAMILIES["sora"].build(
+    encoder_decoder = role_for("sora").build(
         ModelSection(family="sora", arch="t5gemma", layers=layers, **section), Vocab()
     )
-    decoder_only = FAMILIES["chatgpt"].build(
+    decoder_only = role_for("chatgpt").build(
         ModelSection(family="chatgpt", arch="gemma2", layers=layers, **section), Vocab()
     )
     return encoder_decoder, decoder_only
@@ -167,7 +167,7 @@ def test_the_settings_table_reads_what_the_built_model_applies():
         section = ModelSection(
             family=family, arch=arch, layers=layers, hidden=32, heads=4, ffn=64, context=48, dropout=0.1
         )
-        return FAMILIES[family].build(section, Vocab())
+        return role_for(family).build(section, Vocab())
 
     llama, bart = block_settings(built("chatgpt", "llama")), block_settings(built("sora", "bart"))
     assert (llama["hidden dropout"], bart["hidden dropout"]) == ("0", "0.1")

@@ -16,7 +16,7 @@ import torch
 
 from textgen_cli.data import Dialogue
 from textgen_cli.errors import UserError
-from textgen_cli.models import FAMILIES
+from textgen_cli.models import role_for
 from textgen_cli.objectives import IGNORE_INDEX, PrefixBlocks, TruncationCount, prefix_lm_mask, token_loss_sum
 from textgen_cli.recipe import load_recipe
 from textgen_cli.schema import ModelSection
@@ -67,7 +67,7 @@ DIALOGUE = Dialogue(
 
 def test_one_example_per_reply_with_the_chat_template_and_labels_on_that_reply(tokenizer, tmp_path):
     loaded = _recipe(tmp_path, system="Be brief.")
-    examples = FAMILIES["prefix-lm"].finetune_examples([DIALOGUE], tokenizer, loaded, 512, TruncationCount())
+    examples = role_for("prefix-lm").finetune_examples([DIALOGUE], tokenizer, loaded, 512, TruncationCount())
     assert examples.prefix_lm and len(examples) == 2
     system = [{"role": "system", "content": "Be brief."}]
     for (ids, labels), reply_at in zip(examples.sequences, (1, 3)):
@@ -87,12 +87,12 @@ def test_one_example_per_reply_with_the_chat_template_and_labels_on_that_reply(t
 def _model(family: str, tokenizer, layers: int = 2):
     torch.manual_seed(0)
     section = ModelSection(family=family, arch="gemma2", layers=layers, hidden=32, heads=2, ffn=64, context=96)
-    return FAMILIES[family].build(section, tokenizer).eval()
+    return role_for(family).build(section, tokenizer).eval()
 
 
 def test_the_loss_is_the_plain_forward_with_the_hand_written_mask(tokenizer, tmp_path):
     loaded = _recipe(tmp_path)
-    examples = FAMILIES["prefix-lm"].finetune_examples([DIALOGUE], tokenizer, loaded, 512, TruncationCount())
+    examples = role_for("prefix-lm").finetune_examples([DIALOGUE], tokenizer, loaded, 512, TruncationCount())
     batch = examples.collate([0, 1], epoch=0)
     model = _model("prefix-lm", tokenizer)
     with torch.no_grad():
@@ -163,7 +163,7 @@ def test_a_saved_prefix_lm_reloads_as_one_and_a_causal_lm_starts_one(tokenizer, 
     back = load_pretrained(str(prefix_dir), "chatgpt").model
     assert role_of_model(back).name == "chatgpt"
     with pytest.raises(UserError, match="is a `sora` model"):
-        sora = FAMILIES["sora"].build(ModelSection(family="sora", layers=1, hidden=32, heads=2, ffn=64), tokenizer)
+        sora = role_for("sora").build(ModelSection(family="sora", layers=1, hidden=32, heads=2, ffn=64), tokenizer)
         sora.save_pretrained(tmp_path / "sora")
         tokenizer.save_pretrained(tmp_path / "sora")
         load_pretrained(str(tmp_path / "sora"), "prefix-lm")
@@ -171,7 +171,7 @@ def test_a_saved_prefix_lm_reloads_as_one_and_a_causal_lm_starts_one(tokenizer, 
 
 def test_a_prefix_lm_is_built_from_decoder_only_layouts_only(tokenizer):
     with pytest.raises(UserError, match="model.arch.*t5gemma.*builds a `sora` model.*gpt2, llama, qwen2, gemma2"):
-        FAMILIES["prefix-lm"].build(ModelSection(family="prefix-lm", arch="t5gemma", layers=1), tokenizer)
+        role_for("prefix-lm").build(ModelSection(family="prefix-lm", arch="t5gemma", layers=1), tokenizer)
     for arch in ("gpt2", "llama", "qwen2"):
         section = ModelSection(family="prefix-lm", arch=arch, layers=1, hidden=32, heads=2, ffn=64, context=64)
-        assert FAMILIES["prefix-lm"].build(section, tokenizer).config.textgen_family == "prefix-lm"
+        assert role_for("prefix-lm").build(section, tokenizer).config.textgen_family == "prefix-lm"

@@ -121,7 +121,7 @@ def finetuned(space: Space, name: str, *overrides: str) -> dict:
 def test_a_foreign_checkpoint_finetunes_evaluates_and_reloads(space, name):
     import transformers
 
-    from textgen_cli.models import FAMILIES
+    from textgen_cli.models import role_for
 
     run = finetuned(space, name)
     summary, report = run["summary"], run["eval"]
@@ -130,7 +130,7 @@ def test_a_foreign_checkpoint_finetunes_evaluates_and_reloads(space, name):
     assert report.n_examples == 4 and set(report.metrics) >= {"bleu", "chrf", "rougeL"}
     assert math.isfinite(report.likelihood["bits_per_byte"])
     final = Path(summary.final_dir)
-    role = FAMILIES[family_of(name)]
+    role = role_for(family_of(name))
     model = getattr(transformers, role.auto_class).from_pretrained(final)  # plain transformers reloads it
     tokenizer = transformers.AutoTokenizer.from_pretrained(final)
     assert model.config.model_type == name.removesuffix("-chat")
@@ -498,11 +498,11 @@ def test_a_folder_with_two_gguf_files_is_an_error(tmp_path):
     ],
 )
 def test_model_arch_builds_the_layout_with_the_recipe_sizes(tokenizer, arch, family, model_type):
-    from textgen_cli.models import FAMILIES, context_of
+    from textgen_cli.models import context_of, role_for
     from textgen_cli.schema import ModelSection
 
     section = ModelSection(family=family, arch=arch, layers=2, hidden=32, heads=2, ffn=64, context=48)
-    model = FAMILIES[family].build(section, tokenizer)
+    model = role_for(family).build(section, tokenizer)
     assert model.config.model_type == model_type
     assert model.config.num_hidden_layers == 2 and model.get_input_embeddings().weight.shape == (len(tokenizer), 32)
     assert context_of(model.config) == 48
@@ -512,7 +512,7 @@ def test_default_layouts_are_todays_builders(tokenizer):
     """`model.arch: auto` builds exactly what the bart / gpt2 builders build (same seed, same weights)."""
     import torch
 
-    from textgen_cli.models import FAMILIES
+    from textgen_cli.models import role_for
     from textgen_cli.models.bart import build_bart
     from textgen_cli.models.gpt2 import build_gpt2
     from textgen_cli.schema import ModelSection
@@ -520,7 +520,7 @@ def test_default_layouts_are_todays_builders(tokenizer):
     for family, builder in (("sora", build_bart), ("chatgpt", build_gpt2)):
         section = ModelSection(family=family, layers=1, hidden=32, heads=2, ffn=64, context=32)
         torch.manual_seed(3)
-        ours = FAMILIES[family].build(section, tokenizer).state_dict()
+        ours = role_for(family).build(section, tokenizer).state_dict()
         torch.manual_seed(3)
         theirs = builder(section, tokenizer).state_dict()
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)

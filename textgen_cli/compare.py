@@ -62,7 +62,7 @@ def step_cost(loaded: LoadedRecipe, stage: str, match: str) -> float:
     """FLOPs (or tokens) of one optimizer step of `stage`, from the recipe's model and data (the
     stages before it must be done: finetuning's tokens come from its starting model's tokenizer)."""
     from textgen_cli.flops import flops_model, pretrain_tokens_per_sequence
-    from textgen_cli.models import FAMILIES
+    from textgen_cli.models import role_for
 
     r = loaded.recipe
     sequences = r.train.batch_size * r.train.grad_accum
@@ -71,7 +71,7 @@ def step_cost(loaded: LoadedRecipe, stage: str, match: str) -> float:
             r.model.family, r.model.context, r.pretrain.mask_ratio, r.pretrain.poisson_lambda
         )
         example = Lengths.of_sequence(enc, dec)
-        model = FAMILIES[r.model.family].build(r.model, _FakeVocab(r.tokenizer.vocab_size))
+        model = role_for(r.model.family).build(r.model, _FakeVocab(r.tokenizer.vocab_size))
     else:
         example, model = finetune_step_inputs(loaded, stage)
     if match == "flops":

@@ -16,12 +16,12 @@ from textgen_cli.errors import UserError
 from textgen_cli.models import (
     DECODER_ONLY,
     ENCODER_DECODER,
-    FAMILIES,
     SCRATCH,
     Role,
     context_of,
     init_from,
     load_pretrained,
+    role_for,
 )
 from textgen_cli.objectives import ChatExamples, Seq2SeqExamples, TruncationCount
 from textgen_cli.progress import log
@@ -104,7 +104,7 @@ def starting_model(loaded: LoadedRecipe, start: str, stage: str) -> tuple[Any, A
 
 def prepare(loaded: LoadedRecipe, start: str | Path, stage: str) -> FinetuneSetup:
     recipe = loaded.recipe
-    role = FAMILIES[recipe.model.family]
+    role = role_for(recipe.model.family)
     model, tokenizer, notes = starting_model(loaded, str(start), stage)
     if recipe.model.lora.rank:
         from textgen_cli.models.lora import attach_lora

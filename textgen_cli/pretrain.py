@@ -11,7 +11,7 @@ import time
 
 from textgen_cli.data import read_finetune_examples
 from textgen_cli.errors import UserError
-from textgen_cli.models import FAMILIES, SCRATCH, context_of, init_from, load_pretrained
+from textgen_cli.models import SCRATCH, context_of, init_from, load_pretrained, role_for
 from textgen_cli.packing import TextSource, packed_blocks, split_sources
 from textgen_cli.progress import log
 from textgen_cli.recipe import LoadedRecipe
@@ -73,7 +73,7 @@ def scratch_model(loaded: LoadedRecipe, tokenizer):
     """Random weights in the recipe's layout (`model.arch`) and sizes, seeded by train.seed."""
     import accelerate
 
-    role = FAMILIES[loaded.recipe.model.family]
+    role = role_for(loaded.recipe.model.family)
     role.arch(loaded.recipe.model, str(loaded.path))  # a layout of another family stops here, before seeding
     accelerate.utils.set_seed(loaded.recipe.train.seed)  # the model's initial weights depend on it
     return role.build(loaded.recipe.model, tokenizer, str(loaded.path))
@@ -93,7 +93,7 @@ def run_pretrain(loaded: LoadedRecipe) -> RunSummary:
     if held_out:
         log(f"pretrain: no data.pretrain.validation; holding out the last {held_out} records")
 
-    role = FAMILIES[recipe.model.family]
+    role = role_for(recipe.model.family)
     start = init_from(loaded) if recipe.model.init_from else SCRATCH
     if start == SCRATCH:
         tokenizer = recipe_tokenizer(loaded, train_source)

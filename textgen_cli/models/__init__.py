@@ -1,8 +1,9 @@
-"""Models: the two roles (families), the layouts built from scratch, and loading pretrained checkpoints.
+"""Models: the roles (families), the layouts built from scratch, and loading pretrained checkpoints.
 
-- roles.py: `sora` (encoder-decoder) and `chatgpt` (decoder-only), and everything that differs
-  between them; FAMILIES maps a family name to its role.
-- archs.py: the layouts `model.arch` builds from scratch (bart, t5; gpt2, llama, qwen2).
+- roles.py: `sora` (encoder-decoder), `chatgpt` (decoder-only) and `prefix-lm` (decoder-only, its
+  prompt read both ways), and everything that differs between them. A role is found by its family
+  name (`role_for`) or from a model (`role_of_model`); ROLES is the table.
+- archs.py: the layouts `model.arch` builds from scratch (bart, t5, t5gemma; gpt2, llama, qwen2, gemma2).
 - loading.py: `model.init_from` (a local directory, a hub id or a GGUF file) and the tokenizer adaptation.
 - gguf.py: GGUF files (llama.cpp, Ollama) read through transformers, rebuilt as plain models.
 - chat.py: textgen's chat template or the tokenizer's own; lora.py: LoRA through peft.
@@ -27,13 +28,10 @@ from textgen_cli.models.loading import (
 )
 from textgen_cli.models.roles import DECODER_ONLY, ENCODER_DECODER, ROLES, Role, role_for, role_of_config, role_of_model
 
-FAMILIES = ROLES  # family name -> role; `FAMILIES[name].build(section, tokenizer)` builds from scratch
-
 __all__ = [
     "ARCHS",
     "DECODER_ONLY",
     "ENCODER_DECODER",
-    "FAMILIES",
     "ROLES",
     "SCRATCH",
     "Pretrained",
