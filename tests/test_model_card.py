@@ -77,3 +77,25 @@ def test_a_checkpoint_from_the_hf_cache_is_named_as_base_model():
     meta = metadata(recipe, "finetune", None)
     assert meta["base_model"] == "openai-community/gpt2"
     assert meta["datasets"] == ["acme/verses"]  # a local dataset folder is no hub name
+
+
+def test_evaluate_puts_its_scores_in_the_card_of_a_run_that_was_not_evaluated(workspace, tmp_path):
+    import shutil
+
+    run = trained_run(workspace, "sora")
+    assert run.finetune.returncode == 0, run.finetune.stderr
+    stage = tmp_path / "copy" / "finetune"  # a copy: the session's run is shared with other tests
+    shutil.copytree(run.stage_dir("finetune"), stage)
+    assert "## Evaluation" not in card_of(stage).text
+    overrides = ["data.finetune.test=recipe/data/finetune-val.jsonl", "eval.bootstrap=20", "eval.max_examples=6"]
+    args = ["evaluate", "--recipe", f"recipe/{run.recipe.name}", "--model", str(stage / "final"), *overrides]
+    result = textgen([*args, "--json"], cwd=workspace)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    card = card_of(stage)
+    assert "## Evaluation" in card.text and f"{report['n_examples']:,} examples" in card.text
+    # another split is not the card's: the card keeps the test scores
+    before = card.text
+    result = textgen([*args, "--split", "validation", "eval.max_examples=3"], cwd=workspace)
+    assert result.returncode == 0, result.stderr
+    assert card_of(stage).text == before

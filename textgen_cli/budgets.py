@@ -171,12 +171,13 @@ def _evaluate(model, folder: Path) -> None:
     """Evaluate the budget's model into `folder` (or reuse what is there) and load what the report needs."""
     from textgen_cli.compare import collect
     from textgen_cli.evaluate import run_evaluate
+    from textgen_cli.model_card import record_evaluation
     from textgen_cli.results import EvalReport, RunSummary
     from textgen_cli.runs import SUMMARY_FILE
 
     if not (folder / "eval.json").is_file() or not _evaluated(model, folder):
         log(f"compare: evaluating {model.label} (seed {model.seed}) in {folder}")
-        run_evaluate(model.loaded, str(model.final_dir), None, "test", [], output=str(folder))
+        record_evaluation(run_evaluate(model.loaded, str(model.final_dir), None, "test", [], output=str(folder)))
     else:
         log(f"compare: reusing the evaluation in {folder / 'eval.json'}")
     collect(model)  # the earlier stages; the last one as it was at this budget

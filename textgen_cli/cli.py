@@ -7,7 +7,6 @@ torch and transformers are imported inside the commands, so `textgen --help` sta
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import traceback
@@ -136,7 +135,7 @@ def _stage_command(
     quiet: bool,
 ) -> None:
     from textgen_cli.recipe import load_recipe
-    from textgen_cli.stages import STAGE_TABLE, run_stage
+    from textgen_cli.stages import run_stage
 
     def action() -> None:
         loaded = load_recipe(recipe, [*(overrides or []), *(["resume=auto"] if resume else [])])
@@ -148,39 +147,29 @@ def _stage_command(
 
             # a read-only or unwritable run.root is refused before the tokenizer is trained and the data packed
             check_run_location(loaded.run_dir(stage), keep=False)
-        from textgen_cli.progress import log, quiet_libraries
+        from textgen_cli.progress import quiet_libraries
 
         quiet_libraries()
         summary = run_stage(loaded, stage)
         if int(os.environ.get("RANK", "0")) != 0:
             return  # in a distributed run only rank 0 evaluates and reports
-        recipe_eval = loaded.recipe.eval
+        from textgen_cli.after_stage import evaluate_after_stage
+
+        report = evaluate_after_stage(loaded, stage, summary)
         evaluation = None  # the evaluation after training, for --json
-        if STAGE_TABLE[stage].evaluated and recipe_eval.after_finetune and loaded.recipe.data.finetune.test:
-            from pathlib import Path
+        if report is not None:
+            from textgen_cli.evaluate import print_table
 
-            from textgen_cli.evaluate import print_table, run_evaluate
-            from textgen_cli.model_card import write_model_card
-
-            try:
-                report = run_evaluate(loaded, summary.final_dir, None, "test", [])
-            except (UserError, DiskFull) as exc:  # the trained model is saved; say why it was not scored
-                log(
-                    f"warning: evaluation after {stage} failed: {exc}; the model is saved in {summary.final_dir}",
-                    level=logging.WARNING,
-                )
-            else:
-                evaluation = {
-                    "metrics": report.metrics,
-                    "intervals": report.intervals,
-                    "likelihood": report.likelihood,
-                    "n_examples": report.n_examples,
-                    "eval_time_s": report.eval_time_s,
-                    "file": report.files["eval"],
-                }
-                write_model_card(Path(summary.run_dir), summary, report)
-                if not json_output:
-                    print_table(report, stream=sys.stderr)
+            evaluation = {
+                "metrics": report.metrics,
+                "intervals": report.intervals,
+                "likelihood": report.likelihood,
+                "n_examples": report.n_examples,
+                "eval_time_s": report.eval_time_s,
+                "file": report.files["eval"],
+            }
+            if not json_output:
+                print_table(report, stream=sys.stderr)
         print_summary(summary, json_output, evaluation)
 
     guarded(debug, action, verbose, quiet)
@@ -472,6 +461,9 @@ def evaluate(
         loaded = load_recipe(recipe, overrides)
         quiet_libraries()
         report = run_evaluate(loaded, model, stage, split or loaded.recipe.eval.split, perturb or [], output)
+        from textgen_cli.model_card import record_evaluation
+
+        record_evaluation(report)  # a run's final model on the test split: its card gets the scores
         if json_output:
             print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
         else:

@@ -198,6 +198,7 @@ def evaluate_model(model: Model) -> None:
     """Reuse the stage's evaluation with the same eval hash (its default one, or a record under
     evals/<hash>/), else evaluate now (run_evaluate files it in the matching place)."""
     from textgen_cli.evaluate import eval_hash, find_evaluation, run_evaluate
+    from textgen_cli.model_card import record_evaluation
 
     run_dir = model.loaded.run_dir(model.stage)
     wanted = eval_hash(model.loaded, model.stage, "test")
@@ -205,6 +206,7 @@ def evaluate_model(model: Model) -> None:
     if found is None:
         log(f"compare: evaluating {model.label}")
         report = run_evaluate(model.loaded, str(model.final_dir), None, "test", [])
+        record_evaluation(report)
         found = Path(report.files["eval"]).parent
     else:
         report = EvalReport.read(found / "eval.json")

@@ -3,7 +3,8 @@
 A YAML metadata header the Hub reads (library, pipeline, tags, base model, datasets), then the
 family and architecture, the checkpoint it started from, the data, the training figures, the
 evaluation table when the stage was evaluated, and the resolved recipe, so that `final/` can be
-pushed to a hub as it is. Written when `final/` is written, and again after evaluation.
+pushed to a hub as it is. Written when `final/` is written, and again whenever the final model is
+evaluated on the test split (`record_evaluation`: after the stage, by `evaluate` or by `compare`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import yaml
 
 from textgen_cli import __version__
 from textgen_cli.models.roles import role_for
-from textgen_cli.runs import FINAL_DIR, RECIPE_FILE, write_text_atomic
+from textgen_cli.runs import FINAL_DIR, RECIPE_FILE, SUMMARY_FILE, write_text_atomic
 from textgen_cli.stages import STAGE_TABLE
 
 if TYPE_CHECKING:
@@ -36,6 +37,21 @@ def write_model_card(run_path: Path, summary: RunSummary, eval_report: EvalRepor
     card = run_path / FINAL_DIR / CARD_FILE
     write_text_atomic(card, render(recipe, summary, eval_report, saved_layout(run_path / FINAL_DIR)))
     return card
+
+
+def record_evaluation(report: EvalReport) -> Path | None:
+    """Rewrite a run's card with an evaluation of its final model on the test split, whichever verb
+    ran it (the evaluation after a stage, `evaluate`, `compare`); None when the model evaluated is
+    not a textgen run's final/, or the evaluation is not the card's (another split, perturbed inputs)."""
+    from textgen_cli.results import RunSummary
+
+    final = Path(report.model)
+    run_path = final.parent
+    if final.name != FINAL_DIR or report.split != "test" or report.robustness:
+        return None
+    if not (run_path / SUMMARY_FILE).is_file() or not (run_path / RECIPE_FILE).is_file():
+        return None
+    return write_model_card(run_path, RunSummary.read(run_path / SUMMARY_FILE), report)
 
 
 def saved_layout(final: Path) -> tuple[str | None, str | None]:
