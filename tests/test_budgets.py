@@ -172,6 +172,11 @@ def test_the_lr_grid_picks_on_validation(root, swept):
     assert settings["learning rate"]["values"] == [f"{a['chosen']:g}" for a in grid["arms"]]
     # picks from the same grid on validation are fair tuning: a different learning rate is no confound
     assert "CONFOUNDED" not in result.stdout and "controlled: the arms differ only in the family" in result.stdout
+    # and when the picks differ, the line says so (the declared factor), in the terminal and the report
+    if len(set(settings["learning rate"]["values"])) > 1:
+        line = "controlled: the arms differ only in the family and the declared factor learning rate"
+        assert line in result.stdout
+        assert "differ only in the family and the declared factor learning rate" in (folder / "report.md").read_text()
 
 
 @pytest.mark.parametrize(

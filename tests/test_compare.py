@@ -740,3 +740,15 @@ def test_pretraining_effect_is_a_paired_bootstrap_between_the_two_models(tmp_pat
         )
         == []
     )
+
+
+def test_the_controlled_line_names_the_declared_factors_that_differ():
+    from textgen_cli.comparison import controlled_line
+
+    assert controlled_line([]) == "controlled: the arms differ only in the family (settings below)"
+    assert controlled_line([], ["learning rate"]) == (
+        "controlled: the arms differ only in the family and the declared factor learning rate (settings below)"
+    )
+    assert controlled_line(["norm pre vs post"], ["learning rate"]).startswith(
+        "CONFOUNDED: the arms differ in more than the family: norm pre vs post"
+    )

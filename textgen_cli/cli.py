@@ -591,6 +591,7 @@ def compare(
                     confounded=result["confounded"],
                     primary=result["primary"],
                     effects=result["pretraining"],
+                    factors=result["factors"],
                 )
             print(
                 f"report: {result['report']}/report.html (also report.md, metrics.csv, metrics.json) in {result['elapsed_s']:.0f} s"

@@ -16,7 +16,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from textgen_cli.comparison import Cell, Column, Model, effect_lines, lead_mark, legend, verdicts, withheld_lines
+from textgen_cli.comparison import (
+    Cell,
+    Column,
+    Model,
+    controlled_line,
+    effect_lines,
+    lead_mark,
+    legend,
+    verdicts,
+    withheld_lines,
+)
 from textgen_cli.errors import UserError
 from textgen_cli.flops import Lengths
 from textgen_cli.metrics.registry import TABLE_ROWS
@@ -429,14 +439,6 @@ def pretraining_effects(columns: list[Column], n_resamples: int = 1000, seed: in
     return effects
 
 
-def controlled_line(confounded: list[str], factors: Sequence[str] = ()) -> str:
-    """The first line of every comparison: is it a controlled one?"""
-    if confounded:
-        return "CONFOUNDED: the arms differ in more than the family: " + "; ".join(confounded) + " (no lead is starred)"
-    extra = f" and the declared factor{'s' if len(factors) > 1 else ''} {', '.join(factors)}" if factors else ""
-    return f"controlled: the arms differ only in the family{extra} (settings below)"
-
-
 def print_table(
     columns: list[Column],
     rows: list[dict[str, Any]],
@@ -445,6 +447,7 @@ def print_table(
     confounded: list[str] | None = None,
     primary: str | None = None,
     effects: list[dict[str, Any]] = (),
+    factors: Sequence[str] = (),
 ) -> None:
     """The judged table in the terminal; `effects`: the table's pretraining effects (judged_table)."""
     from rich.console import Console
@@ -456,7 +459,7 @@ def print_table(
     console = Console(file=stream, width=max(100, 32 + 30 * len(columns)))
     if settings is not None:
         style = "bold red" if confounded else "green"
-        console.print(f"[{style}]{escape(controlled_line(confounded or []))}[/{style}]", soft_wrap=True)
+        console.print(f"[{style}]{escape(controlled_line(confounded or [], factors))}[/{style}]", soft_wrap=True)
     for label, verdict in verdicts(columns):
         lines = verdict_lines(label, verdict)
         style = "green" if verdict["ok"] else "bold red"
@@ -526,6 +529,7 @@ def print_budgets(result: dict[str, Any], stream=None) -> None:
             confounded=table["confounded"],
             primary=result["primary"],
             effects=table["pretraining"],
+            factors=table["factors"],
         )
     arms, points = result["curve"]
     console = Console(file=stream, width=max(100, 40 + 34 * len(arms)))
@@ -690,6 +694,7 @@ def run_compare(
         table["settings"],
         table["confounded"],
         primary,
+        table["factors"],
     )
     write_grid_files(folder, grid, primary)
     return {
@@ -738,7 +743,15 @@ def judged_table(models: list[Model], primary: str, factors: Sequence[str]) -> d
     rows = table_rows(columns, reference.eval.bootstrap, reference.eval.seed, primary, confounded)
     # once per table: the terminal and the report files show the same
     effects = pretraining_effects(columns, reference.eval.bootstrap, reference.eval.seed)
-    return {"columns": columns, "rows": rows, "settings": settings, "confounded": confounded, "pretraining": effects}
+    varied = [name for name in factors if any(s.name == name and s.differs for s in settings)]
+    return {
+        "columns": columns,
+        "rows": rows,
+        "settings": settings,
+        "confounded": confounded,
+        "pretraining": effects,
+        "factors": varied,  # the declared factors that do differ between the arms
+    }
 
 
 def report_folder(reports_root: str, name: str | None, models: list[Model]) -> Path:
@@ -807,6 +820,7 @@ def run_budgets(
         table["settings"],
         table["confounded"],
         primary,
+        table["factors"],
     )
     curve_record = write_curve(folder, arms, points, primary, line)
     write_grid_files(folder, grid, primary)

@@ -9,6 +9,7 @@ significant, withheld (why a significant lead gets no star, or None), test (how 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,14 @@ class Column:
     models: list[Model]  # one per seed; none for a baseline
     cells: dict[str, Cell] = field(default_factory=dict)
     baseline: bool = False  # a trivial system (copy source, retrieval, ...): shown, never ranked
+
+
+def controlled_line(confounded: list[str], factors: Sequence[str] = ()) -> str:
+    """The first line of every comparison: is it a controlled one?"""
+    if confounded:
+        return "CONFOUNDED: the arms differ in more than the family: " + "; ".join(confounded) + " (no lead is starred)"
+    extra = f" and the declared factor{'s' if len(factors) > 1 else ''} {', '.join(factors)}" if factors else ""
+    return f"controlled: the arms differ only in the family{extra} (settings below)"
 
 
 def effect_lines(effects: list[dict[str, Any]]) -> list[str]:

@@ -13,6 +13,7 @@ import platform
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -371,9 +372,11 @@ def write_report(
     settings: list | None = None,
     confounded: list[str] | None = None,
     primary: str | None = None,
+    factors: Sequence[str] = (),
 ) -> None:
     """`effects`: compare.pretraining_effects of the columns (the same the terminal shows);
-    `settings` / `confounded`: settings_diff's effective settings and the confounds among them."""
+    `settings` / `confounded`: settings_diff's effective settings and the confounds among them;
+    `factors`: the declared factors that differ between the arms."""
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -389,6 +392,7 @@ def write_report(
                     "verdicts": judged,
                     "pretraining": effects,
                     "confounded": confounded or [],
+                    "declared_factors": list(factors),
                     "primary_metric": primary,
                     "settings": [vars(x) for x in settings or []],
                     "provenance": prov,
@@ -411,18 +415,10 @@ def write_report(
         effects_md = (
             ["## Does pretraining help?", "", *(f"- {line}" for line in effect_lines(effects)), ""] if effects else []
         )
-        from textgen_cli.comparison import withheld_lines
+        from textgen_cli.comparison import controlled_line, withheld_lines
 
-        controlled = (
-            [
-                "**CONFOUNDED**: the arms differ in more than the family: "
-                + "; ".join(confounded)
-                + ". No lead is starred.",
-                "",
-            ]
-            if confounded
-            else (["Controlled: the arms differ only in the family (settings below).", ""] if settings else [])
-        )
+        line = controlled_line(confounded or [], factors)
+        controlled = [f"**{line[: line.index(':')]}**{line[line.index(':') :]}", ""] if settings or confounded else []
         md = [
             f"# textgen compare: {' vs '.join(c.label for c in models_only)}",
             "",
