@@ -711,3 +711,45 @@ def test_eval_hash_is_unchanged_by_the_shared_hash_helper():
                     stage,
                     split,
                 )
+
+
+def test_prose_auto_scores_textgen_models_only(tokenizer):
+    """eval.prose=auto: a model pretrained by textgen (its own tokenizer) is scored; one pretrained
+    elsewhere is skipped with the reason and the key that scores it; on and off override."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from textgen_cli.evaluate import prose_skipped
+
+    foreign = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, "[UNK]")))
+    assert prose_skipped("auto", tokenizer) is None
+    assert "eval.prose=on" in prose_skipped("auto", foreign)
+    assert prose_skipped("on", foreign) is None
+    assert prose_skipped("off", tokenizer) == "eval.prose is off"
+
+
+def test_input_use_reuses_the_likelihood_pass_when_it_covers_every_example(space, tmp_path, monkeypatch):
+    """With eval.input_check >= the examples, input-use's own-sources pass is the likelihood pass
+    already run: one pass fewer, the same figures. With fewer, its subset is scored apart."""
+    from textgen_cli import evaluate
+    from textgen_cli.recipe import load_recipe
+
+    calls: list[int] = []
+    original = evaluate.likelihood
+
+    def counted(generator, examples, batch_size):
+        calls.append(len(examples))
+        return original(generator, examples, batch_size)
+
+    ok(trained_run(space, "chatgpt").finetune)
+    monkeypatch.setattr(evaluate, "likelihood", counted)
+    monkeypatch.chdir(space)
+    for check, expected in ((1000, [N_TEST, N_TEST]), (3, [N_TEST, 3, 3])):
+        calls.clear()
+        loaded = load_recipe("recipe/evaltest-chatgpt.yaml", ["eval.bootstrap=20", f"eval.input_check={check}"])
+        report = evaluate.run_evaluate(
+            loaded, None, None, "test", [], output=str(tmp_path / str(check)), progress=False
+        )
+        assert calls == expected
+        if check >= N_TEST:
+            assert report.input_use["bits_per_byte_true"] == report.likelihood["bits_per_byte"]

@@ -630,6 +630,71 @@ def test_lora_trains_only_the_adapters_and_merges_into_a_plain_model(space, tmp_
         assert torch.allclose(reloaded(input_ids=ids).logits, expected, atol=1e-5)
 
 
+def test_lora_trains_the_rows_of_added_tokens(space, tmp_path):
+    """The llama checkpoint's tokenizer has no chat template: textgen adds its role tokens, whose
+    rows start as the mean. Under LoRA those rows (not the pad's) must train, and no other row."""
+    import torch
+
+    from textgen_cli.finetune import trainable_new_tokens
+    from textgen_cli.models import load_pretrained
+    from textgen_cli.models.lora import attach_lora, merged_for_saving
+    from textgen_cli.schema import LoraSection
+
+    pretrained = load_pretrained(space.checkpoints["llama"], "chatgpt")
+    tokenizer = pretrained.tokenizer
+    new = trainable_new_tokens(tokenizer, {"added_tokens": pretrained.added_tokens})
+    assert new and tokenizer.pad_token_id not in new
+    before = pretrained.model.get_input_embeddings().weight.detach().clone()
+    model, notes = attach_lora(pretrained.model, LoraSection(rank=4), new_tokens=new)
+    assert notes["trainable_tokens"] == len(new)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = torch.tensor([[*new, 5, 6, 7, *new]])
+    for _ in range(3):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = merged_for_saving(model, tmp_path).get_input_embeddings().weight
+    moved = (after != before).any(dim=1).nonzero().flatten().tolist()
+    assert moved == sorted(new)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_label_positions_loss_is_transformers_own_loss(space, lora):
+    """textgen's loss (the output layer applied at label positions only) against the loss and the
+    gradients transformers computes itself from the full logits: same to float tolerance, for an
+    assistant-only-labelled, padded batch."""
+    import torch
+
+    from textgen_cli.models import load_pretrained
+    from textgen_cli.models.lora import attach_lora
+    from textgen_cli.objectives import IGNORE_INDEX, token_loss_sum
+    from textgen_cli.schema import LoraSection
+
+    torch.manual_seed(0)
+    model = load_pretrained(space.checkpoints["llama"], "chatgpt").model
+    if lora:
+        model, _ = attach_lora(model, LoraSection(rank=4))
+        for name, param in model.named_parameters():  # B starts at 0; nonzero, the adapters take part
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.02)
+    model.train()
+    ids = torch.randint(0, 300, (3, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0  # a padded row
+    labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+    labels[:, :4] = IGNORE_INDEX  # the prompt: no loss
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    trained = [p for p in model.parameters() if p.requires_grad]
+
+    ours, n_tokens = token_loss_sum(model, batch, causal=True)
+    ours_grads = torch.autograd.grad(ours, trained)
+    theirs = model(**batch).loss * n_tokens  # transformers' mean over the shifted labels, as a sum
+    their_grads = torch.autograd.grad(theirs, trained)
+    assert n_tokens == int((labels[:, 1:] != IGNORE_INDEX).sum())
+    assert torch.allclose(ours, theirs, rtol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(ours_grads, their_grads))
+
+
 def test_lora_finetune_and_adv_train_save_merged_models(space):
     import transformers
 

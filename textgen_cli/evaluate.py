@@ -10,11 +10,12 @@ perturbed sources (robustness).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,10 +198,15 @@ def rotated(examples: list[EvalExample]) -> list[EvalExample]:
     ]
 
 
-def input_use(generator, examples: list[EvalExample], n: int, batch_size: int) -> dict[str, Any]:
+def input_use(
+    generator, examples: list[EvalExample], n: int, batch_size: int, scored: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Does the model read its input? The reference bits per byte of the first `n` examples with their
     own sources and with the sources rotated by one example (source[i] <- source[i+1]). A model that
-    ignores its input scores both the same: the gap is ~0."""
+    ignores its input scores both the same: the gap is ~0.
+
+    `scored`: `likelihood` of all `examples`, already computed; when the first `n` are all of them,
+    it is the own-sources pass, which is then not run again (a third of this check's forward passes)."""
     subset = examples[:n]
     if n <= 0 or len(subset) < 2:
         return {
@@ -218,7 +224,7 @@ def input_use(generator, examples: list[EvalExample], n: int, batch_size: int) -
             "bits_per_byte_shuffled": None,
             "gap": None,
         }
-    true = likelihood(generator, subset, batch_size)
+    true = scored if scored is not None and len(subset) == len(examples) else likelihood(generator, subset, batch_size)
     shuffled = likelihood(generator, rotated(subset), batch_size)
     if true["bits_per_byte"] is None or shuffled["bits_per_byte"] is None:
         return {
@@ -295,6 +301,23 @@ def likelihood(generator, examples: list[EvalExample], batch_size: int) -> dict[
         "perplexity": perplexity(total, tokens),
         "bits_per_byte": bits_per_byte(total, n_bytes),
     }
+
+
+def prose_skipped(setting: str, tokenizer) -> str | None:
+    """Why held-out prose is not scored under `eval.prose` (None: it is). `auto` scores it for a model
+    with textgen's own tokenizer only: pretrained by textgen on that text, and small. A model
+    pretrained elsewhere did not learn from the recipe's prose, and in its long windows (8,192
+    tokens for SmolLM2) the prose took most of an evaluation's time (issue 25: 578 s, of which 100 s
+    of generation)."""
+    from textgen_cli.tokenizer import is_textgen_tokenizer
+
+    if setting == "off":
+        return "eval.prose is off"
+    if setting == "auto" and not is_textgen_tokenizer(tokenizer):
+        return (
+            "a model pretrained elsewhere (eval.prose=auto scores textgen's own models only; eval.prose=on scores it)"
+        )
+    return None
 
 
 def prose_likelihood(generator, path: str | None, text_field: str, batch_size: int) -> dict[str, Any]:
@@ -417,6 +440,16 @@ def find_evaluation(stage_dir: Path, digest: str) -> Path | None:
     return None
 
 
+@contextlib.contextmanager
+def timed(timings: dict[str, float], part: str) -> Iterator[None]:
+    """Adds the seconds of the block to timings[part] (eval.json's `timings`: where the time went)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[part] = timings.get(part, 0.0) + time.perf_counter() - started
+
+
 def run_evaluate(
     loaded,
     model_dir: str | None,
@@ -449,11 +482,13 @@ def run_evaluate(
     for entry in section.metrics:  # an unknown metric must fail before minutes of generation
         resolve_metric_path(entry)
     started = time.perf_counter()
-    generator = (
-        load_generator(None, model_dir, stage, loaded=loaded)
-        if model_dir
-        else load_generator(None, None, stage, loaded=loaded)
-    )
+    timings: dict[str, float] = {}
+    with timed(timings, "load"):
+        generator = (
+            load_generator(None, model_dir, stage, loaded=loaded)
+            if model_dir
+            else load_generator(None, None, stage, loaded=loaded)
+        )
     dialogues = read_finetune_examples(recipe.data.finetune, split, section.max_examples)
     examples = examples_from(dialogues, recipe.data.finetune.task)
     if not examples:
@@ -470,20 +505,36 @@ def run_evaluate(
         results = generator.batch(prompts, stats=stats, on_batch=on_batch, labels=labels)
         return [r.output for r in results], stats
 
-    predictions, stats = decode([e.prompt for e in examples], "generating")
-    metrics, signatures = score(section.metrics, predictions, references, sources)
-    bounds = intervals(predictions, references, section.bootstrap, section.seed)
-    baselines = score_baselines(loaded, examples, predictions, section.metrics, section.bootstrap, section.seed)
-    scored = likelihood(generator, examples, generator.settings.batch_size)
-    uses_input = input_use(generator, examples, section.input_check, generator.settings.batch_size)
-    prose = prose_likelihood(
-        generator, recipe.data.pretrain.validation, recipe.data.pretrain.text_field, generator.settings.batch_size
-    )
+    with timed(timings, "generation"):
+        predictions, stats = decode([e.prompt for e in examples], "generating")
+    with timed(timings, "metrics"):
+        metrics, signatures = score(section.metrics, predictions, references, sources)
+        bounds = intervals(predictions, references, section.bootstrap, section.seed)
+    with timed(timings, "baselines"):
+        baselines = score_baselines(loaded, examples, predictions, section.metrics, section.bootstrap, section.seed)
+    with timed(timings, "likelihood"):
+        scored = likelihood(generator, examples, generator.settings.batch_size)
+    with timed(timings, "input_use"):
+        uses_input = input_use(generator, examples, section.input_check, generator.settings.batch_size, scored)
+    with timed(timings, "prose"):
+        # without a pretraining text, prose_likelihood says so itself
+        skip = prose_skipped(section.prose, generator.tokenizer) if recipe.data.pretrain.validation else None
+        prose = (
+            {"skipped": skip}
+            if skip
+            else prose_likelihood(
+                generator,
+                recipe.data.pretrain.validation,
+                recipe.data.pretrain.text_field,
+                generator.settings.batch_size,
+            )
+        )
 
     robustness = []
     for kind, rate in specs:
         noisy_prompts = [perturbed_prompt(e, kind, rate, section.seed, i) for i, e in enumerate(examples)]
-        noisy_predictions, _ = decode(noisy_prompts, f"{kind}:{rate:g}")
+        with timed(timings, "robustness"):
+            noisy_predictions, _ = decode(noisy_prompts, f"{kind}:{rate:g}")
         noisy, _ = score(section.metrics, noisy_predictions, references, sources)
         noisy_bounds = intervals(noisy_predictions, references, section.bootstrap, section.seed)
         robustness.append(
@@ -543,6 +594,7 @@ def run_evaluate(
         },
         eval_time_s=elapsed,
         examples_per_s=len(examples) / max(elapsed, 1e-9),
+        timings=timings,
     )
     from textgen_cli.verdict import judge, thresholds_of
 

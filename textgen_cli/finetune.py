@@ -102,6 +102,15 @@ def starting_model(loaded: LoadedRecipe, start: str, stage: str) -> tuple[Any, A
     return pretrained.model, pretrained.tokenizer, notes
 
 
+def trainable_new_tokens(tokenizer, notes: dict[str, Any]) -> list[int]:
+    """The ids of the tokens added to the starting model's tokenizer, whose rows LoRA must train
+    (they start as the mean row). Not the pad token: no position reads it (it is masked) and no
+    label is one, so its row never matters."""
+    added = [*notes.get("tokens_beyond_rows", []), *notes.get("added_tokens", [])]
+    ids = [tokenizer.convert_tokens_to_ids(token) for token in added]
+    return [index for index in ids if index != tokenizer.pad_token_id]
+
+
 def prepare(loaded: LoadedRecipe, start: str | Path, stage: str) -> FinetuneSetup:
     recipe = loaded.recipe
     role = role_for(recipe.model.family)
@@ -109,7 +118,13 @@ def prepare(loaded: LoadedRecipe, start: str | Path, stage: str) -> FinetuneSetu
     if recipe.model.lora.rank:
         from textgen_cli.models.lora import attach_lora
 
-        model, lora_notes = attach_lora(model, recipe.model.lora, str(loaded.path))
+        model, lora_notes = attach_lora(
+            model,
+            recipe.model.lora,
+            str(loaded.path),
+            new_tokens=trainable_new_tokens(tokenizer, notes),
+            input_grads=stage == "adv-train",  # it perturbs the input embeddings and needs their gradient
+        )
         notes["lora"] = lora_notes
         log(
             f"{stage}: LoRA rank {lora_notes['rank']} on {', '.join(lora_notes['target_modules'])}: "

@@ -167,6 +167,7 @@ class EvalReport:
     generation: dict[str, Any]
     eval_time_s: float
     examples_per_s: float
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per part: load, generation, metrics, ...
     verdict: dict[str, Any] | None = None  # verdict.judge's
     files: dict[str, str] = field(default_factory=dict)  # where eval.json and predictions.jsonl were written
 

@@ -34,7 +34,10 @@ class LoraSection:
         "LoRA rank r (0: no LoRA, every weight is trained). With r > 0 only low-rank adapters on the target modules are trained (finetune and adv-train; see docs/models.md).",
     )
     alpha: float | None = _key(None, "LoRA scaling alpha (the update is scaled by alpha / rank); null: 2 x rank.")
-    dropout: float = _key(0.05, "Dropout on the LoRA adapters' input during training.")
+    dropout: float = _key(
+        0.0,
+        "Dropout on the LoRA adapters' input during training. Off by default: peft draws a mask and keeps a dropped copy of the input per adapter, which cost 11% of a LoRA step on SmolLM2 (docs/models.md).",
+    )
     target_modules: list[str] = _key(
         [],
         "Module names that get adapters (e.g. [q_proj, v_proj]); empty: the attention and feed-forward projections of the architecture (docs/models.md lists them).",
@@ -332,6 +335,10 @@ class EvalSection:
         128,
         "Input-use check: score the reference bits per byte of the first N examples with their own sources and with sources rotated by one example (0: off).",
     )
+    prose: str = _key(
+        "auto",
+        "Bits per byte of the recipe's pretraining validation text (data.pretrain.validation), `chatgpt` only. `auto`: for models with textgen's own tokenizer (pretrained by textgen, on that text); a model pretrained elsewhere (SmolLM2, Qwen, ...) did not learn from it, and its long windows (8,192 tokens for SmolLM2) cost several times the generation. `on`: always; `off`: never.",
+    )
     min_input_gap: float = _key(
         0.1,
         "Verdict: flag a model whose shuffled-minus-true bits per byte gap (input_check) is below this: it ignores its input.",
@@ -395,6 +402,7 @@ CHOICES = {
     "distributed.strategy": ("ddp", "fsdp"),
     "resume": ("never", "auto"),
     "eval.split": ("test", "validation", "train"),
+    "eval.prose": ("auto", "on", "off"),
     "adv_train.method": ("none", "fgm", "pgd", "freelb", "r3f"),
     "adv_train.norm": ("l2", "inf"),
     "adv_train.positions": ("context", "all"),

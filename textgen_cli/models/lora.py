@@ -2,9 +2,17 @@
 
 The adapters are injected into the transformers model itself (peft replaces the target Linear
 layers in place), and the training loop trains that model as it trains any other: only the
-adapter weights require gradients, so AdamW holds state for them alone. At the end the adapters are
-merged into the weights (`final/` is a plain transformers checkpoint); `model.lora.keep_adapter`
-also saves the adapter alone in `final/adapter/`.
+adapter weights require gradients, so AdamW holds state for them alone. Tokens that textgen added
+to the tokenizer get trainable rows too (peft's trainable tokens: a delta for those rows alone),
+or they would stay the mean row they started as. At the end the adapters are merged into the
+weights (`final/` is a plain transformers checkpoint); `model.lora.keep_adapter` also saves the
+adapter alone in `final/adapter/`.
+
+What LoRA saves on a CPU, measured on SmolLM2-135M (docs/models.md, "LoRA"): the gradients and
+AdamW state of the frozen weights, and the weight-gradient products of the frozen projections.
+Adapter dropout is off by default: peft draws a separate mask and keeps a separate dropped copy of
+the input for each of the seven adapters of a layer, which took 11% of a LoRA step and a GB of
+allocations.
 """
 
 from __future__ import annotations
@@ -51,9 +59,38 @@ def target_modules(model, section: LoraSection, source: str) -> list[str]:
     return [name for name in found if name in names]
 
 
-def attach_lora(model, section: LoraSection, source: str = "recipe") -> tuple[Any, dict[str, Any]]:
-    """Inject LoRA adapters; returns the (same) transformers model, now training only the adapters,
-    and what the summary records: rank, alpha, targets, trainable and total parameters."""
+def module_name(model, module) -> str | None:
+    """The name under which `module` sits in `model` (None: not in it)."""
+    return next((name for name, found in model.named_modules() if found is module), None)
+
+
+def token_rows(model, token_ids: list[int]) -> dict[str, list[int]] | None:
+    """peft's `trainable_token_indices`: the rows of `token_ids` in the input embeddings and, when
+    it is not tied to them, in the output layer (a new token must also be predictable)."""
+    if not token_ids:
+        return None
+    embeddings, output = model.get_input_embeddings(), model.get_output_embeddings()
+    rows = {module_name(model, embeddings): list(token_ids)}
+    if output is not None and output.weight is not embeddings.weight:
+        rows[module_name(model, output)] = list(token_ids)
+    return {name.rsplit(".", 1)[-1]: ids for name, ids in rows.items() if name}
+
+
+def attach_lora(
+    model,
+    section: LoraSection,
+    source: str = "recipe",
+    *,
+    new_tokens: list[int] | None = None,
+    input_grads: bool = False,
+) -> tuple[Any, dict[str, Any]]:
+    """Inject LoRA adapters; returns the (same) transformers model, now training only the adapters
+    (and the rows of `new_tokens`: ids textgen added to the tokenizer), and what the summary
+    records: rank, alpha, targets, trainable and total parameters.
+
+    `input_grads`: the input embeddings' output gets a gradient although the embeddings are frozen
+    (adversarial training perturbs it); otherwise backpropagation stops below the first layer's
+    adapters, as it should."""
     from peft import LoraConfig, get_peft_model
 
     targets = target_modules(model, section, source)
@@ -64,6 +101,7 @@ def attach_lora(model, section: LoraSection, source: str = "recipe") -> tuple[An
         lora_dropout=section.dropout,
         target_modules=targets,
         fan_in_fan_out=model.config.model_type == "gpt2",  # GPT-2's Conv1D stores weights transposed
+        trainable_token_indices=token_rows(model, list(new_tokens or [])),
     )
     try:
         with warnings.catch_warnings():  # peft asks transformers 5 by names it has deprecated
@@ -72,9 +110,8 @@ def attach_lora(model, section: LoraSection, source: str = "recipe") -> tuple[An
     except ValueError as exc:
         raise UserError(f"{source}: key 'model.lora.target_modules': {str(exc).splitlines()[0]}") from exc
     inner = wrapper.base_model.model
-    # adversarial training perturbs the input embeddings and needs their gradient, which the
-    # frozen embedding layer would not give
-    inner.enable_input_require_grads()
+    if input_grads:
+        inner.enable_input_require_grads()
     _WRAPPERS[id(inner)] = (wrapper, section.keep_adapter)
     trainable = sum(p.numel() for p in inner.parameters() if p.requires_grad)
     total = sum(p.numel() for p in inner.parameters())
@@ -83,6 +120,7 @@ def attach_lora(model, section: LoraSection, source: str = "recipe") -> tuple[An
         "alpha": alpha,
         "dropout": section.dropout,
         "target_modules": targets,
+        "trainable_tokens": len(new_tokens or []),
         "trainable_parameters": trainable,
         "total_parameters": total,
         "trainable_share": trainable / total,
