@@ -260,6 +260,7 @@ def test_input_use_degeneration_and_verdict(evaluated):
     assert use["bits_per_byte_true"] == pytest.approx(report["likelihood"]["bits_per_byte"], rel=1e-9)
     assert use["bits_per_byte_shuffled"] != use["bits_per_byte_true"]
     assert use["gap"] == pytest.approx(use["bits_per_byte_shuffled"] - use["bits_per_byte_true"], abs=1e-12)
+    assert use["gap_low"] < use["gap"] < use["gap_high"]  # the bootstrap interval over the examples
     rows = read_jsonl(folder / "predictions.jsonl")
     predictions = [r["prediction"] for r in rows]
     degeneration = report["degeneration"]
@@ -273,6 +274,9 @@ def test_input_use_degeneration_and_verdict(evaluated):
     assert verdict["ok"] is False
     assert any(flag.startswith("below the copy source baseline: BLEU -") for flag in verdict["flags"])
     assert (use["gap"] < 0.1) == any(flag.startswith("ignores its input") for flag in verdict["flags"])
+    assert (use["gap"] >= 0.1 and use["gap_low"] <= 0) == any(
+        flag.startswith("may ignore its input") for flag in verdict["flags"]
+    )
     assert verdict["thresholds"] == {"min_input_gap": 0.1, "min_distinct_outputs": 0.5, "max_repetition_excess": 0.2}
 
 

@@ -616,3 +616,25 @@ def test_verdict_flags_each_failure_and_passes_a_good_model():
     )
     assert "degenerate: distinct outputs for only 0% of distinct sources" in text
     assert "degenerate: repeats itself (60% of 4-grams" in text
+
+
+def test_bits_per_byte_gap_interval_recomputes_the_ratio_of_resampled_sums():
+    """Each resample's gap is (sum of other - own NLL) / (ln 2 x sum of bytes) over the drawn
+    examples, not a mean of per-example gaps; the interval is their percentile interval, seeded."""
+    from textgen_cli.metrics import bits_per_byte_gap_interval
+
+    rng = np.random.default_rng(5)
+    own = rng.uniform(10, 50, size=40)
+    other = own + rng.normal(5, 3, size=40)
+    n_bytes = rng.integers(20, 200, size=40)
+    low, high = bits_per_byte_gap_interval(own, other, n_bytes, n_resamples=300, seed=9)
+    draws = np.random.default_rng(9).integers(0, 40, size=(300, 40))
+    by_hand = [(other[d] - own[d]).sum() / (math.log(2) * n_bytes[d].sum()) for d in draws]
+    assert (low, high) == pytest.approx(tuple(np.quantile(by_hand, [0.025, 0.975])))
+    point = (other - own).sum() / (math.log(2) * n_bytes.sum())
+    assert low < point < high
+    assert (low, high) == bits_per_byte_gap_interval(own, other, n_bytes, n_resamples=300, seed=9)
+    # a source that changes nothing: a zero-width interval at zero
+    assert bits_per_byte_gap_interval(own, own, n_bytes, n_resamples=50) == (0.0, 0.0)
+    with pytest.raises(ValueError):
+        bits_per_byte_gap_interval(own, other[:-1], n_bytes)

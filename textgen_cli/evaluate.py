@@ -197,44 +197,82 @@ def rotated(examples: list[EvalExample]) -> list[EvalExample]:
     ]
 
 
-def input_use(generator, examples: list[EvalExample], n: int, batch_size: int) -> dict[str, Any]:
+def input_use(
+    generator, examples: list[EvalExample], n: int, n_resamples: int = 1000, seed: int = 1234
+) -> dict[str, Any]:
     """Does the model read its input? The reference bits per byte of the first `n` examples with their
     own sources and with the sources rotated by one example (source[i] <- source[i+1]). A model that
-    ignores its input scores both the same: the gap is ~0."""
+    ignores its input scores both the same: the gap is ~0. Each reference is scored on its own under
+    both sources, so the gap gets a bootstrap interval over the examples (the test-set noise)."""
     subset = examples[:n]
+    skipped = None
     if n <= 0 or len(subset) < 2:
+        skipped = "eval.input_check is 0" if n <= 0 else "fewer than 2 examples"
+    elif len({e.source for e in subset}) < 2:
+        skipped = "every source is the same"
+    own = per_example_nll(generator, subset) if skipped is None else []
+    other = per_example_nll(generator, rotated(subset)) if skipped is None else []
+    kept = [i for i, (a, b) in enumerate(zip(own, other)) if a is not None and b is not None]
+    if skipped is None and not kept:
+        skipped = "no reference fits the context"
+    if skipped is not None:
         return {
             "examples": len(subset),
-            "skipped": "eval.input_check is 0" if n <= 0 else "fewer than 2 examples",
+            "skipped": skipped,
             "bits_per_byte_true": None,
             "bits_per_byte_shuffled": None,
             "gap": None,
         }
-    if len({e.source for e in subset}) < 2:
-        return {
-            "examples": len(subset),
-            "skipped": "every source is the same",
-            "bits_per_byte_true": None,
-            "bits_per_byte_shuffled": None,
-            "gap": None,
-        }
-    true = likelihood(generator, subset, batch_size)
-    shuffled = likelihood(generator, rotated(subset), batch_size)
-    if true["bits_per_byte"] is None or shuffled["bits_per_byte"] is None:
-        return {
-            "examples": len(subset),
-            "skipped": "no reference fits the context",
-            "bits_per_byte_true": None,
-            "bits_per_byte_shuffled": None,
-            "gap": None,
-        }
+    from textgen_cli.metrics import bits_per_byte, bits_per_byte_gap_interval, utf8_bytes
+
+    nll_own, nll_other = [own[i] for i in kept], [other[i] for i in kept]
+    n_bytes = [utf8_bytes(subset[i].reference) for i in kept]
+    true, shuffled = bits_per_byte(sum(nll_own), sum(n_bytes)), bits_per_byte(sum(nll_other), sum(n_bytes))
+    low, high = bits_per_byte_gap_interval(nll_own, nll_other, n_bytes, n_resamples, seed)
     return {
-        "examples": true["examples"],
-        "bits_per_byte_true": true["bits_per_byte"],
-        "bits_per_byte_shuffled": shuffled["bits_per_byte"],
-        "gap": shuffled["bits_per_byte"] - true["bits_per_byte"],
-        "method": "sources rotated by one example (source[i] <- source[i+1]), same references",
+        "examples": len(kept),
+        "bits_per_byte_true": true,
+        "bits_per_byte_shuffled": shuffled,
+        "gap": shuffled - true,
+        "gap_low": low,
+        "gap_high": high,
+        "method": "sources rotated by one example (source[i] <- source[i+1]), same references; "
+        "95% percentile bootstrap over examples",
     }
+
+
+def per_example_nll(generator, examples: list[EvalExample]) -> list[float | None]:
+    """Each reference's summed NLL (+ eos, nats) given its prompt, scored as `likelihood` scores the
+    set but one reference at a time; None for a reference longer than the context."""
+    from textgen_cli.models import role_for
+
+    role = role_for(generator.family)
+    scored, pairs = scoring_pairs(generator, examples)
+    nll = {}
+    for example, pair in zip(scored, pairs):
+        one = role.scoring_set([pair], generator.tokenizer, generator.model)
+        nll[id(example)] = summed_nll(generator.model, one, 1, generator.model.device)[0]
+    return [nll.get(id(example)) for example in examples]
+
+
+def scoring_pairs(generator, examples: list[EvalExample]) -> tuple[list[EvalExample], list[tuple]]:
+    """The examples whose reference (+ eos) fits the context, and each one's (input, labels) pair for
+    the family's scoring set: context tokens masked, a decoder-only prompt cut from the left."""
+    from textgen_cli.models import role_for
+    from textgen_cli.prompts import model_context
+
+    role = role_for(generator.family)
+    context = model_context(generator.model)
+    eos = generator.tokenizer.eos_token_id
+    scored, pairs = [], []
+    for example in examples:
+        prompt = generator.prompt(example.prompt, where=f"example {example.id}").ids
+        target = [*encode_texts(generator.tokenizer, [example.reference])[0], eos]
+        if len(target) > context - 1:
+            continue  # the reference alone does not fit: it cannot be scored whole, so it is left out
+        scored.append(example)
+        pairs.append(role.scoring_pair(prompt, target, context))
+    return scored, pairs
 
 
 def degeneration(sources: list[str], predictions: list[str], references: list[str]) -> dict[str, float]:
@@ -257,20 +295,10 @@ def likelihood(generator, examples: list[EvalExample], batch_size: int) -> dict[
     (counted in `skipped_too_long`), and a decoder-only prompt loses its oldest tokens to make room."""
     from textgen_cli.metrics import bits_per_byte, perplexity
     from textgen_cli.models import role_for
-    from textgen_cli.prompts import model_context
 
     role = role_for(generator.family)
     tokenizer, model = generator.tokenizer, generator.model
-    context = model_context(model)
-    eos = tokenizer.eos_token_id
-    pairs, scored = [], []
-    for example in examples:
-        prompt = generator.prompt(example.prompt, where=f"example {example.id}").ids
-        target = [*encode_texts(tokenizer, [example.reference])[0], eos]
-        if len(target) > context - 1:
-            continue  # the reference alone does not fit: it cannot be scored whole, so it is left out
-        scored.append(example)
-        pairs.append(role.scoring_pair(prompt, target, context))
+    scored, pairs = scoring_pairs(generator, examples)
     if not scored:
         return {
             "examples": 0,
@@ -475,7 +503,7 @@ def run_evaluate(
     bounds = intervals(predictions, references, section.bootstrap, section.seed)
     baselines = score_baselines(loaded, examples, predictions, section.metrics, section.bootstrap, section.seed)
     scored = likelihood(generator, examples, generator.settings.batch_size)
-    uses_input = input_use(generator, examples, section.input_check, generator.settings.batch_size)
+    uses_input = input_use(generator, examples, section.input_check, section.bootstrap, section.seed)
     prose = prose_likelihood(
         generator, recipe.data.pretrain.validation, recipe.data.pretrain.text_field, generator.settings.batch_size
     )
@@ -669,7 +697,8 @@ def print_table(report: EvalReport, stream=None) -> None:
         table.add_row(
             f"bits per byte, shuffled sources ({use['examples']})", f"{use['bits_per_byte_shuffled']:.4f}", "", *blank
         )
-        table.add_row("input-use gap (shuffled - own)", f"{use['gap']:+.4f}", "", *blank)
+        bound = f"[{use['gap_low']:+.4f}, {use['gap_high']:+.4f}]" if use.get("gap_low") is not None else ""
+        table.add_row("input-use gap (shuffled - own)", f"{use['gap']:+.4f}", bound, *blank)
     degenerate = report.degeneration or {}
     if degenerate:
         table.add_row(

@@ -216,3 +216,30 @@ def holm(p_values: dict[str, float], alpha: float = 0.05) -> dict[str, bool]:
             break
         rejected[name] = True
     return rejected
+
+
+def bits_per_byte_gap_interval(
+    nll_own: Sequence[float],
+    nll_other: Sequence[float],
+    n_bytes: Sequence[int],
+    n_resamples: int = 1000,
+    seed: int = 1234,
+    confidence: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the bits-per-byte gap `other - own` over examples.
+
+    Each example gives its reference's summed NLL (nats) under its own source and under another
+    source, and the reference's UTF-8 bytes; a resample redraws the examples and takes the ratio of
+    the resampled sums (bits per byte is a ratio of sums, never a mean of per-example ratios), so
+    the interval covers the test-set noise of the input-use check."""
+    own = np.asarray(nll_own, dtype=np.float64)
+    other = np.asarray(nll_other, dtype=np.float64)
+    size = np.asarray(n_bytes, dtype=np.float64)
+    if not len(own) == len(other) == len(size) or len(own) == 0:
+        raise ValueError("bits_per_byte_gap_interval needs equal, non-empty per-example lists")
+    stats = np.stack([other - own, size], axis=1)  # [n, 2]
+    gaps = []
+    for idx in _resample_indices(len(own), n_resamples, seed):
+        sums = _counts(idx, len(own)) @ stats
+        gaps.append(sums[:, 0] / (np.log(2) * sums[:, 1]))
+    return _interval(np.concatenate(gaps), confidence)
