@@ -257,11 +257,20 @@ def test_input_use_degeneration_and_verdict(evaluated):
     report = json.loads((folder / "eval.json").read_text(encoding="utf-8"))
     use = report["input_use"]
     assert use["examples"] == N_TEST  # eval.input_check (128) caps nothing here
-    assert use["bits_per_byte_true"] == pytest.approx(report["likelihood"]["bits_per_byte"], rel=1e-9)
+    # the check scores one reference at a time, the likelihood row in padded batches: float noise only
+    assert use["bits_per_byte_true"] == pytest.approx(report["likelihood"]["bits_per_byte"], rel=1e-6)
     assert use["bits_per_byte_shuffled"] != use["bits_per_byte_true"]
     assert use["gap"] == pytest.approx(use["bits_per_byte_shuffled"] - use["bits_per_byte_true"], abs=1e-12)
     assert use["gap_low"] < use["gap"] < use["gap_high"]  # the bootstrap interval over the examples
     rows = read_jsonl(folder / "predictions.jsonl")
+    # each scored reference's NLLs are kept per example: the summary is their ratio of sums
+    scored = [r for r in rows if "reference_nll" in r]
+    assert len(scored) == use["examples"]
+    n_bytes = sum(r["reference_bytes"] for r in scored)
+    assert use["bits_per_byte_true"] == pytest.approx(sum(r["reference_nll"] for r in scored) / (math.log(2) * n_bytes))
+    assert use["bits_per_byte_shuffled"] == pytest.approx(
+        sum(r["reference_nll_shuffled"] for r in scored) / (math.log(2) * n_bytes)
+    )
     predictions = [r["prediction"] for r in rows]
     degeneration = report["degeneration"]
     assert degeneration["distinct_outputs"] == len(set(predictions))

@@ -199,11 +199,13 @@ def rotated(examples: list[EvalExample]) -> list[EvalExample]:
 
 def input_use(
     generator, examples: list[EvalExample], n: int, n_resamples: int = 1000, seed: int = 1234
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[int, dict[str, float]]]:
     """Does the model read its input? The reference bits per byte of the first `n` examples with their
     own sources and with the sources rotated by one example (source[i] <- source[i+1]). A model that
     ignores its input scores both the same: the gap is ~0. Each reference is scored on its own under
-    both sources, so the gap gets a bootstrap interval over the examples (the test-set noise)."""
+    both sources, so the gap gets a bootstrap interval over the examples (the test-set noise).
+    Returns the summary and, by example index, each scored reference's NLLs (nats) and bytes: they
+    go to predictions.jsonl, so that runs can be compared on them later (seeds, budgets)."""
     subset = examples[:n]
     skipped = None
     if n <= 0 or len(subset) < 2:
@@ -222,14 +224,18 @@ def input_use(
             "bits_per_byte_true": None,
             "bits_per_byte_shuffled": None,
             "gap": None,
-        }
+        }, {}
     from textgen_cli.metrics import bits_per_byte, bits_per_byte_gap_interval, utf8_bytes
 
     nll_own, nll_other = [own[i] for i in kept], [other[i] for i in kept]
     n_bytes = [utf8_bytes(subset[i].reference) for i in kept]
     true, shuffled = bits_per_byte(sum(nll_own), sum(n_bytes)), bits_per_byte(sum(nll_other), sum(n_bytes))
     low, high = bits_per_byte_gap_interval(nll_own, nll_other, n_bytes, n_resamples, seed)
-    return {
+    per_example = {
+        i: {"reference_nll": a, "reference_nll_shuffled": b, "reference_bytes": size}
+        for i, a, b, size in zip(kept, nll_own, nll_other, n_bytes)
+    }
+    summary = {
         "examples": len(kept),
         "bits_per_byte_true": true,
         "bits_per_byte_shuffled": shuffled,
@@ -239,6 +245,7 @@ def input_use(
         "method": "sources rotated by one example (source[i] <- source[i+1]), same references; "
         "95% percentile bootstrap over examples",
     }
+    return summary, per_example
 
 
 def per_example_nll(generator, examples: list[EvalExample]) -> list[float | None]:
@@ -503,7 +510,7 @@ def run_evaluate(
     bounds = intervals(predictions, references, section.bootstrap, section.seed)
     baselines = score_baselines(loaded, examples, predictions, section.metrics, section.bootstrap, section.seed)
     scored = likelihood(generator, examples, generator.settings.batch_size)
-    uses_input = input_use(generator, examples, section.input_check, section.bootstrap, section.seed)
+    uses_input, reference_scores = input_use(generator, examples, section.input_check, section.bootstrap, section.seed)
     prose = prose_likelihood(
         generator, recipe.data.pretrain.validation, recipe.data.pretrain.text_field, generator.settings.batch_size
     )
@@ -577,7 +584,13 @@ def run_evaluate(
     report.verdict = judge(report.to_dict(), thresholds_of(section))
     folder = output_dir(generator, output, split, report.eval_hash)
     write_outputs(
-        folder, "test" if folder.parent.name == EVALS_DIR else split, report, examples, predictions, robustness
+        folder,
+        "test" if folder.parent.name == EVALS_DIR else split,
+        report,
+        examples,
+        predictions,
+        robustness,
+        reference_scores,
     )
     where = (
         "the stage's default evaluation"
@@ -595,12 +608,19 @@ def write_outputs(
     examples: list[EvalExample],
     predictions: list[str],
     robustness: list[dict[str, Any]],
+    reference_scores: dict[int, dict[str, float]] | None = None,
 ) -> None:
+    """predictions.jsonl: one line per example, with the reference's NLL under its own and a shuffled
+    source where the input-use check scored it; eval.json; the perturbed predictions."""
     suffix = "" if split == "test" else f"-{split}"
     folder.mkdir(parents=True, exist_ok=True)
+    scores = reference_scores or {}
     lines = [
-        json.dumps({"id": e.id, "source": e.prompt, "reference": e.reference, "prediction": p}, ensure_ascii=False)
-        for e, p in zip(examples, predictions)
+        json.dumps(
+            {"id": e.id, "source": e.prompt, "reference": e.reference, "prediction": p, **scores.get(i, {})},
+            ensure_ascii=False,
+        )
+        for i, (e, p) in enumerate(zip(examples, predictions))
     ]
     write_text_atomic(folder / f"predictions{suffix}.jsonl", "\n".join(lines) + "\n")
     for r in robustness:

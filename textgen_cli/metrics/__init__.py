@@ -23,6 +23,7 @@ from textgen_cli.metrics._bootstrap import (
     bits_per_byte_gap_interval,
     holm,
     paired_bootstrap,
+    two_level_bits_per_byte,
     two_level_bootstrap,
 )
 from textgen_cli.metrics.likelihood import LikelihoodTotals, bits_per_byte, perplexity, utf8_bytes
@@ -38,6 +39,7 @@ __all__ = [
     "paired_bootstrap",
     "two_level_bootstrap",
     "bits_per_byte_gap_interval",
+    "two_level_bits_per_byte",
     "holm",
     "perplexity",
     "bits_per_byte",
