@@ -70,7 +70,7 @@ def arm_rows(folders: list[Path], budget: str) -> dict:
 
 
 def budget_table(arms: dict[str, dict], n_resamples: int) -> list[str]:
-    head = ["row", *[f"`{a}` (mean ± sd; {len(r['evals'])} seeds)" for a, r in arms.items()]]
+    head = ["row", *[f"`{a}` (mean ± sd; {seeds(len(r['evals']))})" for a, r in arms.items()]]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
 
     def row(label: str, cells: list[str]) -> None:
@@ -84,7 +84,7 @@ def budget_table(arms: dict[str, dict], n_resamples: int) -> list[str]:
     )
     row(
         "input-use gap [95%, seeds then examples]",
-        [interval(two_level_bits_per_byte(r["shuffled"], r["own"], n_resamples)) for r in arms.values()],
+        [interval(two_level_bits_per_byte(r["shuffled"], r["own"], n_resamples), 4) for r in arms.values()],
     )
     row(
         "distinct outputs / distinct histories",
@@ -119,6 +119,10 @@ def budget_table(arms: dict[str, dict], n_resamples: int) -> list[str]:
             f"(95%, two-level bootstrap: seeds, then the {len(first['own'][0][0])} test examples)",
         ]
     return lines
+
+
+def seeds(n: int) -> str:
+    return f"{n} seed" if n == 1 else f"{n} seeds"
 
 
 def retrieval(report: dict, metric: str) -> float:

@@ -62,13 +62,13 @@ def test_the_table_reads_every_seed_and_gives_the_two_level_intervals(tmp_path, 
     fake_run(tmp_path / "b", [n * 1.1 for n in n_bytes], [n * 1.1 for n in n_bytes], n_bytes)
     assert load_script().main(["--arm", "a", "--arm", "b", "--runs", str(tmp_path), "--resamples", "200"]) == 0
     out = capsys.readouterr().out
-    assert "### flops-1e+12" in out and "`a` (mean ± sd; 2 seeds)" in out and "`b` (mean ± sd; 1 seeds)" in out
+    assert "### flops-1e+12" in out and "`a` (mean ± sd; 2 seeds)" in out and "`b` (mean ± sd; 1 seed)" in out
     gap = next(line for line in out.splitlines() if line.startswith("| input-use gap"))
     # arm a: 0.2 and 0.3 nats a byte more with shuffled histories; arm b reads nothing: exactly 0
     low_a = 0.2 / math.log(2)
     cells = gap.split("|")
-    assert float(cells[2].split("[")[1].split(",")[0]) == pytest.approx(low_a, abs=1e-3)  # printed to 3 decimals
-    assert cells[3].strip() == "+0.000 [+0.000, +0.000]"
+    assert float(cells[2].split("[")[1].split(",")[0]) == pytest.approx(low_a, abs=1e-4)  # printed to 4 decimals
+    assert cells[3].strip() == "+0.0000 [+0.0000, +0.0000]"
     assert "`a` - `b`, reference bits per byte (lower is better): -0.144" in out  # -0.1 / ln 2
 
 
