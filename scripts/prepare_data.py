@@ -63,11 +63,15 @@ MANAGED_ENTRIES = ("README.md", "LICENSES", "moby-dick", "chitchat", "bible-mode
 # Moby-Dick: share of chapters for validation and test (rest is train).
 MOBY_HELDOUT_FRACTION = 0.05
 
-# chitchat selection.
-CHITCHAT_MIN_TURNS = 4
-CHITCHAT_MAX_TURN_CHARS = 300
-CHITCHAT_EVAL_CONVERSATIONS = 40  # each for validation and test
-CHITCHAT_TOTAL_BYTES = 1_000_000  # train is filled up to this total
+# chitchat selection. A conversation is cut into consecutive, non-overlapping windows of 4 turns
+# (user, assistant, user, assistant): each window is one record, the reply to learn is its last
+# turn and the 3 turns before it are the history. Whole conversations are far longer than the
+# chat recipes' context, and windows keep both families on the same examples.
+CHITCHAT_WINDOW_TURNS = 4
+CHITCHAT_MAX_TURN_CHARS = 200
+CHITCHAT_MAX_WINDOW_CHARS = 480  # about 130 tokens of the recipes' 4k tokenizer
+CHITCHAT_EVAL_CONVERSATIONS = 300  # each for validation and test; one window from each
+CHITCHAT_TRAIN_BYTES = 3_000_000  # train takes whole conversations' windows up to this size
 
 # bible-modern selection.
 BIBLE_EVAL_PAIRS = 300  # each for validation and test
@@ -466,50 +470,72 @@ def conversation_turns(message_groups: list[list[dict]]) -> list[tuple[str, str]
     return turns
 
 
-def chitchat_messages(message_groups: list[list[dict]]) -> list[dict] | None:
-    """Turn one source conversation into user/assistant messages, or None."""
-    turns = conversation_turns(message_groups)
-    if not turns:
-        return None
-    # Cut before the first over-long turn rather than drop the conversation:
-    # the opening exchange is still good dialogue.
-    for i, (_, text) in enumerate(turns):
-        if len(text) > CHITCHAT_MAX_TURN_CHARS:
-            turns = turns[:i]
-            break
-    # A response model is trained on assistant turns, so end on one.
-    if len(turns) % 2 == 1:
-        turns = turns[:-1]
-    if len(turns) < CHITCHAT_MIN_TURNS:
-        return None
-    first = turns[0][0]
-    return [{"role": "user" if sender == first else "assistant", "content": text} for sender, text in turns]
+def chitchat_windows(message_groups: list[list[dict]]) -> list[list[dict]]:
+    """Cut one source conversation into windows of user/assistant messages.
+
+    Consecutive windows of CHITCHAT_WINDOW_TURNS turns, none overlapping, so no text is shipped
+    twice; the first speaker of each window is `user`. A window with a turn over
+    CHITCHAT_MAX_TURN_CHARS or more than CHITCHAT_MAX_WINDOW_CHARS in all is dropped (it would not
+    fit the recipes' context), and so is a short tail.
+    """
+    turns = conversation_turns(message_groups) or []
+    windows = []
+    for begin in range(0, len(turns) - CHITCHAT_WINDOW_TURNS + 1, CHITCHAT_WINDOW_TURNS):
+        window = turns[begin : begin + CHITCHAT_WINDOW_TURNS]
+        texts = [text for _, text in window]
+        if max(map(len, texts)) > CHITCHAT_MAX_TURN_CHARS or sum(map(len, texts)) > CHITCHAT_MAX_WINDOW_CHARS:
+            continue
+        roles = ("user", "assistant")
+        windows.append([{"role": roles[i % 2], "content": text} for i, text in enumerate(texts)])
+    return windows
 
 
 def build_chitchat(dataset: dict) -> tuple[dict[str, list[str]], dict[str, int]]:
-    """Select conversations: 200 test, 200 validation, train up to ~1 MB."""
-    lines: dict[str, str] = {}  # uuid -> JSON line, in source order
+    """Split by conversation, never by window: in seeded order, CHITCHAT_EVAL_CONVERSATIONS
+    conversations each for test and validation (one seeded window from each, so that the examples
+    are independent for the bootstrap), then train takes every window of the next conversations
+    while the train file stays within CHITCHAT_TRAIN_BYTES."""
+    windows: dict[str, list[str]] = {}  # uuid -> its windows as JSON lines, in source order
     for uuid, conversation in dataset.items():
-        messages = chitchat_messages(conversation.get("messages", []))
-        if messages is not None:
-            lines[uuid] = to_json_line({"id": uuid, "messages": messages})
-    stats = {"source": len(dataset), "eligible": len(lines)}
-
-    order = seeded_order(lines)
+        lines = [
+            to_json_line({"id": f"{uuid}/{index}", "messages": messages})
+            for index, messages in enumerate(chitchat_windows(conversation.get("messages", [])))
+        ]
+        if lines:
+            windows[uuid] = lines
+    order = seeded_order(windows)
     n_eval = CHITCHAT_EVAL_CONVERSATIONS
+
+    def one_window(uuid: str) -> list[str]:
+        pick = seeded_order(str(i) for i in range(len(windows[uuid])))[0]
+        return [windows[uuid][int(pick)]]
+
     chosen = {"test": order[:n_eval], "validation": order[n_eval : 2 * n_eval]}
-    used = sum(len(lines[u].encode("utf-8")) + 1 for u in order[: 2 * n_eval])
     train: list[str] = []
+    used = 0
     for uuid in order[2 * n_eval :]:
-        size = len(lines[uuid].encode("utf-8")) + 1
-        if used + size > CHITCHAT_TOTAL_BYTES:
+        size = sum(len(line.encode("utf-8")) + 1 for line in windows[uuid])
+        if used + size > CHITCHAT_TRAIN_BYTES:
             break
         train.append(uuid)
         used += size
     chosen["train"] = train
 
-    position = {uuid: i for i, uuid in enumerate(lines)}
-    out = {split: [lines[u] for u in sorted(members, key=position.__getitem__)] for split, members in chosen.items()}
+    position = {uuid: i for i, uuid in enumerate(windows)}
+    out = {
+        split: [
+            line
+            for uuid in sorted(members, key=position.__getitem__)
+            for line in (windows[uuid] if split == "train" else one_window(uuid))
+        ]
+        for split, members in chosen.items()
+    }
+    stats = {
+        "source": len(dataset),
+        "eligible": len(windows),
+        "windows": sum(map(len, windows.values())),
+        "train_conversations": len(train),
+    }
     return out, stats
 
 
@@ -883,19 +909,23 @@ def render_readme(
         *[f"  {line}".rstrip() for line in chitchat_license.splitlines()],
         "  ```",
         "",
-        '- Format: JSON lines `{"id": <source uuid>, "messages": [{"role": '
-        '"user" | "assistant", "content": ...}, ...]}`.',
+        '- Format: JSON lines `{"id": "<source uuid>/<window>", "messages": [{"role": '
+        '"user" | "assistant", "content": ...}, x 4]}`: one context -> reply example '
+        "a record, the reply being the last (assistant) turn and its history the 3 turns before.",
         "- Processing: consecutive messages of one sender are joined with a space "
-        "into one turn (empty messages dropped, white space folded); the first "
-        "speaker is `user` and the other `assistant`, so roles alternate; a "
-        f"conversation is cut before its first turn over {CHITCHAT_MAX_TURN_CHARS} "
-        "characters; a trailing user turn is dropped so every conversation ends "
-        "with the assistant; conversations left with fewer than "
-        f"{CHITCHAT_MIN_TURNS} turns are dropped.",
-        f"- Selection: {chitchat_stats['eligible']:,} of {chitchat_stats['source']:,} "
-        f"source conversations qualify. In seeded order, {n_eval} go to test, "
-        f"{n_eval} to validation, and train takes the next ones while the three "
-        f"files stay within {CHITCHAT_TOTAL_BYTES:,} bytes.",
+        "into one turn (empty messages dropped, white space folded); each conversation "
+        f"is cut into consecutive, non-overlapping windows of {CHITCHAT_WINDOW_TURNS} turns "
+        "whose first speaker is `user` and the other `assistant` (roles alternate); a "
+        f"window with a turn over {CHITCHAT_MAX_TURN_CHARS} characters or over "
+        f"{CHITCHAT_MAX_WINDOW_CHARS} characters in all is dropped (it would not fit the "
+        "chat recipes' context with room for the reply), and so is a tail shorter than a window.",
+        f"- Selection, by conversation (never by window): {chitchat_stats['eligible']:,} of "
+        f"{chitchat_stats['source']:,} source conversations give at least one window "
+        f"({chitchat_stats['windows']:,} windows in all). In seeded order, {n_eval} "
+        f"conversations go to test and {n_eval} to validation, one seeded window from each "
+        "(independent examples for the bootstrap); train takes every window of the next "
+        f"{chitchat_stats['train_conversations']:,} conversations, while the train file stays "
+        f"within {CHITCHAT_TRAIN_BYTES:,} bytes.",
         "",
         *file_table(out, reports["chitchat"]),
         "",
@@ -1026,7 +1056,7 @@ def build_outputs(sources: Sources, staging: Path) -> list[str]:
     write_licenses(staging, sources)
     reports = {
         "moby-dick": DatasetReport("moby-dick", "txt", moby_counts, "paragraphs"),
-        "chitchat": DatasetReport("chitchat", "jsonl", chitchat_counts, "conversations"),
+        "chitchat": DatasetReport("chitchat", "jsonl", chitchat_counts, "windows"),
         "bible-modern": DatasetReport("bible-modern", "jsonl", bible_counts, "pairs"),
     }
     readme = render_readme(staging, reports, sources, moby_chapters, chitchat_stats, bible_pairs, spot_checks)
@@ -1041,7 +1071,10 @@ def build_outputs(sources: Sources, staging: Path) -> list[str]:
                 f"{report.unit:<13} {path.stat().st_size:>10,} bytes"
             )
     summary.append(f"  moby-dick chapters per split: {moby_chapters}")
-    summary.append(f"  chitchat: {chitchat_stats['eligible']:,} of {chitchat_stats['source']:,} conversations qualify")
+    summary.append(
+        f"  chitchat: {chitchat_stats['eligible']:,} of {chitchat_stats['source']:,} conversations give "
+        f"{chitchat_stats['windows']:,} windows; train uses {chitchat_stats['train_conversations']:,} conversations"
+    )
     summary.append(
         f"  bible-modern dropped: empty {bible_pairs.empty}, "
         f"ratio>{BIBLE_MAX_LENGTH_RATIO:g} {bible_pairs.ratio_dropped}; "

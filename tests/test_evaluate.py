@@ -257,10 +257,20 @@ def test_input_use_degeneration_and_verdict(evaluated):
     report = json.loads((folder / "eval.json").read_text(encoding="utf-8"))
     use = report["input_use"]
     assert use["examples"] == N_TEST  # eval.input_check (128) caps nothing here
-    assert use["bits_per_byte_true"] == pytest.approx(report["likelihood"]["bits_per_byte"], rel=1e-9)
+    # the check scores one reference at a time, the likelihood row in padded batches: float noise only
+    assert use["bits_per_byte_true"] == pytest.approx(report["likelihood"]["bits_per_byte"], rel=1e-6)
     assert use["bits_per_byte_shuffled"] != use["bits_per_byte_true"]
     assert use["gap"] == pytest.approx(use["bits_per_byte_shuffled"] - use["bits_per_byte_true"], abs=1e-12)
+    assert use["gap_low"] < use["gap"] < use["gap_high"]  # the bootstrap interval over the examples
     rows = read_jsonl(folder / "predictions.jsonl")
+    # each scored reference's NLLs are kept per example: the summary is their ratio of sums
+    scored = [r for r in rows if "reference_nll" in r]
+    assert len(scored) == use["examples"]
+    n_bytes = sum(r["reference_bytes"] for r in scored)
+    assert use["bits_per_byte_true"] == pytest.approx(sum(r["reference_nll"] for r in scored) / (math.log(2) * n_bytes))
+    assert use["bits_per_byte_shuffled"] == pytest.approx(
+        sum(r["reference_nll_shuffled"] for r in scored) / (math.log(2) * n_bytes)
+    )
     predictions = [r["prediction"] for r in rows]
     degeneration = report["degeneration"]
     assert degeneration["distinct_outputs"] == len(set(predictions))
@@ -273,6 +283,9 @@ def test_input_use_degeneration_and_verdict(evaluated):
     assert verdict["ok"] is False
     assert any(flag.startswith("below the copy source baseline: BLEU -") for flag in verdict["flags"])
     assert (use["gap"] < 0.1) == any(flag.startswith("ignores its input") for flag in verdict["flags"])
+    assert (use["gap"] >= 0.1 and use["gap_low"] <= 0) == any(
+        flag.startswith("may ignore its input") for flag in verdict["flags"]
+    )
     assert verdict["thresholds"] == {"min_input_gap": 0.1, "min_distinct_outputs": 0.5, "max_repetition_excess": 0.2}
 
 
@@ -728,28 +741,26 @@ def test_prose_auto_scores_textgen_models_only(tokenizer):
     assert prose_skipped("off", tokenizer) == "eval.prose is off"
 
 
-def test_input_use_reuses_the_likelihood_pass_when_it_covers_every_example(space, tmp_path, monkeypatch):
-    """With eval.input_check >= the examples, input-use's own-sources pass is the likelihood pass
-    already run: one pass fewer, the same figures. With fewer, its subset is scored apart."""
+def test_input_use_by_row_equals_the_likelihood_pass_and_one_reference_at_a_time(space, tmp_path, monkeypatch):
+    """Input use scores references in batches and sums the loss by row: over every example its
+    own-sources bits per byte are the likelihood pass's, and each row's sum is what that reference
+    scored alone gives."""
+    import pytest
+
     from textgen_cli import evaluate
+    from textgen_cli.generate import load_generator
     from textgen_cli.recipe import load_recipe
 
-    calls: list[int] = []
-    original = evaluate.likelihood
-
-    def counted(generator, examples, batch_size):
-        calls.append(len(examples))
-        return original(generator, examples, batch_size)
-
     ok(trained_run(space, "chatgpt").finetune)
-    monkeypatch.setattr(evaluate, "likelihood", counted)
     monkeypatch.chdir(space)
-    for check, expected in ((1000, [N_TEST, N_TEST]), (3, [N_TEST, 3, 3])):
-        calls.clear()
-        loaded = load_recipe("recipe/evaltest-chatgpt.yaml", ["eval.bootstrap=20", f"eval.input_check={check}"])
-        report = evaluate.run_evaluate(
-            loaded, None, None, "test", [], output=str(tmp_path / str(check)), progress=False
-        )
-        assert calls == expected
-        if check >= N_TEST:
-            assert report.input_use["bits_per_byte_true"] == report.likelihood["bits_per_byte"]
+    loaded = load_recipe("recipe/evaltest-chatgpt.yaml", ["eval.bootstrap=20", "eval.input_check=1000"])
+    report = evaluate.run_evaluate(loaded, None, None, "test", [], output=str(tmp_path / "all"), progress=False)
+    assert report.input_use["bits_per_byte_true"] == pytest.approx(report.likelihood["bits_per_byte"], rel=1e-6)
+    from textgen_cli.data import read_finetune_examples
+
+    generator = load_generator(None, None, loaded=loaded)
+    section = loaded.recipe.data.finetune
+    examples = evaluate.examples_from(read_finetune_examples(section, "test", 4), section.task)
+    batched = evaluate.per_example_nll(generator, examples, batch_size=4)
+    alone = [evaluate.per_example_nll(generator, [e], batch_size=1)[0] for e in examples]
+    assert batched == pytest.approx(alone, rel=1e-5)

@@ -616,3 +616,56 @@ def test_verdict_flags_each_failure_and_passes_a_good_model():
     )
     assert "degenerate: distinct outputs for only 0% of distinct sources" in text
     assert "degenerate: repeats itself (60% of 4-grams" in text
+
+
+def test_bits_per_byte_gap_interval_recomputes_the_ratio_of_resampled_sums():
+    """Each resample's gap is (sum of other - own NLL) / (ln 2 x sum of bytes) over the drawn
+    examples, not a mean of per-example gaps; the interval is their percentile interval, seeded."""
+    from textgen_cli.metrics import bits_per_byte_gap_interval
+
+    rng = np.random.default_rng(5)
+    own = rng.uniform(10, 50, size=40)
+    other = own + rng.normal(5, 3, size=40)
+    n_bytes = rng.integers(20, 200, size=40)
+    low, high = bits_per_byte_gap_interval(own, other, n_bytes, n_resamples=300, seed=9)
+    draws = np.random.default_rng(9).integers(0, 40, size=(300, 40))
+    by_hand = [(other[d] - own[d]).sum() / (math.log(2) * n_bytes[d].sum()) for d in draws]
+    assert (low, high) == pytest.approx(tuple(np.quantile(by_hand, [0.025, 0.975])))
+    point = (other - own).sum() / (math.log(2) * n_bytes.sum())
+    assert low < point < high
+    assert (low, high) == bits_per_byte_gap_interval(own, other, n_bytes, n_resamples=300, seed=9)
+    # a source that changes nothing: a zero-width interval at zero
+    assert bits_per_byte_gap_interval(own, own, n_bytes, n_resamples=50) == (0.0, 0.0)
+    with pytest.raises(ValueError):
+        bits_per_byte_gap_interval(own, other[:-1], n_bytes)
+
+
+def test_two_level_bits_per_byte_point_and_seed_noise():
+    """The point is the mean over seeds of each seed's ratio of sums; identical arms differ by zero;
+    with one seed per arm it is the paired bootstrap of the ratio over examples; seeds that disagree
+    widen the interval (the training noise), and it is seeded."""
+    from textgen_cli.metrics import bits_per_byte_gap_interval, two_level_bits_per_byte
+
+    rng = np.random.default_rng(3)
+    n_bytes = rng.integers(20, 200, size=50)
+    base = rng.uniform(0.5, 1.5, size=50) * n_bytes  # about 1 nat a byte
+
+    def arm(*scales):
+        return [(base * s, n_bytes) for s in scales]
+
+    out = two_level_bits_per_byte(arm(1.0, 1.2), arm(1.1), n_resamples=400, seed=4)
+    by_hand = np.mean([(base * s).sum() / (math.log(2) * n_bytes.sum()) for s in (1.0, 1.2)])
+    assert out["a"]["score"] == pytest.approx(by_hand)
+    assert out["diff"]["score"] == pytest.approx(by_hand - (base * 1.1).sum() / (math.log(2) * n_bytes.sum()))
+    same = two_level_bits_per_byte(arm(1.0), arm(1.0), n_resamples=100)
+    assert (same["diff"]["low"], same["diff"]["high"]) == (0.0, 0.0)
+    # one seed per arm: the interval of A - B is the gap interval with B as "own" and A as "other"
+    one = two_level_bits_per_byte(arm(1.0), arm(1.2), n_resamples=300, seed=9)
+    low, high = bits_per_byte_gap_interval(base * 1.2, base, n_bytes, n_resamples=300, seed=9)
+    assert (one["diff"]["low"], one["diff"]["high"]) == pytest.approx((low, high))
+    steady = two_level_bits_per_byte(arm(1.1, 1.1), arm(1.0, 1.0), n_resamples=400, seed=4)
+    shaky = two_level_bits_per_byte(arm(1.3, 0.9), arm(1.0, 1.0), n_resamples=400, seed=4)
+    assert shaky["diff"]["high"] - shaky["diff"]["low"] > 2 * (steady["diff"]["high"] - steady["diff"]["low"])
+    assert out == two_level_bits_per_byte(arm(1.0, 1.2), arm(1.1), n_resamples=400, seed=4)
+    with pytest.raises(ValueError):
+        two_level_bits_per_byte(arm(1.0), [(base[:-1], n_bytes[:-1])])

@@ -199,48 +199,98 @@ def rotated(examples: list[EvalExample]) -> list[EvalExample]:
 
 
 def input_use(
-    generator, examples: list[EvalExample], n: int, batch_size: int, scored: dict[str, Any] | None = None
-) -> dict[str, Any]:
+    generator, examples: list[EvalExample], n: int, batch_size: int, n_resamples: int = 1000, seed: int = 1234
+) -> tuple[dict[str, Any], dict[int, dict[str, float]]]:
     """Does the model read its input? The reference bits per byte of the first `n` examples with their
     own sources and with the sources rotated by one example (source[i] <- source[i+1]). A model that
-    ignores its input scores both the same: the gap is ~0.
-
-    `scored`: `likelihood` of all `examples`, already computed; when the first `n` are all of them,
-    it is the own-sources pass, which is then not run again (a third of this check's forward passes)."""
+    ignores its input scores both the same: the gap is ~0. Each reference is scored on its own under
+    both sources, so the gap gets a bootstrap interval over the examples (the test-set noise).
+    Returns the summary and, by example index, each scored reference's NLLs (nats) and bytes: they
+    go to predictions.jsonl, so that runs can be compared on them later (seeds, budgets)."""
     subset = examples[:n]
+    skipped = None
     if n <= 0 or len(subset) < 2:
+        skipped = "eval.input_check is 0" if n <= 0 else "fewer than 2 examples"
+    elif len({e.source for e in subset}) < 2:
+        skipped = "every source is the same"
+    own = per_example_nll(generator, subset, batch_size) if skipped is None else []
+    other = per_example_nll(generator, rotated(subset), batch_size) if skipped is None else []
+    kept = [i for i, (a, b) in enumerate(zip(own, other)) if a is not None and b is not None]
+    if skipped is None and not kept:
+        skipped = "no reference fits the context"
+    if skipped is not None:
         return {
             "examples": len(subset),
-            "skipped": "eval.input_check is 0" if n <= 0 else "fewer than 2 examples",
+            "skipped": skipped,
             "bits_per_byte_true": None,
             "bits_per_byte_shuffled": None,
             "gap": None,
-        }
-    if len({e.source for e in subset}) < 2:
-        return {
-            "examples": len(subset),
-            "skipped": "every source is the same",
-            "bits_per_byte_true": None,
-            "bits_per_byte_shuffled": None,
-            "gap": None,
-        }
-    true = scored if scored is not None and len(subset) == len(examples) else likelihood(generator, subset, batch_size)
-    shuffled = likelihood(generator, rotated(subset), batch_size)
-    if true["bits_per_byte"] is None or shuffled["bits_per_byte"] is None:
-        return {
-            "examples": len(subset),
-            "skipped": "no reference fits the context",
-            "bits_per_byte_true": None,
-            "bits_per_byte_shuffled": None,
-            "gap": None,
-        }
-    return {
-        "examples": true["examples"],
-        "bits_per_byte_true": true["bits_per_byte"],
-        "bits_per_byte_shuffled": shuffled["bits_per_byte"],
-        "gap": shuffled["bits_per_byte"] - true["bits_per_byte"],
-        "method": "sources rotated by one example (source[i] <- source[i+1]), same references",
+        }, {}
+    from textgen_cli.metrics import bits_per_byte, bits_per_byte_gap_interval, utf8_bytes
+
+    nll_own, nll_other = [own[i] for i in kept], [other[i] for i in kept]
+    n_bytes = [utf8_bytes(subset[i].reference) for i in kept]
+    true, shuffled = bits_per_byte(sum(nll_own), sum(n_bytes)), bits_per_byte(sum(nll_other), sum(n_bytes))
+    low, high = bits_per_byte_gap_interval(nll_own, nll_other, n_bytes, n_resamples, seed)
+    per_example = {
+        i: {"reference_nll": a, "reference_nll_shuffled": b, "reference_bytes": size}
+        for i, a, b, size in zip(kept, nll_own, nll_other, n_bytes)
     }
+    summary = {
+        "examples": len(kept),
+        "bits_per_byte_true": true,
+        "bits_per_byte_shuffled": shuffled,
+        "gap": shuffled - true,
+        "gap_low": low,
+        "gap_high": high,
+        "method": "sources rotated by one example (source[i] <- source[i+1]), same references; "
+        "95% percentile bootstrap over examples",
+    }
+    return summary, per_example
+
+
+def per_example_nll(generator, examples: list[EvalExample], batch_size: int) -> list[float | None]:
+    """Each reference's summed NLL (+ eos, nats) given its prompt, scored in batches as `likelihood`
+    scores the set, and summed by row; None for a reference longer than the context."""
+    import torch
+
+    from textgen_cli.models import role_for
+    from textgen_cli.objectives import row_loss_sums
+
+    model = generator.model
+    scored, pairs = scoring_pairs(generator, examples)
+    dataset = role_for(generator.family).scoring_set(pairs, generator.tokenizer, model)
+    sums: list[float] = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            indices = list(range(start, min(len(dataset), start + batch_size)))
+            batch = {k: v.to(model.device) for k, v in dataset.collate(indices, epoch=0).items()}
+            sums.extend(row_loss_sums(model, batch, dataset.causal).tolist())
+    model.train(was_training)
+    nll = {id(example): value for example, value in zip(scored, sums)}
+    return [nll.get(id(example)) for example in examples]
+
+
+def scoring_pairs(generator, examples: list[EvalExample]) -> tuple[list[EvalExample], list[tuple]]:
+    """The examples whose reference (+ eos) fits the context, and each one's (input, labels) pair for
+    the family's scoring set: context tokens masked, a decoder-only prompt cut from the left."""
+    from textgen_cli.models import role_for
+    from textgen_cli.prompts import model_context
+
+    role = role_for(generator.family)
+    context = model_context(generator.model)
+    eos = generator.tokenizer.eos_token_id
+    scored, pairs = [], []
+    for example in examples:
+        prompt = generator.prompt(example.prompt, where=f"example {example.id}").ids
+        target = [*encode_texts(generator.tokenizer, [example.reference])[0], eos]
+        if len(target) > context - 1:
+            continue  # the reference alone does not fit: it cannot be scored whole, so it is left out
+        scored.append(example)
+        pairs.append(role.scoring_pair(prompt, target, context))
+    return scored, pairs
 
 
 def degeneration(sources: list[str], predictions: list[str], references: list[str]) -> dict[str, float]:
@@ -263,20 +313,10 @@ def likelihood(generator, examples: list[EvalExample], batch_size: int) -> dict[
     (counted in `skipped_too_long`), and a decoder-only prompt loses its oldest tokens to make room."""
     from textgen_cli.metrics import bits_per_byte, perplexity
     from textgen_cli.models import role_for
-    from textgen_cli.prompts import model_context
 
     role = role_for(generator.family)
     tokenizer, model = generator.tokenizer, generator.model
-    context = model_context(model)
-    eos = tokenizer.eos_token_id
-    pairs, scored = [], []
-    for example in examples:
-        prompt = generator.prompt(example.prompt, where=f"example {example.id}").ids
-        target = [*encode_texts(tokenizer, [example.reference])[0], eos]
-        if len(target) > context - 1:
-            continue  # the reference alone does not fit: it cannot be scored whole, so it is left out
-        scored.append(example)
-        pairs.append(role.scoring_pair(prompt, target, context))
+    scored, pairs = scoring_pairs(generator, examples)
     if not scored:
         return {
             "examples": 0,
@@ -515,7 +555,9 @@ def run_evaluate(
     with timed(timings, "likelihood"):
         scored = likelihood(generator, examples, generator.settings.batch_size)
     with timed(timings, "input_use"):
-        uses_input = input_use(generator, examples, section.input_check, generator.settings.batch_size, scored)
+        uses_input, reference_scores = input_use(
+            generator, examples, section.input_check, generator.settings.batch_size, section.bootstrap, section.seed
+        )
     with timed(timings, "prose"):
         # without a pretraining text, prose_likelihood says so itself
         skip = prose_skipped(section.prose, generator.tokenizer) if recipe.data.pretrain.validation else None
@@ -601,7 +643,13 @@ def run_evaluate(
     report.verdict = judge(report.to_dict(), thresholds_of(section))
     folder = output_dir(generator, output, split, report.eval_hash)
     write_outputs(
-        folder, "test" if folder.parent.name == EVALS_DIR else split, report, examples, predictions, robustness
+        folder,
+        "test" if folder.parent.name == EVALS_DIR else split,
+        report,
+        examples,
+        predictions,
+        robustness,
+        reference_scores,
     )
     where = (
         "the stage's default evaluation"
@@ -619,12 +667,19 @@ def write_outputs(
     examples: list[EvalExample],
     predictions: list[str],
     robustness: list[dict[str, Any]],
+    reference_scores: dict[int, dict[str, float]] | None = None,
 ) -> None:
+    """predictions.jsonl: one line per example, with the reference's NLL under its own and a shuffled
+    source where the input-use check scored it; eval.json; the perturbed predictions."""
     suffix = "" if split == "test" else f"-{split}"
     folder.mkdir(parents=True, exist_ok=True)
+    scores = reference_scores or {}
     lines = [
-        json.dumps({"id": e.id, "source": e.prompt, "reference": e.reference, "prediction": p}, ensure_ascii=False)
-        for e, p in zip(examples, predictions)
+        json.dumps(
+            {"id": e.id, "source": e.prompt, "reference": e.reference, "prediction": p, **scores.get(i, {})},
+            ensure_ascii=False,
+        )
+        for i, (e, p) in enumerate(zip(examples, predictions))
     ]
     write_text_atomic(folder / f"predictions{suffix}.jsonl", "\n".join(lines) + "\n")
     for r in robustness:
@@ -721,7 +776,8 @@ def print_table(report: EvalReport, stream=None) -> None:
         table.add_row(
             f"bits per byte, shuffled sources ({use['examples']})", f"{use['bits_per_byte_shuffled']:.4f}", "", *blank
         )
-        table.add_row("input-use gap (shuffled - own)", f"{use['gap']:+.4f}", "", *blank)
+        bound = f"[{use['gap_low']:+.4f}, {use['gap_high']:+.4f}]" if use.get("gap_low") is not None else ""
+        table.add_row("input-use gap (shuffled - own)", f"{use['gap']:+.4f}", bound, *blank)
     degenerate = report.degeneration or {}
     if degenerate:
         table.add_row(

@@ -454,6 +454,27 @@ def _label_positions_loss(
     return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), int(keep.sum())
 
 
+def row_loss_sums(model, batch: dict[str, torch.Tensor], causal: bool) -> torch.Tensor:
+    """Summed cross-entropy over each row's label tokens: what `token_loss_sum` adds up, by row (the
+    same output-layer shortcut for decoder-only models)."""
+    import torch
+    import torch.nn.functional as F
+
+    labels = batch["labels"]
+    if causal and _separable(model):
+        hidden = model.base_model(**model_inputs(model, batch), use_cache=False).last_hidden_state[:, :-1]
+        targets = labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        logits = model.get_output_embeddings()(hidden[keep])
+    else:
+        all_logits, targets = aligned(forward_logits(model, batch), labels, causal)
+        keep = targets != IGNORE_INDEX
+        logits = all_logits[keep]
+    losses = F.cross_entropy(logits.float(), targets[keep], reduction="none")
+    rows = keep.nonzero()[:, 0]
+    return torch.zeros(labels.size(0), dtype=losses.dtype, device=losses.device).index_add_(0, rows, losses)
+
+
 def summed_nll(
     model, examples: Examples, batch_size: int, device, *, max_batches: int | None = None, ranks: Ranks | None = None
 ) -> tuple[float, int]:

@@ -5,7 +5,8 @@ A model is flagged when it
   most-frequent-response for dialogue): the whole paired-bootstrap interval of the difference
   below zero (a gap inside the noise is reported as a tie, not flagged);
 - ignores its input: the reference bits per byte barely change when every example gets another
-  example's source (gap below `eval.min_input_gap`);
+  example's source (gap below `eval.min_input_gap`, or its bootstrap interval over the examples
+  reaching zero);
 - degenerates: distinct outputs for fewer than `eval.min_distinct_outputs` of the distinct sources,
   or a repeated 4-gram rate more than `eval.max_repetition_excess` above the references' own.
 
@@ -52,9 +53,12 @@ def judge(report: dict[str, Any], thresholds: dict[str, float]) -> dict[str, Any
 
     use = report.get("input_use") or {}
     if use.get("gap") is not None:
-        text = f"reference bits per byte {use['bits_per_byte_true']:.3f} with its own sources, {use['bits_per_byte_shuffled']:.3f} with shuffled ones (gap {use['gap']:.3f}, {use['examples']} examples)"
+        bound = f" [95% {use['gap_low']:.3f}, {use['gap_high']:.3f}]" if use.get("gap_low") is not None else ""
+        text = f"reference bits per byte {use['bits_per_byte_true']:.3f} with its own sources, {use['bits_per_byte_shuffled']:.3f} with shuffled ones (gap {use['gap']:.3f}{bound}, {use['examples']} examples)"
         if use["gap"] < thresholds["min_input_gap"]:
             flags.append(f"ignores its input: {text}; needs a gap of {thresholds['min_input_gap']:g} or more")
+        elif use.get("gap_low") is not None and use["gap_low"] <= 0:  # a gap inside the noise is no evidence
+            flags.append(f"may ignore its input: {text}; the gap's interval reaches 0")
         else:
             passed.append(f"uses its input: {text}")
 

@@ -18,7 +18,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from textgen_cli.errors import UserError
-from textgen_cli.metrics._bootstrap import BOOTSTRAP_METRICS, holm, paired_bootstrap, two_level_bootstrap
+from textgen_cli.metrics._bootstrap import (
+    BOOTSTRAP_METRICS,
+    bits_per_byte_gap_interval,
+    holm,
+    paired_bootstrap,
+    two_level_bits_per_byte,
+    two_level_bootstrap,
+)
 from textgen_cli.metrics.likelihood import LikelihoodTotals, bits_per_byte, perplexity, utf8_bytes
 from textgen_cli.metrics.paths import _normalize, resolve_metric_path
 from textgen_cli.metrics.registry import METRIC_NAMES
@@ -31,6 +38,8 @@ __all__ = [
     "compute_metrics",
     "paired_bootstrap",
     "two_level_bootstrap",
+    "bits_per_byte_gap_interval",
+    "two_level_bits_per_byte",
     "holm",
     "perplexity",
     "bits_per_byte",

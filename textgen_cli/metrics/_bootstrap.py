@@ -183,9 +183,45 @@ def two_level_bootstrap(
     `score`: the mean over seeds of each seed's metric on the whole test set."""
     if not seeds_a or not seeds_b:
         raise ValueError("each arm needs at least one seed's predictions")
-    n = len(references)
     stats_a = [_statistic(metric, preds, references) for preds in seeds_a]
     stats_b = [_statistic(metric, preds, references) for preds in seeds_b]
+    return _two_level(metric, stats_a, stats_b, len(references), n_resamples, seed, confidence)
+
+
+def two_level_bits_per_byte(
+    seeds_a: Sequence[tuple[Sequence[float], Sequence[int]]],
+    seeds_b: Sequence[tuple[Sequence[float], Sequence[int]]],
+    n_resamples: int = 1000,
+    seed: int = 1234,
+    confidence: float = 0.95,
+) -> dict:
+    """`two_level_bootstrap` for the references' bits per byte (lower is better): each seed of an arm
+    gives every test reference's summed NLL (nats) and UTF-8 bytes, in the same example order for
+    every seed and arm; a replicate's bits per byte is the ratio of the resampled sums."""
+    if not seeds_a or not seeds_b:
+        raise ValueError("each arm needs at least one seed's reference scores")
+    sizes = {len(nll) for nll, _ in (*seeds_a, *seeds_b)} | {len(b) for _, b in (*seeds_a, *seeds_b)}
+    if len(sizes) != 1 or 0 in sizes:
+        raise ValueError("every seed must score the same, non-empty list of references")
+
+    def statistic(nll: Sequence[float], n_bytes: Sequence[int]) -> _Statistic:
+        stats = np.stack([np.asarray(nll, dtype=np.float64), np.asarray(n_bytes, dtype=np.float64)], axis=1)
+        return _Statistic(stats, lambda row: float(row[0] / (np.log(2) * row[1])))
+
+    stats_a = [statistic(*scores) for scores in seeds_a]
+    stats_b = [statistic(*scores) for scores in seeds_b]
+    return _two_level("bits_per_byte", stats_a, stats_b, sizes.pop(), n_resamples, seed, confidence)
+
+
+def _two_level(
+    metric: str,
+    stats_a: list[_Statistic],
+    stats_b: list[_Statistic],
+    n: int,
+    n_resamples: int,
+    seed: int,
+    confidence: float,
+) -> dict:
     rng = np.random.default_rng(seed + 1)  # the seed draws; the example draws use `seed`
     means: dict[str, list[np.ndarray]] = {"a": [], "b": []}
     for idx in _resample_indices(n, n_resamples, seed):
@@ -216,3 +252,30 @@ def holm(p_values: dict[str, float], alpha: float = 0.05) -> dict[str, bool]:
             break
         rejected[name] = True
     return rejected
+
+
+def bits_per_byte_gap_interval(
+    nll_own: Sequence[float],
+    nll_other: Sequence[float],
+    n_bytes: Sequence[int],
+    n_resamples: int = 1000,
+    seed: int = 1234,
+    confidence: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the bits-per-byte gap `other - own` over examples.
+
+    Each example gives its reference's summed NLL (nats) under its own source and under another
+    source, and the reference's UTF-8 bytes; a resample redraws the examples and takes the ratio of
+    the resampled sums (bits per byte is a ratio of sums, never a mean of per-example ratios), so
+    the interval covers the test-set noise of the input-use check."""
+    own = np.asarray(nll_own, dtype=np.float64)
+    other = np.asarray(nll_other, dtype=np.float64)
+    size = np.asarray(n_bytes, dtype=np.float64)
+    if not len(own) == len(other) == len(size) or len(own) == 0:
+        raise ValueError("bits_per_byte_gap_interval needs equal, non-empty per-example lists")
+    stats = np.stack([other - own, size], axis=1)  # [n, 2]
+    gaps = []
+    for idx in _resample_indices(len(own), n_resamples, seed):
+        sums = _counts(idx, len(own)) @ stats
+        gaps.append(sums[:, 0] / (np.log(2) * sums[:, 1]))
+    return _interval(np.concatenate(gaps), confidence)
