@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from bench_generate import tokenizer_for, verses  # noqa: E402
 
 import textgen_cli.decoding as D  # noqa: E402
-from textgen_cli.models import FAMILIES  # noqa: E402
+from textgen_cli.models import role_for  # noqa: E402
 from textgen_cli.prompts import prompt_format  # noqa: E402
 from textgen_cli.recipe import load_recipe  # noqa: E402
 from textgen_cli.schema import GenerateSection  # noqa: E402
@@ -35,7 +35,7 @@ def main() -> None:
     recipe = load_recipe(str(REPO / f"recipes/{family}.yaml")).recipe
     tokenizer = tokenizer_for(recipe.tokenizer.vocab_size)
     torch.manual_seed(0)
-    model = FAMILIES[family].build(recipe.model, tokenizer).eval()
+    model = role_for(family).build(recipe.model, tokenizer).eval()
     settings = GenerateSection(max_new_tokens=new_tokens, min_new_tokens=new_tokens, batch_size=32)
     texts = verses(32)
     fmt = prompt_format(family, recipe.data.finetune.task)

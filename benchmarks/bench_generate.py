@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "generate.json"))
     args = parser.parse_args()
 
-    from textgen_cli.models import FAMILIES
+    from textgen_cli.models import role_for
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -142,7 +142,7 @@ def main() -> None:
         recipe = load_recipe(str(REPO / "recipes" / BENCHED_RECIPES[family])).recipe
         vocab = recipe.tokenizer.vocab_size
         tokenizer = tokenizers.setdefault(vocab, tokenizer_for(vocab))
-        model = FAMILIES[family].build(recipe.model, tokenizer).to(args.device).eval()
+        model = role_for(family).build(recipe.model, tokenizer).to(args.device).eval()
         fmt = prompt_format(family, recipe.data.finetune.task)
         system = recipe.prompt.system if family == "chatgpt" else ""
         budget = prompt_budget(model, settings)

@@ -53,7 +53,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from textgen_cli.flops import Lengths, flops_model, pretrain_tokens_per_sequence  # noqa: E402
-from textgen_cli.models import FAMILIES  # noqa: E402
+from textgen_cli.models import role_for  # noqa: E402
 from textgen_cli.objectives import CausalBlocks, InfillingBlocks  # noqa: E402
 from textgen_cli.progress import quiet_libraries  # noqa: E402
 from textgen_cli.recipe import load_recipe  # noqa: E402
@@ -101,7 +101,7 @@ def textgen_tokens_per_s(loaded, data, steps: int) -> float:
     from textgen_cli.train import train_stage
 
     torch.manual_seed(0)
-    model = FAMILIES[loaded.recipe.model.family].build(loaded.recipe.model, Vocab(loaded.recipe.tokenizer.vocab_size))
+    model = role_for(loaded.recipe.model.family).build(loaded.recipe.model, Vocab(loaded.recipe.tokenizer.vocab_size))
     with tempfile.TemporaryDirectory() as root:
         run = load_recipe(
             str(loaded.path),
@@ -128,7 +128,7 @@ def textgen_steady_tokens_per_s(loaded, data, steps: int, compile: bool, first_w
     from textgen_cli.train import train_stage
 
     torch.manual_seed(0)
-    model = FAMILIES[loaded.recipe.model.family].build(loaded.recipe.model, Vocab(loaded.recipe.tokenizer.vocab_size))
+    model = role_for(loaded.recipe.model.family).build(loaded.recipe.model, Vocab(loaded.recipe.tokenizer.vocab_size))
     with tempfile.TemporaryDirectory() as root:
         run = load_recipe(
             str(loaded.path),
@@ -211,7 +211,7 @@ def baseline_tokens_per_s(loaded, data, steps: int) -> float:
     """A plain PyTorch loop over the same model and the same batches (collated in advance)."""
     r = loaded.recipe
     torch.manual_seed(0)
-    model = FAMILIES[r.model.family].build(r.model, Vocab(r.tokenizer.vocab_size))
+    model = role_for(r.model.family).build(r.model, Vocab(r.tokenizer.vocab_size))
     model.train()
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=r.train.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=r.train.weight_decay
@@ -336,7 +336,7 @@ def textgen_wall_tokens_per_s(loaded, data, steps: int, warmup: int) -> tuple[fl
     from textgen_cli.train import train_stage
 
     torch.manual_seed(0)
-    model = FAMILIES[loaded.recipe.model.family].build(loaded.recipe.model, Vocab(loaded.recipe.tokenizer.vocab_size))
+    model = role_for(loaded.recipe.model.family).build(loaded.recipe.model, Vocab(loaded.recipe.tokenizer.vocab_size))
     marks: list[tuple[int, int, float, float]] = []  # (step, tokens, wall, cpu) at each logging window
     append = RunDir.append_metrics
 
@@ -452,7 +452,7 @@ def compare_nanogpt(args) -> None:
         return statistics.median(a / b for a, b in zip(table[numerator], table[denominator]))
 
     ref_params = sum(p.numel() for p in ReferenceGPT(4096, 64, 128, 4, 4, 512).parameters())
-    ours_params = sum(p.numel() for p in FAMILIES["chatgpt"].build(loaded.recipe.model, Vocab(4096)).parameters())
+    ours_params = sum(p.numel() for p in role_for("chatgpt").build(loaded.recipe.model, Vocab(4096)).parameters())
     others = [name for name in NANOGPT_WAYS if name != "textgen"]
     result = {
         "command": " ".join(["python benchmarks/bench_train.py", *sys.argv[1:]]),
@@ -496,7 +496,7 @@ def compare_adamw(args) -> None:
     models, optimizers = {}, {}
     for name, kind in kinds.items():
         torch.manual_seed(0)
-        models[name] = FAMILIES["chatgpt"].build(r.model, Vocab(r.tokenizer.vocab_size)).train()
+        models[name] = role_for("chatgpt").build(r.model, Vocab(r.tokenizer.vocab_size)).train()
         optimizers[name] = torch.optim.AdamW(
             models[name].parameters(), lr=r.train.lr, betas=(0.9, 0.95), weight_decay=r.train.weight_decay, **kind
         )
@@ -538,7 +538,7 @@ def compare_adamw(args) -> None:
 
 def flops_per_token(loaded) -> float:
     r = loaded.recipe
-    model = FAMILIES[r.model.family].build(r.model, Vocab(r.tokenizer.vocab_size))
+    model = role_for(r.model.family).build(r.model, Vocab(r.tokenizer.vocab_size))
     fm = flops_model(model)
     enc, dec = pretrain_tokens_per_sequence(
         r.model.family, r.model.context, r.pretrain.mask_ratio, r.pretrain.poisson_lambda

@@ -142,7 +142,7 @@ def fsdp_smoke(device: str, dry_run: bool) -> dict:
     import torch.distributed as dist
 
     from textgen_cli import fsdp
-    from textgen_cli.models import FAMILIES
+    from textgen_cli.models import role_for
     from textgen_cli.schema import ModelSection
     from textgen_cli.train import build_optimizer
 
@@ -167,7 +167,7 @@ def fsdp_smoke(device: str, dry_run: bool) -> dict:
                 context=64,
                 dropout=0.0,
             )
-            model = FAMILIES["chatgpt"].build(section, Vocab()).to(device)
+            model = role_for("chatgpt").build(section, Vocab()).to(device)
             fsdp.shard(model)
             optimizer = build_optimizer(model, weight_decay=0.01, lr=3e-3, device_type=device)
             ids = torch.randint(10, 4096, (8, 64), device=device)

@@ -177,7 +177,7 @@ def make_tiny(workspace: Path, tokenizer, family: str) -> Tiny:
     <root>/adv-<family>/finetune/final (the place `textgen adv-train` starts from)."""
     if family not in _TINY:
         from textgen_cli.finetune import build_examples, prepare, run_finetune
-        from textgen_cli.models import FAMILIES as BUILDERS
+        from textgen_cli.models import role_for
         from textgen_cli.recipe import load_recipe
 
         root = workspace / "adv-runs"
@@ -192,7 +192,7 @@ def make_tiny(workspace: Path, tokenizer, family: str) -> Tiny:
         ]
         loaded = load_recipe(str(workspace / "recipe" / f"tiny-{family}.yaml"), overrides)
         torch.manual_seed(0)
-        BUILDERS[family].build(loaded.recipe.model, tokenizer).save_pretrained(init)
+        role_for(family).build(loaded.recipe.model, tokenizer).save_pretrained(init)
         tokenizer.save_pretrained(init)
         run_finetune(loaded)
         final = root / f"adv-{family}" / "finetune" / "final"

@@ -10,11 +10,11 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 
 
 def _tiny(family: str, tokenizer):
-    from textgen_cli.models import FAMILIES
+    from textgen_cli.models import role_for
     from textgen_cli.schema import ModelSection
 
     return (
-        FAMILIES[family]
+        role_for(family)
         .build(ModelSection(family=family, layers=2, hidden=64, heads=4, ffn=128, context=64), tokenizer)
         .cuda()
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from textgen_cli.models import FAMILIES
+from textgen_cli.models import role_for
 from textgen_cli.schema import ModelSection
 
 
@@ -15,7 +15,7 @@ def test_chatgpt_fused_gelu_matches_gpt2_gelu_new(tokenizer):
 
     torch.manual_seed(0)
     section = ModelSection(family="chatgpt", layers=2, hidden=32, heads=2, ffn=64, context=32, dropout=0.0)
-    fused = FAMILIES["chatgpt"].build(section, tokenizer).eval()
+    fused = role_for("chatgpt").build(section, tokenizer).eval()
     with torch.no_grad():  # GPT-2's 0.02 init keeps pre-activations near 0, where any GELU is close to any other
         for block in fused.transformer.h:
             block.mlp.c_fc.weight.normal_(0.0, 0.5)
@@ -60,7 +60,7 @@ def test_the_training_loss_equals_the_models_own_loss_with_and_without_unlabelle
 
     torch.manual_seed(0)
     section = ModelSection(family="chatgpt", layers=2, hidden=32, heads=2, ffn=64, context=32, dropout=0.0)
-    model = FAMILIES["chatgpt"].build(section, tokenizer).train()
+    model = role_for("chatgpt").build(section, tokenizer).train()
     ids = torch.randint(10, len(tokenizer), (3, 20))
     assistant_only = ids.clone()
     assistant_only[:, :12] = IGNORE_INDEX
