@@ -113,7 +113,7 @@ def test_the_distribution_is_textgen_cli_and_the_command_textgen():
         (
             "textgen pretrain --recipe sora-",
             3,
-            ["sora-bart.yaml", "sora-chat.yaml", "sora-long.yaml", "sora-pretrained.yaml"],
+            ["sora-4+4.yaml", "sora-bart.yaml", "sora-chat.yaml", "sora-long.yaml", "sora-pretrained.yaml"],
         ),
     ],
 )
