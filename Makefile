@@ -40,10 +40,12 @@ test: install
 test-fast: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
-# ruff (pinned in the `test` extra; settings in pyproject.toml): lint findings and unformatted files
+# ruff (pinned in the `test` extra; settings in pyproject.toml): lint findings and unformatted files;
+# import-linter: the layers contract in pyproject.toml (imports point down only; docs/index.md)
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 # The main job: the matched pair (the same Gemma 2 block as encoder-decoder and as decoder-only) at
 # one stated FLOPs budget, one seed: trained (what is not already), evaluated the same way, the

@@ -22,11 +22,11 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import torch  # noqa: E402
 from bench_generate import tokenizer_for, verses  # noqa: E402
 
-import textgen_cli.decoding as D  # noqa: E402
+import textgen_cli.generation.decoding as D  # noqa: E402
+from textgen_cli.core.schema import GenerateSection  # noqa: E402
+from textgen_cli.generation.prompts import prompt_format  # noqa: E402
 from textgen_cli.models import role_for  # noqa: E402
-from textgen_cli.prompts import prompt_format  # noqa: E402
 from textgen_cli.recipe import load_recipe  # noqa: E402
-from textgen_cli.schema import GenerateSection  # noqa: E402
 
 
 def main() -> None:

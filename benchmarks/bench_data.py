@@ -2,7 +2,7 @@
 """Data preparation: tokenize and pack a large text file (default 100 MB, Moby-Dick repeated), first
 cold and then from the cache, each in a fresh process so that the peak resident memory (RSS) and the
 CPU use of that step alone are measured. The CPU time counts the tokenizer worker processes that a
-large file gets (textgen_cli.packing), and their memory is sampled too: the peak of the main process's
+large file gets (textgen_cli.data.packing), and their memory is sampled too: the peak of the main process's
 and the workers' proportional set sizes (PSS: pages shared between them counted once, which a
 forked worker's RSS would count again).
 
@@ -35,8 +35,8 @@ CHILD = r"""
 import glob, json, os, resource, sys, threading, time
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from textgen_cli.packing import split_sources, packed_blocks
-from textgen_cli.tokenizer import load_tokenizer
+from textgen_cli.data.packing import split_sources, packed_blocks
+from textgen_cli.data.tokenizer import load_tokenizer
 
 def kb(path, key):  # a "Key:  123 kB" line of a /proc file; 0 once the process is gone
     try:
@@ -90,8 +90,8 @@ sys.path.insert(0, sys.argv[1])
 from itertools import chain
 from pathlib import Path
 import datasets
-from textgen_cli.packing import usable_cores
-from textgen_cli.tokenizer import load_tokenizer
+from textgen_cli.data.packing import usable_cores
+from textgen_cli.data.tokenizer import load_tokenizer
 
 datasets.disable_progress_bars()
 tokenizer = load_tokenizer(Path(sys.argv[3]))
@@ -162,7 +162,7 @@ def against_datasets_map(args) -> None:
     """textgen's pool vs datasets.map, cold then cached, alternating which goes first."""
     import statistics
 
-    from textgen_cli.tokenizer import train_tokenizer
+    from textgen_cli.data.tokenizer import train_tokenizer
 
     moby = (REPO / "recipes/data/moby-dick/train.txt").read_text(encoding="utf-8")
     runs: dict[str, list[dict]] = {f"{way}_{run}": [] for way in ("pool", "map") for run in ("cold", "cached")}
@@ -210,7 +210,7 @@ def main() -> None:
     if args.against_datasets_map:
         against_datasets_map(args)
         return
-    from textgen_cli.tokenizer import train_tokenizer
+    from textgen_cli.data.tokenizer import train_tokenizer
 
     moby = (REPO / "recipes/data/moby-dick/train.txt").read_text(encoding="utf-8")
     with tempfile.TemporaryDirectory() as folder:

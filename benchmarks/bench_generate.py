@@ -31,14 +31,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from textgen_cli.decoding import generate_batch, generation_config  # noqa: E402
-from textgen_cli.prompts import build_prompt, prompt_budget, prompt_format  # noqa: E402
+from textgen_cli.core.schema import GenerateSection  # noqa: E402
+from textgen_cli.generation.decoding import generate_batch, generation_config  # noqa: E402
+from textgen_cli.generation.prompts import build_prompt, prompt_budget, prompt_format  # noqa: E402
 from textgen_cli.recipe import load_recipe  # noqa: E402
-from textgen_cli.schema import GenerateSection  # noqa: E402
 
 
 def tokenizer_for(vocab_size: int):
-    from textgen_cli.tokenizer import train_tokenizer
+    from textgen_cli.data.tokenizer import train_tokenizer
 
     lines = [
         line.strip()

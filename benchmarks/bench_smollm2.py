@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import torch  # noqa: E402
 
-from textgen_cli.progress import quiet_libraries  # noqa: E402
+from textgen_cli.core.progress import quiet_libraries  # noqa: E402
 
 WAYS = ("textgen", "reference", "textgen-lora", "reference-lora")
 LORA = {"rank": 16, "alpha": 32.0, "dropout": 0.0}
@@ -109,9 +109,9 @@ def recipe_for(checkpoint: Path, root: str, steps: int, lora: bool, extra: list[
 def textgen_run(checkpoint: Path, lora: bool, steps: int, warmup: int) -> dict[str, float]:
     """textgen's finetune (prepare + train_stage), timed between the metrics rows of step `warmup`
     and the last step (a wrapper around RunDir.append_metrics, benchmark only)."""
-    from textgen_cli.finetune import build_examples, prepare
-    from textgen_cli.runs import RunDir
-    from textgen_cli.train import train_stage
+    from textgen_cli.training.finetune import build_examples, prepare
+    from textgen_cli.training.run_dir import RunDir
+    from textgen_cli.training.train import train_stage
 
     marks: list[tuple[int, int, float, float]] = []
     append = RunDir.append_metrics
@@ -145,8 +145,8 @@ def textgen_run(checkpoint: Path, lora: bool, steps: int, warmup: int) -> dict[s
 
 def reference_batches(checkpoint: Path, n: int):
     """The first `n` batches textgen's loop trains on (its sampler, its collate), and the tokenizer."""
-    from textgen_cli.finetune import build_examples, prepare
-    from textgen_cli.train import EpochSampler
+    from textgen_cli.training.finetune import build_examples, prepare
+    from textgen_cli.training.sampler import EpochSampler
 
     with tempfile.TemporaryDirectory() as root:
         loaded = recipe_for(checkpoint, root, n, lora=False)
@@ -198,9 +198,9 @@ def training_memory(way: str, checkpoint: Path, steps: int) -> dict[str, float]:
     """In this (fresh) process: the model loaded and the batches built, the peak reset, then
     `steps` steps of textgen's loop: the peak resident memory of training alone, and what its
     tensors hold (weights, gradients, AdamW state)."""
-    from textgen_cli.finetune import build_examples, prepare
-    from textgen_cli.runs import peak_memory_mb, reset_peak_memory
-    from textgen_cli.train import train_stage
+    from textgen_cli.training.finetune import build_examples, prepare
+    from textgen_cli.training.run_dir import peak_memory_mb, reset_peak_memory
+    from textgen_cli.training.train import train_stage
 
     lora = way.endswith("-lora")
     with tempfile.TemporaryDirectory() as root:
@@ -234,9 +234,9 @@ def profile_step(checkpoint: Path, lora_dropout: float | None) -> None:
     bytes autograd saves for the backward pass (activations; the weights themselves not counted)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from textgen_cli.finetune import build_examples, prepare
     from textgen_cli.objectives import token_loss_sum
-    from textgen_cli.train import build_optimizer
+    from textgen_cli.training.finetune import build_examples, prepare
+    from textgen_cli.training.optim import build_optimizer
 
     ways = [("full", None)] + ([("lora", lora_dropout)] if lora_dropout is not None else [])
     for name, dropout in ways:

@@ -8,7 +8,7 @@ For both families at the default size (recipes/*.yaml) and a larger one, on rand
   warmup + cosine schedule, clipping, logging), tokens/s over the timed steps;
 - baseline: the same transformers model, torch AdamW with the same settings, the same batches
   already collated, `model(**batch, labels=...)` with its own loss, clipping, step: no textgen code;
-- MFU = FLOPs per token (textgen_cli/flops.py) x tokens/s / measured peak.
+- MFU = FLOPs per token (textgen_cli/models/flops.py) x tokens/s / measured peak.
 
 The ratio textgen / baseline is measured in the same process, interleaved, median of `--repeats`.
 
@@ -52,10 +52,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from textgen_cli.flops import Lengths, flops_model, pretrain_tokens_per_sequence  # noqa: E402
+from textgen_cli.core.progress import quiet_libraries  # noqa: E402
 from textgen_cli.models import role_for  # noqa: E402
+from textgen_cli.models.flops import Lengths, flops_model, pretrain_tokens_per_sequence  # noqa: E402
 from textgen_cli.objectives import CausalBlocks, InfillingBlocks  # noqa: E402
-from textgen_cli.progress import quiet_libraries  # noqa: E402
 from textgen_cli.recipe import load_recipe  # noqa: E402
 
 LARGER = ["model.layers=8", "model.hidden=256", "model.heads=8", "model.ffn=1024"]
@@ -98,7 +98,7 @@ def dataset(loaded, n_blocks: int = 512):
 
 def textgen_tokens_per_s(loaded, data, steps: int) -> float:
     """The real loop, on the real code path, with evaluation and checkpoints out of the way."""
-    from textgen_cli.train import train_stage
+    from textgen_cli.training.train import train_stage
 
     torch.manual_seed(0)
     model = role_for(loaded.recipe.model.family).build(loaded.recipe.model, Vocab(loaded.recipe.tokenizer.vocab_size))
@@ -125,7 +125,7 @@ def textgen_tokens_per_s(loaded, data, steps: int) -> float:
 def textgen_steady_tokens_per_s(loaded, data, steps: int, compile: bool, first_window: int = 5) -> tuple[float, float]:
     """(tokens/s after the first logging window, seconds of the first window beyond its steady
     time): with `train.compile` the first window holds the compilation."""
-    from textgen_cli.train import train_stage
+    from textgen_cli.training.train import train_stage
 
     torch.manual_seed(0)
     model = role_for(loaded.recipe.model.family).build(loaded.recipe.model, Vocab(loaded.recipe.tokenizer.vocab_size))
@@ -332,8 +332,8 @@ def textgen_wall_tokens_per_s(loaded, data, steps: int, warmup: int) -> tuple[fl
     """textgen's `train_stage`, (wall-clock, CPU-time) tokens/s between the logging of step
     `warmup` and of the last step: everything the loop does, logging included. The clocks are read
     when the loop writes a metrics row (a wrapper around `RunDir.append_metrics`, benchmark only)."""
-    from textgen_cli.runs import RunDir
-    from textgen_cli.train import train_stage
+    from textgen_cli.training.run_dir import RunDir
+    from textgen_cli.training.train import train_stage
 
     torch.manual_seed(0)
     model = role_for(loaded.recipe.model.family).build(loaded.recipe.model, Vocab(loaded.recipe.tokenizer.vocab_size))
@@ -400,7 +400,7 @@ NANOGPT_WAYS = {
 
 def measure_nanogpt_way(way: str, steps: int, warmup: int) -> tuple[float, float]:
     """One way of NANOGPT_WAYS in this process: (wall-clock, CPU-time) tokens/s after `warmup` steps."""
-    from textgen_cli.train import keep_freed_memory
+    from textgen_cli.training.memory import keep_freed_memory
 
     loaded = load_recipe(str(REPO / "recipes/chatgpt-llama.yaml"), NANOGPT)
     if way == "textgen":

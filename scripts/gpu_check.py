@@ -5,7 +5,7 @@
 2. the dense bf16 matmul peak of the device, measured (8192 x 8192, median of 5 trials);
 3. bf16 training of a ~100M-parameter `chatgpt` (12 layers, hidden 768) and `sora` (6+6 layers,
    hidden 768) through `textgen pretrain`: steady tokens/s (after the first logging window) and
-   MFU = FLOPs per token (textgen_cli/flops.py, as the run's summary counts them) x tokens/s / peak;
+   MFU = FLOPs per token (textgen_cli/models/flops.py, as the run's summary counts them) x tokens/s / peak;
 4. an FSDP smoke run on the one GPU: one process, a process group of one (NCCL), each block and the
    root sharded with `fully_shard` as `distributed.strategy: fsdp` does, bf16 autocast, the fused AdamW
    the loop builds, the full state gathered back; the loss must fall (two processes cannot share one
@@ -141,10 +141,10 @@ def fsdp_smoke(device: str, dry_run: bool) -> dict:
     import torch
     import torch.distributed as dist
 
-    from textgen_cli import fsdp
+    from textgen_cli.core.schema import ModelSection
     from textgen_cli.models import role_for
-    from textgen_cli.schema import ModelSection
-    from textgen_cli.train import build_optimizer
+    from textgen_cli.training import fsdp
+    from textgen_cli.training.optim import build_optimizer
 
     class Vocab:
         pad_token_id, bos_token_id, eos_token_id = 0, 1, 2

@@ -52,7 +52,7 @@ def moby_texts() -> list[str]:
 @pytest.fixture(scope="session")
 def tokenizer(moby_texts):
     """A small byte-level BPE tokenizer trained like pretrain does (no cache involved)."""
-    from textgen_cli.tokenizer import train_tokenizer
+    from textgen_cli.data.tokenizer import train_tokenizer
 
     return train_tokenizer(moby_texts, vocab_size=400, min_frequency=2)
 
@@ -152,9 +152,9 @@ def references(reliability_ws) -> References:
 @pytest.fixture(scope="session")
 def small_runs(reliability_ws) -> Path:
     """Finished tiny runs made in this process: runs/small-{chatgpt,sora}/pretrain and small-chatgpt/finetune."""
-    from textgen_cli.finetune import run_finetune
-    from textgen_cli.pretrain import run_pretrain
     from textgen_cli.recipe import load_recipe
+    from textgen_cli.training.finetune import run_finetune
+    from textgen_cli.training.pretrain import run_pretrain
 
     ws = reliability_ws
     with pytest.MonkeyPatch.context() as mp:

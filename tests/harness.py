@@ -229,7 +229,7 @@ class Result:
 
 def in_process(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> Result:
     """The CLI's Typer app (what the entry point calls) in this process, from `cwd`."""
-    from textgen_cli.cli import app
+    from textgen_cli.cli.app import app
 
     monkeypatch.chdir(cwd)
     capsys.readouterr()
@@ -287,7 +287,7 @@ class EntryPointProc(Proc):
 
 
 # A fork server: imports torch, transformers and textgen once, then forks one child per run; each
-# child runs `textgen_cli.cli.app` (what the `textgen` script calls) with its own cwd and files,
+# child runs `textgen_cli.cli.app.app` (what the `textgen` script calls) with its own cwd and files,
 # and exits with the CLI's exit code. It saves the ~4 s interpreter start of every run (13 runs in
 # the reliability tests), which matters on a 2-core machine. Nothing of torch runs in the server
 # before it forks.
@@ -295,7 +295,11 @@ FORK_SERVER = r"""
 import json, os, select, signal, sys, time, traceback
 import torch, transformers, datasets, accelerate
 import transformers.models.gpt2.modeling_gpt2, transformers.models.bart.modeling_bart
-from textgen_cli import cli, checkpoint, finetune, pretrain, train
+from textgen_cli.cli import app as cli
+from textgen_cli.training import checkpoint
+from textgen_cli.training import finetune
+from textgen_cli.training import pretrain
+from textgen_cli.training import train
 
 def child(spec):
     code = 1

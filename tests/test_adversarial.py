@@ -22,8 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from harness import FAMILIES, textgen
-from textgen_cli import adversarial
-from textgen_cli.adversarial import (
+from textgen_cli.data.perturb import CHAR_KINDS, KINDS, parse_spec, perturb
+from textgen_cli.objectives import IGNORE_INDEX, token_loss_sum
+from textgen_cli.training import adversarial
+from textgen_cli.training.adversarial import (
     DEFAULTS,
     METHODS,
     AdversarialStep,
@@ -34,8 +36,6 @@ from textgen_cli.adversarial import (
     project,
     settings_from,
 )
-from textgen_cli.objectives import IGNORE_INDEX, token_loss_sum
-from textgen_cli.perturb import CHAR_KINDS, KINDS, parse_spec, perturb
 
 NORMS = ("l2", "inf")
 STEPS = 30  # finetune steps of the tiny models
@@ -176,9 +176,9 @@ def make_tiny(workspace: Path, tokenizer, family: str) -> Tiny:
     """A tiny model of `family` from random weights, finetuned 30 steps in-process by run_finetune into
     <root>/adv-<family>/finetune/final (the place `textgen adv-train` starts from)."""
     if family not in _TINY:
-        from textgen_cli.finetune import build_examples, prepare, run_finetune
         from textgen_cli.models import role_for
         from textgen_cli.recipe import load_recipe
+        from textgen_cli.training.finetune import build_examples, prepare, run_finetune
 
         root = workspace / "adv-runs"
         init = workspace / f"adv-init-{family}"
@@ -234,7 +234,7 @@ def recorded(monkeypatch) -> list[torch.Tensor | None]:
 
 
 def test_settings_from_uses_the_literature_defaults_for_null_keys():
-    from textgen_cli.schema import AdvTrainSection
+    from textgen_cli.core.schema import AdvTrainSection
 
     for method in METHODS:
         got = settings_from(AdvTrainSection(method=method))
@@ -552,7 +552,7 @@ def test_freelb_accumulates_parameter_gradients_over_its_k_steps(tiny, accelerat
 
 
 def test_freelb_with_one_step_and_no_init_equals_the_clean_gradient(tiny, accelerator):
-    from textgen_cli.train import clean_step
+    from textgen_cli.training.step import clean_step
 
     model = tiny.model()
     AdversarialStep(settings("freelb", ascent_steps=1, init_mag=0.0))(
@@ -598,7 +598,7 @@ def test_pgd_does_not_accumulate_parameter_gradients_during_the_ascent(tiny, acc
 
 
 def test_r3f_with_zero_noise_has_zero_kl_and_the_clean_gradient(tiny, accelerator):
-    from textgen_cli.train import clean_step
+    from textgen_cli.training.step import clean_step
 
     model = tiny.model()
     stats = AdversarialStep(settings("r3f", epsilon=0.0))(model, tiny.batch, tiny.causal, tiny.scale, accelerator)
@@ -641,7 +641,7 @@ def test_perturb_is_deterministic_per_seed_and_varies_across_seeds(kind):
 
 
 def test_perturb_is_the_same_in_another_process():
-    code = "from textgen_cli.perturb import KINDS, perturb; import json, sys; print(json.dumps([perturb(sys.argv[1], k, 0.3, 4) for k in KINDS]))"
+    code = "from textgen_cli.data.perturb import KINDS, perturb; import json, sys; print(json.dumps([perturb(sys.argv[1], k, 0.3, 4) for k in KINDS]))"
     ours = [perturb(TEXT, kind, 0.3, 4) for kind in KINDS]
     for hash_seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
@@ -678,7 +678,7 @@ def test_each_char_edit_changes_the_word_it_is_applied_to(kind):
     round(rate * eligible) would change."""
     import random
 
-    from textgen_cli.perturb import perturb_word
+    from textgen_cli.data.perturb import perturb_word
 
     for word in ("dark", "brown", "jumped"):
         same = [seed for seed in range(200) if perturb_word(word, kind, random.Random(seed)) == word]
@@ -713,7 +713,7 @@ def test_word_kinds_change_the_rounded_number_of_words(rate):
 @pytest.mark.parametrize("rate", [0.5, 1.0])
 def test_word_shuffle_is_local(rate):
     """A local shuffle (k = SHUFFLE_WINDOW): no word ends up more than k positions from where it was."""
-    from textgen_cli.perturb import SHUFFLE_WINDOW
+    from textgen_cli.data.perturb import SHUFFLE_WINDOW
 
     words = [f"w{i}" for i in range(40)]
     for seed in range(5):
@@ -747,7 +747,7 @@ def test_parse_spec():
 
 
 def _dialogues(n: int = 20):
-    from textgen_cli.data import Dialogue
+    from textgen_cli.data.readers import Dialogue
 
     return [
         Dialogue(
@@ -766,7 +766,7 @@ def _dialogues(n: int = 20):
 
 @pytest.mark.parametrize("rate", [0.1, 0.5, 1.0, 1.5])
 def test_augment_adds_perturbed_copies_with_clean_targets(rate):
-    from textgen_cli.adv_train import augment
+    from textgen_cli.training.adv_train import augment
 
     dialogues = _dialogues()
     by_id = {d.id: d for d in dialogues}

@@ -198,7 +198,7 @@ def test_bad_budget_flags_are_usage_errors(root, args, expected):
 
 
 def test_crossover_is_read_from_the_sign_of_the_difference():
-    from textgen_cli.budgets import Budget, BudgetPoint, crossover
+    from textgen_cli.comparison.budgets import Budget, BudgetPoint, crossover
 
     def point(value: float, diff: float, half: float, seeds: int = 3) -> BudgetPoint:
         per_seed = {"ed": [1.0] * seeds, "do": [0.0] * seeds}
@@ -221,7 +221,7 @@ def test_crossover_is_read_from_the_sign_of_the_difference():
 
 
 def test_with_more_arms_the_first_is_compared_with_each_other_one():
-    from textgen_cli.budgets import Budget, BudgetPoint, crossover, curve_rows
+    from textgen_cli.comparison.budgets import Budget, BudgetPoint, crossover, curve_rows
 
     def point(value: float, versus_do: float, versus_plm: float) -> BudgetPoint:
         per_seed = {"ed": [1.0, 2.0, 3.0], "do": [0.0] * 3, "plm": [1.0] * 3}

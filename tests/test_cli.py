@@ -15,7 +15,7 @@ HEAVY = ("torch", "transformers", "accelerate", "datasets")
 PROBE = """
 import sys
 sys.argv = ["textgen", *{args!r}]
-from textgen_cli.cli import app
+from textgen_cli.cli.app import app
 try:
     app()
 except SystemExit as exc:
@@ -102,7 +102,7 @@ def test_the_distribution_is_textgen_cli_and_the_command_textgen():
 
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert project["name"] == "textgen-cli"
-    assert project["scripts"] == {"textgen": "textgen_cli.cli:main"}
+    assert project["scripts"] == {"textgen": "textgen_cli.cli.app:main"}
     assert {"tensorboard", "wandb", "mlflow"} <= set(project["optional-dependencies"])
 
 

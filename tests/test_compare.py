@@ -460,11 +460,11 @@ def matched_steps_in_log(log: str, match: str) -> dict[tuple[str, str], int]:
 
 
 def test_match_flops_pretrain_estimates_agree_within_one_step(matched_flops, root):
-    """The estimate compare matches on (textgen_cli.flops on the final models and the pretraining
+    """The estimate compare matches on (textgen_cli.models.flops on the final models and the pretraining
     tokens per sequence) agrees within one step of the second recipe."""
-    from textgen_cli.flops import Lengths, flops_model, pretrain_tokens_per_sequence
+    from textgen_cli.data.tokenizer import load_tokenizer
     from textgen_cli.models import load_checkpoint
-    from textgen_cli.tokenizer import load_tokenizer
+    from textgen_cli.models.flops import Lengths, flops_model, pretrain_tokens_per_sequence
 
     runs = matched_flops["runs"]
     steps = matched_steps_in_log(matched_flops["result"].stderr, "flops")
@@ -579,7 +579,7 @@ def test_unknown_match_is_a_usage_error(root):
 
 def fake_arm(label: str, seeds: list[list[str]], ok: bool = True):
     """A column of one model per seed; its BLEU cell is the mean over seeds, as build_columns makes it."""
-    from textgen_cli.compare import Cell, Column, Model
+    from textgen_cli.comparison.compare import Cell, Column, Model
     from textgen_cli.metrics import compute_metrics
 
     models = [
@@ -632,8 +632,8 @@ def test_one_legend_stars_only_a_clean_tested_lead():
     """`*` needs two or more seeds per arm, a tested significant lead, an unflagged leader and
     unconfounded arms; `n.s.` a tested lead inside the noise; `†` everything else, with the reason.
     Never `* n.s.`."""
-    from textgen_cli.compare import lead_mark
-    from textgen_cli.significance import decide, row_lead
+    from textgen_cli.comparison.compare import lead_mark
+    from textgen_cli.comparison.significance import decide, row_lead
 
     def marks(columns, confounded=()):
         lead = row_lead(columns, "bleu", True, REFERENCES, 300, 1)
@@ -657,7 +657,7 @@ def test_match_total_budget_across_different_stage_lists(tmp_path, monkeypatch):
     """--match with `[finetune]` against `[pretrain, finetune]`: the shorter recipe's finetune gets the
     first recipe's whole budget (pretrain + finetune); same-structure recipes stay matched per stage.
     Costs and training are stubbed: this checks the arithmetic and the order, not a model."""
-    from textgen_cli import compare
+    from textgen_cli.comparison import compare
     from textgen_cli.recipe import load_recipe
 
     base = (
@@ -704,7 +704,7 @@ def test_match_total_budget_across_different_stage_lists(tmp_path, monkeypatch):
 def test_pretraining_effect_is_a_paired_bootstrap_between_the_two_models(tmp_path):
     """A model with pretraining behind it against one without: pretrained minus scratch on BLEU and
     chrF with paired-bootstrap intervals; the better model here copies the references."""
-    from textgen_cli.compare import Column, Model, effect_lines, pretraining_effects
+    from textgen_cli.comparison.compare import Column, Model, effect_lines, pretraining_effects
 
     references = [f"the ship sailed at dawn number {i} from the harbour" for i in range(30)]
     (tmp_path / "predictions.jsonl").write_text(
@@ -743,7 +743,7 @@ def test_pretraining_effect_is_a_paired_bootstrap_between_the_two_models(tmp_pat
 
 
 def test_the_controlled_line_names_the_declared_factors_that_differ():
-    from textgen_cli.comparison import controlled_line
+    from textgen_cli.comparison.columns import controlled_line
 
     assert controlled_line([]) == "controlled: the arms differ only in the family (settings below)"
     assert controlled_line([], ["learning rate"]) == (

@@ -11,7 +11,7 @@ import pytest
 from harness import write_tiny_pretrain
 
 if TYPE_CHECKING:
-    from textgen_cli.results import RunSummary
+    from textgen_cli.core.results import RunSummary
 
 SETTINGS = ["train.log_every=5", "train.eval_every=5", "checkpoint.every=0"]
 
@@ -24,8 +24,8 @@ def space(tmp_path_factory):
 
 
 def pretrain(space, monkeypatch, *overrides: str) -> RunSummary:
-    from textgen_cli.pretrain import run_pretrain
     from textgen_cli.recipe import load_recipe
+    from textgen_cli.training.pretrain import run_pretrain
 
     monkeypatch.chdir(space)
     return run_pretrain(load_recipe(str(space / "tiny.yaml"), [*SETTINGS, *overrides]))
@@ -64,7 +64,7 @@ def test_resume_with_more_steps_continues_a_finished_stage(space, monkeypatch):
 
 
 def test_resume_without_more_steps_is_refused_and_changes_nothing(space, monkeypatch):
-    from textgen_cli.errors import UserError
+    from textgen_cli.core.errors import UserError
 
     stage = space / "runs" / "same" / "pretrain"
     pretrain(space, monkeypatch, "run.name=same", "pretrain.steps=5")

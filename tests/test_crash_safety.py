@@ -34,9 +34,9 @@ def load_into_fresh_model(path: Path, like: Path, family: str = "chatgpt", steps
     import torch
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-    from textgen_cli import checkpoint
     from textgen_cli.models import load_checkpoint
-    from textgen_cli.train import param_groups
+    from textgen_cli.training import checkpoint
+    from textgen_cli.training.optim import param_groups
 
     model = load_checkpoint(like, family)
     optimizer = torch.optim.AdamW(param_groups(model, 0.01), lr=1e-3)
@@ -63,7 +63,7 @@ RESUMED_KILL_POINTS = ("temp dir created", "pruning")
 
 
 def test_sigkill_during_checkpoint_saves_leaves_a_loadable_checkpoint(references, reliability_ws, tmp_path):
-    from textgen_cli import checkpoint
+    from textgen_cli.training import checkpoint
 
     recipe = str(reliability_ws / "chatgpt.yaml")
     runs = {
@@ -127,9 +127,9 @@ def test_sigkill_during_checkpoint_saves_leaves_a_loadable_checkpoint(references
 def test_a_crash_while_pruning_leaves_no_incomplete_checkpoint(reliability_ws, monkeypatch, tmp_path):
     """Simulates a SIGKILL in the middle of deleting an old checkpoint (keep_last): what is left
     under a `step-*` name must still be complete (or gone)."""
-    from textgen_cli import checkpoint
-    from textgen_cli.pretrain import run_pretrain
     from textgen_cli.recipe import load_recipe
+    from textgen_cli.training import checkpoint
+    from textgen_cli.training.pretrain import run_pretrain
 
     class Killed(BaseException):
         pass
@@ -162,9 +162,9 @@ def test_a_crash_while_pruning_leaves_no_incomplete_checkpoint(reliability_ws, m
 def test_a_crash_after_logging_then_resume_logs_every_step_once(reliability_ws, monkeypatch, tmp_path):
     """A crash between logging step 10 and checkpointing it: --resume goes back to step 5 and must
     drop the lines logged after that checkpoint, then log them again exactly once."""
-    from textgen_cli import checkpoint
-    from textgen_cli.pretrain import run_pretrain
     from textgen_cli.recipe import load_recipe
+    from textgen_cli.training import checkpoint
+    from textgen_cli.training.pretrain import run_pretrain
 
     class Killed(BaseException):
         pass
@@ -196,9 +196,9 @@ def test_a_crash_after_logging_then_resume_logs_every_step_once(reliability_ws, 
 
 
 def test_keep_last_keeps_only_the_newest_checkpoints(reliability_ws, monkeypatch, tmp_path):
-    from textgen_cli import checkpoint
-    from textgen_cli.pretrain import run_pretrain
     from textgen_cli.recipe import load_recipe
+    from textgen_cli.training import checkpoint
+    from textgen_cli.training.pretrain import run_pretrain
 
     seen: list[tuple[int, list[str], str]] = []
     real_save = checkpoint.save
@@ -240,7 +240,7 @@ def test_keep_last_keeps_only_the_newest_checkpoints(reliability_ws, monkeypatch
 def test_pruning_never_deletes_the_newest_checkpoint(tmp_path):
     """A stale higher-numbered checkpoint (left by an earlier attempt) must not push the checkpoint
     just written out of keep_last."""
-    from textgen_cli import checkpoint
+    from textgen_cli.training import checkpoint
 
     folder = tmp_path / "checkpoints"
     for step in (5, 6, 9):

@@ -10,8 +10,8 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 
 
 def _tiny(family: str, tokenizer):
+    from textgen_cli.core.schema import ModelSection
     from textgen_cli.models import role_for
-    from textgen_cli.schema import ModelSection
 
     return (
         role_for(family)
@@ -24,7 +24,8 @@ def _tiny(family: str, tokenizer):
 def test_bf16_training_step_lowers_the_loss_on_cuda(family, tokenizer):
     from accelerate import Accelerator
 
-    from textgen_cli.objectives import CausalBlocks, InfillingBlocks, encode_texts, pack_blocks, token_loss_sum
+    from textgen_cli.data.packing import pack_blocks
+    from textgen_cli.objectives import CausalBlocks, InfillingBlocks, encode_texts, token_loss_sum
 
     accelerator = Accelerator(mixed_precision="bf16")
     model = _tiny(family, tokenizer)
@@ -59,8 +60,8 @@ def test_bf16_training_step_lowers_the_loss_on_cuda(family, tokenizer):
 
 
 def test_greedy_generation_on_cuda_matches_cpu(tokenizer):
-    from textgen_cli.decoding import generate_batch
-    from textgen_cli.schema import GenerateSection
+    from textgen_cli.core.schema import GenerateSection
+    from textgen_cli.generation.decoding import generate_batch
 
     model = _tiny("chatgpt", tokenizer).eval()
     settings = GenerateSection(max_new_tokens=8)

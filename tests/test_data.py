@@ -7,7 +7,9 @@ import json
 import pytest
 
 from harness import textgen, write_recipe
-from textgen_cli.data import (
+from textgen_cli.core.errors import UserError
+from textgen_cli.core.schema import FinetuneData
+from textgen_cli.data.readers import (
     Dialogue,
     pair_to_chat,
     read_dialogues,
@@ -16,8 +18,6 @@ from textgen_cli.data import (
     read_texts,
     with_system_prompt,
 )
-from textgen_cli.errors import UserError
-from textgen_cli.schema import FinetuneData
 
 
 def jsonl(path, *records):

@@ -176,7 +176,7 @@ def run_cli_args(name: str, *args: str) -> list[str]:
 
 
 def test_adversarial_training_with_fsdp_is_refused_before_anything_runs():
-    from textgen_cli.train import check_strategy
+    from textgen_cli.training.distribution import check_strategy
 
     check_strategy("ddp", 2, adversarial=True, stage="adv-train", method="fgm")
     check_strategy("fsdp", 1, adversarial=True, stage="adv-train", method="fgm")  # one process: nothing is sharded

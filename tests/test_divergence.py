@@ -16,7 +16,7 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(reliability_ws
     """A huge learning rate without clipping or warmup: step 1's update blows the weights up."""
     from safetensors.torch import load_file
 
-    from textgen_cli import checkpoint
+    from textgen_cli.training import checkpoint
 
     overrides = [
         "run.name=div",
@@ -45,9 +45,9 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(reliability_ws
 @pytest.fixture
 def nan_at_steps(monkeypatch):
     """Make the training loss NaN at the given optimizer steps (grad_accum=1: one call per step)."""
-    from textgen_cli import train
+    from textgen_cli.training import step
 
-    real = train.token_loss_sum
+    real = step.token_loss_sum
 
     def install(steps: set[int]) -> None:
         calls = {"n": 0}
@@ -60,13 +60,13 @@ def nan_at_steps(monkeypatch):
                     loss = loss * float("nan")
             return loss, n_tokens
 
-        monkeypatch.setattr(train, "token_loss_sum", flaky)
+        monkeypatch.setattr(step, "token_loss_sum", flaky)
 
     return install
 
 
 def test_on_nonfinite_skip_skips_then_stops_after_max_skips(reliability_ws, textgen_here, nan_at_steps, tmp_path):
-    from textgen_cli import checkpoint
+    from textgen_cli.training import checkpoint
 
     nan_at_steps({4, 6, 7, 9})
     overrides = [

@@ -632,8 +632,8 @@ def _prose_generator(tokenizer, context: int):
 
     import torch
 
+    from textgen_cli.core.schema import ModelSection
     from textgen_cli.models import role_for
-    from textgen_cli.schema import ModelSection
 
     torch.manual_seed(0)
     model = (
@@ -648,7 +648,7 @@ def _prose_generator(tokenizer, context: int):
 
 
 def test_prose_sliding_window_scores_every_token_once(tokenizer, tmp_path):
-    from textgen_cli.evaluate import prose_likelihood
+    from textgen_cli.evaluation.evaluate import prose_likelihood
     from textgen_cli.objectives import encode_texts
 
     texts = [line.strip() for line in moby_lines(30) if line.strip()]
@@ -665,7 +665,7 @@ def test_prose_within_one_window_equals_a_single_forward_pass(tokenizer, tmp_pat
     import torch
     import torch.nn.functional as F
 
-    from textgen_cli.evaluate import prose_likelihood
+    from textgen_cli.evaluation.evaluate import prose_likelihood
     from textgen_cli.objectives import encode_texts
 
     texts = ["Call me Ishmael.", "Some years ago, never mind how long precisely."]
@@ -683,7 +683,7 @@ def test_prose_within_one_window_equals_a_single_forward_pass(tokenizer, tmp_pat
 def test_prose_is_skipped_for_sora_with_a_reason(tokenizer, tmp_path):
     from types import SimpleNamespace
 
-    from textgen_cli.evaluate import prose_likelihood
+    from textgen_cli.evaluation.evaluate import prose_likelihood
     from textgen_cli.models import role_for
 
     assert (
@@ -712,7 +712,7 @@ def _eval_hash_before_the_helper(loaded, stage, split: str) -> str:
 
 
 def test_eval_hash_is_unchanged_by_the_shared_hash_helper():
-    from textgen_cli.evaluate import eval_hash
+    from textgen_cli.evaluation.evaluate import eval_hash
     from textgen_cli.recipe import load_recipe, shipped_recipes_dir
 
     for overrides in ([], ["eval.bootstrap=7", "generate.max_new_tokens=5"]):
@@ -732,7 +732,7 @@ def test_prose_auto_scores_textgen_models_only(tokenizer):
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    from textgen_cli.evaluate import prose_skipped
+    from textgen_cli.evaluation.evaluate import prose_skipped
 
     foreign = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, "[UNK]")))
     assert prose_skipped("auto", tokenizer) is None
@@ -747,8 +747,8 @@ def test_input_use_by_row_equals_the_likelihood_pass_and_one_reference_at_a_time
     scored alone gives."""
     import pytest
 
-    from textgen_cli import evaluate
-    from textgen_cli.generate import load_generator
+    from textgen_cli.evaluation import evaluate
+    from textgen_cli.generation.generate import load_generator
     from textgen_cli.recipe import load_recipe
 
     ok(trained_run(space, "chatgpt").finetune)
@@ -756,7 +756,7 @@ def test_input_use_by_row_equals_the_likelihood_pass_and_one_reference_at_a_time
     loaded = load_recipe("recipe/evaltest-chatgpt.yaml", ["eval.bootstrap=20", "eval.input_check=1000"])
     report = evaluate.run_evaluate(loaded, None, None, "test", [], output=str(tmp_path / "all"), progress=False)
     assert report.input_use["bits_per_byte_true"] == pytest.approx(report.likelihood["bits_per_byte"], rel=1e-6)
-    from textgen_cli.data import read_finetune_examples
+    from textgen_cli.data.readers import read_finetune_examples
 
     generator = load_generator(None, None, loaded=loaded)
     section = loaded.recipe.data.finetune

@@ -14,7 +14,7 @@ trains (where this machine lets the test mount one: root with CAP_SYS_ADMIN), an
 (the write fails the way a library reports it). The injected cases always run, so the suite never
 depends on mounting; the tmpfs cases say why when they cannot run.
 
-Runs are in-process through the CLI (`textgen_cli.cli.app`), on one torch thread, with a 1-layer
+Runs are in-process through the CLI (`textgen_cli.cli.app.app`), on one torch thread, with a 1-layer
 model; the uninterrupted reference run is made once per module.
 """
 
@@ -134,8 +134,8 @@ def ws(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference(ws) -> Path:
     """The uninterrupted run every resumed one must equal."""
-    from textgen_cli.pretrain import run_pretrain
     from textgen_cli.recipe import load_recipe
+    from textgen_cli.training.pretrain import run_pretrain
 
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(ws)
@@ -161,7 +161,7 @@ def test_a_full_disk_during_a_checkpoint_is_reported_and_resume_needs_no_cleanup
     8 MB filesystem that another program fills up just before that save."""
     import torch
 
-    from textgen_cli import checkpoint
+    from textgen_cli.training import checkpoint
 
     root = tmp_path / "disk"
     with tmpfs(root, "8m") if how == "tmpfs" else contextlib.nullcontext():
@@ -319,8 +319,8 @@ def test_a_full_disk_while_packing_leaves_no_partial_cache(ws, textgen, monkeypa
 
 def test_write_text_atomic_on_a_full_disk_keeps_the_old_file(monkeypatch, tmp_path):
     """What evaluate and report call: a full disk leaves the earlier content and no temporary copy."""
-    from textgen_cli.errors import DiskFull
-    from textgen_cli.runs import write_text_atomic
+    from textgen_cli.core.errors import DiskFull
+    from textgen_cli.core.files import write_text_atomic
 
     target = tmp_path / "eval.json"
     target.write_text("earlier result\n")
@@ -359,7 +359,7 @@ def test_the_preflight_check_refuses_a_run_the_disk_has_no_room_for(how, textgen
 
 
 def test_the_preflight_check_warns_when_the_room_is_tight(textgen, monkeypatch, tmp_path):
-    from textgen_cli import diskspace
+    from textgen_cli.core import diskspace
 
     estimate = {}
     real = diskspace.check_room
@@ -381,7 +381,8 @@ def test_the_checkpoint_size_estimate_covers_a_real_checkpoint(tmp_path):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, get_cosine_with_min_lr_schedule_with_warmup
 
-    from textgen_cli import checkpoint, diskspace
+    from textgen_cli.core import diskspace
+    from textgen_cli.training import checkpoint
 
     model = GPT2LMHeadModel(GPT2Config(vocab_size=400, n_positions=32, n_embd=32, n_layer=1, n_head=2, n_inner=64))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -450,7 +451,7 @@ SETTINGS_DIFFER = "warning: the recipe's settings differ from those of the inter
 def test_resume_warns_only_when_the_settings_changed(textgen, monkeypatch, tmp_path):
     """--resume itself (resume=auto) is no change of settings; train.weight_decay is. Each run is
     stopped right after its step-10 checkpoint."""
-    from textgen_cli import checkpoint
+    from textgen_cli.training import checkpoint
 
     class Killed(BaseException):
         pass
@@ -512,7 +513,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_resume_is_bit_identical(
     """Killed right after the step-30 checkpoint, which is then damaged; a save cut short left a
     .tmp-* folder and a temporary copy behind. --resume warns about step-30 by name, removes the
     leftovers, continues from step 20 and ends exactly like the uninterrupted run."""
-    from textgen_cli import checkpoint
+    from textgen_cli.training import checkpoint
 
     class Killed(BaseException):
         pass
@@ -556,7 +557,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_resume_is_bit_identical(
 def test_a_checkpoint_with_no_intact_file_is_never_resumed_from(tmp_path):
     """Unit level: newest_valid goes down the list; a checkpoint without a manifest (written before
     checksums existed) is checked for completeness only."""
-    from textgen_cli import checkpoint
+    from textgen_cli.training import checkpoint
 
     folder = tmp_path / "checkpoints"
     for step in (1, 2, 3):

@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 
 from harness import ok, textgen
-from textgen_cli.batch_io import read_inputs
-from textgen_cli.chat_session import ChatSession, run_chat
-from textgen_cli.data import Dialogue
-from textgen_cli.decoding import GenerationStats, generate_batch, generate_stream
-from textgen_cli.errors import UserError
-from textgen_cli.generate import Generator, load_generator
-from textgen_cli.prompts import build_prompt, prompt_budget, prompt_format
+from textgen_cli.cli.batch_io import read_inputs
+from textgen_cli.cli.chat_session import ChatSession, run_chat
+from textgen_cli.core.errors import UserError
+from textgen_cli.core.schema import GenerateSection, ModelSection
+from textgen_cli.data.readers import Dialogue
+from textgen_cli.generation.decoding import GenerationStats, generate_batch, generate_stream
+from textgen_cli.generation.generate import Generator, load_generator
+from textgen_cli.generation.prompts import build_prompt, prompt_budget, prompt_format
 from textgen_cli.recipe import load_recipe
-from textgen_cli.schema import GenerateSection, ModelSection
 
 FAMILIES = ("chatgpt", "sora", "prefix-lm")
 CONTEXT = 64
@@ -131,8 +131,8 @@ def _prefix_mask(width: int, prefix: int):
 
 
 def test_chat_prompt_is_byte_for_byte_the_finetuning_template(tokenizer, tmp_path):
-    from textgen_cli.finetune import chatgpt_examples
     from textgen_cli.objectives import IGNORE_INDEX, TruncationCount
+    from textgen_cli.training.finetune import chatgpt_examples
 
     system = "Rewrite the King James verse in modern English."
     recipe = tmp_path / "r.yaml"
@@ -171,8 +171,8 @@ def test_dialogue_system_turn_wins_over_the_recipe_prompt(tokenizer):
 
 @pytest.mark.parametrize("task", ["pairs", "dialogue"])
 def test_sora_source_is_what_finetuning_encodes(tokenizer, tmp_path, task):
-    from textgen_cli.finetune import sora_examples
     from textgen_cli.objectives import TruncationCount
+    from textgen_cli.training.finetune import sora_examples
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"model: {{family: sora}}\nstages: []\ndata: {{finetune: {{task: {task}}}}}\n", encoding="utf-8")

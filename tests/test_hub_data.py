@@ -45,7 +45,7 @@ def hub_recipe(root, **data: dict) -> Path:
 
 
 def test_a_save_to_disk_folder_maps_columns_and_splits(folders):
-    from textgen_cli.data import read_finetune_examples
+    from textgen_cli.data.readers import read_finetune_examples
     from textgen_cli.recipe import load_recipe
 
     recipe = hub_recipe(
@@ -87,8 +87,8 @@ def test_pretrain_reads_a_folder_of_parquet_files_through_the_cli(folders):
 
 
 def test_a_missing_column_names_the_dataset_and_the_key(folders):
-    from textgen_cli.data import read_finetune_examples
-    from textgen_cli.errors import UserError
+    from textgen_cli.core.errors import UserError
+    from textgen_cli.data.readers import read_finetune_examples
     from textgen_cli.recipe import load_recipe
 
     section = load_recipe(str(hub_recipe(folders, finetune={"train": "hf:./verses"}))).recipe.data.finetune
@@ -100,8 +100,8 @@ def test_a_missing_column_names_the_dataset_and_the_key(folders):
 
 
 def test_an_unknown_split_is_named(folders):
-    from textgen_cli.data import read_finetune_examples
-    from textgen_cli.errors import UserError
+    from textgen_cli.core.errors import UserError
+    from textgen_cli.data.readers import read_finetune_examples
     from textgen_cli.recipe import load_recipe
 
     section = load_recipe(str(hub_recipe(folders, finetune={"train": "hf:./verses:dev"}))).recipe.data.finetune

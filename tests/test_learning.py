@@ -84,11 +84,12 @@ def write_reverse_task(folder: Path) -> None:
 def validation_losses(folder: Path, family: str) -> tuple[float, float]:
     """Validation loss per target token with the true sources, and with every source replaced by
     the next example's (the input-use check of docs/training.md)."""
-    from textgen_cli.data import Dialogue, read_finetune_examples
+    from textgen_cli.data.readers import Dialogue, read_finetune_examples
+    from textgen_cli.data.tokenizer import load_tokenizer
     from textgen_cli.models import load_checkpoint, role_for
-    from textgen_cli.objectives import TruncationCount, summed_nll
+    from textgen_cli.objectives import TruncationCount
     from textgen_cli.recipe import load_recipe
-    from textgen_cli.tokenizer import load_tokenizer
+    from textgen_cli.training.validation import summed_nll
 
     loaded = load_recipe(str(folder / f"{family}.yaml"), [f"run.root={folder / 'runs'}"])
     final = loaded.run_dir("finetune") / "final"

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from textgen_cli.runs import RunDir
+from textgen_cli.training.run_dir import RunDir
 run = RunDir(Path(sys.argv[1]))  # kept: a lock that is garbage-collected is released
 run._lock()
 print("locked", flush=True)

@@ -49,7 +49,7 @@ def test_verbose_and_quiet_together_is_an_error(tiny):
 def test_library_warnings_are_silenced_unless_verbose():
     import transformers
 
-    from textgen_cli.progress import configure_logging, logger, quiet_libraries
+    from textgen_cli.core.progress import configure_logging, logger, quiet_libraries
 
     try:
         configure_logging("verbose")

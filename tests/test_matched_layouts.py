@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from harness import SHIPPED
+from textgen_cli.core.schema import ModelSection
 from textgen_cli.models import role_for
-from textgen_cli.schema import ModelSection
 
 # T5Gemma's name of a decoder sub-module -> Gemma 2's name of the same sub-module
 GEMMA2_NAME = {"pre_self_attn_layernorm": "input_layernorm", "post_self_attn_layernorm": "post_attention_layernorm"}
@@ -161,7 +161,7 @@ def test_the_settings_table_reads_what_the_built_model_applies():
     """settings_diff reads positions, norm, activation and dropout from the built models, not from
     recipe keys: the Llama layout applies no hidden dropout although model.dropout says 0.1, BART
     applies it; the matched pair's block settings are equal, the earlier pair's are not."""
-    from textgen_cli.settings_diff import block_settings, parameter_counts
+    from textgen_cli.comparison.settings_diff import block_settings, parameter_counts
 
     def built(family: str, arch: str, layers: int = 2):
         section = ModelSection(

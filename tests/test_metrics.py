@@ -18,7 +18,7 @@ import sacrebleu
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU
 
-from textgen_cli.errors import UserError
+from textgen_cli.core.errors import UserError
 from textgen_cli.metrics import (
     METRIC_NAMES,
     LikelihoodTotals,
@@ -338,7 +338,7 @@ def test_registry_lists_every_shipped_module_and_the_rows_it_computes(modules):
     from pathlib import Path
 
     import textgen_cli.metrics as package
-    from textgen_cli.evaluate import metric_rows
+    from textgen_cli.evaluation.evaluate import metric_rows
     from textgen_cli.metrics import BOOTSTRAP_METRICS
     from textgen_cli.metrics.registry import INTERVAL_ROWS, ROWS
 
@@ -563,7 +563,7 @@ def test_nearest_prompt_is_tfidf_cosine_and_deterministic():
 
 
 def test_verdict_flags_each_failure_and_passes_a_good_model():
-    from textgen_cli.verdict import judge, verdict_lines
+    from textgen_cli.evaluation.verdict import judge, verdict_lines
 
     thresholds = {"min_input_gap": 0.1, "min_distinct_outputs": 0.5, "max_repetition_excess": 0.2}
     good = {

@@ -69,7 +69,7 @@ def test_the_card_is_rewritten_with_the_evaluation_table(workspace, tmp_path):
 
 
 def test_a_checkpoint_from_the_hf_cache_is_named_as_base_model():
-    from textgen_cli.model_card import hub_model_id, metadata
+    from textgen_cli.training.model_card import hub_model_id, metadata
 
     cached = "/home/u/.cache/huggingface/hub/models--openai-community--gpt2/snapshots/607a30d783dfa663caf39e06633721c8d4cfcd7e"
     assert hub_model_id(cached) == "openai-community/gpt2"
@@ -90,8 +90,8 @@ def test_evaluate_puts_its_scores_in_the_card_of_a_run_that_was_not_evaluated(wo
     assert run.finetune.returncode == 0, run.finetune.stderr
     stage = tmp_path / "copy" / "finetune"  # a copy: the session's run is shared with other tests
     shutil.copytree(run.stage_dir("finetune"), stage)
-    from textgen_cli.model_card import write_model_card
-    from textgen_cli.results import RunSummary
+    from textgen_cli.core.results import RunSummary
+    from textgen_cli.training.model_card import write_model_card
 
     write_model_card(stage, RunSummary.read(stage / "summary.json"))  # the card as training wrote it
     assert "## Evaluation" not in card_of(stage).text

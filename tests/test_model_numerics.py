@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from textgen_cli.core.schema import ModelSection
 from textgen_cli.models import role_for
-from textgen_cli.schema import ModelSection
 
 
 def test_chatgpt_fused_gelu_matches_gpt2_gelu_new(tokenizer):
@@ -40,7 +40,7 @@ def test_chatgpt_fused_gelu_matches_gpt2_gelu_new(tokenizer):
 
 def test_training_uses_the_fused_adamw_kernel_on_cpu():
     """torch's default AdamW on CPU is a per-parameter Python loop; the loop asks for the fused kernel."""
-    from textgen_cli.train import build_optimizer
+    from textgen_cli.training.optim import build_optimizer
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
     optimizer = build_optimizer(model, weight_decay=0.01, lr=1e-3, device_type="cpu")
@@ -95,7 +95,7 @@ def test_training_keeps_freed_memory_for_the_next_step():
         pytest.skip("a glibc setting; other platforms keep their allocator's behaviour")
     probe = """
 import ctypes, sys, torch
-from textgen_cli.train import keep_freed_memory
+from textgen_cli.training.memory import keep_freed_memory
 class Info(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
         "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]

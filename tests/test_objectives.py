@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from textgen_cli.errors import UserError
+from textgen_cli.core.errors import UserError
+from textgen_cli.data.packing import pack_blocks
 from textgen_cli.objectives import (
     IGNORE_INDEX,
     ChatEncoder,
@@ -15,10 +16,9 @@ from textgen_cli.objectives import (
     collapse_spans,
     fit_chat,
     infilling_mask,
-    pack_blocks,
     seq2seq_batch,
 )
-from textgen_cli.train import EpochSampler
+from textgen_cli.training.sampler import EpochSampler
 
 
 def n_runs(mask: np.ndarray) -> int:
@@ -259,7 +259,7 @@ def _lengths(n: int = 1000) -> list[int]:
 
 
 def test_length_grouped_epochs_cover_every_example_once_and_repeat_for_a_seed():
-    from textgen_cli.train import EpochSampler
+    from textgen_cli.training.sampler import EpochSampler
 
     lengths = _lengths()
     sampler = EpochSampler(1000, 16, seed=3, lengths=lengths)
@@ -272,7 +272,7 @@ def test_length_grouped_epochs_cover_every_example_once_and_repeat_for_a_seed():
 
 
 def test_length_grouped_batches_waste_far_less_padding_and_keep_a_random_batch_order():
-    from textgen_cli.train import EpochSampler
+    from textgen_cli.training.sampler import EpochSampler
 
     lengths = _lengths()
 
@@ -287,7 +287,7 @@ def test_length_grouped_batches_waste_far_less_padding_and_keep_a_random_batch_o
 
 
 def test_length_grouped_ranks_split_the_one_process_batch():
-    from textgen_cli.train import EpochSampler
+    from textgen_cli.training.sampler import EpochSampler
 
     lengths = _lengths()
     single = EpochSampler(1000, 16, seed=3, lengths=lengths)

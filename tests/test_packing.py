@@ -1,4 +1,4 @@
-"""Pretraining data preparation (textgen_cli.packing): the pool of tokenizer processes that large text
+"""Pretraining data preparation (textgen_cli.data.packing): the pool of tokenizer processes that large text
 gets gives, block for block, what encoding in this process gives, which is what the plain
 `tokenizer(texts)` call gave; errors and interruptions leave no worker and no partial file behind."""
 
@@ -17,10 +17,9 @@ import numpy as np
 import pytest
 
 from harness import REPO, moby_lines
-from textgen_cli import packing
-from textgen_cli.errors import UserError, WorkerDied
-from textgen_cli.objectives import pack_blocks
-from textgen_cli.packing import TextSource, file_digest, packed_blocks
+from textgen_cli.core.errors import UserError, WorkerDied
+from textgen_cli.data import packing
+from textgen_cli.data.packing import TextSource, file_digest, pack_blocks, packed_blocks
 
 BLOCK = 32
 # Special tokens inside the text, a blank record, non-ASCII text, long and one-character records.
@@ -174,7 +173,7 @@ def test_a_worker_killed_by_the_oom_killer_is_a_clear_error(tmp_path, monkeypatc
     memory, which the CLI prints without a traceback and exits 1 on; nothing is left behind."""
     import typer
 
-    from textgen_cli.cli import guarded
+    from textgen_cli.cli.app import guarded
 
     path, _ = corpus(tmp_path)
     calls = use_pool(monkeypatch)
@@ -257,9 +256,9 @@ CTRL_C_CHILD = textwrap.dedent(
         print("note: SIGINT was ignored on entry; restored", file=sys.stderr)
         signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path.insert(0, sys.argv[1])
-    from textgen_cli import packing
-    from textgen_cli.packing import TextSource, file_digest, packed_blocks
-    from textgen_cli.tokenizer import load_tokenizer
+    from textgen_cli.data import packing
+    from textgen_cli.data.packing import TextSource, file_digest, packed_blocks
+    from textgen_cli.data.tokenizer import load_tokenizer
 
     packing.PARALLEL_MIN_BYTES, packing.ROWS_PER_BATCH = 0, 40
     packing.usable_cores = lambda: 2

@@ -14,12 +14,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from textgen_cli.data import Dialogue
-from textgen_cli.errors import UserError
+from textgen_cli.core.errors import UserError
+from textgen_cli.core.schema import ModelSection
+from textgen_cli.data.readers import Dialogue
 from textgen_cli.models import role_for
 from textgen_cli.objectives import IGNORE_INDEX, PrefixBlocks, TruncationCount, prefix_lm_mask, token_loss_sum
 from textgen_cli.recipe import load_recipe
-from textgen_cli.schema import ModelSection
 
 NEG = torch.finfo(torch.float32).min
 

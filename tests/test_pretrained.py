@@ -18,7 +18,7 @@ import pytest
 
 from foreign_checkpoints import ARCHITECTURES, CHAT_TEMPLATE, SPECIALS, save_checkpoint, save_gguf
 from harness import OMIT, REPO, SHIPPED, cli_env, moby_lines, textgen, usage_error, write_recipe
-from textgen_cli.errors import UserError
+from textgen_cli.core.errors import UserError
 
 STEPS = 4
 # the model's sizes and tokenizer come from the checkpoint it starts from (model.init_from)
@@ -92,9 +92,9 @@ _RUNS: dict[str, dict] = {}
 def finetuned(space: Space, name: str, *overrides: str) -> dict:
     """`finetune` (in this process) from checkpoint `name`, then evaluation of its final/ on the
     test split; once per session per (name, overrides)."""
-    from textgen_cli.evaluate import run_evaluate
-    from textgen_cli.finetune import run_finetune
+    from textgen_cli.evaluation.evaluate import run_evaluate
     from textgen_cli.recipe import load_recipe
+    from textgen_cli.training.finetune import run_finetune
 
     key = "|".join((name, *overrides))
     if key not in _RUNS:
@@ -140,7 +140,7 @@ def test_a_foreign_checkpoint_finetunes_evaluates_and_reloads(space, name):
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "t5", "bart"])
 def test_generate_from_a_finetuned_foreign_checkpoint(space, name):
-    from textgen_cli.generate import load_generator
+    from textgen_cli.generation.generate import load_generator
 
     final = finetuned(space, name)["summary"].final_dir
     generator = load_generator(None, final, overrides=["generate.max_new_tokens=5"])
@@ -301,11 +301,11 @@ def test_context_comes_from_the_config_field_else_model_context(space):
 
 
 def test_own_chat_template_is_used_byte_for_byte(space):
-    from textgen_cli.data import Dialogue
-    from textgen_cli.generate import load_generator
+    from textgen_cli.data.readers import Dialogue
+    from textgen_cli.generation.generate import load_generator
+    from textgen_cli.generation.prompts import build_prompt
     from textgen_cli.models import DECODER_ONLY
     from textgen_cli.objectives import IGNORE_INDEX, TruncationCount
-    from textgen_cli.prompts import build_prompt
 
     run = finetuned(space, "qwen2-chat")
     generator = load_generator(None, run["summary"].final_dir)
@@ -347,7 +347,7 @@ def test_own_chat_template_is_used_byte_for_byte(space):
 def test_a_too_long_message_is_cut_to_fit_the_own_template(space):
     from transformers import AutoTokenizer
 
-    from textgen_cli.prompts import build_prompt
+    from textgen_cli.generation.prompts import build_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(space.checkpoints["qwen2-chat"])
     prompt = build_prompt(tokenizer, "word " * 200, "chatgpt", "chat", 40)
@@ -395,8 +395,8 @@ def test_continued_pretraining_of_a_t5_checkpoint(space, tmp_path):
         "train: {batch_size: 4, eval_every: 3, log_every: 3}\npretrain: {steps: 3}\n",
         encoding="utf-8",
     )
-    from textgen_cli.pretrain import run_pretrain
     from textgen_cli.recipe import load_recipe
+    from textgen_cli.training.pretrain import run_pretrain
 
     summary = run_pretrain(
         load_recipe(str(recipe), [f"model.init_from={space.checkpoints['t5']}", f"run.root={tmp_path / 'runs'}"])
@@ -443,8 +443,8 @@ def test_finetune_from_a_gguf_file_saves_a_plain_safetensors_checkpoint(space, g
     import transformers
     from safetensors import safe_open
 
-    from textgen_cli.finetune import run_finetune
     from textgen_cli.recipe import load_recipe
+    from textgen_cli.training.finetune import run_finetune
 
     file = gguf_start[0]
     loaded = load_recipe(
@@ -498,8 +498,8 @@ def test_a_folder_with_two_gguf_files_is_an_error(tmp_path):
     ],
 )
 def test_model_arch_builds_the_layout_with_the_recipe_sizes(tokenizer, arch, family, model_type):
+    from textgen_cli.core.schema import ModelSection
     from textgen_cli.models import context_of, role_for
-    from textgen_cli.schema import ModelSection
 
     section = ModelSection(family=family, arch=arch, layers=2, hidden=32, heads=2, ffn=64, context=48)
     model = role_for(family).build(section, tokenizer)
@@ -512,10 +512,10 @@ def test_default_layouts_are_todays_builders(tokenizer):
     """`model.arch: auto` builds exactly what the bart / gpt2 builders build (same seed, same weights)."""
     import torch
 
+    from textgen_cli.core.schema import ModelSection
     from textgen_cli.models import role_for
     from textgen_cli.models.bart import build_bart
     from textgen_cli.models.gpt2 import build_gpt2
-    from textgen_cli.schema import ModelSection
 
     for family, builder in (("sora", build_bart), ("chatgpt", build_gpt2)):
         section = ModelSection(family=family, layers=1, hidden=32, heads=2, ffn=64, context=32)
@@ -571,7 +571,7 @@ def test_the_cli_leaves_hf_hub_offline_to_the_user():
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     import sys
 
-    code = "import os, textgen_cli.cli; print(os.environ.get('HF_HUB_OFFLINE'))"
+    code = "import os, textgen_cli.cli.app; print(os.environ.get('HF_HUB_OFFLINE'))"
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "None", result.stderr
 
@@ -597,9 +597,9 @@ def test_lora_trains_only_the_adapters_and_merges_into_a_plain_model(space, tmp_
     import torch
     import transformers
 
+    from textgen_cli.core.schema import LoraSection
     from textgen_cli.models import load_pretrained
     from textgen_cli.models.lora import attach_lora, merged_for_saving
-    from textgen_cli.schema import LoraSection
 
     model = load_pretrained(space.checkpoints["llama"], "chatgpt").model
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -635,10 +635,10 @@ def test_lora_trains_the_rows_of_added_tokens(space, tmp_path):
     rows start as the mean. Under LoRA those rows (not the pad's) must train, and no other row."""
     import torch
 
-    from textgen_cli.finetune import trainable_new_tokens
+    from textgen_cli.core.schema import LoraSection
     from textgen_cli.models import load_pretrained
     from textgen_cli.models.lora import attach_lora, merged_for_saving
-    from textgen_cli.schema import LoraSection
+    from textgen_cli.training.finetune import trainable_new_tokens
 
     pretrained = load_pretrained(space.checkpoints["llama"], "chatgpt")
     tokenizer = pretrained.tokenizer
@@ -665,10 +665,10 @@ def test_label_positions_loss_is_transformers_own_loss(space, lora):
     assistant-only-labelled, padded batch."""
     import torch
 
+    from textgen_cli.core.schema import LoraSection
     from textgen_cli.models import load_pretrained
     from textgen_cli.models.lora import attach_lora
     from textgen_cli.objectives import IGNORE_INDEX, token_loss_sum
-    from textgen_cli.schema import LoraSection
 
     torch.manual_seed(0)
     model = load_pretrained(space.checkpoints["llama"], "chatgpt").model
@@ -710,8 +710,8 @@ def test_lora_finetune_and_adv_train_save_merged_models(space):
     assert not any("lora" in name for name in model.state_dict())
     assert summary.final_val_loss < summary.initial_val_loss
 
-    from textgen_cli.adv_train import run_adv_train
     from textgen_cli.recipe import load_recipe
+    from textgen_cli.training.adv_train import run_adv_train
 
     loaded = load_recipe(
         str(space.recipe("chatgpt")),
@@ -738,8 +738,8 @@ def test_gradient_checkpointing_gives_the_same_run(space):
 
 
 def test_fp16_on_cpu_is_a_clear_error():
-    from textgen_cli.schema import TrainSection
-    from textgen_cli.train import make_accelerator
+    from textgen_cli.core.schema import TrainSection
+    from textgen_cli.training.distribution import make_accelerator
 
     with pytest.raises(UserError, match="train.precision=fp16 needs a CUDA device"):
         make_accelerator(TrainSection(device="cpu", precision="fp16"))

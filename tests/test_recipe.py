@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from harness import REPO, textgen
-from textgen_cli.errors import UserError
+from textgen_cli.core.errors import UserError
+from textgen_cli.core.schema import CHOICES, PATH_KEYS
 from textgen_cli.recipe import (
     all_keys,
     find_recipe,
@@ -19,7 +20,6 @@ from textgen_cli.recipe import (
     shipped_recipes,
     shipped_recipes_dir,
 )
-from textgen_cli.schema import CHOICES, PATH_KEYS
 
 FAMILIES = CHOICES["model.family"]
 
@@ -360,7 +360,7 @@ def _stage_hash_before_the_table(loaded, stage: str) -> str:
 
 
 def test_stage_hash_is_unchanged_by_the_stage_table():
-    from textgen_cli.stages import STAGES
+    from textgen_cli.core.stages import STAGES
 
     name = "sora.yaml"
     path = shipped_recipes_dir() / name
@@ -384,9 +384,9 @@ def test_stage_table_entries_name_real_sections_data_and_runners():
     import ast
     import importlib.util
 
-    from textgen_cli.schema import STAGES as SCHEMA_STAGES
-    from textgen_cli.schema import Recipe
-    from textgen_cli.stages import EVALUATED_STAGES, STAGE_TABLE, STAGES, lineage, section_of
+    from textgen_cli.core.schema import STAGES as SCHEMA_STAGES
+    from textgen_cli.core.schema import Recipe
+    from textgen_cli.core.stages import EVALUATED_STAGES, STAGE_TABLE, STAGES, lineage, section_of
 
     assert SCHEMA_STAGES == STAGES == ("pretrain", "finetune", "adv-train")
     assert EVALUATED_STAGES == ("finetune", "adv-train")

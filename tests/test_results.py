@@ -1,4 +1,4 @@
-"""summary.json and eval.json as types (textgen_cli/results.py): what is written is read back the same,
+"""summary.json and eval.json as types (textgen_cli/core/results.py): what is written is read back the same,
 and a file with a key missing or of the wrong kind is refused with the file and the key named."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from textgen_cli.errors import UserError
-from textgen_cli.results import EvalReport, RunSummary
+from textgen_cli.core.errors import UserError
+from textgen_cli.core.results import EvalReport, RunSummary
 
 
 def summary_values() -> dict:

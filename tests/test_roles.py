@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from textgen_cli.core.schema import CHOICES
 from textgen_cli.models.roles import ROLES, DecoderOnly, Role
-from textgen_cli.schema import CHOICES
 
 
 def test_a_role_without_every_method_cannot_be_created():

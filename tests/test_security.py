@@ -29,8 +29,8 @@ def test_checkpoint_load_refuses_a_pickle_that_runs_code(name, tmp_path):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, get_cosine_with_min_lr_schedule_with_warmup
 
-    from textgen_cli import checkpoint
-    from textgen_cli.errors import UserError
+    from textgen_cli.core.errors import UserError
+    from textgen_cli.training import checkpoint
 
     def fresh():
         model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=8, n_layer=1, n_head=2))
@@ -71,7 +71,7 @@ def test_a_recipe_cannot_run_code(good, reliability_ws, tmp_path):
 def test_load_checkpoint_refuses_pickled_weights(small_runs, tmp_path):
     import torch
 
-    from textgen_cli.errors import UserError
+    from textgen_cli.core.errors import UserError
     from textgen_cli.models import load_checkpoint
 
     model_dir = tmp_path / "pickled"

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_sigterm_then_resume_is_bit_identical_to_an_uninterrupted_run(family, references, reliability_ws, tmp_path):
-    from textgen_cli import checkpoint
+    from textgen_cli.training import checkpoint
 
     recipe = str(reliability_ws / f"{family}.yaml")
     stage = tmp_path / "runs" / "b" / "pretrain"
@@ -75,7 +75,7 @@ def test_a_second_signal_exits_at_once(reliability_ws):
     """The first SIGTERM asks for a checkpoint at the next step; a second one exits immediately with 143."""
     code = (
         "import os, signal, time\n"
-        "from textgen_cli.train import StopSignals\n"
+        "from textgen_cli.training.signals import StopSignals\n"
         "with StopSignals() as s:\n"
         "    os.kill(os.getpid(), signal.SIGTERM)\n"
         "    time.sleep(0.2)\n"

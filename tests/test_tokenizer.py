@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from textgen_cli.objectives import IGNORE_INDEX, ChatEncoder
-from textgen_cli.schema import TokenizerSection
-from textgen_cli.tokenizer import (
+from textgen_cli.core.schema import TokenizerSection
+from textgen_cli.data.tokenizer import (
     BOS,
     END_OF_TURN,
     EOS,
@@ -18,6 +17,7 @@ from textgen_cli.tokenizer import (
     get_tokenizer,
     load_tokenizer,
 )
+from textgen_cli.objectives import IGNORE_INDEX, ChatEncoder
 
 CONVERSATIONS = [
     [

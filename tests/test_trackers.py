@@ -71,8 +71,8 @@ def test_every_tracker_holds_the_hyperparameters_and_the_metrics_series(recipe, 
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from textgen_cli.pretrain import run_pretrain
     from textgen_cli.recipe import load_recipe
+    from textgen_cli.training.pretrain import run_pretrain
 
     run_pretrain(load_recipe(str(recipe)))
     run = tmp_path / "runs" / "tiny" / "pretrain"
@@ -120,9 +120,9 @@ def test_every_tracker_holds_the_hyperparameters_and_the_metrics_series(recipe, 
 def test_a_tracker_without_its_package_is_a_clear_error(recipe, tmp_path, monkeypatch):
     import accelerate.utils
 
-    from textgen_cli.errors import UserError
-    from textgen_cli.pretrain import run_pretrain
+    from textgen_cli.core.errors import UserError
     from textgen_cli.recipe import load_recipe
+    from textgen_cli.training.pretrain import run_pretrain
 
     monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
     with pytest.raises(
@@ -135,7 +135,7 @@ def test_a_tracker_without_its_package_is_a_clear_error(recipe, tmp_path, monkey
 
 
 def test_an_unknown_tracker_is_named(recipe):
-    from textgen_cli.errors import UserError
+    from textgen_cli.core.errors import UserError
     from textgen_cli.recipe import load_recipe
 
     with pytest.raises(

@@ -4,7 +4,8 @@ resume tests in test_crash_safety.py, test_signals.py and test_distributed.py)."
 
 from __future__ import annotations
 
-from textgen_cli.train import per_step, sum_over_ranks
+from textgen_cli.training.distribution import sum_over_ranks
+from textgen_cli.training.step import per_step
 
 
 class FakeRanks:

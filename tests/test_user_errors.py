@@ -88,7 +88,7 @@ def _corrupt_weights(tmp: Path, reliability_ws: Path):
 
 
 def _vocab_mismatch(tmp: Path, reliability_ws: Path):
-    from textgen_cli.tokenizer import train_tokenizer
+    from textgen_cli.data.tokenizer import train_tokenizer
 
     model = tmp / "other-tokenizer"
     shutil.copytree(reliability_ws / "runs" / "small-chatgpt" / "pretrain" / "final", model)

@@ -1,3 +1,3 @@
-from textgen_cli.cli import main
+from textgen_cli.cli.app import main
 
 main()

@@ -14,22 +14,28 @@ lets a resumed run see exactly the batches the interrupted one would have.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from textgen_cli.errors import UserError
-from textgen_cli.tokenizer import END_OF_TURN, ROLE_TOKENS
+from textgen_cli.core.errors import UserError
+from textgen_cli.data.tokenizer import END_OF_TURN, ROLE_TOKENS
 
 if TYPE_CHECKING:
     import torch
 
-    from textgen_cli.train import Examples, Ranks
 
 IGNORE_INDEX = -100
+
+
+class Examples(Protocol):
+    causal: bool
+
+    def __len__(self) -> int: ...
+
+    def collate(self, indices: Sequence[int], epoch: int) -> dict[str, torch.Tensor]: ...
 
 
 def encode_texts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
@@ -37,24 +43,6 @@ def encode_texts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     if not texts:
         return []
     return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-
-
-def pack_blocks(
-    token_lists: Sequence[Sequence[int]], block_size: int, eos_id: int, carry: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Join documents with eos (after the `carry` of a previous call) and cut into full blocks.
-    Returns the blocks and the ragged tail, which the next call continues from (or is dropped)."""
-    lead = 0 if carry is None else len(carry)
-    stream = np.empty(lead + sum(len(ids) + 1 for ids in token_lists), dtype=np.int64)
-    if carry is not None:
-        stream[:lead] = carry
-    position = lead
-    for ids in token_lists:
-        stream[position : position + len(ids)] = ids
-        stream[position + len(ids)] = eos_id
-        position += len(ids) + 1
-    n_blocks = len(stream) // block_size
-    return stream[: n_blocks * block_size].reshape(n_blocks, block_size), stream[n_blocks * block_size :]
 
 
 def infilling_mask(length: int, mask_ratio: float, poisson_lambda: float, rng: np.random.Generator) -> np.ndarray:
@@ -473,39 +461,3 @@ def row_loss_sums(model, batch: dict[str, torch.Tensor], causal: bool) -> torch.
     losses = F.cross_entropy(logits.float(), targets[keep], reduction="none")
     rows = keep.nonzero()[:, 0]
     return torch.zeros(labels.size(0), dtype=losses.dtype, device=losses.device).index_add_(0, rows, losses)
-
-
-def summed_nll(
-    model, examples: Examples, batch_size: int, device, *, max_batches: int | None = None, ranks: Ranks | None = None
-) -> tuple[float, int]:
-    """NLL summed over every label token of `examples`, and the token count (never a mean of batch
-    means); with several processes each scores every world-th batch and the sums are added up."""
-    import torch
-
-    was_training = model.training
-    model.eval()
-    total, n_tokens = 0.0, 0
-    n_batches = math.ceil(len(examples) / batch_size)
-    if max_batches is not None:
-        n_batches = min(n_batches, max_batches)
-    rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
-    rounds = math.ceil(n_batches / world)
-    with torch.no_grad():
-        for b in range(rank, rounds * world if ranks is not None and ranks.sharded else n_batches, world):
-            # under FSDP a rank out of batches scores batch 0 again (and ignores it) so that the
-            # other ranks' parameter all-gathers do not wait for it forever
-            surplus = b >= n_batches
-            indices = (
-                range(0, min(len(examples), batch_size))
-                if surplus
-                else range(b * batch_size, min(len(examples), (b + 1) * batch_size))
-            )
-            batch = {k: v.to(device) for k, v in examples.collate(list(indices), epoch=0).items()}
-            loss_sum, tokens = token_loss_sum(model, batch, examples.causal)
-            if not surplus:
-                total += float(loss_sum)
-                n_tokens += tokens
-    model.train(was_training)
-    if ranks is not None:
-        total, n_tokens = ranks.total(total, n_tokens)
-    return total, int(n_tokens)

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import json
 import typing
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +18,12 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
-from textgen_cli.data import is_dataset, resolve_dataset_value
-from textgen_cli.errors import UserError
-from textgen_cli.runs import RECIPE_FILE
-from textgen_cli.schema import CHOICES, PATH_KEYS, STAGES, TRACKERS, Recipe
-from textgen_cli.stages import STAGE_TABLE, lineage
+from textgen_cli.core.errors import UserError
+from textgen_cli.core.files import RECIPE_FILE
+from textgen_cli.core.loaded_recipe import LoadedRecipe
+from textgen_cli.core.schema import CHOICES, PATH_KEYS, STAGES, TRACKERS, Recipe
+from textgen_cli.core.stages import STAGE_TABLE
+from textgen_cli.data.readers import is_dataset, resolve_dataset_value
 
 
 def shipped_recipes_dir() -> Path:
@@ -52,52 +51,6 @@ def find_recipe(name_or_path: str) -> Path:
     raise UserError(
         f"recipe '{name_or_path}' not found: no such file, and no shipped recipe of that name (shipped: {shipped})"
     )
-
-
-def settings_digest(values: dict[str, Any]) -> str:
-    """A short hash of resolved recipe values (as `LoadedRecipe.to_dict` gives them): the settings
-    hash, the stage hash and the eval hash are all this one function, so that a run made before a
-    change of code is still found (`textgen compare` reuses runs and evaluations by these hashes)."""
-    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
-
-
-@dataclass
-class LoadedRecipe:
-    """A validated recipe, with where it came from."""
-
-    recipe: Recipe
-    path: Path
-    overrides: list[str]
-
-    @property
-    def name(self) -> str:
-        return self.recipe.run.name or self.path.stem
-
-    def to_yaml(self) -> str:
-        return OmegaConf.to_yaml(OmegaConf.structured(self.recipe))
-
-    def to_dict(self) -> dict[str, Any]:
-        return OmegaConf.to_container(OmegaConf.structured(self.recipe))  # type: ignore[return-value]
-
-    def settings_hash(self) -> str:
-        """Hash of the resolved settings: equal hashes mean the same experiment."""
-        return settings_digest(self.to_dict())
-
-    def stage_hash(self, stage: str) -> str:
-        """Hash of the settings that shape `stage`'s model, chained through the stages before it:
-        equal hashes mean a finished stage can be reused (`textgen compare` does)."""
-        values = self.to_dict()
-        parts: dict[str, Any] = {}
-        for name in lineage(stage):
-            for dotted in STAGE_TABLE[name].hash_keys:
-                node: Any = values
-                for key in dotted.split("."):
-                    node = node[key]
-                parts[dotted] = node
-        return settings_digest(parts)
-
-    def run_dir(self, stage: str) -> Path:
-        return Path(self.recipe.run.root) / self.name / stage
 
 
 def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> LoadedRecipe:
@@ -374,7 +327,7 @@ def validate_values(recipe: Recipe, source: str, override_keys: set[str] = froze
         fail(
             "train.eval_generate", "zero (off) or a positive number of validation examples", recipe.train.eval_generate
         )
-    from textgen_cli.perturb import parse_spec
+    from textgen_cli.data.perturb import parse_spec
 
     for spec in recipe.eval.perturb:
         try:
@@ -391,7 +344,7 @@ def validate_values(recipe: Recipe, source: str, override_keys: set[str] = froze
         fail("adv_train.augment_rate", "a fraction >= 0 (1.0 doubles the training set)", adv.augment_rate)
     if not 0 < adv.augment_strength <= 1:
         fail("adv_train.augment_strength", "a fraction in (0, 1]", adv.augment_strength)
-    from textgen_cli.perturb import KINDS
+    from textgen_cli.data.perturb import KINDS
 
     for kind in adv.augment_kinds:
         if kind not in KINDS:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from textgen_cli.errors import UserError
+from textgen_cli.core.errors import UserError
 from textgen_cli.metrics._bootstrap import (
     BOOTSTRAP_METRICS,
     bits_per_byte_gap_interval,

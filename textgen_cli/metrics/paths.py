@@ -7,7 +7,7 @@ import difflib
 import os
 from pathlib import Path
 
-from textgen_cli.errors import UserError
+from textgen_cli.core.errors import UserError
 from textgen_cli.metrics.registry import METRIC_NAMES
 
 _HERE = Path(__file__).resolve().parent

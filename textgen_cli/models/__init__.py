@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from textgen_cli.errors import UserError
+from textgen_cli.core.errors import UserError
 from textgen_cli.models.archs import ARCHS
 from textgen_cli.models.gguf import gguf_file_of
 from textgen_cli.models.loading import (

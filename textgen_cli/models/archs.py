@@ -26,7 +26,7 @@ from textgen_cli.models.gpt2 import build_gpt2
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-    from textgen_cli.schema import ModelSection
+    from textgen_cli.core.schema import ModelSection
 
 
 def build_t5(section: ModelSection, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:

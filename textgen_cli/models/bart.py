@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from transformers import BartForConditionalGeneration, PreTrainedTokenizerFast
 
-    from textgen_cli.schema import ModelSection
+    from textgen_cli.core.schema import ModelSection
 
 
 def build_bart(section: ModelSection, tokenizer: PreTrainedTokenizerFast) -> BartForConditionalGeneration:

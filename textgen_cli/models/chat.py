@@ -8,13 +8,13 @@ tokens in between are that turn's reply and its end-of-turn markup.
 
 from __future__ import annotations
 
-from textgen_cli.errors import UserError
+from textgen_cli.core.errors import UserError
 from textgen_cli.objectives import IGNORE_INDEX, ChatEncoder
 
 
 def chat_encoder(tokenizer):
     """The encoder that builds the ids a model is finetuned and prompted with."""
-    from textgen_cli.tokenizer import has_own_chat_template
+    from textgen_cli.data.tokenizer import has_own_chat_template
 
     return TemplateChatEncoder(tokenizer) if has_own_chat_template(tokenizer) else ChatEncoder(tokenizer)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from textgen_cli.errors import UserError
+from textgen_cli.core.errors import UserError
 
 GGUF_SUFFIX = ".gguf"
 

@@ -19,7 +19,7 @@ from textgen_cli.objectives import InfillingBlocks, infilling_mask, seq2seq_batc
 if TYPE_CHECKING:
     import torch
 
-    from textgen_cli.schema import Recipe
+    from textgen_cli.core.schema import Recipe
 
 SENTINEL = "<extra_id_{}>"
 
@@ -73,7 +73,7 @@ class SentinelInfilling(StartedInfilling):
 
 
 def infilling_sets(train_blocks, val_blocks, tokenizer, start_id: int, recipe: Recipe) -> tuple[Any, Any]:
-    from textgen_cli.tokenizer import MASK
+    from textgen_cli.data.tokenizer import MASK
 
     p = recipe.pretrain
     ids = dict(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from textgen_cli.errors import UserError
+from textgen_cli.core.errors import UserError
 from textgen_cli.models.gguf import check_dequantizable, gguf_file_of, plain_model
 from textgen_cli.models.roles import Role, role_for, role_of_config, role_of_config_file
 
@@ -165,7 +165,7 @@ def load_pretrained(
     import torch
     from transformers import AutoConfig, AutoTokenizer
 
-    from textgen_cli.tokenizer import adapt_tokenizer, is_textgen_tokenizer
+    from textgen_cli.data.tokenizer import adapt_tokenizer, is_textgen_tokenizer
 
     role = role_for(family)
     text = str(ref)

@@ -21,10 +21,10 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from textgen_cli.errors import UserError
+from textgen_cli.core.errors import UserError
 
 if TYPE_CHECKING:
-    from textgen_cli.schema import LoraSection
+    from textgen_cli.core.schema import LoraSection
 
 # Attention and feed-forward projections per architecture (peft's own table adapts only the
 # attention's query and value); others fall back to peft's table.

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from textgen_cli.errors import UserError
+from textgen_cli.core.errors import UserError
 from textgen_cli.models.archs import ARCHS, Arch
 
 # The config key that tells a saved prefix LM from a plain decoder-only model of the same layout.
@@ -26,10 +26,10 @@ FAMILY_KEY = "textgen_family"
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-    from textgen_cli.data import Dialogue
+    from textgen_cli.core.loaded_recipe import LoadedRecipe
+    from textgen_cli.core.schema import ModelSection, Recipe
+    from textgen_cli.data.readers import Dialogue
     from textgen_cli.objectives import TruncationCount
-    from textgen_cli.recipe import LoadedRecipe
-    from textgen_cli.schema import ModelSection, Recipe
 
 
 @dataclass
@@ -387,7 +387,7 @@ class DecoderOnly(Role):
     def finetune_examples(self, dialogues, tokenizer, loaded, context, count, start_id=None):
         """The chat sequence of each dialogue (the recipe's system prompt first), labels on the
         assistant turns only."""
-        from textgen_cli.data import with_system_prompt
+        from textgen_cli.data.readers import with_system_prompt
         from textgen_cli.models.chat import chat_encoder
         from textgen_cli.objectives import ChatExamples, fit_chat
 
@@ -459,7 +459,7 @@ class PrefixLM(DecoderOnly):
     def finetune_examples(self, dialogues, tokenizer, loaded, context, count, start_id=None):
         """One sequence per assistant turn: the chat up to it (the recipe's system prompt first),
         labels on that reply only."""
-        from textgen_cli.data import with_system_prompt
+        from textgen_cli.data.readers import with_system_prompt
         from textgen_cli.models.chat import chat_encoder
         from textgen_cli.objectives import IGNORE_INDEX, ChatExamples, fit_chat
 

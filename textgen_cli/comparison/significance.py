@@ -1,0 +1,106 @@
+"""Which model leads a row of the comparison table, and whether that lead may be called a win.
+
+One legend for every table (comparison.lead_mark):
+- `*`: the lead is significant at 95% by a test that covers training AND test-set noise: the
+  two-level bootstrap (metrics.two_level_bootstrap: resample each arm's seeds, then the shared test
+  examples), with at least two seeds per arm, Holm-corrected on every row but the primary metric;
+- `n.s.`: tested that way, inside the noise;
+- `†`: no claim. Either nothing tested it (a row with no per-example statistic: losses, costs,
+  diversity), or a star is withheld: one seed per arm (the test covers the test examples, not
+  training), a flagged model (its verdict says not to trust its ranking), or confounded arms (they
+  differ in more than the family and the declared factor: docs/compare.md).
+
+Baseline columns are never ranked. The why of each row is in its `test` text, printed under the
+table and kept in metrics.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from textgen_cli.metrics.registry import INTERVAL_ROWS
+
+if TYPE_CHECKING:
+    from textgen_cli.comparison.columns import Column
+
+UNTESTED = "untested"
+
+
+@dataclass
+class Lead:
+    best: int | None  # column index of the best model, None when tied or alone
+    tested: bool
+    significant: bool
+    test: str  # how it was tested, or why it was not
+    p: float | None = None
+    diff: dict[str, float] | None = None  # best minus runner-up: score, low, high
+
+
+def ranked_pair(columns: list[Column], row: str, higher: bool) -> tuple[int, int] | None:
+    """(best, runner-up) column indices among the models (never the baselines), or None."""
+    present = [(i, c.cells[row].value) for i, c in enumerate(columns) if row in c.cells and not c.baseline]
+    if len(present) < 2:
+        return None
+    ranked = sorted(present, key=lambda item: item[1], reverse=higher)
+    if ranked[0][1] == ranked[1][1]:
+        return None
+    return ranked[0][0], ranked[1][0]
+
+
+def row_lead(columns: list[Column], row: str, higher: bool, references: list[str], n_resamples: int, seed: int) -> Lead:
+    """The best model of a row and the two-level bootstrap of its lead over the runner-up (rows with
+    per-example statistics only: BLEU, chrF, ROUGE, exact match)."""
+    pair = ranked_pair(columns, row, higher)
+    if pair is None:
+        present = [i for i, c in enumerate(columns) if row in c.cells and not c.baseline]
+        return Lead(present[0] if len(present) == 1 else None, False, False, UNTESTED)
+    best, second = pair
+    arms = [columns[best].models, columns[second].models]
+    if row not in INTERVAL_ROWS or not all(
+        m.predictions and len(m.predictions) == len(references) for arm in arms for m in arm
+    ):
+        return Lead(best, False, False, UNTESTED)
+    from textgen_cli.metrics import two_level_bootstrap
+
+    result = two_level_bootstrap(
+        row, [m.predictions for m in arms[0]], [m.predictions for m in arms[1]], references, n_resamples, seed
+    )
+    d = result["diff"]
+    apart = d["low"] > 0 or d["high"] < 0
+    seeds = f"{len(arms[0])} and {len(arms[1])} seeds"
+    return Lead(best, True, apart, f"two-level bootstrap: {seeds}, {len(references)} examples", result["p"], d)
+
+
+def withheld_reason(columns: list[Column], best: int, confounded: list[str]) -> str | None:
+    """Why a tested, significant lead still gets no star (None: it gets one)."""
+    if confounded:
+        return "confounded: " + "; ".join(confounded)
+    if any(
+        m.eval is not None and m.eval.verdict is not None and not m.eval.verdict["ok"] for m in columns[best].models
+    ):
+        return "the leading model is flagged (see its verdict)"
+    models = [c for c in columns if not c.baseline]
+    if min(len(c.models) for c in models) < 2:
+        return "one seed per arm: the interval covers the test examples, not training"
+    return None
+
+
+def decide(rows: list[dict[str, Any]], columns: list[Column], primary: str, confounded: list[str]) -> None:
+    """Holm over the secondary tested rows, then the rules that withhold a star; sets each row's
+    `significant`, `withheld` and `test` in place."""
+    from textgen_cli.metrics import holm
+
+    secondary = {r["row"]: r["p"] for r in rows if r["tested"] and r["row"] != primary}
+    rejected = holm(secondary)
+    for r in rows:
+        if not r["tested"]:
+            continue
+        if r["row"] != primary:
+            r["significant"] = rejected[r["row"]]
+            r["test"] += f", Holm over {len(secondary)} secondary rows"
+        else:
+            r["test"] += ", primary metric"
+        reason = withheld_reason(columns, r["best"], confounded) if r["significant"] else None
+        if reason:
+            r["significant"], r["withheld"] = False, reason

@@ -1,0 +1,1 @@
+"""Text out: prompts in the model's format, decoding, and loading a trained model to answer them."""
