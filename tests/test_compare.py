@@ -657,7 +657,7 @@ def test_match_total_budget_across_different_stage_lists(tmp_path, monkeypatch):
     """--match with `[finetune]` against `[pretrain, finetune]`: the shorter recipe's finetune gets the
     first recipe's whole budget (pretrain + finetune); same-structure recipes stay matched per stage.
     Costs and training are stubbed: this checks the arithmetic and the order, not a model."""
-    from textgen_cli.comparison import compare
+    from textgen_cli.comparison import matching
     from textgen_cli.recipe import load_recipe
 
     base = (
@@ -673,18 +673,18 @@ def test_match_total_budget_across_different_stage_lists(tmp_path, monkeypatch):
     entries = [load_recipe(str(tmp_path / f"{name}.yaml")) for name in ("full", "twin", "short")]
     # per-step cost: pretrain 3.0, finetune 2.0, twice that at batch 16
     monkeypatch.setattr(
-        compare,
+        matching,
         "step_cost",
         lambda loaded, stage, match: (3.0 if stage == "pretrain" else 2.0) * loaded.recipe.train.batch_size / 8,
     )
     trained: list[tuple[str, str, int]] = []
-    monkeypatch.setattr(compare, "stage_done", lambda loaded, stage: False)
+    monkeypatch.setattr(matching, "stage_done", lambda loaded, stage: False)
     monkeypatch.setattr(
-        compare,
+        matching,
         "run_stage",
         lambda loaded, stage: trained.append((loaded.name, stage, getattr(loaded.recipe, stage).steps)),
     )
-    matched, reused = compare.train_all(entries, "flops")
+    matched, reused = matching.train_all(entries, "flops")
     # full: 100 * 3 + 50 * 2 = 400; twin per stage: 300 / 6 = 50 pretrain, 100 / 4 = 25 finetune
     # short: its only stage gets all 400 at 2 per step = 200 finetune steps
     assert trained == [
@@ -696,15 +696,16 @@ def test_match_total_budget_across_different_stage_lists(tmp_path, monkeypatch):
     ]
     assert matched[2].recipe.finetune.steps == 200 and reused[("short", "finetune")] is False
     # the last stage gets what the earlier ones leave; a budget already spent is a usage error
-    assert compare.last_stage_steps(400.0, [("pretrain", 3.0, 20), ("finetune", 2.0, 0)]) == 170
-    with pytest.raises(compare.UserError, match="more than the first recipe's whole budget"):
-        compare.last_stage_steps(400.0, [("pretrain", 3.0, 200), ("finetune", 2.0, 0)], "x")
+    assert matching.last_stage_steps(400.0, [("pretrain", 3.0, 20), ("finetune", 2.0, 0)]) == 170
+    with pytest.raises(matching.UserError, match="more than the first recipe's whole budget"):
+        matching.last_stage_steps(400.0, [("pretrain", 3.0, 200), ("finetune", 2.0, 0)], "x")
 
 
 def test_pretraining_effect_is_a_paired_bootstrap_between_the_two_models(tmp_path):
     """A model with pretraining behind it against one without: pretrained minus scratch on BLEU and
     chrF with paired-bootstrap intervals; the better model here copies the references."""
-    from textgen_cli.comparison.compare import Column, Model, effect_lines, pretraining_effects
+    from textgen_cli.comparison.collect import pretraining_effects
+    from textgen_cli.comparison.compare import Column, Model, effect_lines
 
     references = [f"the ship sailed at dawn number {i} from the harbour" for i in range(30)]
     (tmp_path / "predictions.jsonl").write_text(

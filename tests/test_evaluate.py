@@ -648,7 +648,7 @@ def _prose_generator(tokenizer, context: int):
 
 
 def test_prose_sliding_window_scores_every_token_once(tokenizer, tmp_path):
-    from textgen_cli.evaluation.evaluate import prose_likelihood
+    from textgen_cli.evaluation.likelihood import prose_likelihood
     from textgen_cli.objectives import encode_texts
 
     texts = [line.strip() for line in moby_lines(30) if line.strip()]
@@ -665,7 +665,7 @@ def test_prose_within_one_window_equals_a_single_forward_pass(tokenizer, tmp_pat
     import torch
     import torch.nn.functional as F
 
-    from textgen_cli.evaluation.evaluate import prose_likelihood
+    from textgen_cli.evaluation.likelihood import prose_likelihood
     from textgen_cli.objectives import encode_texts
 
     texts = ["Call me Ishmael.", "Some years ago, never mind how long precisely."]
@@ -683,7 +683,7 @@ def test_prose_within_one_window_equals_a_single_forward_pass(tokenizer, tmp_pat
 def test_prose_is_skipped_for_sora_with_a_reason(tokenizer, tmp_path):
     from types import SimpleNamespace
 
-    from textgen_cli.evaluation.evaluate import prose_likelihood
+    from textgen_cli.evaluation.likelihood import prose_likelihood
     from textgen_cli.models import role_for
 
     assert (
@@ -693,7 +693,7 @@ def test_prose_is_skipped_for_sora_with_a_reason(tokenizer, tmp_path):
 
 
 def _eval_hash_before_the_helper(loaded, stage, split: str) -> str:
-    """evaluate.eval_hash as it was written before recipe.settings_digest served every hash: an
+    """eval_files.eval_hash as it was written before recipe.settings_digest served every hash: an
     evaluation made then must still be reused by `textgen compare`, so the hash must not change."""
     import dataclasses
     import hashlib
@@ -712,7 +712,7 @@ def _eval_hash_before_the_helper(loaded, stage, split: str) -> str:
 
 
 def test_eval_hash_is_unchanged_by_the_shared_hash_helper():
-    from textgen_cli.evaluation.evaluate import eval_hash
+    from textgen_cli.evaluation.eval_files import eval_hash
     from textgen_cli.recipe import load_recipe, shipped_recipes_dir
 
     for overrides in ([], ["eval.bootstrap=7", "generate.max_new_tokens=5"]):
@@ -732,7 +732,7 @@ def test_prose_auto_scores_textgen_models_only(tokenizer):
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    from textgen_cli.evaluation.evaluate import prose_skipped
+    from textgen_cli.evaluation.likelihood import prose_skipped
 
     foreign = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, "[UNK]")))
     assert prose_skipped("auto", tokenizer) is None
@@ -756,11 +756,12 @@ def test_input_use_by_row_equals_the_likelihood_pass_and_one_reference_at_a_time
     loaded = load_recipe("recipe/evaltest-chatgpt.yaml", ["eval.bootstrap=20", "eval.input_check=1000"])
     report = evaluate.run_evaluate(loaded, None, None, "test", [], output=str(tmp_path / "all"), progress=False)
     assert report.input_use["bits_per_byte_true"] == pytest.approx(report.likelihood["bits_per_byte"], rel=1e-6)
-    from textgen_cli.data.readers import read_finetune_examples
+    from textgen_cli.data.readers import examples_from, read_finetune_examples
+    from textgen_cli.evaluation.likelihood import per_example_nll
 
     generator = load_generator(None, None, loaded=loaded)
     section = loaded.recipe.data.finetune
-    examples = evaluate.examples_from(read_finetune_examples(section, "test", 4), section.task)
-    batched = evaluate.per_example_nll(generator, examples, batch_size=4)
-    alone = [evaluate.per_example_nll(generator, [e], batch_size=1)[0] for e in examples]
+    examples = examples_from(read_finetune_examples(section, "test", 4), section.task)
+    batched = per_example_nll(generator, examples, batch_size=4)
+    alone = [per_example_nll(generator, [e], batch_size=1)[0] for e in examples]
     assert batched == pytest.approx(alone, rel=1e-5)

@@ -333,12 +333,12 @@ def test_exact_match(modules):
 
 def test_registry_lists_every_shipped_module_and_the_rows_it_computes(modules):
     """metrics/registry.py is the one list: every module directory shipped in textgen_cli/metrics/ is
-    registered, `evaluate.metric_rows` turns each module's result into exactly its registered rows,
+    registered, `scores.metric_rows` turns each module's result into exactly its registered rows,
     and every interval row has a fast bootstrap."""
     from pathlib import Path
 
     import textgen_cli.metrics as package
-    from textgen_cli.evaluation.evaluate import metric_rows
+    from textgen_cli.evaluation.scores import metric_rows
     from textgen_cli.metrics import BOOTSTRAP_METRICS
     from textgen_cli.metrics.registry import INTERVAL_ROWS, ROWS
 

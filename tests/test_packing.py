@@ -173,7 +173,7 @@ def test_a_worker_killed_by_the_oom_killer_is_a_clear_error(tmp_path, monkeypatc
     memory, which the CLI prints without a traceback and exits 1 on; nothing is left behind."""
     import typer
 
-    from textgen_cli.cli.app import guarded
+    from textgen_cli.cli.guard import guarded
 
     path, _ = corpus(tmp_path)
     calls = use_pool(monkeypatch)

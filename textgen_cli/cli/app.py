@@ -1,25 +1,23 @@
-"""The `textgen` command line. Each verb's logic lives in its own module; this file only parses
-arguments, turns errors into exit codes and prints results.
+"""The `textgen` command line: the commands, their options and help. This file only parses arguments
+and dispatches: what a command does is `actions.py`, errors into exit codes `guard.py`.
 
 torch and transformers are imported inside the commands, so `textgen --help` stays fast.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import traceback
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from textgen_cli import __version__
-from textgen_cli.core.errors import DiskFull, Interrupted, TrainingDiverged, UserError, WorkerDied
+from textgen_cli.cli import actions
+from textgen_cli.cli.guard import ROOT_FLAGS, guarded
 
 if TYPE_CHECKING:
-    from textgen_cli.core.results import RunSummary
+    pass
 
 # Data and metrics are always local files: `datasets` and `evaluate` never need the hub. Models
 # may come from it (model.init_from=owner/name, through the transformers cache), so HF_HUB_OFFLINE
@@ -82,47 +80,6 @@ Resume = Annotated[
 ]
 
 
-# -v / -q given before the command (`textgen -v pretrain ...`); set by root() on every invocation
-_root_flags = {"verbose": False, "quiet": False}
-
-
-def verbosity(verbose: bool, quiet: bool) -> str:
-    verbose, quiet = verbose or _root_flags["verbose"], quiet or _root_flags["quiet"]
-    if verbose and quiet:
-        raise UserError("--verbose and --quiet cannot be combined; choose one")
-    return "verbose" if verbose else "quiet" if quiet else "normal"
-
-
-def guarded(debug: bool, action: Callable[[], Any], verbose: bool = False, quiet: bool = False) -> Any:
-    """Exit codes: 0 success, 2 bad input (recipe, data, checkpoint, path), 1 anything else."""
-    try:
-        from textgen_cli.core.progress import configure_logging
-
-        configure_logging(verbosity(verbose, quiet))
-        return action()
-    except UserError as exc:
-        if debug:
-            traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(2) from None
-    except Interrupted as exc:
-        print(f"{exc}", file=sys.stderr)
-        raise typer.Exit(exc.exit_code) from None
-    except (TrainingDiverged, DiskFull, WorkerDied) as exc:
-        if debug:
-            traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        raise typer.Exit(130) from None
-    except Exception as exc:
-        if debug:
-            raise
-        print(f"error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)", file=sys.stderr)
-        raise typer.Exit(1) from None
-
-
 def _stage_command(
     stage: str,
     recipe: str,
@@ -134,60 +91,13 @@ def _stage_command(
     verbose: bool,
     quiet: bool,
 ) -> None:
-    from textgen_cli.recipe import load_recipe
-    from textgen_cli.training import run_stage
-
-    def action() -> None:
-        loaded = load_recipe(recipe, [*(overrides or []), *(["resume=auto"] if resume else [])])
-        if print_recipe:
-            sys.stdout.write(loaded.to_yaml())
-            return
-        if int(os.environ.get("RANK", "0")) == 0:  # rank 0 owns the run directory (RunDir.begin checks again)
-            from textgen_cli.core.files import check_run_location
-
-            # a read-only or unwritable run.root is refused before the tokenizer is trained and the data packed
-            check_run_location(loaded.run_dir(stage), keep=False)
-        from textgen_cli.core.progress import quiet_libraries
-
-        quiet_libraries()
-        summary = run_stage(loaded, stage)
-        if int(os.environ.get("RANK", "0")) != 0:
-            return  # in a distributed run only rank 0 evaluates and reports
-        from textgen_cli.evaluation.after_stage import evaluate_after_stage
-
-        report = evaluate_after_stage(loaded, stage, summary)
-        evaluation = None  # the evaluation after training, for --json
-        if report is not None:
-            from textgen_cli.evaluation.evaluate import print_table
-
-            evaluation = {
-                "metrics": report.metrics,
-                "intervals": report.intervals,
-                "likelihood": report.likelihood,
-                "n_examples": report.n_examples,
-                "eval_time_s": report.eval_time_s,
-                "file": report.files["eval"],
-            }
-            if not json_output:
-                print_table(report, stream=sys.stderr)
-        print_summary(summary, json_output, evaluation)
-
-    guarded(debug, action, verbose, quiet)
-
-
-def print_summary(summary: RunSummary, json_output: bool, evaluation: dict[str, Any] | None = None) -> None:
-    """The finished stage: its summary.json as JSON on stdout (with `eval`, the evaluation after
-    training, when there was one), or three lines."""
-    if json_output:
-        print(json.dumps(summary.to_dict() | ({"eval": evaluation} if evaluation is not None else {}), indent=2))
-        return
-    from textgen_cli.core.progress import format_duration
-
-    print(
-        f"{summary.stage} finished: {summary.final_dir}\n"
-        f"  validation loss {summary.initial_val_loss:.4f} -> {summary.final_val_loss:.4f} (perplexity {summary.final_val_ppl:.2f})\n"
-        f"  {summary.steps} steps, {summary.tokens:,} tokens, {summary.tokens_per_s:,.0f} tokens/s, "
-        f"{format_duration(summary.wall_time_s)} wall, peak memory {summary.peak_memory_mb:,.0f} MB"
+    guarded(
+        debug,
+        lambda: actions.train_stage(
+            stage, recipe, overrides or [], print_recipe=print_recipe, json_output=json_output, resume=resume
+        ),
+        verbose,
+        quiet,
     )
 
 
@@ -281,120 +191,23 @@ def generate(
 
     Decoding settings come from the recipe's `generate:` section; override any of them with key=value arguments, e.g. generate.do_sample=true generate.temperature=0.7.
     """
-
-    def action() -> None:
-        from textgen_cli.recipe import load_generate_recipe
-
-        if print_recipe:
-            sys.stdout.write(load_generate_recipe(recipe, model, overrides).to_yaml())
-            return
-        chosen = [
-            name
-            for name, given in (("--prompt", prompt is not None), ("--chat", chat), ("--input", input_file is not None))
-            if given
-        ]
-        if len(chosen) > 1:
-            raise UserError(f"{' and '.join(chosen)} cannot be combined; choose one mode")
-        batch = input_file is not None or (not chosen and not sys.stdin.isatty())
-        if not chosen and not batch:
-            raise UserError(
-                "nothing to generate from: give --prompt TEXT, --chat, --input FILE, or pipe prompts on stdin"
-            )
-        if output is not None and not batch:
-            raise UserError("--output is for batch mode (--input FILE or prompts on stdin)")
-        if chat and json_output:
-            raise UserError("--json applies to --prompt and batch mode, not to --chat")
-        if batch:
-            _generate_batch(recipe, model, stage, overrides, input_file or "-", output)
-            return
-        from textgen_cli.cli.batch_io import InputRecord, output_record
-        from textgen_cli.cli.chat_session import run_chat
-        from textgen_cli.core.progress import log
-        from textgen_cli.generation.decoding import GenerationStats
-        from textgen_cli.generation.generate import load_generator
-        from textgen_cli.generation.prompts import check_input
-
-        if prompt is not None:
-            check_input(prompt, "--prompt")  # before the model loads
-        generator = load_generator(recipe, model, stage, overrides)
-        if chat:
-            stats = run_chat(generator, sys.stdin, sys.stdout, sys.stderr, interactive=sys.stdin.isatty())
-            if stats.prompts:
-                log(stats.line(mean_first_token=True))
-            return
-        stats = GenerationStats()
-        built = generator.prompt(check_input(prompt, "--prompt"), where="--prompt")
-        if built.truncated or built.dropped_turns:
-            log(
-                f"warning: the prompt is longer than the model's context allows ({generator.budget} tokens with generate.max_new_tokens="
-                f"{generator.max_new_tokens}); it was truncated"
-            )
-        if json_output:
-            result = generator.stream(built, lambda _: None, stats)
-            record = output_record(
-                InputRecord(prompt, "--prompt"), result, generator.path, generator.decoding_settings()
-            )
-            print(
-                json.dumps(
-                    {**record, "tokens_per_s": stats.tokens_per_s, "time_to_first_token_s": stats.first_token_s},
-                    ensure_ascii=False,
-                )
-            )
-        else:
-            generator.stream(built, lambda text: (sys.stdout.write(text), sys.stdout.flush()), stats)
-            print()
-        log(stats.line())
-
-    guarded(debug, action, verbose, quiet)
-
-
-def _generate_batch(
-    recipe: str | None,
-    model: str | None,
-    stage: str | None,
-    overrides: list[str] | None,
-    source: str,
-    output: str | None,
-) -> None:
-    """Batch mode: every input line becomes one JSON line, in input order."""
-    from pathlib import Path
-
-    from textgen_cli.cli.batch_io import output_record, read_inputs
-    from textgen_cli.core.progress import Reporter, log
-    from textgen_cli.generation.decoding import GenerationStats
-    from textgen_cli.generation.generate import load_generator
-    from textgen_cli.recipe import load_generate_recipe
-
-    if output is not None and output != "-" and not Path(output).expanduser().resolve().parent.is_dir():
-        raise UserError(f"--output '{output}': the folder '{Path(output).expanduser().parent}' does not exist")
-    loaded = load_generate_recipe(recipe, model, overrides)
-    finetune_data = loaded.recipe.data.finetune
-    records = read_inputs(source, sys.stdin, finetune_data.source_field, finetune_data.messages_field)
-    generator = load_generator(recipe, model, stage, overrides, loaded=loaded)
-    size = generator.batch_size
-    stats = GenerationStats()
-    reporter = Reporter("generate", -(-len(records) // size))
-    try:
-        results = generator.batch(
-            [r.item for r in records],
-            stats,
-            on_batch=lambda done, total, batch: reporter.step(-(-done // size), {"tokens_per_s": batch.tokens_per_s}),
-            labels=[r.where for r in records],
-        )
-    finally:
-        reporter.close()
-    settings = generator.decoding_settings()
-    lines = "".join(
-        json.dumps(output_record(r, res, generator.path, settings), ensure_ascii=False) + "\n"
-        for r, res in zip(records, results)
+    guarded(
+        debug,
+        lambda: actions.generate(
+            recipe,
+            model,
+            stage,
+            overrides or [],
+            prompt=prompt,
+            chat=chat,
+            input_file=input_file,
+            output=output,
+            print_recipe=print_recipe,
+            json_output=json_output,
+        ),
+        verbose,
+        quiet,
     )
-    if output is None or output == "-":
-        sys.stdout.write(lines)
-        sys.stdout.flush()
-    else:
-        Path(output).expanduser().write_text(lines, encoding="utf-8")
-        log(f"wrote {len(records)} results to {output}")
-    log(stats.line())
 
 
 @app.command("adv-train")
@@ -452,24 +265,12 @@ def evaluate(
     quiet: Quiet = False,
 ) -> None:
     """Score a trained model on a split: BLEU, chrF, ROUGE, distinct-n, self-BLEU, exact match with bootstrap intervals, a baseline, bits per byte and perplexity."""
-
-    def action() -> None:
-        from textgen_cli.core.progress import quiet_libraries
-        from textgen_cli.evaluation.evaluate import print_table, run_evaluate
-        from textgen_cli.recipe import load_recipe
-
-        loaded = load_recipe(recipe, overrides)
-        quiet_libraries()
-        report = run_evaluate(loaded, model, stage, split or loaded.recipe.eval.split, perturb or [], output)
-        from textgen_cli.training.model_card import record_evaluation
-
-        record_evaluation(report)  # a run's final model on the test split: its card gets the scores
-        if json_output:
-            print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
-        else:
-            print_table(report)
-
-    guarded(debug, action, verbose, quiet)
+    guarded(
+        debug,
+        lambda: actions.evaluate(recipe, model, stage, split, perturb or [], output, overrides or [], json_output),
+        verbose,
+        quiet,
+    )
 
 
 @app.command()
@@ -538,66 +339,24 @@ def compare(
     quiet: Quiet = False,
 ) -> None:
     """Train what is missing, evaluate every model on the same test examples, and write a side-by-side report (terminal table, report.md, report.html, metrics.csv, metrics.json, plots)."""
-
-    def action() -> None:
-        from textgen_cli.comparison.compare import print_table, run_compare
-        from textgen_cli.core.progress import quiet_libraries
-
-        quiet_libraries()
-        given = list(items or [])
-        overrides = [item for item in given if "=" in item]
-        runs = [item for item in given if "=" not in item]
-        result = run_compare(
+    guarded(
+        debug,
+        lambda: actions.compare(
             list(recipes or []),
-            runs,
-            overrides,
-            seeds,
-            match,
-            name,
-            reports,
-            primary,
-            list(factors or []),
-            budget,
-            lr_grid,
-        )
-        if json_output:
-            print(
-                json.dumps(
-                    {
-                        "report": result["report"],
-                        "rows": result["rows"],
-                        "models": [c.label for c in result["columns"]],
-                        "confounded": result["confounded"],
-                        "settings": [vars(s) for s in result["settings"]],
-                        "budgets": result.get("curve_record"),
-                        "lr_grid": [vars(g) for g in result.get("lr_grid", [])],
-                    },
-                    indent=2,
-                )
-            )
-        else:
-            from textgen_cli.comparison.compare import print_budgets
-            from textgen_cli.comparison.tuning import grid_lines
-
-            if result.get("lr_grid"):
-                print("\n".join(grid_lines(result["lr_grid"], result["primary"])))
-            if "budgets" in result:
-                print_budgets(result)
-            else:
-                print_table(
-                    result["columns"],
-                    result["rows"],
-                    settings=result["settings"],
-                    confounded=result["confounded"],
-                    primary=result["primary"],
-                    effects=result["pretraining"],
-                    factors=result["factors"],
-                )
-            print(
-                f"report: {result['report']}/report.html (also report.md, metrics.csv, metrics.json) in {result['elapsed_s']:.0f} s"
-            )
-
-    guarded(debug, action, verbose, quiet)
+            list(items or []),
+            seeds=seeds,
+            match=match,
+            name=name,
+            reports=reports,
+            primary=primary,
+            factors=list(factors or []),
+            budget=budget,
+            lr_grid=lr_grid,
+            json_output=json_output,
+        ),
+        verbose,
+        quiet,
+    )
 
 
 @recipes_app.callback(invoke_without_command=True)
@@ -628,14 +387,7 @@ def recipes_validate(
     recipes: Annotated[list[str], typer.Argument(help="Recipe files or shipped recipe names.")], debug: Debug = False
 ) -> None:
     """Check recipes against the schema; exit 2 on the first invalid one."""
-    from textgen_cli.recipe import load_recipe
-
-    def action() -> None:
-        for name in recipes:
-            loaded = load_recipe(name)
-            print(f"ok: {loaded.path}")
-
-    guarded(debug, action)
+    guarded(debug, lambda: actions.validate_recipes(recipes))
 
 
 @recipes_app.command("keys")
@@ -649,21 +401,12 @@ def recipes_keys(
     ] = None,
 ) -> None:
     """Print every recipe key with its type, default and meaning (Markdown)."""
-    from textgen_cli.recipe import schema_markdown
-
     if update is None:
+        from textgen_cli.recipe import schema_markdown
+
         sys.stdout.write(schema_markdown())
         return
-    from pathlib import Path
-
-    path = Path(update)
-    text = path.read_text(encoding="utf-8")
-    start, end = "<!-- keys:start -->\n", "<!-- keys:end -->"
-    if start not in text or end not in text:
-        print(f"error: {path} has no {start.strip()} ... {end} block", file=sys.stderr)
-        raise typer.Exit(2)
-    head, rest = text.split(start, 1)
-    path.write_text(head + start + schema_markdown() + end + rest.split(end, 1)[1], encoding="utf-8")
+    guarded(False, lambda: actions.update_keys_block(update))
 
 
 def _version(value: bool) -> None:
@@ -681,7 +424,7 @@ def root(
     quiet: Quiet = False,
 ) -> None:
     """Train, sample and compare Transformer text generators from one recipe file."""
-    _root_flags.update(verbose=verbose, quiet=quiet)
+    ROOT_FLAGS.update(verbose=verbose, quiet=quiet)
 
 
 def main() -> None:

@@ -67,17 +67,17 @@ def constant_rate(loaded) -> bool:
 
 def step_cost(loaded, stage: str, unit: str) -> float:
     """The budget one optimizer step of `stage` spends."""
-    from textgen_cli.comparison import compare
+    from textgen_cli.comparison import matching
 
     if unit == "examples":
         return float(loaded.recipe.train.batch_size * loaded.recipe.train.grad_accum)
-    return compare.step_cost(loaded, stage, unit)
+    return matching.step_cost(loaded, stage, unit)
 
 
 def budget_steps(loaded, budget: Budget, costs: dict[str, float]) -> int:
     """Steps of the recipe's last stage: what the budget leaves after its earlier stages (each at
     its own steps), at the last stage's cost per step."""
-    from textgen_cli.comparison.compare import last_stage_steps
+    from textgen_cli.comparison.matching import last_stage_steps
     from textgen_cli.core.stages import section_of
 
     stages = list(loaded.recipe.stages)
@@ -91,7 +91,7 @@ def budget_steps(loaded, budget: Budget, costs: dict[str, float]) -> int:
 
 def train_at_budgets(base_name: str, loaded, seed: int, budgets: list[Budget], reference) -> list[tuple[Budget, Any]]:
     """Train one arm (one seed) to every budget in turn, evaluating at each; (budget, Model) pairs."""
-    from textgen_cli.comparison.compare import common_settings, stage_done, with_overrides
+    from textgen_cli.comparison.matching import common_settings, stage_done, with_overrides
     from textgen_cli.core.stages import section_of
     from textgen_cli.training import run_stage
 
@@ -128,7 +128,7 @@ def _model(label: str, loaded, stage: str, seed: int):
 
 
 def _train_to(loaded, stage: str, steps: int, folder: Path, budget: Budget) -> None:
-    from textgen_cli.comparison.compare import stage_done
+    from textgen_cli.comparison.matching import stage_done
     from textgen_cli.core.files import SUMMARY_FILE
     from textgen_cli.core.results import RunSummary
     from textgen_cli.training import run_stage
@@ -148,7 +148,7 @@ def _train_to(loaded, stage: str, steps: int, folder: Path, budget: Budget) -> N
 def _snapshot_summaries(model, folder: Path) -> None:
     """The stage summaries at this budget, kept beside the evaluation: the stage itself is replaced
     when the next budget continues it."""
-    from textgen_cli.comparison.compare import collect
+    from textgen_cli.comparison.collect import collect
     from textgen_cli.core.files import SUMMARY_FILE
 
     collect(model)
@@ -157,7 +157,7 @@ def _snapshot_summaries(model, folder: Path) -> None:
 
 
 def _evaluated(model, folder: Path) -> bool:
-    from textgen_cli.evaluation.evaluate import eval_hash
+    from textgen_cli.evaluation.eval_files import eval_hash
 
     try:
         record = json.loads((folder / "eval.json").read_text(encoding="utf-8"))
@@ -170,7 +170,7 @@ def _evaluated(model, folder: Path) -> bool:
 
 def _evaluate(model, folder: Path) -> None:
     """Evaluate the budget's model into `folder` (or reuse what is there) and load what the report needs."""
-    from textgen_cli.comparison.compare import collect
+    from textgen_cli.comparison.collect import collect
     from textgen_cli.core.files import SUMMARY_FILE
     from textgen_cli.core.results import EvalReport, RunSummary
     from textgen_cli.evaluation.evaluate import run_evaluate

@@ -374,7 +374,7 @@ def write_report(
     primary: str | None = None,
     factors: Sequence[str] = (),
 ) -> None:
-    """`effects`: compare.pretraining_effects of the columns (the same the terminal shows);
+    """`effects`: collect.pretraining_effects of the columns (the same the terminal shows);
     `settings` / `confounded`: settings_diff's effective settings and the confounds among them;
     `factors`: the declared factors that differ between the arms."""
     tmp = folder.with_name(folder.name + ".partial")

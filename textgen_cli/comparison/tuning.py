@@ -38,7 +38,7 @@ def parse_grid(text: str) -> list[float]:
 
 def tune_arm(base: str, loaded, grid: list[float], primary: str, steps_override: list[str]) -> GridResult:
     """Train `loaded` (one seed) at each learning rate of the grid and score each on validation."""
-    from textgen_cli.comparison.compare import stage_done, with_overrides
+    from textgen_cli.comparison.matching import stage_done, with_overrides
     from textgen_cli.core.files import FINAL_DIR
     from textgen_cli.evaluation.evaluate import run_evaluate
     from textgen_cli.training import run_stage
@@ -66,7 +66,7 @@ def tune_arm(base: str, loaded, grid: list[float], primary: str, steps_override:
 
 def _validation_report(loaded, stage: str, folder: Path) -> dict[str, Any] | None:
     """The validation evaluation in `folder` if it was made of this very model and settings."""
-    from textgen_cli.evaluation.evaluate import eval_hash
+    from textgen_cli.evaluation.eval_files import eval_hash
 
     try:
         record = json.loads((folder / "eval-validation.json").read_text(encoding="utf-8"))
