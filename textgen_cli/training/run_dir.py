@@ -12,6 +12,7 @@ import platform
 import resource
 import shutil
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +21,47 @@ from textgen_cli.core import diskspace
 from textgen_cli.core.errors import UserError
 from textgen_cli.core.files import METRICS_FILE, check_run_location, write_text_atomic
 from textgen_cli.core.progress import debug, log
+from textgen_cli.core.stages import section_of
 
 if TYPE_CHECKING:
     from textgen_cli.core.loaded_recipe import LoadedRecipe
+    from textgen_cli.training.distribution import Ranks
+
+
+@contextlib.contextmanager
+def opened_run(
+    loaded: LoadedRecipe, stage: str, ranks: Ranks, preflight: Callable[[RunDir], None]
+) -> Iterator[tuple[RunDir, Path | None]]:
+    """A stage's run folder, held for the whole stage: entered before the loop, left after it.
+
+    On entry (rank 0): the lock, the leftovers of an interrupted run, the checkpoint to resume from
+    (every rank resumes from the one rank 0 picked), `preflight` (the disk-space check) and the
+    trackers. On a normal exit every rank waits for the others, and rank 0 renames `<stage>.partial/`
+    to `<stage>/`. On an error or a signal the work folder stays only if it holds a checkpoint to
+    resume from. Yields the folder and the checkpoint to resume from (None: a fresh start)."""
+    recipe = loaded.recipe
+    run = RunDir(loaded.run_dir(stage))
+    resume_from = None
+    if ranks.main:
+        resume_from = run.begin(resume=recipe.resume == "auto", steps=getattr(recipe, section_of(stage)).steps)
+        try:
+            preflight(run)
+            if recipe.train.report_to or recipe.train.tensorboard:
+                run.start_trackers(loaded, stage)
+        except UserError:
+            run.abort()
+            raise
+    ranks.barrier()
+    resume_from = ranks.gather(resume_from)[0]
+    try:
+        yield run, resume_from
+    except BaseException:
+        if ranks.main:
+            run.abort()
+        raise
+    ranks.barrier()
+    if ranks.main:
+        run.commit(keep_checkpoint=recipe.checkpoint.keep_final)
 
 
 class RunDir:

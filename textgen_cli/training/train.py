@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from textgen_cli.core.errors import Interrupted, UserError
+from textgen_cli.core.errors import Interrupted
 from textgen_cli.core.files import RECIPE_FILE, write_text_atomic
 from textgen_cli.core.progress import Reporter, log
 from textgen_cli.core.results import RunSummary
@@ -27,7 +27,7 @@ from textgen_cli.training.memory import keep_freed_memory
 from textgen_cli.training.optim import build_optimizer
 from textgen_cli.training.outputs import check_disk_space, finish
 from textgen_cli.training.resume import resume_or_begin, save_checkpoint
-from textgen_cli.training.run_dir import RunDir
+from textgen_cli.training.run_dir import RunDir, opened_run
 from textgen_cli.training.sampler import EpochSampler, check_split_sizes
 from textgen_cli.training.signals import StopSignals
 from textgen_cli.training.state import Loop, LoopState, StepStats
@@ -59,44 +59,27 @@ def train_stage(
     ranks = Ranks(accelerator, sharded=recipe.distributed.strategy == "fsdp" and accelerator.num_processes > 1)
     check_strategy(recipe.distributed.strategy, ranks.world, step_fn is not clean_step, stage, recipe.adv_train.method)
     check_split_sizes(train_set, val_set, recipe.train.batch_size, f"{stage} data", ranks.world)
-    run = RunDir(loaded.run_dir(stage))
-    resume = recipe.resume == "auto"
-    resume_from = run.begin(resume=resume, steps=getattr(recipe, section_of(stage)).steps) if ranks.main else None
-    if ranks.main:
-        try:
-            check_disk_space(run, model, tokenizer, recipe, stage)
-            if recipe.train.report_to or recipe.train.tensorboard:
-                run.start_trackers(loaded, stage)
-        except UserError:
-            run.abort()
-            raise
-    ranks.barrier()
-    resume_from = ranks.gather(resume_from)[0]  # rank 0 picked (and checked) the checkpoint: every rank resumes from it
-    try:
-        with StopSignals() as signals:
-            loop = start_loop(
-                loaded,
-                stage,
-                model=model,
-                tokenizer=tokenizer,
-                train_set=train_set,
-                val_set=val_set,
-                step_fn=step_fn,
-                accelerator=accelerator,
-                ranks=ranks,
-                run=run,
-                signals=signals,
-            )
-            resume_or_begin(loop, resume_from)
-            train_steps(loop)
-            summary = finish(loop, notes=notes, resumed=resume_from is not None)
-    except BaseException:
-        if ranks.main:
-            run.abort()
-        raise
-    ranks.barrier()
-    if ranks.main:
-        run.commit(keep_checkpoint=recipe.checkpoint.keep_final)
+
+    def preflight(run: RunDir) -> None:  # before anything is written: refuse a run the disk has no room for
+        check_disk_space(run, model, tokenizer, recipe, stage)
+
+    with opened_run(loaded, stage, ranks, preflight) as (run, resume_from), StopSignals() as signals:
+        loop = start_loop(
+            loaded,
+            stage,
+            model=model,
+            tokenizer=tokenizer,
+            train_set=train_set,
+            val_set=val_set,
+            step_fn=step_fn,
+            accelerator=accelerator,
+            ranks=ranks,
+            run=run,
+            signals=signals,
+        )
+        resume_or_begin(loop, resume_from)
+        train_steps(loop)
+        summary = finish(loop, notes=notes, resumed=resume_from is not None)
     return summary
 
 
