@@ -10,9 +10,10 @@ import yaml
 
 from harness import REPO, textgen
 from textgen_cli.core.errors import UserError
-from textgen_cli.core.schema import CHOICES, PATH_KEYS
+from textgen_cli.core.schema import PATH_KEYS
 from textgen_cli.recipe import (
     all_keys,
+    choices_of_keys,
     find_recipe,
     load_recipe,
     load_recipe_values,
@@ -21,7 +22,7 @@ from textgen_cli.recipe import (
     shipped_recipes_dir,
 )
 
-FAMILIES = CHOICES["model.family"]
+FAMILIES = choices_of_keys()["model.family"]
 
 DATA = "data:\n  pretrain: {train: p.txt}\n  finetune: {train: f.jsonl}\n"
 

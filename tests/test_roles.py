@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from textgen_cli.core.schema import CHOICES
 from textgen_cli.models.roles import ROLES, DecoderOnly, Role
+from textgen_cli.recipe import choices_of_keys
 
 
 def test_a_role_without_every_method_cannot_be_created():
@@ -21,13 +21,13 @@ def test_a_role_without_every_method_cannot_be_created():
 
 
 def test_the_recipe_schema_offers_exactly_the_roles():
-    assert tuple(ROLES) == CHOICES["model.family"]
+    assert tuple(ROLES) == choices_of_keys()["model.family"]
 
 
 def test_the_recipe_schema_offers_exactly_the_layouts():
     from textgen_cli.models.archs import ARCHS
 
-    assert sorted(CHOICES["model.arch"]) == sorted(("auto", *ARCHS))
+    assert sorted(choices_of_keys()["model.arch"]) == sorted(("auto", *ARCHS))
     # every layout plays a role that exists, and every role can build at least one layout
     assert {arch.family for arch in ARCHS.values()} <= set(ROLES)
     assert all(any(arch.family == role.layouts_of for arch in ARCHS.values()) for role in ROLES.values())

@@ -240,6 +240,14 @@ def type_name(type_: Any) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(type_, str(type_))
 
 
+def choices_of_keys() -> dict[str, tuple[str, ...]]:
+    """Allowed values of the string keys: the schema's, and the families and layouts as their tables
+    (models.ROLES, models.ARCHS) hold them, so that a new family or layout is one entry there."""
+    from textgen_cli.models import ARCHS, ROLES
+
+    return {**CHOICES, "model.family": tuple(ROLES), "model.arch": ("auto", *ARCHS)}
+
+
 def validate_values(recipe: Recipe, source: str, override_keys: set[str] = frozenset()) -> None:
     """Range and cross-key checks the type system cannot express."""
 
@@ -247,7 +255,7 @@ def validate_values(recipe: Recipe, source: str, override_keys: set[str] = froze
         where = "command line override" if key in override_keys else source
         raise UserError(f"{where}: key '{key}': expected {expected}, got {value!r}")
 
-    for key, choices in CHOICES.items():
+    for key, choices in choices_of_keys().items():
         value = _get(recipe, key)
         if value not in choices:
             close = difflib.get_close_matches(str(value), choices, n=1)
@@ -403,9 +411,10 @@ def describe(path: Path) -> str:
 def schema_markdown() -> str:
     """`docs/recipes.md`'s key reference, generated from the schema (a test keeps the file in sync)."""
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    choices = choices_of_keys()
     for key, type_, default, help_ in iter_schema():
         shown = "required" if default == "???" else json.dumps(default)
-        if key in CHOICES:
-            help_ += " Choices: " + ", ".join(f"`{c}`" for c in CHOICES[key]) + "."
+        if key in choices:
+            help_ += " Choices: " + ", ".join(f"`{c}`" for c in choices[key]) + "."
         lines.append(f"| `{key}` | {type_name(type_)} | `{shown}` | {help_} |")
     return "\n".join(lines) + "\n"

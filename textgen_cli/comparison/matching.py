@@ -36,14 +36,15 @@ def with_overrides(loaded: LoadedRecipe, extra: list[str]) -> LoadedRecipe:
 def finetune_step_inputs(loaded: LoadedRecipe, stage: str) -> tuple[Lengths, Any]:
     """The lengths of one mean finetuning example (flops.Lengths, from the real tokenized data) and
     the model the stage starts from (random weights for `model.init_from: scratch`)."""
+    from textgen_cli.models import role_of_model
     from textgen_cli.training.finetune import build_examples, prepare, starting_point
-    from textgen_cli.training.step import count_lengths
 
     start = starting_point(loaded) if stage == "finetune" else str(loaded.run_dir("finetune") / FINAL_DIR)
     setup = prepare(loaded, start, stage)
     train_set, _, _ = build_examples(loaded, setup, stage)
     n = min(len(train_set), 512)
-    return count_lengths(train_set.collate(list(range(n)), 0)).scaled(1 / n), setup.model
+    batch = train_set.collate(list(range(n)), 0)
+    return role_of_model(setup.model).batch_lengths(batch).scaled(1 / n), setup.model
 
 
 def step_cost(loaded: LoadedRecipe, stage: str, match: str) -> float:

@@ -390,10 +390,9 @@ class Recipe:
     )
 
 
-# Allowed values of string keys (dotted key -> choices). Checked by recipe.validate_values.
+# Allowed values of string keys (dotted key -> choices). Checked by recipe.validate_values, which
+# adds model.family and model.arch from the role and layout tables (recipe.choices_of_keys).
 CHOICES = {
-    "model.family": ("sora", "chatgpt", "prefix-lm"),
-    "model.arch": ("auto", "bart", "t5", "t5gemma", "gpt2", "llama", "qwen2", "gemma2"),
     "data.finetune.task": ("pairs", "dialogue"),
     "data.too_long": ("truncate", "error"),
     "train.device": ("auto", "cpu", "cuda"),

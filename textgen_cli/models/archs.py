@@ -10,7 +10,7 @@ each sub-layer, GeGLU), with every option that could differ set the same on both
 (`gemma_block`). The encoder-decoder's decoder block is the decoder-only block plus
 cross-attention, and nothing else (tests/test_matched_layouts.py checks it, weights included).
 
-Adding a layout means one builder and one entry in ARCHS. A pretrained checkpoint needs no entry: whatever AutoModelForSeq2SeqLM or
+Adding a layout means one builder and one entry in ARCHS (its LoRA targets included). A pretrained checkpoint needs no entry: whatever AutoModelForSeq2SeqLM or
 AutoModelForCausalLM loads can be finetuned (see loading.py).
 """
 
@@ -151,17 +151,22 @@ def build_gemma2(section: ModelSection, tokenizer: PreTrainedTokenizerFast) -> P
 
 @dataclass(frozen=True)
 class Arch:
-    name: str
+    name: str  # `model.arch`, and the transformers `model_type` of what it builds
     family: str  # the role it plays: `sora` (encoder-decoder) or `chatgpt` (decoder-only)
     build: Callable[[ModelSection, PreTrainedTokenizerFast], PreTrainedModel]
+    # LoRA's default targets (model.lora.target_modules): every attention and feed-forward
+    # projection, where peft's own table adapts only the attention's query and value
+    lora_targets: tuple[str, ...]
 
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # Llama-style names
 
 ARCHS = {
-    "bart": Arch("bart", "sora", build_bart),
-    "t5": Arch("t5", "sora", build_t5),
-    "gpt2": Arch("gpt2", "chatgpt", build_gpt2),
-    "llama": Arch("llama", "chatgpt", build_llama),
-    "qwen2": Arch("qwen2", "chatgpt", build_qwen2),
-    "t5gemma": Arch("t5gemma", "sora", build_t5gemma),
-    "gemma2": Arch("gemma2", "chatgpt", build_gemma2),
+    "bart": Arch("bart", "sora", build_bart, ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")),
+    "t5": Arch("t5", "sora", build_t5, ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")),
+    "gpt2": Arch("gpt2", "chatgpt", build_gpt2, ("c_attn", "c_proj", "c_fc")),
+    "llama": Arch("llama", "chatgpt", build_llama, PROJECTIONS),
+    "qwen2": Arch("qwen2", "chatgpt", build_qwen2, PROJECTIONS),
+    "t5gemma": Arch("t5gemma", "sora", build_t5gemma, PROJECTIONS),
+    "gemma2": Arch("gemma2", "chatgpt", build_gemma2, PROJECTIONS),
 }

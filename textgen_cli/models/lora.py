@@ -22,22 +22,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from textgen_cli.core.errors import UserError
+from textgen_cli.models.archs import ARCHS, PROJECTIONS
 
 if TYPE_CHECKING:
     from textgen_cli.core.schema import LoraSection
 
-# Attention and feed-forward projections per architecture (peft's own table adapts only the
-# attention's query and value); others fall back to peft's table.
-TARGET_MODULES = {
-    "gpt2": ["c_attn", "c_proj", "c_fc"],
-    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    "gemma2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    "t5gemma": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
-    "bart": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
-    "t5": ["q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo"],
+# Pretrained model types textgen has no layout for, with every attention and feed-forward
+# projection (a layout's own are on its ARCHS entry); anything else falls back to peft's table.
+PRETRAINED_TARGETS = {
+    "mistral": PROJECTIONS,
+    "gpt_neox": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
 }
 
 # model -> its peft wrapper, kept until the model is merged for saving
@@ -50,7 +44,12 @@ def target_modules(model, section: LoraSection, source: str) -> list[str]:
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
     model_type = model.config.model_type
-    found = TARGET_MODULES.get(model_type) or TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
+    layout = ARCHS.get(model_type)
+    found = (
+        (layout.lora_targets if layout else None)
+        or PRETRAINED_TARGETS.get(model_type)
+        or TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
+    )
     if not found:
         raise UserError(
             f"{source}: key 'model.lora.target_modules': textgen has no default for a `{model_type}` model; name its projection modules, e.g. [q_proj, v_proj]"

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from textgen_cli.core.errors import UserError
 from textgen_cli.models.archs import ARCHS, Arch
+from textgen_cli.models.flops import Lengths
 
 # The config key that tells a saved prefix LM from a plain decoder-only model of the same layout.
 FAMILY_KEY = "textgen_family"
@@ -85,9 +86,17 @@ class Role(ABC):
         return found is self
 
     def mark(self, model) -> None:
-        """Record this role in the model's config, where its layout alone does not tell it."""
-        if hasattr(model.config, FAMILY_KEY):
-            delattr(model.config, FAMILY_KEY)
+        """Record this role in the model's config where its layout alone does not tell it (a prefix
+        LM is a causal LM by its model_type), so that `role_of_config` finds it again on reload."""
+        config = model.config
+        implied = role_of_model_type(
+            getattr(config, "model_type", None), bool(getattr(config, "is_encoder_decoder", False))
+        )
+        if implied is self:
+            if hasattr(config, FAMILY_KEY):
+                delattr(config, FAMILY_KEY)
+        else:
+            setattr(config, FAMILY_KEY, self.name)
 
     def decoding_inputs(self, model, input_ids, attention_mask, num_beams: int) -> dict[str, Any]:
         """Extra `model.generate` inputs this role needs (a prefix LM: its prompt read first)."""
@@ -201,6 +210,11 @@ class Role(ABC):
     def encoder_of(self, model):
         """The module that reads the source on its own (None: the one stack reads everything)."""
         return None
+
+    @abstractmethod
+    def batch_lengths(self, batch: dict[str, Any]) -> Lengths:
+        """What a training batch's compute depends on (flops.Lengths), from its rows, padding left out."""
+        ...
 
     # ------------------------------------------------------------------ the settings table
 
@@ -339,6 +353,22 @@ class EncoderDecoder(Role):
     def encoder_of(self, model):
         return model.get_encoder()
 
+    def batch_lengths(self, batch):
+        """Encoder inputs (the attention mask) and decoder targets (the labels), per row."""
+        import torch
+
+        from textgen_cli.objectives import IGNORE_INDEX
+
+        inputs = batch["attention_mask"].sum(dim=1).to(torch.float64)
+        targets = (batch["labels"] != IGNORE_INDEX).sum(dim=1).to(torch.float64)
+        return Lengths(
+            float(inputs.sum()),
+            float(targets.sum()),
+            float((inputs**2).sum()),
+            float((targets**2).sum()),
+            float((inputs * targets).sum()),
+        )
+
     def stack(self, layers: int) -> str:
         return f"encoder-decoder {layers}+{layers}"
 
@@ -430,6 +460,13 @@ class DecoderOnly(Role):
     def source_budget(self, context: int) -> str:
         return f"shares {context} with the reply"
 
+    def batch_lengths(self, batch):
+        """The one stack reads every non-pad position (the attention mask), per row."""
+        import torch
+
+        inputs = batch["attention_mask"].sum(dim=1).to(torch.float64)
+        return Lengths(decoder=float(inputs.sum()), decoder_sq=float((inputs**2).sum()))
+
 
 class PrefixLM(DecoderOnly):
     """A decoder-only model whose prompt (the source) attends to itself both ways and whose reply
@@ -452,9 +489,6 @@ class PrefixLM(DecoderOnly):
 
     def can_start_from(self, found: Role) -> bool:
         return found is self or found is DECODER_ONLY  # any causal LM can be finetuned as a prefix LM
-
-    def mark(self, model) -> None:
-        setattr(model.config, FAMILY_KEY, self.name)
 
     def finetune_examples(self, dialogues, tokenizer, loaded, context, count, start_id=None):
         """One sequence per assistant turn: the chat up to it (the recipe's system prompt first),
@@ -556,15 +590,17 @@ def role_of_model_type(model_type: str | None, is_encoder_decoder: bool = False)
 
 
 def role_of_config(config) -> Role | None:
-    if getattr(config, FAMILY_KEY, None) == PREFIX_LM.name:
-        return PREFIX_LM
+    """The role a config was saved with (`Role.mark`), else the one its model_type implies."""
+    marked = getattr(config, FAMILY_KEY, None)
+    if marked in ROLES:
+        return ROLES[marked]
     return role_of_model_type(getattr(config, "model_type", None), bool(getattr(config, "is_encoder_decoder", False)))
 
 
 def role_of_config_file(config: dict[str, Any]) -> Role | None:
     """The role of a checkpoint from its config.json, read as JSON (no transformers import)."""
-    if config.get(FAMILY_KEY) == PREFIX_LM.name:
-        return PREFIX_LM
+    if config.get(FAMILY_KEY) in ROLES:
+        return ROLES[config[FAMILY_KEY]]
     return role_of_model_type(config.get("model_type"), bool(config.get("is_encoder_decoder")))
 
 

@@ -18,6 +18,7 @@ from textgen_cli.training.signals import StopSignals
 if TYPE_CHECKING:
     from textgen_cli.core.loaded_recipe import LoadedRecipe
     from textgen_cli.core.schema import TrainSection
+    from textgen_cli.models import Role
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Loop:
     steps: int  # the stage's optimizer steps
     model: Any  # as accelerate prepared it (DDP-wrapped, or sharded by FSDP)
     plain_class: type  # the model's own class, before sharding: what final/ holds
+    role: Role  # the model's family: what its batches cost (role.batch_lengths)
     n_params: int
     tokenizer: Any
     optimizer: Any

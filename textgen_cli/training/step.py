@@ -39,7 +39,7 @@ def optimizer_step(loop: Loop) -> StepStats:
     (label_tokens,) = ranks.total(sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro))
     # DDP averages gradients over processes, hence world / tokens
     loss_sum, extras = backward(loop, micro, scale=ranks.world / max(label_tokens, 1))
-    lengths = sum((count_lengths(b) for b in micro), Lengths())
+    lengths = sum((loop.role.batch_lengths(b) for b in micro), Lengths())
     summed = sum_over_ranks(
         ranks,
         step={"loss_sum": loss_sum, "stop_votes": float(loop.signals.received is not None)},
@@ -141,21 +141,3 @@ def update_or_skip(loop: Loop, step: int, *, loss: float, grad_norm: float) -> N
     loop.reporter.message(
         f"{loop.stage} step {step}: non-finite {what}, step skipped ({state.skipped}/{section.max_skips})"
     )
-
-
-def count_lengths(batch: dict[str, torch.Tensor]) -> Lengths:
-    """What the batch's compute depends on (flops.Lengths): non-pad inputs of the one stack of a
-    decoder-only model; encoder inputs and decoder targets of an encoder-decoder model, per row."""
-    import torch
-
-    inputs = batch["attention_mask"].sum(dim=1).to(torch.float64)
-    if "decoder_input_ids" in batch:
-        targets = (batch["labels"] != IGNORE_INDEX).sum(dim=1).to(torch.float64)
-        return Lengths(
-            float(inputs.sum()),
-            float(targets.sum()),
-            float((inputs**2).sum()),
-            float((targets**2).sum()),
-            float((inputs * targets).sum()),
-        )
-    return Lengths(decoder=float(inputs.sum()), decoder_sq=float((inputs**2).sum()))

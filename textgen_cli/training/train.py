@@ -20,7 +20,7 @@ from textgen_cli.core.files import RECIPE_FILE, write_text_atomic
 from textgen_cli.core.progress import Reporter, log
 from textgen_cli.core.results import RunSummary
 from textgen_cli.core.stages import section_of
-from textgen_cli.models import transformer_blocks
+from textgen_cli.models import role_of_model, transformer_blocks
 from textgen_cli.objectives import Examples
 from textgen_cli.training.distribution import Ranks, check_strategy, make_accelerator
 from textgen_cli.training.memory import keep_freed_memory
@@ -117,6 +117,7 @@ def start_loop(
     model.to(device)
     model.train()
     plain_class = type(model)
+    role = role_of_model(model)  # before accelerate wraps it
     if section.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     blocks = transformer_blocks(model)  # before sharding renames their classes (FSDPGPT2Block)
@@ -154,6 +155,7 @@ def start_loop(
         steps=steps,
         model=model,
         plain_class=plain_class,
+        role=role,
         n_params=n_params,
         tokenizer=tokenizer,
         optimizer=optimizer,
