@@ -109,6 +109,11 @@ def _other_family(tmp: Path, reliability_ws: Path):
     )
 
 
+def _test_split_missing(tmp: Path, reliability_ws: Path):
+    # read only after training, so it is checked before the first step (issue 24)
+    return "finetune", [f"data.finetune.test={tmp / 'no-such-test.jsonl'}"], ["no-such-test.jsonl", "does not exist"]
+
+
 def _root_is_a_file(tmp: Path, reliability_ws: Path):
     (tmp / "afile").write_text("not a directory")
     return "pretrain", ["run.root=afile"], ["'afile' is a file"]
@@ -123,6 +128,7 @@ BAD_INPUTS = {
     "tokenizer of another vocabulary": _vocab_mismatch,
     "checkpoint of the other family": _other_family,
     "run.root is a file": _root_is_a_file,
+    "test split missing": _test_split_missing,
 }
 
 

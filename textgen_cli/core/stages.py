@@ -12,6 +12,7 @@ imported only when the stage runs (`training.run_stage`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -78,3 +79,9 @@ def lineage(stage: str) -> list[str]:
     while STAGE_TABLE[chain[0]].previous is not None:
         chain.insert(0, STAGE_TABLE[chain[0]].previous)  # type: ignore[arg-type]
     return chain
+
+
+def evaluated_after_training(recipe: Any, stage: str) -> bool:
+    """Whether `stage` is scored on the test split once it has trained (`eval.after_finetune`): its
+    test file is then read before the first step, so that a bad one fails at once, not after training."""
+    return bool(STAGE_TABLE[stage].evaluated and recipe.eval.after_finetune and recipe.data.finetune.test)

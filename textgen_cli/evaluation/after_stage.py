@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from textgen_cli.core.errors import DiskFull, UserError
 from textgen_cli.core.progress import log
-from textgen_cli.core.stages import STAGE_TABLE
+from textgen_cli.core.stages import evaluated_after_training
 
 if TYPE_CHECKING:
     from textgen_cli.core.loaded_recipe import LoadedRecipe
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 def evaluate_after_stage(loaded: LoadedRecipe, stage: str, summary: RunSummary) -> EvalReport | None:
     """The stage's evaluation on the test split, or None when there is none (or it failed)."""
     recipe = loaded.recipe
-    if not (STAGE_TABLE[stage].evaluated and recipe.eval.after_finetune and recipe.data.finetune.test):
+    if not evaluated_after_training(recipe, stage):
         return None
     from textgen_cli.evaluation.evaluate import run_evaluate
     from textgen_cli.training.model_card import record_evaluation

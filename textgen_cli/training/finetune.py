@@ -15,7 +15,7 @@ from textgen_cli.core.errors import UserError
 from textgen_cli.core.files import FINAL_DIR
 from textgen_cli.core.progress import log
 from textgen_cli.core.results import RunSummary
-from textgen_cli.core.stages import STAGE_TABLE
+from textgen_cli.core.stages import STAGE_TABLE, evaluated_after_training
 from textgen_cli.data.readers import Dialogue, read_finetune_examples
 from textgen_cli.data.tokenizer import adapt_tokenizer
 from textgen_cli.models import (
@@ -139,6 +139,9 @@ def prepare(loaded: LoadedRecipe, start: str | Path, stage: str) -> FinetuneSetu
         cut = max(1, int(len(train_dialogues) * HOLDOUT_FRACTION))
         train_dialogues, val_dialogues = train_dialogues[:-cut], train_dialogues[-cut:]
         log(f"{stage}: no data.finetune.validation; holding out the last {cut} records")
+    if evaluated_after_training(recipe, stage):
+        # read after training; a missing or malformed test file is reported now, not after the last step
+        read_finetune_examples(section, "test", recipe.data.max_examples)
     context = context_of(model.config) or recipe.model.context
     return FinetuneSetup(str(start), model, tokenizer, context, train_dialogues, val_dialogues, role, notes)
 
