@@ -393,7 +393,7 @@ def _resolve_paths(recipe: Recipe, base: Path, override_keys: set[str] = frozens
 
                 setattr(owner, leaf, resolve_init_from(value, root))
                 continue
-            if is_dataset(value):  # hf:NAME, a dataset (data.py), not a file path
+            if is_dataset(value):  # hf:NAME, a dataset (data/readers.py), not a file path
                 setattr(owner, leaf, resolve_dataset_value(value, root, default_split=leaf))
                 continue
             setattr(owner, leaf, str((root / Path(value).expanduser()).resolve()))

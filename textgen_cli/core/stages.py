@@ -3,7 +3,7 @@
 The command line, `textgen compare`, the stage hash, the recipe checks and the starting point of a
 stage all read this table. Adding a stage means one entry here plus its own code: a module with a
 `run_<stage>(loaded) -> summary` function (see `training/finetune.py`), its recipe section in `schema.py`
-(at least `steps` and `lr`) and its command in `cli.py`.
+(at least `steps` and `lr`) and its command in `cli/app.py`.
 
 Nothing heavy is imported here (the command line reads the table at start-up): a stage's module is
 imported only when the stage runs (`training.run_stage`).

@@ -178,7 +178,7 @@ def split_sources(
 ) -> tuple[TextSource, TextSource, int]:
     """The training and validation text sources; without a validation file the last
     `holdout_fraction` of the training rows are held out. Returns the held-out row count (0 if none)."""
-    train_path = local_file(path)  # an hf: dataset becomes a cached parquet file (data.py)
+    train_path = local_file(path)  # an hf: dataset becomes a cached parquet file (readers.py)
     rows = len(load_rows(train_path, max_rows))
     train_digest = file_digest(train_path)
     if validation:

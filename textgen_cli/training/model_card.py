@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from textgen_cli.core.results import EvalReport, RunSummary
 
 CARD_FILE = "README.md"
-HUB_DATASET = "hf:"  # data paths naming a hub dataset (data.py)
+HUB_DATASET = "hf:"  # data paths naming a hub dataset (data/readers.py)
 # a checkpoint inside the HF cache names its hub model: .../models--ORG--NAME/snapshots/<sha>
 CACHED_MODEL = re.compile(r"models--([^/]+?)--([^/]+)/snapshots/[^/]+/?$")
 
