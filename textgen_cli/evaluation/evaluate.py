@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from textgen_cli.core.errors import UserError
 from textgen_cli.core.progress import log
@@ -66,42 +67,20 @@ def run_evaluate(
     output: str | None = None,
     progress: bool = True,
 ) -> EvalReport:
-    from textgen_cli.data.perturb import parse_spec
+    """Score the recipe's trained model (or `model_dir`) on `split`: generation, metrics with
+    intervals, baselines, likelihood, input use, prose, robustness; written beside the model (or to
+    `output`) and returned."""
+    from textgen_cli.evaluation.verdict import judge, thresholds_of
     from textgen_cli.generation.decoding import GenerationStats, settings_dict
     from textgen_cli.generation.generate import load_generator
 
-    recipe = loaded.recipe
-    section = recipe.eval
-    if split not in ("train", "validation", "test"):
-        raise UserError(f"--split {split}: expected train, validation or test")
-    if not getattr(recipe.data.finetune, split):
-        raise UserError(
-            f"{loaded.path}: key 'data.finetune.{split}' is empty; nothing to evaluate on the {split} split"
-        )
-    specs = []
-    for spec in [*section.perturb, *perturbations]:
-        try:
-            specs.append(parse_spec(spec))
-        except ValueError as exc:
-            raise UserError(f"--perturb: {exc}") from None
-    from textgen_cli.metrics import resolve_metric_path
-
-    for entry in section.metrics:  # an unknown metric must fail before minutes of generation
-        resolve_metric_path(entry)
+    recipe, section = loaded.recipe, loaded.recipe.eval
+    specs = checked_request(loaded, split, perturbations)  # before minutes of generation
     started = time.perf_counter()
     timings: dict[str, float] = {}
     with timed(timings, "load"):
-        generator = (
-            load_generator(None, model_dir, stage, loaded=loaded)
-            if model_dir
-            else load_generator(None, None, stage, loaded=loaded)
-        )
-    dialogues = read_finetune_examples(recipe.data.finetune, split, section.max_examples)
-    examples = examples_from(dialogues, recipe.data.finetune.task)
-    if not examples:
-        raise UserError(
-            f"{getattr(recipe.data.finetune, split)}: no example ends with an assistant turn that answers a user turn"
-        )
+        generator = load_generator(None, model_dir or None, stage, loaded=loaded)
+    examples = split_examples(loaded, split)
     references = [e.reference for e in examples]
     sources = [e.source for e in examples]
     labels = [f"example {e.id}" for e in examples]
@@ -126,44 +105,8 @@ def run_evaluate(
             generator, examples, section.input_check, generator.settings.batch_size, section.bootstrap, section.seed
         )
     with timed(timings, "prose"):
-        # without a pretraining text, prose_likelihood says so itself
-        skip = prose_skipped(section.prose, generator.tokenizer) if recipe.data.pretrain.validation else None
-        prose = (
-            {"skipped": skip}
-            if skip
-            else prose_likelihood(
-                generator,
-                recipe.data.pretrain.validation,
-                recipe.data.pretrain.text_field,
-                generator.settings.batch_size,
-            )
-        )
-
-    robustness = []
-    for kind, rate in specs:
-        noisy_prompts = [perturbed_prompt(e, kind, rate, section.seed, i) for i, e in enumerate(examples)]
-        with timed(timings, "robustness"):
-            noisy_predictions, _ = decode(noisy_prompts, f"{kind}:{rate:g}")
-        noisy, _ = score(section.metrics, noisy_predictions, references, sources)
-        noisy_bounds = intervals(noisy_predictions, references, section.bootstrap, section.seed)
-        robustness.append(
-            {
-                "perturbation": f"{kind}:{rate:g}",
-                "kind": kind,
-                "rate": rate,
-                "metrics": noisy,
-                "intervals": noisy_bounds,
-                "drop": {row: metrics[row] - noisy[row] for row in noisy if row in metrics},
-                "relative_drop": {
-                    row: (metrics[row] - noisy[row]) / metrics[row] if metrics[row] else 0.0
-                    for row in noisy
-                    if row in metrics
-                },
-                "predictions": noisy_predictions,
-                "prompts": noisy_prompts,
-            }
-        )
-
+        prose = prose_row(generator, recipe)
+    robustness = [perturbed_scores(decode, examples, kind, rate, metrics, section, timings) for kind, rate in specs]
     elapsed = time.perf_counter() - started
     report = EvalReport(
         model=str(generator.path.resolve()),
@@ -205,19 +148,10 @@ def run_evaluate(
         examples_per_s=len(examples) / max(elapsed, 1e-9),
         timings=timings,
     )
-    from textgen_cli.evaluation.verdict import judge, thresholds_of
-
     report.verdict = judge(report.to_dict(), thresholds_of(section))
     folder = output_dir(generator, output, split, report.eval_hash)
-    write_outputs(
-        folder,
-        "test" if folder.parent.name == EVALS_DIR else split,
-        report,
-        examples,
-        predictions,
-        robustness,
-        reference_scores,
-    )
+    split_name = "test" if folder.parent.name == EVALS_DIR else split
+    write_outputs(folder, split_name, report, examples, predictions, robustness, reference_scores)
     where = (
         "the stage's default evaluation"
         if not output and folder == generator.path.parent
@@ -225,3 +159,74 @@ def run_evaluate(
     )
     log(f"evaluate: wrote {report.files['eval']} ({where})")
     return report
+
+
+def checked_request(loaded, split: str, perturbations: Sequence[str]) -> list[tuple[str, float]]:
+    """The split, the perturbations (the recipe's and --perturb's, parsed) and the metric names,
+    checked before anything loads."""
+    from textgen_cli.data.perturb import parse_spec
+    from textgen_cli.metrics import resolve_metric_path
+
+    recipe = loaded.recipe
+    if split not in ("train", "validation", "test"):
+        raise UserError(f"--split {split}: expected train, validation or test")
+    if not getattr(recipe.data.finetune, split):
+        raise UserError(
+            f"{loaded.path}: key 'data.finetune.{split}' is empty; nothing to evaluate on the {split} split"
+        )
+    specs = []
+    for spec in [*recipe.eval.perturb, *perturbations]:
+        try:
+            specs.append(parse_spec(spec))
+        except ValueError as exc:
+            raise UserError(f"--perturb: {exc}") from None
+    for entry in recipe.eval.metrics:  # an unknown metric must fail before minutes of generation
+        resolve_metric_path(entry)
+    return specs
+
+
+def split_examples(loaded, split: str) -> list[EvalExample]:
+    recipe = loaded.recipe
+    dialogues = read_finetune_examples(recipe.data.finetune, split, recipe.eval.max_examples)
+    examples = examples_from(dialogues, recipe.data.finetune.task)
+    if not examples:
+        raise UserError(
+            f"{getattr(recipe.data.finetune, split)}: no example ends with an assistant turn that answers a user turn"
+        )
+    return examples
+
+
+def prose_row(generator, recipe) -> dict[str, Any]:
+    """Bits per byte of the pretraining validation text, or why it was skipped (eval.prose); without
+    a pretraining text, prose_likelihood says so itself."""
+    skip = prose_skipped(recipe.eval.prose, generator.tokenizer) if recipe.data.pretrain.validation else None
+    if skip:
+        return {"skipped": skip}
+    return prose_likelihood(
+        generator, recipe.data.pretrain.validation, recipe.data.pretrain.text_field, generator.settings.batch_size
+    )
+
+
+def perturbed_scores(
+    decode, examples: list[EvalExample], kind: str, rate: float, metrics: dict[str, float], section, timings
+) -> dict[str, Any]:
+    """The metrics again on perturbed sources (eval.perturb, --perturb), and the drop from the clean ones."""
+    references = [e.reference for e in examples]
+    sources = [e.source for e in examples]
+    noisy_prompts = [perturbed_prompt(e, kind, rate, section.seed, i) for i, e in enumerate(examples)]
+    with timed(timings, "robustness"):
+        noisy_predictions, _ = decode(noisy_prompts, f"{kind}:{rate:g}")
+    noisy, _ = score(section.metrics, noisy_predictions, references, sources)
+    return {
+        "perturbation": f"{kind}:{rate:g}",
+        "kind": kind,
+        "rate": rate,
+        "metrics": noisy,
+        "intervals": intervals(noisy_predictions, references, section.bootstrap, section.seed),
+        "drop": {row: metrics[row] - noisy[row] for row in noisy if row in metrics},
+        "relative_drop": {
+            row: (metrics[row] - noisy[row]) / metrics[row] if metrics[row] else 0.0 for row in noisy if row in metrics
+        },
+        "predictions": noisy_predictions,
+        "prompts": noisy_prompts,
+    }
