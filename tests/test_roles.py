@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from textgen_cli.models.roles import ROLES, DecoderOnly, Role
+from textgen_cli.models.decoder_only import DecoderOnly
+from textgen_cli.models.role import Role
+from textgen_cli.models.roles import ROLES
 from textgen_cli.recipe import choices_of_keys
 
 

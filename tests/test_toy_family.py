@@ -22,7 +22,8 @@ import dataclasses
 
 from textgen_cli.models.archs import ARCHS, Arch
 from textgen_cli.models.gpt2 import build_gpt2
-from textgen_cli.models.roles import ROLES, DecoderOnly
+from textgen_cli.models.roles import ROLES
+from textgen_cli.models.decoder_only import DecoderOnly
 
 
 def build_toy_gpt(section, tokenizer):

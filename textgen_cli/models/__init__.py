@@ -26,7 +26,8 @@ from textgen_cli.models.loading import (
     load_pretrained,
     resolve_init_from,
 )
-from textgen_cli.models.roles import DECODER_ONLY, ENCODER_DECODER, ROLES, Role, role_for, role_of_config, role_of_model
+from textgen_cli.models.role import Role
+from textgen_cli.models.roles import DECODER_ONLY, ENCODER_DECODER, ROLES, role_for, role_of_config, role_of_model
 
 __all__ = [
     "ARCHS",

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from textgen_cli.core.errors import UserError
 from textgen_cli.models.gguf import check_dequantizable, gguf_file_of, plain_model
-from textgen_cli.models.roles import Role, role_for, role_of_config, role_of_config_file
+from textgen_cli.models.role import Role
+from textgen_cli.models.roles import role_for, role_of_config, role_of_config_file
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
