@@ -415,3 +415,36 @@ def test_stage_table_entries_name_real_sections_data_and_runners():
         assert function in {node.name for node in ast.parse(source).body if isinstance(node, ast.FunctionDef)}, (
             stage.runner
         )
+
+
+def _out_of_range(range_, type_):
+    """A value of the key's type that `range_` refuses (the schema's ranges are all bounds, sign
+    tests or lists drawn from a set)."""
+    import typing
+
+    kinds = set(typing.get_args(type_)) or {type_}
+    if list in kinds or typing.get_origin(type_) is list:
+        candidates = [["no-such-entry"]]
+    elif float in kinds:
+        candidates = [-1.0, 0.0, 11.0, 1.5, 1e39]
+    else:
+        candidates = [-1, 0, 11, 299, 7]
+    return next(c for c in candidates if not range_.ok(c))
+
+
+def _ranged_keys():
+    from textgen_cli.core.schema import ModelSection, Recipe
+    from textgen_cli.recipe import iter_schema, ranged_values
+
+    types = {key: type_ for key, type_, _, _ in iter_schema()}
+    return [(key, types[key], range_) for key, _, range_ in ranged_values(Recipe(model=ModelSection(family="chatgpt")))]
+
+
+@pytest.mark.parametrize("key, type_, range_", _ranged_keys(), ids=[k for k, _, _ in _ranged_keys()])
+def test_every_range_in_the_schema_is_checked_when_the_recipe_loads(key, type_, range_):
+    """One checker for every key with a range (schema metadata): an out-of-range value is refused as
+    the recipe loads, naming the key and the range, long before any training."""
+    bad = _out_of_range(range_, type_)
+    value = "[" + ",".join(bad) + "]" if isinstance(bad, list) else repr(bad)
+    with pytest.raises(UserError, match=re.escape(f"key '{key}': expected {range_.expected}")):
+        load_recipe("chatgpt.yaml", [f"{key}={value}"])

@@ -21,7 +21,7 @@ from omegaconf import errors as oc_errors
 from textgen_cli.core.errors import UserError
 from textgen_cli.core.files import RECIPE_FILE
 from textgen_cli.core.loaded_recipe import LoadedRecipe
-from textgen_cli.core.schema import CHOICES, PATH_KEYS, STAGES, TRACKERS, Recipe
+from textgen_cli.core.schema import CHOICES, PATH_KEYS, STAGES, ModelSection, Recipe
 from textgen_cli.core.stages import STAGE_TABLE
 from textgen_cli.data.readers import is_dataset, resolve_dataset_value
 
@@ -249,7 +249,9 @@ def choices_of_keys() -> dict[str, tuple[str, ...]]:
 
 
 def validate_values(recipe: Recipe, source: str, override_keys: set[str] = frozenset()) -> None:
-    """Range and cross-key checks the type system cannot express."""
+    """The one checker: every key's choices and range (schema metadata), each section's `check` for
+    rules across keys, then what only the layers above core can check (perturbation specs) and the
+    data each listed stage needs. The first problem is raised, worded the same way for all."""
 
     def fail(key: str, expected: str, value: Any) -> None:
         where = "command line override" if key in override_keys else source
@@ -261,112 +263,47 @@ def validate_values(recipe: Recipe, source: str, override_keys: set[str] = froze
             close = difflib.get_close_matches(str(value), choices, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             fail(key, "one of " + ", ".join(choices) + hint, value)
-    for stage in recipe.stages:
-        if stage not in STAGES:
-            fail("stages", "a list drawn from " + ", ".join(STAGES), list(recipe.stages))
-    m = recipe.model
-    for key in ("layers", "hidden", "heads", "ffn"):
-        if getattr(m, key) < 1:
-            fail(f"model.{key}", "a positive integer", getattr(m, key))
-    if m.hidden % m.heads:
-        fail("model.heads", f"a divisor of model.hidden ({m.hidden})", m.heads)
-    if m.context < 8:
-        fail("model.context", "at least 8 tokens", m.context)
-    if not 0 <= m.dropout < 1:
-        fail("model.dropout", "a probability in [0, 1)", m.dropout)
-    if not 0 <= m.attention_dropout < 1:
-        fail("model.attention_dropout", "a probability in [0, 1)", m.attention_dropout)
-    if m.lora.rank < 0:
-        fail("model.lora.rank", "an integer >= 0 (0: no LoRA)", m.lora.rank)
-    if m.lora.alpha is not None and not m.lora.alpha > 0:
-        fail("model.lora.alpha", "a positive number or null", m.lora.alpha)
-    if not 0 <= m.lora.dropout < 1:
-        fail("model.lora.dropout", "a probability in [0, 1)", m.lora.dropout)
-    if recipe.tokenizer.vocab_size < 300:
-        fail("tokenizer.vocab_size", "at least 300 (256 bytes plus special tokens)", recipe.tokenizer.vocab_size)
-    t = recipe.train
-    for key in ("batch_size", "grad_accum", "log_every", "eval_every"):
-        if getattr(t, key) < 1:
-            fail(f"train.{key}", "a positive integer", getattr(t, key))
-    if t.eval_batches is not None and t.eval_batches < 1:
-        fail("train.eval_batches", "a positive integer or null", t.eval_batches)
-    for key, value in (
-        ("train.lr", t.lr),
-        ("pretrain.lr", recipe.pretrain.lr),
-        ("finetune.lr", recipe.finetune.lr),
-        ("adv_train.lr", recipe.adv_train.lr),
-    ):
-        if value is not None and not 0 < value < 3.4e38:
-            fail(key, "a positive learning rate that float32 can hold (< 3.4e38)", value)
-    for tracker in t.report_to:
-        if tracker not in TRACKERS:
-            fail("train.report_to", "a list drawn from " + ", ".join(TRACKERS), list(t.report_to))
-    if t.max_skips < 0:
-        fail("train.max_skips", "a value >= 0", t.max_skips)
-    if recipe.checkpoint.every < 0:
-        fail("checkpoint.every", "a value >= 0 (0: only on interruption)", recipe.checkpoint.every)
-    if recipe.checkpoint.keep_last < 1:
-        fail("checkpoint.keep_last", "at least 1", recipe.checkpoint.keep_last)
-    if not 0 <= t.min_lr_ratio <= 1:
-        fail("train.min_lr_ratio", "a fraction in [0, 1]", t.min_lr_ratio)
-    for key, value in (
-        ("train.warmup_steps", t.warmup_steps),
-        ("train.weight_decay", t.weight_decay),
-        ("train.clip_grad", t.clip_grad),
-    ):
-        if value < 0:
-            fail(key, "a value >= 0", value)
-    for stage in STAGES:
-        section = STAGE_TABLE[stage].section
-        if getattr(recipe, section).steps < 1:
-            fail(f"{section}.steps", "a positive integer", getattr(recipe, section).steps)
-    problem = recipe.generate.out_of_range()
-    if problem is not None:
-        key, expected, value = problem
-        fail(f"generate.{key}", expected, value)
-    if recipe.eval.bootstrap < 1:
-        fail("eval.bootstrap", "a positive number of resamples", recipe.eval.bootstrap)
-    if recipe.eval.max_examples is not None and recipe.eval.max_examples < 1:
-        fail("eval.max_examples", "a positive integer or null", recipe.eval.max_examples)
-    for key in ("input_check", "min_input_gap", "min_distinct_outputs", "max_repetition_excess"):
-        if getattr(recipe.eval, key) < 0:
-            fail(f"eval.{key}", "zero or more", getattr(recipe.eval, key))
-    if recipe.train.eval_generate < 0:
-        fail(
-            "train.eval_generate", "zero (off) or a positive number of validation examples", recipe.train.eval_generate
-        )
-    from textgen_cli.data.perturb import parse_spec
+    for key, value, range_ in ranged_values(recipe):
+        if not range_.ok(value):
+            fail(key, range_.expected, list(value) if isinstance(value, list) else value)
+    for prefix, section in sections(recipe):
+        problem = section.check() if hasattr(section, "check") else None
+        if problem is not None:
+            key, expected, value = problem
+            fail(f"{prefix}{key}", expected, value)
+    from textgen_cli.data.perturb import KINDS, parse_spec
 
     for spec in recipe.eval.perturb:
         try:
             parse_spec(spec)
         except ValueError as exc:
             fail("eval.perturb", f"KIND:RATE entries ({exc})", list(recipe.eval.perturb))
-    adv = recipe.adv_train
-    for key in ("epsilon", "step_size", "init_mag"):
-        if getattr(adv, key) is not None and getattr(adv, key) < 0:
-            fail(f"adv_train.{key}", "a value >= 0 or null", getattr(adv, key))
-    if adv.ascent_steps is not None and adv.ascent_steps < 1:
-        fail("adv_train.ascent_steps", "a positive integer or null", adv.ascent_steps)
-    if not 0 <= adv.augment_rate <= 10:
-        fail("adv_train.augment_rate", "a fraction >= 0 (1.0 doubles the training set)", adv.augment_rate)
-    if not 0 < adv.augment_strength <= 1:
-        fail("adv_train.augment_strength", "a fraction in (0, 1]", adv.augment_strength)
-    from textgen_cli.data.perturb import KINDS
-
-    for kind in adv.augment_kinds:
+    for kind in recipe.adv_train.augment_kinds:
         if kind not in KINDS:
-            fail("adv_train.augment_kinds", "a list drawn from " + ", ".join(KINDS), list(adv.augment_kinds))
-    if not 0 < recipe.pretrain.mask_ratio < 1:
-        fail("pretrain.mask_ratio", "a fraction in (0, 1)", recipe.pretrain.mask_ratio)
-    if recipe.pretrain.poisson_lambda <= 0:
-        fail("pretrain.poisson_lambda", "a positive number", recipe.pretrain.poisson_lambda)
-    if recipe.data.max_examples is not None and recipe.data.max_examples < 1:
-        fail("data.max_examples", "a positive integer or null", recipe.data.max_examples)
+            fail(
+                "adv_train.augment_kinds", "a list drawn from " + ", ".join(KINDS), list(recipe.adv_train.augment_kinds)
+            )
     for stage in STAGES:
         data = STAGE_TABLE[stage].data
         if stage in recipe.stages and not getattr(recipe.data, data).train:
             raise UserError(f"{source}: key 'data.{data}.train' is required when stages include {stage}")
+
+
+def sections(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """The recipe and every section in it, each with its dotted prefix ('' for the recipe, 'model.', ...)."""
+    yield prefix, obj
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from sections(value, f"{prefix}{f.name}.")
+
+
+def ranged_values(recipe: Recipe) -> Iterator[tuple[str, Any, Any]]:
+    """(dotted key, value, its schema Range) for every key that has a range, in schema order."""
+    for prefix, section in sections(recipe):
+        for f in dataclasses.fields(section):
+            if "range" in f.metadata:
+                yield f"{prefix}{f.name}", getattr(section, f.name), f.metadata["range"]
 
 
 def _get(obj: Any, dotted: str) -> Any:
@@ -412,9 +349,12 @@ def schema_markdown() -> str:
     """`docs/recipes.md`'s key reference, generated from the schema (a test keeps the file in sync)."""
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
     choices = choices_of_keys()
+    ranges = {key: range_ for key, _, range_ in ranged_values(Recipe(model=ModelSection(family="chatgpt")))}
     for key, type_, default, help_ in iter_schema():
         shown = "required" if default == "???" else json.dumps(default)
         if key in choices:
             help_ += " Choices: " + ", ".join(f"`{c}`" for c in choices[key]) + "."
+        if key in ranges:
+            help_ += f" Accepts {ranges[key].expected}."
         lines.append(f"| `{key}` | {type_name(type_)} | `{shown}` | {help_} |")
     return "\n".join(lines) + "\n"

@@ -2,12 +2,14 @@
 
 This file is the single source of truth. Validation (`recipe.py`), `textgen recipes keys` and
 `docs/recipes.md` are all derived from these dataclasses, so a key documented anywhere exists here.
-Help lives in `field(metadata={"help": ...})`; allowed values for string choices in `CHOICES`; a
-section's own range checks in its `out_of_range` method (`recipe.validate_values` reports them).
+Help lives in `field(metadata={"help": ...})`, and the values a key accepts in its `range` (a
+`Range`); allowed values for string choices in `CHOICES`; checks that involve several keys in a
+section's `check` method. `recipe.validate_values` is the one checker that applies them all.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,11 +18,32 @@ from omegaconf import MISSING
 from textgen_cli.core.stages import STAGES  # noqa: F401 - the stage names, in training order (the table: stages.py)
 
 
-def _key(default, help: str, **kwargs):
-    """A schema key: its default and its one-line help text."""
+@dataclass(frozen=True)
+class Range:
+    """The values a key accepts: a test, and the words an error message uses for it."""
+
+    ok: Callable[[Any], bool]
+    expected: str
+
+
+POSITIVE = Range(lambda v: v >= 1, "a positive integer")
+POSITIVE_OR_NULL = Range(lambda v: v is None or v >= 1, "a positive integer or null")
+PROBABILITY = Range(lambda v: 0 <= v < 1, "a probability in [0, 1)")
+NOT_NEGATIVE = Range(lambda v: v >= 0, "a value >= 0")
+NOT_NEGATIVE_OR_NULL = Range(lambda v: v is None or v >= 0, "a value >= 0 or null")
+ZERO_OR_MORE = Range(lambda v: v >= 0, "zero or more")
+LEARNING_RATE = Range(
+    lambda v: v is None or 0 < v < 3.4e38, "a positive learning rate that float32 can hold (< 3.4e38)"
+)
+TRACKERS = ("tensorboard", "wandb", "mlflow")  # train.report_to
+
+
+def _key(default, help: str, range: Range | None = None, **kwargs):
+    """A schema key: its default, its one-line help text, and the range its value must be in."""
+    metadata = {"help": help, **({"range": range} if range else {}), **kwargs}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **kwargs})
-    return field(default=default, metadata={"help": help, **kwargs})
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def _section(cls, help: str):
@@ -32,11 +55,17 @@ class LoraSection:
     rank: int = _key(
         0,
         "LoRA rank r (0: no LoRA, every weight is trained). With r > 0 only low-rank adapters on the target modules are trained (finetune and adv-train; see docs/models.md).",
+        range=Range(lambda v: v >= 0, "an integer >= 0 (0: no LoRA)"),
     )
-    alpha: float | None = _key(None, "LoRA scaling alpha (the update is scaled by alpha / rank); null: 2 x rank.")
+    alpha: float | None = _key(
+        None,
+        "LoRA scaling alpha (the update is scaled by alpha / rank); null: 2 x rank.",
+        range=Range(lambda v: v is None or v > 0, "a positive number or null"),
+    )
     dropout: float = _key(
         0.0,
         "Dropout on the LoRA adapters' input during training. Off by default: peft draws a mask and keeps a dropped copy of the input per adapter, which cost 11% of a LoRA step on SmolLM2 (docs/models.md).",
+        range=PROBABILITY,
     )
     target_modules: list[str] = _key(
         [],
@@ -58,18 +87,22 @@ class ModelSection:
         "auto",
         "Layout built from scratch: `bart`, `t5` or `t5gemma` for `sora`; `gpt2`, `llama`, `qwen2` or `gemma2` for `chatgpt` and `prefix-lm`; `auto`: bart / gpt2. `t5gemma` and `gemma2` are the matched pair: the same Gemma 2 block on both sides (docs/compare.md). A pretrained start (model.init_from) keeps its own.",
     )
-    layers: int = _key(2, "Transformer layers (for `sora`: in the encoder and in the decoder each).")
-    hidden: int = _key(128, "Hidden size (d_model).")
-    heads: int = _key(4, "Attention heads; must divide `hidden`.")
-    ffn: int = _key(512, "Feed-forward inner size.")
-    context: int = _key(256, "Context length in tokens (at least 8).")
+    layers: int = _key(2, "Transformer layers (for `sora`: in the encoder and in the decoder each).", range=POSITIVE)
+    hidden: int = _key(128, "Hidden size (d_model).", range=POSITIVE)
+    heads: int = _key(4, "Attention heads; must divide `hidden`.", range=POSITIVE)
+    ffn: int = _key(512, "Feed-forward inner size.", range=POSITIVE)
+    context: int = _key(
+        256, "Context length in tokens (at least 8).", range=Range(lambda v: v >= 8, "at least 8 tokens")
+    )
     dropout: float = _key(
         0.1,
         "Dropout probability during training, on the embeddings and on each attention and feed-forward output (BART, T5, GPT-2). The Llama, Qwen2, Gemma2 and T5Gemma layouts have no such dropout: there only model.attention_dropout applies.",
+        range=PROBABILITY,
     )
     attention_dropout: float = _key(
         0.0,
         "Dropout on the attention probabilities during training (both families). 0 keeps the fused attention kernel; 0.1 made a default-size `chatgpt` CPU training step about 25% slower.",
+        range=PROBABILITY,
     )
     init_from: str | None = _key(
         None,
@@ -77,10 +110,20 @@ class ModelSection:
     )
     lora: LoraSection = _section(LoraSection, "Parameter-efficient finetuning with LoRA (peft).")
 
+    def check(self) -> tuple[str, str, Any] | None:
+        """Checks that involve more than one key (see GenerateSection.check)."""
+        if self.hidden % self.heads:
+            return "heads", f"a divisor of model.hidden ({self.hidden})", self.heads
+        return None
+
 
 @dataclass
 class TokenizerSection:
-    vocab_size: int = _key(4096, "Byte-level BPE vocabulary size, special tokens included.")
+    vocab_size: int = _key(
+        4096,
+        "Byte-level BPE vocabulary size, special tokens included.",
+        range=Range(lambda v: v >= 300, "at least 300 (256 bytes plus special tokens)"),
+    )
     min_frequency: int = _key(2, "Minimum pair frequency for a BPE merge.")
     path: str | None = _key(None, "Local tokenizer directory to load instead of training one.")
     include_finetune_data: bool = _key(
@@ -126,7 +169,9 @@ class DataSection:
         "truncate",
         "What to do with finetuning examples longer than the context: `truncate` (oldest turns first, counted in a warning) or `error`.",
     )
-    max_examples: int | None = _key(None, "Use at most this many records of each split (handy for quick runs).")
+    max_examples: int | None = _key(
+        None, "Use at most this many records of each split (handy for quick runs).", range=POSITIVE_OR_NULL
+    )
 
 
 @dataclass
@@ -148,19 +193,26 @@ class TrainSection:
         False,
         "Recompute activations in the backward pass instead of keeping them: less memory, about a third more compute per step.",
     )
-    batch_size: int = _key(16, "Sequences per micro-batch.")
-    grad_accum: int = _key(1, "Micro-batches accumulated per optimizer step.")
-    lr: float = _key(1e-3, "Peak learning rate (AdamW), for every stage unless the stage sets its own.")
+    batch_size: int = _key(16, "Sequences per micro-batch.", range=POSITIVE)
+    grad_accum: int = _key(1, "Micro-batches accumulated per optimizer step.", range=POSITIVE)
+    lr: float = _key(
+        1e-3, "Peak learning rate (AdamW), for every stage unless the stage sets its own.", range=LEARNING_RATE
+    )
     min_lr_ratio: float = _key(
         0.1,
         "Cosine schedule floor as a fraction of the peak learning rate; 1.0 keeps the peak after warmup (a constant rate: the shipped recipes, docs/training.md).",
+        range=Range(lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
     )
-    warmup_steps: int = _key(20, "Linear warmup steps.")
-    weight_decay: float = _key(0.01, "AdamW weight decay (matrices only; not biases, norms).")
-    clip_grad: float = _key(1.0, "Gradient norm clipping threshold (0 disables).")
-    log_every: int = _key(10, "Log a metrics line every N optimizer steps.")
-    eval_every: int = _key(100, "Validation pass every N optimizer steps (and always at the start and the end).")
-    eval_batches: int | None = _key(None, "Cap on validation batches per pass (null: the whole split).")
+    warmup_steps: int = _key(20, "Linear warmup steps.", range=NOT_NEGATIVE)
+    weight_decay: float = _key(0.01, "AdamW weight decay (matrices only; not biases, norms).", range=NOT_NEGATIVE)
+    clip_grad: float = _key(1.0, "Gradient norm clipping threshold (0 disables).", range=NOT_NEGATIVE)
+    log_every: int = _key(10, "Log a metrics line every N optimizer steps.", range=POSITIVE)
+    eval_every: int = _key(
+        100, "Validation pass every N optimizer steps (and always at the start and the end).", range=POSITIVE
+    )
+    eval_batches: int | None = _key(
+        None, "Cap on validation batches per pass (null: the whole split).", range=POSITIVE_OR_NULL
+    )
     group_by_length: bool = _key(
         False,
         "Finetuning and adv-train: batch examples of similar length together (less padding; 1.4-1.6x the examples/s), keeping the batch order random. Off by default: batches of one length slowed how fast the models learned to read their source (docs/training.md).",
@@ -168,6 +220,7 @@ class TrainSection:
     report_to: list[str] = _key(
         [],
         "Experiment trackers that also get the hyperparameters and every metrics line: any of `tensorboard` (events in <run>/tensorboard/), `wandb` (<run>/wandb/; WANDB_MODE=offline works without an account), `mlflow` (the store MLFLOW_TRACKING_URI names). Each needs its extra: pip install 'textgen-cli[wandb]'.",
+        range=Range(lambda v: all(t in TRACKERS for t in v), "a list drawn from " + ", ".join(TRACKERS)),
     )
     tensorboard: bool = _key(False, "Older spelling of `report_to: [tensorboard]`, still accepted.")
     compile: bool = _key(
@@ -177,10 +230,11 @@ class TrainSection:
     on_nonfinite: str = _key(
         "stop", "A non-finite loss or gradient: `stop` the run (keeping the last good checkpoint) or `skip` the step."
     )
-    max_skips: int = _key(3, "With on_nonfinite=skip: stop after this many skipped steps.")
+    max_skips: int = _key(3, "With on_nonfinite=skip: stop after this many skipped steps.", range=NOT_NEGATIVE)
     eval_generate: int = _key(
         0,
         "Finetune and adv-train: at every validation pass also greedy-decode this many validation examples and log their BLEU as `val_bleu` in metrics.jsonl (0: off; one process only).",
+        range=Range(lambda v: v >= 0, "zero (off) or a positive number of validation examples"),
     )
 
 
@@ -194,8 +248,16 @@ class DistributedSection:
 
 @dataclass
 class CheckpointSection:
-    every: int = _key(100, "Save a resumable checkpoint every N optimizer steps (0: only on interruption).")
-    keep_last: int = _key(2, "Checkpoints kept; older ones are deleted, never the newest valid one.")
+    every: int = _key(
+        100,
+        "Save a resumable checkpoint every N optimizer steps (0: only on interruption).",
+        range=Range(lambda v: v >= 0, "a value >= 0 (0: only on interruption)"),
+    )
+    keep_last: int = _key(
+        2,
+        "Checkpoints kept; older ones are deleted, never the newest valid one.",
+        range=Range(lambda v: v >= 1, "at least 1"),
+    )
     keep_final: bool = _key(
         True,
         "A finished stage keeps one checkpoint, at its last step, so that `--resume` with more steps continues it (the learning-rate schedule stretched to the new total); false: a finished stage keeps none (saves the optimizer state's disk space).",
@@ -204,16 +266,22 @@ class CheckpointSection:
 
 @dataclass
 class PretrainSection:
-    steps: int = _key(200, "Optimizer steps.")
-    lr: float | None = _key(None, "Peak learning rate for this stage (null: `train.lr`).")
-    mask_ratio: float = _key(0.3, "`sora` text infilling: fraction of tokens masked.")
-    poisson_lambda: float = _key(3.0, "`sora` text infilling: mean span length (Poisson).")
+    steps: int = _key(200, "Optimizer steps.", range=POSITIVE)
+    lr: float | None = _key(None, "Peak learning rate for this stage (null: `train.lr`).", range=LEARNING_RATE)
+    mask_ratio: float = _key(
+        0.3,
+        "`sora` text infilling: fraction of tokens masked.",
+        range=Range(lambda v: 0 < v < 1, "a fraction in (0, 1)"),
+    )
+    poisson_lambda: float = _key(
+        3.0, "`sora` text infilling: mean span length (Poisson).", range=Range(lambda v: v > 0, "a positive number")
+    )
 
 
 @dataclass
 class FinetuneSection:
-    steps: int = _key(200, "Optimizer steps.")
-    lr: float | None = _key(None, "Peak learning rate for this stage (null: `train.lr`).")
+    steps: int = _key(200, "Optimizer steps.", range=POSITIVE)
+    lr: float | None = _key(None, "Peak learning rate for this stage (null: `train.lr`).", range=LEARNING_RATE)
 
 
 @dataclass
@@ -249,9 +317,10 @@ class GenerateSection:
     )
     device: str = _key("auto", "`auto` (CUDA when available), `cpu` or `cuda`.")
 
-    def out_of_range(self) -> tuple[str, str, Any] | None:
+    def check(self) -> tuple[str, str, Any] | None:
         """The first value outside its range, as (key in this section, what was expected, the value),
-        or None. `recipe.validate_values` words it like every other recipe error."""
+        or None: checks that involve more than one key. `recipe.validate_values` words it like every
+        other recipe error."""
         if self.max_new_tokens < 1:
             return "max_new_tokens", "a positive integer", self.max_new_tokens
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
@@ -285,18 +354,23 @@ class GenerateSection:
 
 @dataclass
 class AdvTrainSection:
-    steps: int = _key(100, "Optimizer steps.")
-    lr: float | None = _key(None, "Peak learning rate for this stage (null: `train.lr`).")
+    steps: int = _key(100, "Optimizer steps.", range=POSITIVE)
+    lr: float | None = _key(None, "Peak learning rate for this stage (null: `train.lr`).", range=LEARNING_RATE)
     method: str = _key(
         "fgm", "Embedding-space method: `fgm`, `pgd`, `freelb`, `r3f`, or `none` (text augmentation only)."
     )
     epsilon: float | None = _key(
         None,
         "Perturbation radius (R3F: noise scale); null: the method's literature default (fgm 1.0, pgd 1.0, freelb 0.3, r3f 1e-5).",
+        range=NOT_NEGATIVE_OR_NULL,
     )
-    step_size: float | None = _key(None, "Ascent step size for pgd / freelb; null: 0.3 / 0.1.")
-    ascent_steps: int | None = _key(None, "Ascent steps K for pgd / freelb; null: 3 / 2.")
-    init_mag: float | None = _key(None, "Initial perturbation magnitude for pgd / freelb; null: 0.64 / 0.1.")
+    step_size: float | None = _key(
+        None, "Ascent step size for pgd / freelb; null: 0.3 / 0.1.", range=NOT_NEGATIVE_OR_NULL
+    )
+    ascent_steps: int | None = _key(None, "Ascent steps K for pgd / freelb; null: 3 / 2.", range=POSITIVE_OR_NULL)
+    init_mag: float | None = _key(
+        None, "Initial perturbation magnitude for pgd / freelb; null: 0.64 / 0.1.", range=NOT_NEGATIVE_OR_NULL
+    )
     norm: str = _key("l2", "Norm of the perturbation ball: `l2` or `inf` (per example).")
     weight: float = _key(
         1.0, "lambda in L = L_clean + lambda * L_adv (fgm, pgd, r3f; freelb averages its K adversarial losses)."
@@ -308,11 +382,16 @@ class AdvTrainSection:
     augment_rate: float = _key(
         0.0,
         "Adversarial augmentation: add this fraction of the training set again as perturbed copies (source noised, target clean).",
+        range=Range(lambda v: 0 <= v <= 10, "a fraction >= 0 (1.0 doubles the training set)"),
     )
     augment_kinds: list[str] = _key(
         ["char", "word_drop"], "Text perturbations used for augmentation, taken in turn (see docs/adversarial.md)."
     )
-    augment_strength: float = _key(0.1, "Fraction of the eligible words each augmentation perturbs.")
+    augment_strength: float = _key(
+        0.1,
+        "Fraction of the eligible words each augmentation perturbs.",
+        range=Range(lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+    )
 
 
 @dataclass
@@ -322,9 +401,15 @@ class EvalSection:
         "Metrics: shipped names (bleu, chrf, rouge, distinct, self_bleu, exact_match) or paths to your own evaluate modules (relative to the recipe file).",
     )
     split: str = _key("test", "Split `textgen evaluate` scores by default: `test`, `validation` or `train`.")
-    bootstrap: int = _key(1000, "Paired bootstrap resamples for the 95% intervals of BLEU, chrF and ROUGE-L.")
+    bootstrap: int = _key(
+        1000,
+        "Paired bootstrap resamples for the 95% intervals of BLEU, chrF and ROUGE-L.",
+        range=Range(lambda v: v >= 1, "a positive number of resamples"),
+    )
     seed: int = _key(1234, "Seed of the bootstrap, the self-BLEU sample and the robustness perturbations.")
-    max_examples: int | None = _key(None, "Score at most this many examples of the split (null: all).")
+    max_examples: int | None = _key(
+        None, "Score at most this many examples of the split (null: all).", range=POSITIVE_OR_NULL
+    )
     perturb: list[str] = _key(
         [], 'Robustness: also score perturbed sources, e.g. ["char:0.1", "word_drop:0.1"] (KIND:RATE).'
     )
@@ -334,6 +419,7 @@ class EvalSection:
     input_check: int = _key(
         128,
         "Input-use check: score the reference bits per byte of the first N examples with their own sources and with sources rotated by one example (0: off).",
+        range=ZERO_OR_MORE,
     )
     prose: str = _key(
         "auto",
@@ -342,14 +428,17 @@ class EvalSection:
     min_input_gap: float = _key(
         0.1,
         "Verdict: flag a model whose shuffled-minus-true bits per byte gap (input_check) is below this: it ignores its input.",
+        range=ZERO_OR_MORE,
     )
     min_distinct_outputs: float = _key(
         0.5,
         "Verdict: flag a model with distinct outputs for fewer than this share of the distinct sources (degenerate).",
+        range=ZERO_OR_MORE,
     )
     max_repetition_excess: float = _key(
         0.2,
         "Verdict: flag a model whose repeated 4-gram rate exceeds the references' own by more than this (degenerate).",
+        range=ZERO_OR_MORE,
     )
 
 
@@ -362,7 +451,11 @@ class RunSection:
 @dataclass
 class Recipe:
     description: str = _key("", "One line shown by `textgen recipes`.")
-    stages: list[str] = _key(["pretrain", "finetune"], "Stages this recipe runs, in order.")
+    stages: list[str] = _key(
+        ["pretrain", "finetune"],
+        "Stages this recipe runs, in order.",
+        range=Range(lambda v: all(s in STAGES for s in v), "a list drawn from " + ", ".join(STAGES)),
+    )
     model: ModelSection = _section(ModelSection, "Architecture.")
     tokenizer: TokenizerSection = _section(TokenizerSection, "Byte-level BPE tokenizer.")
     data: DataSection = _section(DataSection, "Where the data is; paths are relative to the recipe file.")
@@ -406,7 +499,6 @@ CHOICES = {
     "adv_train.norm": ("l2", "inf"),
     "adv_train.positions": ("context", "all"),
 }
-TRACKERS = ("tensorboard", "wandb", "mlflow")  # train.report_to
 # Keys holding input paths, resolved relative to the recipe file.
 PATH_KEYS = (
     "model.init_from",

@@ -159,7 +159,7 @@ def load_generator(
         raise UserError(f"--stage {stage}: expected one of {', '.join(STAGES)}")
     if model_dir is not None and stage is not None:
         raise UserError("--stage picks one of the recipe's trained models; it cannot be combined with --model")
-    # the recipe is validated as it loads, `generate:` settings included (GenerateSection.out_of_range)
+    # the recipe is validated as it loads, `generate:` settings included (GenerateSection.check)
     loaded = loaded or load_generate_recipe(recipe, model_dir, overrides)
     r: Recipe = loaded.recipe
     if model_dir is not None:
