@@ -579,7 +579,7 @@ def test_unknown_match_is_a_usage_error(root):
 
 def fake_arm(label: str, seeds: list[list[str]], ok: bool = True):
     """A column of one model per seed; its BLEU cell is the mean over seeds, as build_columns makes it."""
-    from textgen_cli.comparison.compare import Cell, Column, Model
+    from textgen_cli.comparison.columns import Cell, Column, Model
     from textgen_cli.metrics import compute_metrics
 
     models = [
@@ -632,7 +632,7 @@ def test_one_legend_stars_only_a_clean_tested_lead():
     """`*` needs two or more seeds per arm, a tested significant lead, an unflagged leader and
     unconfounded arms; `n.s.` a tested lead inside the noise; `†` everything else, with the reason.
     Never `* n.s.`."""
-    from textgen_cli.comparison.compare import lead_mark
+    from textgen_cli.comparison.columns import lead_mark
     from textgen_cli.comparison.significance import decide, row_lead
 
     def marks(columns, confounded=()):
@@ -705,7 +705,7 @@ def test_pretraining_effect_is_a_paired_bootstrap_between_the_two_models(tmp_pat
     """A model with pretraining behind it against one without: pretrained minus scratch on BLEU and
     chrF with paired-bootstrap intervals; the better model here copies the references."""
     from textgen_cli.comparison.collect import pretraining_effects
-    from textgen_cli.comparison.compare import Column, Model, effect_lines
+    from textgen_cli.comparison.columns import Column, Model, effect_lines
 
     references = [f"the ship sailed at dawn number {i} from the harbour" for i in range(30)]
     (tmp_path / "predictions.jsonl").write_text(
