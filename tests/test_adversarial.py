@@ -200,7 +200,7 @@ def make_tiny(workspace: Path, tokenizer, family: str) -> Tiny:
         train_set, _, _ = build_examples(loaded, setup, "adv-train")
         batch = train_set.collate(list(range(8)), 0)
         assert (batch["attention_mask"] == 0).any(), "the test batch should have padding"
-        _TINY[family] = Tiny(family, train_set.causal, root, final, batch, len(setup.train_dialogues))
+        _TINY[family] = Tiny(family, setup.role.shifted_labels, root, final, batch, len(setup.train_dialogues))
     return _TINY[family]
 
 

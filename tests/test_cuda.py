@@ -25,6 +25,7 @@ def test_bf16_training_step_lowers_the_loss_on_cuda(family, tokenizer):
     from accelerate import Accelerator
 
     from textgen_cli.data.packing import pack_blocks
+    from textgen_cli.models import role_for
     from textgen_cli.objectives import CausalBlocks, InfillingBlocks, encode_texts, token_loss_sum
 
     accelerator = Accelerator(mixed_precision="bf16")
@@ -51,7 +52,7 @@ def test_bf16_training_step_lowers_the_loss_on_cuda(family, tokenizer):
     losses = []
     for _ in range(20):
         with accelerator.autocast():
-            loss, n = token_loss_sum(model, batch, data.causal)
+            loss, n = token_loss_sum(model, batch, role_for(family).shifted_labels)
         accelerator.backward(loss / n)
         optimizer.step()
         optimizer.zero_grad()

@@ -108,7 +108,7 @@ def validation_losses(folder: Path, family: str) -> tuple[float, float]:
         examples = role_for(family).finetune_examples(
             split, tokenizer, loaded, model.config.max_position_embeddings, TruncationCount()
         )
-        total, n_tokens = summed_nll(model, examples, 64, "cpu")
+        total, n_tokens = summed_nll(model, examples, 64, "cpu", shifted=role_for(family).shifted_labels)
         losses.append(total / n_tokens)
     return losses[0], losses[1]
 

@@ -31,8 +31,6 @@ IGNORE_INDEX = -100
 
 
 class Examples(Protocol):
-    causal: bool
-
     def __len__(self) -> int: ...
 
     def collate(self, indices: Sequence[int], epoch: int) -> dict[str, torch.Tensor]: ...
@@ -137,7 +135,6 @@ class CausalBlocks:
     """`chatgpt` pretraining: packed blocks, every token a label."""
 
     blocks: np.ndarray
-    causal: bool = True
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -157,7 +154,6 @@ class PrefixBlocks:
 
     blocks: np.ndarray
     seed: int
-    causal: bool = True
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -193,7 +189,6 @@ class InfillingBlocks:
     eos_id: int
     pad_id: int
     mask_id: int
-    causal: bool = False
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -228,7 +223,6 @@ class Seq2SeqExamples:
     pairs: list[tuple[list[int], list[int]]]
     pad_id: int
     bos_id: int
-    causal: bool = False
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -250,7 +244,6 @@ class ChatExamples:
 
     sequences: list[tuple[list[int], list[int]]]
     pad_id: int
-    causal: bool = True
     prefix_lm: bool = False
 
     def __len__(self) -> int:

@@ -81,8 +81,9 @@ def per_example_nll(generator, examples: list[EvalExample], batch_size: int) -> 
     from textgen_cli.objectives import row_loss_sums
 
     model = generator.model
+    role = role_for(generator.family)
     scored, pairs = scoring_pairs(generator, examples)
-    dataset = role_for(generator.family).scoring_set(pairs, generator.tokenizer, model)
+    dataset = role.scoring_set(pairs, generator.tokenizer, model)
     sums: list[float] = []
     was_training = model.training
     model.eval()
@@ -90,7 +91,7 @@ def per_example_nll(generator, examples: list[EvalExample], batch_size: int) -> 
         for start in range(0, len(dataset), batch_size):
             indices = list(range(start, min(len(dataset), start + batch_size)))
             batch = {k: v.to(model.device) for k, v in dataset.collate(indices, epoch=0).items()}
-            sums.extend(row_loss_sums(model, batch, dataset.causal).tolist())
+            sums.extend(row_loss_sums(model, batch, role.shifted_labels).tolist())
     model.train(was_training)
     nll = {id(example): value for example, value in zip(scored, sums)}
     return [nll.get(id(example)) for example in examples]
@@ -139,7 +140,7 @@ def likelihood(generator, examples: list[EvalExample], batch_size: int) -> dict[
             "bits_per_byte": None,
         }
     dataset = role.scoring_set(pairs, tokenizer, model)
-    total, tokens = summed_nll(model, dataset, batch_size, model.device)
+    total, tokens = summed_nll(model, dataset, batch_size, model.device, shifted=role.shifted_labels)
     n_bytes = sum(len(example.reference.encode("utf-8")) for example in scored)
     return {
         "examples": len(scored),
@@ -184,7 +185,8 @@ def prose_likelihood(generator, path: str | None, text_field: str, batch_size: i
 
     if not path:
         return {"skipped": "the recipe names no data.pretrain.validation text"}
-    unscorable = role_for(generator.family).prose_unscorable()
+    role = role_for(generator.family)
+    unscorable = role.prose_unscorable()
     if unscorable:
         return {"skipped": unscorable}
     texts = read_texts(path, text_field)
@@ -206,7 +208,7 @@ def prose_likelihood(generator, path: str | None, text_field: str, batch_size: i
     from textgen_cli.objectives import ChatExamples
 
     dataset = ChatExamples(list(zip(rows, labels)), pad_id=tokenizer.pad_token_id)
-    total, tokens = summed_nll(model, dataset, batch_size, model.device)
+    total, tokens = summed_nll(model, dataset, batch_size, model.device, shifted=role.shifted_labels)
     n_bytes = len("\n".join(texts).encode("utf-8"))
     return {
         "file": path,

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 class DecoderOnly(Role):
     name = "chatgpt"
     is_encoder_decoder = False
+    shifted_labels = True
     auto_class = "AutoModelForCausalLM"
     default_arch = "gpt2"
     text_prompt = TextPrompt(overhead=0, keep_start=False)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 class EncoderDecoder(Role):
     name = "sora"
     is_encoder_decoder = True
+    shifted_labels = False
     auto_class = "AutoModelForSeq2SeqLM"
     default_arch = "bart"
     text_prompt = TextPrompt(overhead=2, keep_start=True)

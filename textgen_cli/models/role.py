@@ -38,6 +38,10 @@ class Role(ABC):
 
     name: str
     is_encoder_decoder: bool
+    # a label is the next position's input (causal LM: logits[:, :-1] against labels[:, 1:]); False:
+    # labels line up with the decoder's outputs (encoder-decoder). Every loss of the role's examples
+    # (training, validation, scoring) is computed this way.
+    shifted_labels: bool
     auto_class: str  # the transformers Auto class that loads and reloads a checkpoint of this role
     default_arch: str
     text_prompt: TextPrompt

@@ -96,7 +96,7 @@ def backward(loop: Loop, micro: list[dict[str, torch.Tensor]], *, scale: float) 
             if ranks.sharded
             else loop.accelerator.no_sync(model)
         ):
-            stats = loop.step_fn(model, batch, loop.train_set.causal, scale, loop.accelerator)
+            stats = loop.step_fn(model, batch, loop.role.shifted_labels, scale, loop.accelerator)
         loss_sum += stats.pop("loss_sum")
         for key, value in stats.items():
             extras[key] = extras.get(key, 0.0) + value

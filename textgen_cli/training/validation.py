@@ -15,7 +15,14 @@ if TYPE_CHECKING:
 
 
 def summed_nll(
-    model, examples: Examples, batch_size: int, device, *, max_batches: int | None = None, ranks: Ranks | None = None
+    model,
+    examples: Examples,
+    batch_size: int,
+    device,
+    *,
+    shifted: bool,
+    max_batches: int | None = None,
+    ranks: Ranks | None = None,
 ) -> tuple[float, int]:
     """NLL summed over every label token of `examples`, and the token count (never a mean of batch
     means); with several processes each scores every world-th batch and the sums are added up."""
@@ -40,7 +47,7 @@ def summed_nll(
                 else range(b * batch_size, min(len(examples), (b + 1) * batch_size))
             )
             batch = {k: v.to(device) for k, v in examples.collate(list(indices), epoch=0).items()}
-            loss_sum, tokens = token_loss_sum(model, batch, examples.causal)
+            loss_sum, tokens = token_loss_sum(model, batch, shifted)
             if not surplus:
                 total += float(loss_sum)
                 n_tokens += tokens
@@ -51,10 +58,19 @@ def summed_nll(
 
 
 def evaluate_loss(
-    model, examples: Examples, *, batch_size: int, max_batches: int | None, device, ranks: Ranks | None = None
+    model,
+    examples: Examples,
+    *,
+    shifted: bool,
+    batch_size: int,
+    max_batches: int | None,
+    device,
+    ranks: Ranks | None = None,
 ) -> dict[str, float]:
     """Validation loss per token, perplexity and the number of tokens scored."""
-    total, n_tokens = summed_nll(model, examples, batch_size, device, max_batches=max_batches, ranks=ranks)
+    total, n_tokens = summed_nll(
+        model, examples, batch_size, device, shifted=shifted, max_batches=max_batches, ranks=ranks
+    )
     loss = total / max(n_tokens, 1)
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": n_tokens}
 
@@ -64,6 +80,7 @@ def validation_loss(loop: Loop) -> dict[str, float]:
     return evaluate_loss(
         loop.model,
         loop.val_set,
+        shifted=loop.role.shifted_labels,
         batch_size=section.batch_size,
         max_batches=section.eval_batches,
         device=loop.device,
