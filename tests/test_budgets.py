@@ -199,7 +199,9 @@ def test_bits_per_byte_as_the_primary_metric(root, swept):
         }
         # each arm's values are its evaluations' bits per byte, and the difference is their mean difference
         for arm in (ED, DO):
-            assert len(evals[arm]) == 2 and sorted(point["per_seed"][arm]) == pytest.approx(sorted(evals[arm]), rel=1e-6)
+            assert len(evals[arm]) == 2 and sorted(point["per_seed"][arm]) == pytest.approx(
+                sorted(evals[arm]), rel=1e-6
+            )
         mean = {arm: sum(v) / len(v) for arm, v in evals.items()}
         diff = point["differences"][DO]
         # the same NLLs summed in another order (per example, then per seed): equal to float precision

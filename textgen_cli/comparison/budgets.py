@@ -128,7 +128,7 @@ def _model(label: str, loaded, stage: str, seed: int):
 
 
 def _train_to(loaded, stage: str, steps: int, folder: Path, budget: Budget) -> None:
-    from textgen_cli.comparison.matching import stage_done
+    from textgen_cli.comparison.matching import stage_done, with_overrides
     from textgen_cli.core.files import SUMMARY_FILE
     from textgen_cli.core.results import RunSummary
     from textgen_cli.training import run_stage
@@ -136,13 +136,28 @@ def _train_to(loaded, stage: str, steps: int, folder: Path, budget: Budget) -> N
     if stage_done(loaded, stage):
         return
     summary_file = loaded.run_dir(stage) / SUMMARY_FILE
-    if summary_file.is_file() and RunSummary.read(summary_file).steps > steps:
+    existing = RunSummary.read(summary_file) if summary_file.is_file() else None
+    if existing is not None and not _same_but_steps(loaded, stage, existing):
+        # the run of this name was made with other settings (another learning rate picked from the
+        # grid, say): it is replaced, not continued
+        log(f"compare: {loaded.run_dir(stage)} was trained with other settings; training it afresh")
+        loaded = with_overrides(loaded, ["resume=never"])
+    elif existing is not None and existing.steps > steps:
         raise UserError(
             f"compare --budget: {loaded.run_dir(stage)} was trained past {budget.label} ({steps} steps) and that "
             f"budget's evaluation is not in {folder}; remove {loaded.run_dir(stage).parent} to train it again"
         )
     log(f"compare: training {loaded.name} {stage} to {steps} steps ({budget.label})")
     run_stage(loaded, stage)
+
+
+def _same_but_steps(loaded, stage: str, summary) -> bool:
+    """Whether a finished stage was trained with `loaded`'s settings but for its number of steps."""
+    from textgen_cli.comparison.matching import with_overrides
+    from textgen_cli.core.stages import section_of
+
+    at_its_steps = with_overrides(loaded, [f"{section_of(stage)}.steps={summary.steps}"])
+    return summary.stage_hash == at_its_steps.stage_hash(stage)
 
 
 def _snapshot_summaries(model, folder: Path) -> None:
