@@ -39,7 +39,8 @@ def pair_recipe(root: Path, name: str, family: str, arch: str, layers: int) -> N
             "tokenizer": {"include_finetune_data": True},
             "train": {"min_lr_ratio": 1.0, "eval_every": 1000},
             "generate": {"max_new_tokens": 12},
-            "eval": {"bootstrap": 100, "input_check": 8},
+            # input_check covers every test example: each reference's NLL is kept, for --primary bits_per_byte
+            "eval": {"bootstrap": 100, "input_check": 12},
         },
     )
     values["data"].pop("pretrain", None)
@@ -179,6 +180,55 @@ def test_the_lr_grid_picks_on_validation(root, swept):
         assert "differ only in the family and the declared factor learning rate" in (folder / "report.md").read_text()
 
 
+def test_bits_per_byte_as_the_primary_metric(root, swept):
+    """Dialogue is judged by the references' bits per byte: as --primary it gets the curve, the
+    crossover (lower is better) and the two-level test, from the same runs and evaluations."""
+    result = compare(root, ED, DO, "--budget", BUDGETS, "--seeds", "2", "--primary", "bits_per_byte")
+    assert "compare: training" not in result.stderr and "compare: evaluating" not in result.stderr
+    folder = root / re.search(r"report: (\S+)/report\.html", result.stdout).group(1)
+    record = json.loads((folder / "budgets.json").read_text(encoding="utf-8"))
+    assert record["primary_metric"] == "bits_per_byte"
+    for point in record["budgets"]:
+        where = f"budgets/{point['budget']['unit']}-{point['budget']['value']:.3g}/eval.json"
+        evals = {
+            arm: [
+                json.loads(path.read_text())["likelihood"]["bits_per_byte"]
+                for path in sorted((root / "runs").glob(f"{arm}-seed*/{where}"))
+            ]
+            for arm in (ED, DO)
+        }
+        # each arm's values are its evaluations' bits per byte, and the difference is their mean difference
+        for arm in (ED, DO):
+            assert len(evals[arm]) == 2 and sorted(point["per_seed"][arm]) == pytest.approx(
+                sorted(evals[arm]), rel=1e-6
+            )
+        mean = {arm: sum(v) / len(v) for arm, v in evals.items()}
+        diff = point["differences"][DO]
+        # the same NLLs summed in another order (per example, then per seed): equal to float precision
+        assert diff["score"] == pytest.approx(mean[ED] - mean[DO], rel=1e-4, abs=1e-6)
+        assert diff["low"] <= diff["score"] <= diff["high"]
+    leader = ED if record["budgets"][-1]["differences"][DO]["score"] < 0 else DO  # lower bits per byte leads
+    assert f"{leader} leads" in record["crossover"]
+
+
+def test_the_lr_grid_can_pick_by_bits_per_byte(root, swept):
+    """Lower is better: each arm takes the learning rate with the lowest validation bits per byte
+    (the grid's runs and validation evaluations of the BLEU grid are reused)."""
+    result = compare(
+        root, ED, DO, "--budget", "flops=6e9", "--seeds", "1", "--lr-grid", "1e-3,3e-3", "--primary", "bits_per_byte"
+    )
+    folder = root / re.search(r"report: (\S+)/report\.html", result.stdout).group(1)
+    grid = json.loads((folder / "lr_grid.json").read_text(encoding="utf-8"))
+    for arm in grid["arms"]:
+        assert arm["chosen"] == min((float(k) for k in arm["scores"]), key=lambda k: arm["scores"][f"{k:g}"])
+        record = json.loads(
+            (
+                root / "runs" / f"{arm['arm']}-lr{arm['chosen']:g}" / "lr-grid-validation" / "eval-validation.json"
+            ).read_text()
+        )
+        assert record["likelihood"]["bits_per_byte"] == arm["scores"][f"{arm['chosen']:g}"]
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -218,6 +268,9 @@ def test_crossover_is_read_from_the_sign_of_the_difference():
         "no crossover: ed leads at flops 1e+12; every difference is beyond the test-set noise "
         "(one seed per arm: training noise not measured)"
     )
+    # lower is better (bits per byte): a positive difference means the second arm leads
+    line = crossover(["ed", "do"], [point(1e12, 4.0, 1.0), point(1e13, -4.0, 1.0)], higher=False)
+    assert line.startswith("crossover: do leads below about flops 3.2e+12, ed above")
 
 
 def test_with_more_arms_the_first_is_compared_with_each_other_one():

@@ -323,7 +323,8 @@ def compare(
     primary: Annotated[
         str,
         typer.Option(
-            "--primary", help="The primary metric, named before the run; the other tested rows are Holm-corrected."
+            "--primary",
+            help="The primary metric, named before the run: bleu, chrf, rougeL, exact_match, or bits_per_byte (the test references', lower is better; needs eval.input_check to cover every test example). The other tested rows are Holm-corrected.",
         ),
     ] = "bleu",
     factors: Annotated[

@@ -128,7 +128,7 @@ def _model(label: str, loaded, stage: str, seed: int):
 
 
 def _train_to(loaded, stage: str, steps: int, folder: Path, budget: Budget) -> None:
-    from textgen_cli.comparison.matching import stage_done
+    from textgen_cli.comparison.matching import stage_done, with_overrides
     from textgen_cli.core.files import SUMMARY_FILE
     from textgen_cli.core.results import RunSummary
     from textgen_cli.training import run_stage
@@ -136,13 +136,28 @@ def _train_to(loaded, stage: str, steps: int, folder: Path, budget: Budget) -> N
     if stage_done(loaded, stage):
         return
     summary_file = loaded.run_dir(stage) / SUMMARY_FILE
-    if summary_file.is_file() and RunSummary.read(summary_file).steps > steps:
+    existing = RunSummary.read(summary_file) if summary_file.is_file() else None
+    if existing is not None and not _same_but_steps(loaded, stage, existing):
+        # the run of this name was made with other settings (another learning rate picked from the
+        # grid, say): it is replaced, not continued
+        log(f"compare: {loaded.run_dir(stage)} was trained with other settings; training it afresh")
+        loaded = with_overrides(loaded, ["resume=never"])
+    elif existing is not None and existing.steps > steps:
         raise UserError(
             f"compare --budget: {loaded.run_dir(stage)} was trained past {budget.label} ({steps} steps) and that "
             f"budget's evaluation is not in {folder}; remove {loaded.run_dir(stage).parent} to train it again"
         )
     log(f"compare: training {loaded.name} {stage} to {steps} steps ({budget.label})")
     run_stage(loaded, stage)
+
+
+def _same_but_steps(loaded, stage: str, summary) -> bool:
+    """Whether a finished stage was trained with `loaded`'s settings but for its number of steps."""
+    from textgen_cli.comparison.matching import with_overrides
+    from textgen_cli.core.stages import section_of
+
+    at_its_steps = with_overrides(loaded, [f"{section_of(stage)}.steps={summary.steps}"])
+    return summary.stage_hash == at_its_steps.stage_hash(stage)
 
 
 def _snapshot_summaries(model, folder: Path) -> None:
@@ -170,7 +185,7 @@ def _evaluated(model, folder: Path) -> bool:
 
 def _evaluate(model, folder: Path) -> None:
     """Evaluate the budget's model into `folder` (or reuse what is there) and load what the report needs."""
-    from textgen_cli.comparison.collect import collect
+    from textgen_cli.comparison.collect import collect, read_predictions
     from textgen_cli.core.files import SUMMARY_FILE
     from textgen_cli.core.results import EvalReport, RunSummary
     from textgen_cli.evaluation.evaluate import run_evaluate
@@ -184,12 +199,7 @@ def _evaluate(model, folder: Path) -> None:
     collect(model)  # the earlier stages; the last one as it was at this budget
     model.summaries[-1] = RunSummary.read(folder / SUMMARY_FILE)
     model.eval = EvalReport.read(folder / "eval.json")
-    model.eval_dir = folder
-    model.predictions = [
-        json.loads(line)["prediction"]
-        for line in (folder / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
+    read_predictions(model, folder)
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,27 +224,25 @@ def curve(
     by_budget: dict[Budget, list[Any]], primary: str, n_resamples: int, seed: int
 ) -> tuple[list[str], list[BudgetPoint]]:
     """The primary metric of every arm at every budget, and the first arm's difference from each other."""
-    from textgen_cli.metrics import two_level_bootstrap
+    from textgen_cli.comparison.significance import primary_difference, primary_value
 
     arms = list(dict.fromkeys(m.label for models in by_budget.values() for m in models))
     points = []
     for budget, models in by_budget.items():
         per_arm = {a: [m for m in models if m.label == a] for a in arms}
         values = {
-            a: [float(m.eval.metrics[primary]) for m in ms if primary in m.eval.metrics] for a, ms in per_arm.items()
+            a: [v for v in (primary_value(m.eval, primary) for m in ms) if v is not None] for a, ms in per_arm.items()
         }
         flops = {a: sum(sum(s.flops for s in m.summaries) for m in ms) / max(len(ms), 1) for a, ms in per_arm.items()}
         first = per_arm[arms[0]]
         diffs = {}
         for other in arms[1:]:
-            result = two_level_bootstrap(
-                primary,
-                [m.predictions for m in first],
-                [m.predictions for m in per_arm[other]],
-                _references(first[0]),
-                n_resamples,
-                seed,
-            )
+            result = primary_difference(primary, first, per_arm[other], _references(first[0]), n_resamples, seed)
+            if result is None:
+                raise UserError(
+                    f"--primary {primary}: an arm's evaluation has no per-example statistic for it "
+                    "(bits_per_byte needs eval.input_check to cover every test example)"
+                )
             diffs[other] = result["diff"]
         points.append(BudgetPoint(budget, values, flops, diffs))
     return arms, points
@@ -245,26 +253,27 @@ def _references(model) -> list[str]:
     return [json.loads(line)["reference"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def crossover(arms: list[str], points: list[BudgetPoint]) -> str:
+def crossover(arms: list[str], points: list[BudgetPoint], higher: bool = True) -> str:
     """Which arm leads where, the crossover between budgets (interpolated in log budget on the mean
     difference), and the budgets where the difference is inside the noise: for the first arm against
     each other arm, one line each (with more than two arms each line names its pair)."""
     if len(arms) < 2 or not points:
         return "no crossover: fewer than two arms"
     one_seed = any(len(seeds) < 2 for p in points for seeds in p.arms.values())
-    lines = [pair_crossover(arms[0], other, points, one_seed) for other in arms[1:]]
+    lines = [pair_crossover(arms[0], other, points, one_seed, higher) for other in arms[1:]]
     if len(lines) == 1:
         return lines[0]
     return "\n".join(f"{arms[0]} against {other}: {line}" for other, line in zip(arms[1:], lines))
 
 
-def pair_crossover(a: str, b: str, points: list[BudgetPoint], one_seed: bool) -> str:
+def pair_crossover(a: str, b: str, points: list[BudgetPoint], one_seed: bool, higher: bool = True) -> str:
+    """`higher`: whether a higher primary metric is better (bits per byte: lower)."""
     import math
 
     diff = [p.diffs[b] for p in points]
 
     def leader(d: dict[str, float]) -> str:
-        return a if d["score"] > 0 else b
+        return a if (d["score"] > 0) == higher else b
 
     # with one seed per arm the interval covers the test examples only: training noise is not measured
     kind = "the test-set noise (one seed per arm: training noise not measured)" if one_seed else "the noise"

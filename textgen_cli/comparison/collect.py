@@ -40,12 +40,23 @@ def evaluate_model(model: Model) -> None:
         report = EvalReport.read(found / "eval.json")
         log(f"compare: reusing the evaluation in {found / 'eval.json'}")
     model.eval = report
-    model.eval_dir = found
-    model.predictions = [
-        json.loads(line)["prediction"]
-        for line in (found / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    read_predictions(model, found)
+
+
+def read_predictions(model: Model, folder: Path) -> None:
+    """The model's outputs on the test examples (for the bootstrap of the text metrics) and, when
+    every example has them, its references' NLLs and bytes (for the bootstrap of bits per byte)."""
+    records = [
+        json.loads(line)
+        for line in (folder / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
         if line.strip()
     ]
+    model.eval_dir = folder
+    model.predictions = [r["prediction"] for r in records]
+    scored = all(r.get("reference_nll") is not None and r.get("reference_bytes") for r in records)
+    model.reference_scores = (
+        [(float(r["reference_nll"]), int(r["reference_bytes"])) for r in records] if scored and records else None
+    )
 
 
 def collect(model: Model) -> None:

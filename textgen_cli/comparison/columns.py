@@ -34,6 +34,8 @@ class Model:
     summaries: list[RunSummary] = field(default_factory=list)
     eval: EvalReport | None = None  # set by evaluate_model
     predictions: list[str] = field(default_factory=list)
+    # per test example, the reference's summed NLL (nats) and UTF-8 bytes; None unless every example has them
+    reference_scores: list[tuple[float, int]] | None = None
     eval_dir: Path | None = None  # where its eval.json and predictions.jsonl are
 
     @property

@@ -133,11 +133,11 @@ def run_compare(
         raise UserError(f"--match {match}: expected flops or tokens")
     if budget and (match or runs):
         raise UserError("--budget states every arm's budget itself: give it with --recipe, without --match")
-    from textgen_cli.metrics.registry import INTERVAL_ROWS
+    from textgen_cli.metrics.registry import PRIMARY_ROWS
 
-    if primary not in INTERVAL_ROWS:
+    if primary not in PRIMARY_ROWS:
         raise UserError(
-            f"--primary {primary}: expected a metric with per-example statistics: {', '.join(INTERVAL_ROWS)}"
+            f"--primary {primary}: expected a metric with per-example statistics: {', '.join(PRIMARY_ROWS)}"
         )
     if lr_grid and not recipes:
         raise UserError("--lr-grid trains each recipe at each learning rate: give the recipes with --recipe")
@@ -299,7 +299,9 @@ def run_budgets(
     tables = [(budget, judged_table(models, primary, factors)) for budget, models in by_budget.items()]
     section = reference.recipe.eval
     arms, points = curve(by_budget, primary, section.bootstrap, section.seed)
-    line = crossover(arms, points)
+    from textgen_cli.metrics.registry import higher_is_better
+
+    line = crossover(arms, points, higher_is_better(primary) is not False)
     largest, table = tables[-1]
     models = by_budget[largest]
     folder = report_folder(reports_root, name, models)

@@ -59,7 +59,7 @@ def table_rows(
     for group, row, label, higher in definitions:
         if not any(row in c.cells for c in columns):
             continue
-        lead = row_lead(columns, row, higher, references, n_resamples, seed) if higher is not None else None
+        lead = row_lead(columns, row, higher, references, n_resamples, seed, primary) if higher is not None else None
         rows.append(
             {
                 "group": group,

@@ -39,8 +39,10 @@ def parse_grid(text: str) -> list[float]:
 def tune_arm(base: str, loaded, grid: list[float], primary: str, steps_override: list[str]) -> GridResult:
     """Train `loaded` (one seed) at each learning rate of the grid and score each on validation."""
     from textgen_cli.comparison.matching import stage_done, with_overrides
+    from textgen_cli.comparison.significance import primary_value
     from textgen_cli.core.files import FINAL_DIR
     from textgen_cli.evaluation.evaluate import run_evaluate
+    from textgen_cli.metrics.registry import higher_is_better
     from textgen_cli.training import run_stage
 
     if not loaded.recipe.data.finetune.validation:
@@ -58,9 +60,13 @@ def tune_arm(base: str, loaded, grid: list[float], primary: str, steps_override:
         if report is None:
             run_evaluate(at, str(at.run_dir(last) / FINAL_DIR), None, "validation", [], output=str(folder))
             report = _validation_report(at, last, folder)
-        result.scores[lr] = float(report["metrics"][primary])
-        log(f"compare --lr-grid: {base} lr {lr:g}: validation {primary} {result.scores[lr]:.2f}")
-    result.chosen = max(result.scores, key=result.scores.get)
+        value = primary_value(report, primary)
+        if value is None:
+            raise UserError(f"--lr-grid: the validation evaluation of {at.name} has no {primary}")
+        result.scores[lr] = value
+        log(f"compare --lr-grid: {base} lr {lr:g}: validation {primary} {result.scores[lr]:.4g}")
+    best = min if higher_is_better(primary) is False else max  # bits per byte: lower is better
+    result.chosen = best(result.scores, key=result.scores.get)
     return result
 
 

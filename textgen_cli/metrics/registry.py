@@ -66,6 +66,10 @@ METRIC_NAMES: tuple[str, ...] = tuple(dict.fromkeys(row.module for row in ROWS i
 TABLE_ROWS: tuple[Row, ...] = tuple(row for row in ROWS if row.table)
 # rows with a 95% paired-bootstrap interval; each is also the bootstrap's metric name (metrics/_bootstrap.py)
 INTERVAL_ROWS: tuple[str, ...] = tuple(row.name for row in ROWS if row.interval)
+# rows `compare --primary` can name: the two-level bootstrap tests a lead in them, over the generated
+# texts (INTERVAL_ROWS) or, for bits per byte, over each test reference's NLL and bytes (stored in
+# predictions.jsonl when eval.input_check covers every test example): what dialogue is judged by
+PRIMARY_ROWS: tuple[str, ...] = (*INTERVAL_ROWS, "bits_per_byte")
 
 
 def module_rows(module: str) -> dict[str, str]:
