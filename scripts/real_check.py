@@ -13,7 +13,12 @@ would, on the shipped verse pairs:
    zero-shot BLEU's high end), with s/step, peak memory and the validation-loss gain;
 4. `generate --chat` for three turns;
 5. `compare` of the pretrained start (the full finetune) against the shipped from-scratch
-   `chatgpt.yaml`, at equal FLOPs (`--match flops`) and at equal training wall time.
+   `chatgpt.yaml`, at equal FLOPs (`--match flops`) and at equal training wall time; at equal wall
+   time it also answers "does pretraining help?" with the paired bootstrap of BLEU and chrF on the
+   same test verses (pretrained start minus scratch; compare prints that line only for a
+   pretraining stage of textgen's own, and a start from `init_from` is not one);
+6. with `--dialogue`, the same equal-wall-time answer on the dialogue task (the chitchat data of
+   `recipes/chatgpt-chat.yaml`): SmolLM2 finetuned on it against that shipped from-scratch recipe.
 
 It prints a PASS / FAIL line per check and exits 1 when one fails. Not in the test suite: it takes
 tens of minutes on two CPU cores.
@@ -233,6 +238,111 @@ def compare(report: Report, work: Path, name: str, args: list[str]) -> None:
     report.add(f"compare {name}", True, f"report in {work / 'reports' / name} ({seconds:.0f} s)")
 
 
+def read_predictions(stage: Path) -> list[dict[str, Any]]:
+    text = (stage / "predictions.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def pretraining_answer(report: Report, name: str, pretrained_stage: Path, scratch_stage: Path) -> None:
+    """Does pretraining help? textgen's own paired bootstrap (`evaluate.versus`, as in compare's
+    "does pretraining help?" line) of BLEU and chrF, pretrained start minus scratch, on the same test
+    examples, from each finetune's own evaluation (predictions.jsonl)."""
+    from textgen_cli.evaluate import versus
+
+    a, b = read_predictions(pretrained_stage), read_predictions(scratch_stage)
+    paired = [r["id"] for r in a] == [r["id"] for r in b] and [r["reference"] for r in a] == [
+        r["reference"] for r in b
+    ]
+    if not paired:
+        report.add(f"does pretraining help? ({name})", False, "the two runs were not scored on the same examples")
+        return
+    diff = versus([r["prediction"] for r in a], [r["prediction"] for r in b], [r["reference"] for r in a], 1000, 1234)
+    verdicts = []
+    for row, label in (("bleu", "BLEU"), ("chrf", "chrF")):
+        d = diff[row]
+        word = "helped" if d["low"] > 0 else ("hurt" if d["high"] < 0 else "no significant difference")
+        verdicts.append((word, f"{label} {d['diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"))
+    summaries = [json.loads((s / "summary.json").read_text(encoding="utf-8")) for s in (pretrained_stage, scratch_stage)]
+    scores = [json.loads((s / "eval.json").read_text(encoding="utf-8")) for s in (pretrained_stage, scratch_stage)]
+    words = {w for w, _ in verdicts}
+    if words == {"no significant difference"}:
+        answer = "no significant difference from pretraining"
+    elif len(words) == 1:
+        answer = f"pretraining {words.pop()}"
+    else:
+        answer = "mixed: pretraining " + ", ".join(f"{w} on {t.split()[0]}" for w, t in verdicts)
+    report.figures[f"pretraining-{name}"] = {
+        "answer": answer,
+        "versus": {row: {k: round(v, 2) for k, v in diff[row].items() if k != "model_wins"} for row in ("bleu", "chrf")},
+        "examples": len(a),
+        "runs": {
+            stage.parent.name: {
+                "steps": summary["steps"],
+                "train_time_s": round(summary["train_time_s"], 1),
+                "flops": f"{summary['flops']:.3g}",
+                "bleu": [round(v, 1) for v in bleu(score)],
+                "chrf": round(score["metrics"]["chrf"], 1),
+            }
+            for stage, summary, score in zip((pretrained_stage, scratch_stage), summaries, scores)
+        },
+    }
+    report.add(
+        f"does pretraining help? ({name})",
+        True,
+        f"{answer}: {pretrained_stage.parent.name} minus {scratch_stage.parent.name}: "
+        + "; ".join(t for _, t in verdicts)
+        + f" (95% paired bootstrap over {len(a)} test examples; training "
+        f"{summaries[0]['train_time_s']:.0f} s vs {summaries[1]['train_time_s']:.0f} s, "
+        f"FLOPs {summaries[0]['flops']:.3g} vs {summaries[1]['flops']:.3g})",
+    )
+
+
+def dialogue(report: Report, work: Path, gguf: Path, args: argparse.Namespace) -> None:
+    """SmolLM2 finetuned on the chitchat dialogues against the shipped from-scratch chatgpt-chat.yaml
+    at equal training wall time (its step time measured on a short run first), compared, with the
+    paired bootstrap of the pretrained start minus scratch."""
+    import yaml
+
+    data = REPO / "recipes" / "data" / "chitchat"
+    finetune_data = {"task": "dialogue", **{split: str(data / f"{split}.jsonl") for split in ("train", "validation", "test")}}
+    evaluation = {"max_examples": args.examples, "input_check": args.examples}
+    decoding = {"max_new_tokens": args.max_new_tokens}
+    smol = yaml.safe_load((work / "smollm2.yaml").read_text(encoding="utf-8"))
+    smol["description"] = "SmolLM2-135M-Instruct (GGUF, Q4_1 dequantized) finetuned on chitchat dialogues"
+    smol["data"] = {"finetune": finetune_data}
+    smol.pop("prompt", None)  # no system prompt, as chatgpt-chat.yaml
+    scratch = yaml.safe_load((REPO / "recipes" / "chatgpt-chat.yaml").read_text(encoding="utf-8"))
+    scratch["data"] = {"finetune": finetune_data}
+    scratch["eval"] = evaluation
+    scratch["generate"] = decoding
+    smol_path, scratch_path = work / "smollm2-chat.yaml", work / "scratch-chat.yaml"
+    smol_path.write_text(yaml.safe_dump(smol, sort_keys=False), encoding="utf-8")
+    scratch_path.write_text(yaml.safe_dump(scratch, sort_keys=False), encoding="utf-8")
+
+    def run(recipe: Path, name: str, extra: list[str]) -> dict | None:
+        stage = work / "runs" / name / "finetune"
+        if not (stage / "summary.json").is_file() or not (stage / "eval.json").is_file():
+            result, _ = textgen(["finetune", "--recipe", str(recipe), f"run.name={name}", *extra], work)
+            if result.returncode != 0:
+                report.add(f"dialogue: {name}", False, f"textgen finetune exited {result.returncode}")
+                return None
+        else:
+            print(f"real-check: reusing {stage}", flush=True)
+        return json.loads((stage / "summary.json").read_text(encoding="utf-8"))
+
+    smol_done = run(smol_path, "smollm2-chat", [])
+    probe = run(scratch_path, "scratch-chat-probe", [f"finetune.steps={args.dialogue_probe_steps}"])
+    if not (smol_done and probe):
+        return
+    steps = max(1, round(smol_done["train_time_s"] / (probe["train_time_s"] / probe["steps"])))
+    print(f"real-check: dialogue: scratch gets {steps} steps for SmolLM2's {smol_done['train_time_s']:.0f} s", flush=True)
+    if not run(scratch_path, "scratch-chat-time", [f"finetune.steps={steps}"]):
+        return
+    pre, base = work / "runs" / "smollm2-chat" / "finetune", work / "runs" / "scratch-chat-time" / "finetune"
+    compare(report, work, "smollm2-vs-scratch-chat-time", [str(pre), str(base)])
+    pretraining_answer(report, "dialogue, equal wall time", pre, base)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/real-check", help="Working folder (recipes, runs, reports).")
@@ -240,6 +350,11 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--examples", type=int, default=40, help="Test verses scored.")
     parser.add_argument("--max-new-tokens", type=int, default=80)
+    parser.add_argument(
+        "--dialogue", action="store_true", help="Also SmolLM2 against scratch at equal wall time on the chitchat dialogues."
+    )
+    parser.add_argument("--dialogue-probe-steps", type=int, default=50, help="Steps of the scratch run timed first.")
+    parser.add_argument("--skip-flops", action="store_true", help="Skip the equal-FLOPs compare (the longest check).")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -296,11 +411,17 @@ def main() -> int:
     )
 
     # the pretrained start (the full finetune above, reused) against the shipped from-scratch recipe
-    compare(
-        report, work, "smollm2-vs-scratch-flops", ["--recipe", str(smol), "--recipe", str(scratch), "--match", "flops"]
-    )
+    if not args.skip_flops:
+        compare(
+            report, work, "smollm2-vs-scratch-flops", ["--recipe", str(smol), "--recipe", str(scratch), "--match", "flops"]
+        )
     if full:
+        # the scratch model's step time: from the equal-FLOPs run, else from a short run timed first
         scratch_summary = work / "runs" / "scratch" / "finetune" / "summary.json"
+        if not scratch_summary.is_file():
+            scratch_summary = work / "runs" / "scratch-probe" / "finetune" / "summary.json"
+            if not scratch_summary.is_file():
+                textgen(["finetune", "--recipe", str(scratch), "run.name=scratch-probe", "finetune.steps=50"], work)
         if scratch_summary.is_file():
             done = json.loads(scratch_summary.read_text(encoding="utf-8"))
             per_step = done["train_time_s"] / done["steps"]
@@ -309,14 +430,13 @@ def main() -> int:
                 ["finetune", "--recipe", str(scratch), "run.name=scratch-time", f"finetune.steps={steps}"], work
             )
             if result.returncode == 0:
-                compare(
-                    report,
-                    work,
-                    "smollm2-vs-scratch-time",
-                    [str(work / "runs" / "smollm2" / "finetune"), str(work / "runs" / "scratch-time" / "finetune")],
-                )
+                pre, base = work / "runs" / "smollm2" / "finetune", work / "runs" / "scratch-time" / "finetune"
+                compare(report, work, "smollm2-vs-scratch-time", [str(pre), str(base)])
+                pretraining_answer(report, "verses, equal wall time", pre, base)
             else:
                 report.add("compare smollm2-vs-scratch-time", False, f"scratch finetune exited {result.returncode}")
+    if args.dialogue:
+        dialogue(report, work, gguf, args)
     return summarize(report, started)
 
 
