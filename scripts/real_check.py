@@ -16,9 +16,9 @@ would, on the shipped verse pairs:
    above zero-shot BLEU's high end), with s/step, peak memory and the validation-loss gain;
 4. `generate --chat` for three turns;
 5. `compare` of the pretrained start (the full finetune) against the shipped from-scratch
-   `chatgpt.yaml`, at equal FLOPs (`--match flops`) and at equal training wall time; at equal wall
-   time it also answers "does pretraining help?" with the paired bootstrap of BLEU and chrF on the
-   same test verses (pretrained start minus scratch; compare prints that line only for a
+   `chatgpt.yaml`, at equal FLOPs (`--match flops`) and at equal training wall time; each also
+   answers "does pretraining help?" with the paired bootstrap of BLEU and chrF on the same test
+   verses (pretrained start minus scratch; compare prints that line only for a
    pretraining stage of textgen's own, and a start from `init_from` is not one);
 6. with `--dialogue`, the same equal-wall-time answer on the dialogue task (the chitchat data of
    `recipes/chatgpt-chat.yaml`): SmolLM2 finetuned on it against that shipped from-scratch recipe.
@@ -448,6 +448,10 @@ def main() -> int:
         compare(
             report, work, "smollm2-vs-scratch-flops", ["--recipe", str(smol), "--recipe", str(scratch), "--match", "flops"]
         )
+        if full and (work / "runs" / "scratch" / "finetune" / "predictions.jsonl").is_file():
+            pretraining_answer(
+                report, "verses, equal FLOPs", work / "runs" / "smollm2" / "finetune", work / "runs" / "scratch" / "finetune"
+            )
     if full:
         # the scratch model's step time: from the equal-FLOPs run, else from a short run timed first
         scratch_summary = work / "runs" / "scratch" / "finetune" / "summary.json"
