@@ -264,9 +264,7 @@ def pretraining_answer(report: Report, name: str, pretrained_stage: Path, scratc
         from textgen_cli.evaluate import versus
 
     a, b = read_predictions(pretrained_stage), read_predictions(scratch_stage)
-    paired = [r["id"] for r in a] == [r["id"] for r in b] and [r["reference"] for r in a] == [
-        r["reference"] for r in b
-    ]
+    paired = [r["id"] for r in a] == [r["id"] for r in b] and [r["reference"] for r in a] == [r["reference"] for r in b]
     if not paired:
         report.add(f"does pretraining help? ({name})", False, "the two runs were not scored on the same examples")
         return
@@ -276,7 +274,9 @@ def pretraining_answer(report: Report, name: str, pretrained_stage: Path, scratc
         d = diff[row]
         word = "helped" if d["low"] > 0 else ("hurt" if d["high"] < 0 else "no significant difference")
         verdicts.append((word, f"{label} {d['diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"))
-    summaries = [json.loads((s / "summary.json").read_text(encoding="utf-8")) for s in (pretrained_stage, scratch_stage)]
+    summaries = [
+        json.loads((s / "summary.json").read_text(encoding="utf-8")) for s in (pretrained_stage, scratch_stage)
+    ]
     scores = [json.loads((s / "eval.json").read_text(encoding="utf-8")) for s in (pretrained_stage, scratch_stage)]
     words = {w for w, _ in verdicts}
     if words == {"no significant difference"}:
@@ -287,7 +287,9 @@ def pretraining_answer(report: Report, name: str, pretrained_stage: Path, scratc
         answer = "mixed: pretraining " + ", ".join(f"{w} on {t.split()[0]}" for w, t in verdicts)
     report.figures[f"pretraining-{name}"] = {
         "answer": answer,
-        "versus": {row: {k: round(v, 2) for k, v in diff[row].items() if k != "model_wins"} for row in ("bleu", "chrf")},
+        "versus": {
+            row: {k: round(v, 2) for k, v in diff[row].items() if k != "model_wins"} for row in ("bleu", "chrf")
+        },
         "examples": len(a),
         "runs": {
             stage.parent.name: {
@@ -318,7 +320,10 @@ def dialogue(report: Report, work: Path, gguf: Path, args: argparse.Namespace) -
     import yaml
 
     data = REPO / "recipes" / "data" / "chitchat"
-    finetune_data = {"task": "dialogue", **{split: str(data / f"{split}.jsonl") for split in ("train", "validation", "test")}}
+    finetune_data = {
+        "task": "dialogue",
+        **{split: str(data / f"{split}.jsonl") for split in ("train", "validation", "test")},
+    }
     evaluation = {"max_examples": args.examples, "input_check": args.examples}
     decoding = {"max_new_tokens": args.max_new_tokens}
     smol = yaml.safe_load((work / "smollm2.yaml").read_text(encoding="utf-8"))
@@ -333,9 +338,13 @@ def dialogue(report: Report, work: Path, gguf: Path, args: argparse.Namespace) -
     smol_path.write_text(yaml.safe_dump(smol, sort_keys=False), encoding="utf-8")
     scratch_path.write_text(yaml.safe_dump(scratch, sort_keys=False), encoding="utf-8")
 
-    def run(recipe: Path, name: str, extra: list[str]) -> dict | None:
+    def run(recipe: Path, name: str, extra: list[str], steps: int | None = None) -> dict | None:
+        """`finetune` as runs/<name>; a finished one (of `steps` steps, when given) is reused."""
         stage = work / "runs" / name / "finetune"
-        if not (stage / "summary.json").is_file() or not (stage / "eval.json").is_file():
+        done = (stage / "summary.json").is_file() and (stage / "eval.json").is_file()
+        if done and steps is not None:
+            done = json.loads((stage / "summary.json").read_text(encoding="utf-8"))["steps"] == steps
+        if not done:
             result, _ = textgen(["finetune", "--recipe", str(recipe), f"run.name={name}", *extra], work)
             if result.returncode != 0:
                 report.add(f"dialogue: {name}", False, f"textgen finetune exited {result.returncode}")
@@ -349,8 +358,10 @@ def dialogue(report: Report, work: Path, gguf: Path, args: argparse.Namespace) -
     if not (smol_done and probe):
         return
     steps = max(1, round(smol_done["train_time_s"] / (probe["train_time_s"] / probe["steps"])))
-    print(f"real-check: dialogue: scratch gets {steps} steps for SmolLM2's {smol_done['train_time_s']:.0f} s", flush=True)
-    if not run(scratch_path, "scratch-chat-time", [f"finetune.steps={steps}"]):
+    print(
+        f"real-check: dialogue: scratch gets {steps} steps for SmolLM2's {smol_done['train_time_s']:.0f} s", flush=True
+    )
+    if not run(scratch_path, "scratch-chat-time", [f"finetune.steps={steps}"], steps):
         return
     pre, base = work / "runs" / "smollm2-chat" / "finetune", work / "runs" / "scratch-chat-time" / "finetune"
     compare(report, work, "smollm2-vs-scratch-chat-time", [str(pre), str(base)])
@@ -365,7 +376,9 @@ def main() -> int:
     parser.add_argument("--examples", type=int, default=40, help="Test verses scored.")
     parser.add_argument("--max-new-tokens", type=int, default=80)
     parser.add_argument(
-        "--dialogue", action="store_true", help="Also SmolLM2 against scratch at equal wall time on the chitchat dialogues."
+        "--dialogue",
+        action="store_true",
+        help="Also SmolLM2 against scratch at equal wall time on the chitchat dialogues.",
     )
     parser.add_argument("--dialogue-probe-steps", type=int, default=50, help="Steps of the scratch run timed first.")
     parser.add_argument("--skip-flops", action="store_true", help="Skip the equal-FLOPs compare (the longest check).")
@@ -416,8 +429,13 @@ def main() -> int:
         if abs(ratio - 1) > 0.1:
             # LoRA's step is cheaper (or dearer): at equal wall time it gets the steps that full's time buys
             lora_steps = max(1, round(args.steps / ratio))
-            print(f"real-check: LoRA took {ratio:.2f}x full's time for {args.steps} steps; at equal wall time it gets {lora_steps}", flush=True)
-            timed_lora = finetune(report, work, smol, "smollm2-lora-time", [*lora_args, f"finetune.steps={lora_steps}"], zero)
+            print(
+                f"real-check: LoRA took {ratio:.2f}x full's time for {args.steps} steps; at equal wall time it gets {lora_steps}",
+                flush=True,
+            )
+            timed_lora = finetune(
+                report, work, smol, "smollm2-lora-time", [*lora_args, f"finetune.steps={lora_steps}"], zero
+            )
             timed_ratio = timed_lora["train_time_s"] / full["train_time_s"] if timed_lora else float("nan")
         if timed_lora:
             report.add(
@@ -449,11 +467,17 @@ def main() -> int:
     # the pretrained start (the full finetune above, reused) against the shipped from-scratch recipe
     if not args.skip_flops:
         compare(
-            report, work, "smollm2-vs-scratch-flops", ["--recipe", str(smol), "--recipe", str(scratch), "--match", "flops"]
+            report,
+            work,
+            "smollm2-vs-scratch-flops",
+            ["--recipe", str(smol), "--recipe", str(scratch), "--match", "flops"],
         )
         if full and (work / "runs" / "scratch" / "finetune" / "predictions.jsonl").is_file():
             pretraining_answer(
-                report, "verses, equal FLOPs", work / "runs" / "smollm2" / "finetune", work / "runs" / "scratch" / "finetune"
+                report,
+                "verses, equal FLOPs",
+                work / "runs" / "smollm2" / "finetune",
+                work / "runs" / "scratch" / "finetune",
             )
     if full:
         # the scratch model's step time: from the equal-FLOPs run, else from a short run timed first
