@@ -258,10 +258,7 @@ def pretraining_answer(report: Report, name: str, pretrained_stage: Path, scratc
     """Does pretraining help? textgen's own paired bootstrap (`versus`, as in compare's
     "does pretraining help?" line) of BLEU and chrF, pretrained start minus scratch, on the same test
     examples, from each finetune's own evaluation (predictions.jsonl)."""
-    try:
-        from textgen_cli.evaluation.scores import versus  # since the package split
-    except ImportError:
-        from textgen_cli.evaluate import versus
+    from textgen_cli.evaluation.scores import versus
 
     a, b = read_predictions(pretrained_stage), read_predictions(scratch_stage)
     paired = [r["id"] for r in a] == [r["id"] for r in b] and [r["reference"] for r in a] == [r["reference"] for r in b]
