@@ -1,11 +1,12 @@
-"""AdamW and its parameter groups. (The warmup + cosine schedule is built with it in `train.start_loop`.)"""
+"""The optimizer and its schedule: AdamW over its parameter groups, linear warmup then cosine decay
+to `train.min_lr_ratio` of the peak (1.0: a constant rate after warmup)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    pass
+    from textgen_cli.core.schema import TrainSection
 
 
 def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
@@ -27,3 +28,15 @@ def build_optimizer(model, weight_decay: float, lr: float, device_type: str):
 
     kernel = {"fused": True} if device_type in ("cpu", "cuda") else {"foreach": True}
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.95), eps=1e-8, **kernel)
+
+
+def build_schedule(optimizer, section: TrainSection, steps: int):
+    """Stepped once per optimizer step; the warmup never outlasts the stage."""
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    return get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer,
+        num_warmup_steps=min(section.warmup_steps, steps),
+        num_training_steps=steps,
+        min_lr_rate=section.min_lr_ratio,
+    )

@@ -24,7 +24,7 @@ from textgen_cli.models import role_of_model, transformer_blocks
 from textgen_cli.objectives import Examples
 from textgen_cli.training.distribution import Ranks, check_strategy, make_accelerator
 from textgen_cli.training.memory import keep_freed_memory
-from textgen_cli.training.optim import build_optimizer
+from textgen_cli.training.optim import build_optimizer, build_schedule
 from textgen_cli.training.outputs import check_disk_space, finish
 from textgen_cli.training.resume import resume_or_begin, save_checkpoint
 from textgen_cli.training.run_dir import RunDir, opened_run
@@ -100,8 +100,6 @@ def start_loop(
     """Everything before the first step: the resolved recipe saved in the run, the model on the
     device (gradient checkpointing, FSDP sharding and compiled blocks as the recipe says), AdamW,
     the warmup + cosine schedule and the sampler."""
-    from transformers import get_cosine_with_min_lr_schedule_with_warmup
-
     from textgen_cli.training import fsdp
 
     recipe = loaded.recipe
@@ -124,12 +122,7 @@ def start_loop(
     if ranks.sharded:
         fsdp.shard(model)  # before the optimizer is built: it must hold the sharded parameters
     optimizer = build_optimizer(model, section.weight_decay, lr, device.type)
-    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer,
-        num_warmup_steps=min(section.warmup_steps, steps),
-        num_training_steps=steps,
-        min_lr_rate=section.min_lr_ratio,
-    )
+    scheduler = build_schedule(optimizer, section, steps)
     if section.compile:
         # each block compiled in place (one graph, reused by every layer): whatever calls the
         # blocks (the full forward, the label-positions loss, FSDP) runs the compiled code
