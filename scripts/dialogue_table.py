@@ -13,7 +13,10 @@ at each budget and prints one markdown table per budget:
 
 Usage::
 
-    python scripts/dialogue_table.py --arm sora-chat --arm chatgpt-chat [--runs runs]
+    python scripts/dialogue_table.py --arm sora-chat --arm chatgpt-chat [--runs runs] [--plot gap.png]
+
+With --plot, the references' bits per byte and the input-use gap (with its two-level interval) are
+also drawn against training FLOPs (each budget's stage summary), one line per arm.
 """
 
 from __future__ import annotations
@@ -134,11 +137,48 @@ def versus_retrieval(report: dict, metric: str) -> str:
     return f"{v['diff']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]"
 
 
+def plot(folders: dict[str, list[Path]], budgets: list[str], path: Path, n_resamples: int) -> None:
+    """Bits per byte (own history) and the input-use gap [95%] against training FLOPs, per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for arm, fs in folders.items():
+        xs, bpb, gap, low, high = [], [], [], [], []
+        for budget in budgets:
+            if not all((f / "budgets" / budget / "eval.json").is_file() for f in fs):
+                continue
+            rows = arm_rows(fs, budget)
+            flops = [
+                json.loads((f / "budgets" / budget / "summary.json").read_text(encoding="utf-8"))["flops"] for f in fs
+            ]
+            xs.append(statistics.mean(flops))
+            bpb.append(statistics.mean(e["input_use"]["bits_per_byte_true"] for e in rows["evals"]))
+            d = two_level_bits_per_byte(rows["shuffled"], rows["own"], n_resamples)["diff"]
+            gap.append(d["score"])
+            low.append(d["score"] - d["low"])
+            high.append(d["high"] - d["score"])
+        label = f"{arm} ({seeds(len(fs))})"
+        left.plot(xs, bpb, marker="o", label=label)
+        right.errorbar(xs, gap, yerr=[low, high], marker="o", capsize=3, label=label)
+    left.set(xscale="log", xlabel="training FLOPs", ylabel="bits per byte (test replies, own history)")
+    right.axhline(0.0, color="grey", linewidth=0.8)
+    right.set(xscale="log", xlabel="training FLOPs", ylabel="input-use gap, bits per byte [95%]")
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arm", action="append", required=True, help="a recipe's run name (repeat)")
     parser.add_argument("--runs", default="runs", help="the folder that holds the runs")
     parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--plot", help="also draw bits per byte and the input-use gap against FLOPs to this file")
     args = parser.parse_args(argv)
     folders = {arm: seed_folders(Path(args.runs), arm) for arm in args.arm}
     budgets = sorted(
@@ -148,10 +188,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not budgets:
         print(f"no budgets/ folders under {args.runs} for {', '.join(args.arm)}", file=sys.stderr)
         return 2
+    complete = [
+        b for b in budgets if all((f / "budgets" / b / "eval.json").is_file() for fs in folders.values() for f in fs)
+    ]
+    for budget in sorted(set(budgets) - set(complete)):
+        print(f"{budget}: not every arm and seed is evaluated yet; left out", file=sys.stderr)
+    budgets = complete
     for budget in budgets:
         arms = {arm: arm_rows(fs, budget) for arm, fs in folders.items()}
         print(f"\n### {budget}\n")
         print("\n".join(budget_table(arms, args.resamples)))
+    if args.plot:
+        plot(folders, budgets, Path(args.plot), args.resamples)
     return 0
 
 
