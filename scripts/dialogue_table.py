@@ -72,6 +72,21 @@ def arm_rows(folders: list[Path], budget: str) -> dict:
     return {"evals": evals, "own": own, "shuffled": shuffled}
 
 
+def gap_bootstrap(rows: dict, n_resamples: int) -> dict:
+    """The input-use gap (shuffled minus own history, bits per byte) with the two-level interval.
+
+    The two histories are scored by the same model, so a replicate must draw the same seeds for
+    both: each seed's per-example statistic is the NLL difference (shuffled - own) over the bytes,
+    bootstrapped against a zero arm. (Passing the shuffled and the own scores as two arms would draw
+    their seeds independently and widen the interval by the seeds' spread in bits per byte.)"""
+    paired = [
+        ([s - o for s, o in zip(shuffled, own)], n_bytes)
+        for (shuffled, n_bytes), (own, _) in zip(rows["shuffled"], rows["own"])
+    ]
+    zero = [([0.0] * len(n_bytes), n_bytes) for _, n_bytes in paired]
+    return two_level_bits_per_byte(paired, zero, n_resamples)
+
+
 def budget_table(arms: dict[str, dict], n_resamples: int) -> list[str]:
     head = ["row", *[f"`{a}` (mean ± sd; {seeds(len(r['evals']))})" for a, r in arms.items()]]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
@@ -87,7 +102,7 @@ def budget_table(arms: dict[str, dict], n_resamples: int) -> list[str]:
     )
     row(
         "input-use gap [95%, seeds then examples]",
-        [interval(two_level_bits_per_byte(r["shuffled"], r["own"], n_resamples), 4) for r in arms.values()],
+        [interval(gap_bootstrap(r, n_resamples), 4) for r in arms.values()],
     )
     row(
         "distinct outputs / distinct histories",
@@ -156,7 +171,7 @@ def plot(folders: dict[str, list[Path]], budgets: list[str], path: Path, n_resam
             ]
             xs.append(statistics.mean(flops))
             bpb.append(statistics.mean(e["input_use"]["bits_per_byte_true"] for e in rows["evals"]))
-            d = two_level_bits_per_byte(rows["shuffled"], rows["own"], n_resamples)["diff"]
+            d = gap_bootstrap(rows, n_resamples)["diff"]
             gap.append(d["score"])
             low.append(d["score"] - d["low"])
             high.append(d["high"] - d["score"])
