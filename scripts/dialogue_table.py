@@ -13,7 +13,10 @@ at each budget and prints one markdown table per budget:
 
 Usage::
 
-    python scripts/dialogue_table.py --arm sora-chat --arm chatgpt-chat [--runs runs]
+    python scripts/dialogue_table.py --arm sora-chat --arm chatgpt-chat [--runs runs] [--plot gap.png]
+
+With --plot, the references' bits per byte and the input-use gap (with its two-level interval) are
+also drawn against training FLOPs (each budget's stage summary), one line per arm.
 """
 
 from __future__ import annotations
@@ -69,6 +72,21 @@ def arm_rows(folders: list[Path], budget: str) -> dict:
     return {"evals": evals, "own": own, "shuffled": shuffled}
 
 
+def gap_bootstrap(rows: dict, n_resamples: int) -> dict:
+    """The input-use gap (shuffled minus own history, bits per byte) with the two-level interval.
+
+    The two histories are scored by the same model, so a replicate must draw the same seeds for
+    both: each seed's per-example statistic is the NLL difference (shuffled - own) over the bytes,
+    bootstrapped against a zero arm. (Passing the shuffled and the own scores as two arms would draw
+    their seeds independently and widen the interval by the seeds' spread in bits per byte.)"""
+    paired = [
+        ([s - o for s, o in zip(shuffled, own)], n_bytes)
+        for (shuffled, n_bytes), (own, _) in zip(rows["shuffled"], rows["own"])
+    ]
+    zero = [([0.0] * len(n_bytes), n_bytes) for _, n_bytes in paired]
+    return two_level_bits_per_byte(paired, zero, n_resamples)
+
+
 def budget_table(arms: dict[str, dict], n_resamples: int) -> list[str]:
     head = ["row", *[f"`{a}` (mean ± sd; {seeds(len(r['evals']))})" for a, r in arms.items()]]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
@@ -84,7 +102,7 @@ def budget_table(arms: dict[str, dict], n_resamples: int) -> list[str]:
     )
     row(
         "input-use gap [95%, seeds then examples]",
-        [interval(two_level_bits_per_byte(r["shuffled"], r["own"], n_resamples), 4) for r in arms.values()],
+        [interval(gap_bootstrap(r, n_resamples), 4) for r in arms.values()],
     )
     row(
         "distinct outputs / distinct histories",
@@ -134,11 +152,48 @@ def versus_retrieval(report: dict, metric: str) -> str:
     return f"{v['diff']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]"
 
 
+def plot(folders: dict[str, list[Path]], budgets: list[str], path: Path, n_resamples: int) -> None:
+    """Bits per byte (own history) and the input-use gap [95%] against training FLOPs, per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for arm, fs in folders.items():
+        xs, bpb, gap, low, high = [], [], [], [], []
+        for budget in budgets:
+            if not all((f / "budgets" / budget / "eval.json").is_file() for f in fs):
+                continue
+            rows = arm_rows(fs, budget)
+            flops = [
+                json.loads((f / "budgets" / budget / "summary.json").read_text(encoding="utf-8"))["flops"] for f in fs
+            ]
+            xs.append(statistics.mean(flops))
+            bpb.append(statistics.mean(e["input_use"]["bits_per_byte_true"] for e in rows["evals"]))
+            d = gap_bootstrap(rows, n_resamples)["diff"]
+            gap.append(d["score"])
+            low.append(d["score"] - d["low"])
+            high.append(d["high"] - d["score"])
+        label = f"{arm} ({seeds(len(fs))})"
+        left.plot(xs, bpb, marker="o", label=label)
+        right.errorbar(xs, gap, yerr=[low, high], marker="o", capsize=3, label=label)
+    left.set(xscale="log", xlabel="training FLOPs", ylabel="bits per byte (test replies, own history)")
+    right.axhline(0.0, color="grey", linewidth=0.8)
+    right.set(xscale="log", xlabel="training FLOPs", ylabel="input-use gap, bits per byte [95%]")
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arm", action="append", required=True, help="a recipe's run name (repeat)")
     parser.add_argument("--runs", default="runs", help="the folder that holds the runs")
     parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--plot", help="also draw bits per byte and the input-use gap against FLOPs to this file")
     args = parser.parse_args(argv)
     folders = {arm: seed_folders(Path(args.runs), arm) for arm in args.arm}
     budgets = sorted(
@@ -148,10 +203,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not budgets:
         print(f"no budgets/ folders under {args.runs} for {', '.join(args.arm)}", file=sys.stderr)
         return 2
+    complete = [
+        b for b in budgets if all((f / "budgets" / b / "eval.json").is_file() for fs in folders.values() for f in fs)
+    ]
+    for budget in sorted(set(budgets) - set(complete)):
+        print(f"{budget}: not every arm and seed is evaluated yet; left out", file=sys.stderr)
+    budgets = complete
     for budget in budgets:
         arms = {arm: arm_rows(fs, budget) for arm, fs in folders.items()}
         print(f"\n### {budget}\n")
         print("\n".join(budget_table(arms, args.resamples)))
+    if args.plot:
+        plot(folders, budgets, Path(args.plot), args.resamples)
     return 0
 
 
