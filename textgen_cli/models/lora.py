@@ -34,8 +34,9 @@ PRETRAINED_TARGETS = {
     "gpt_neox": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
 }
 
-# model -> its peft wrapper, kept until the model is merged for saving
-_WRAPPERS: dict[int, Any] = {}
+# the attribute of a model with adapters that holds its peft wrapper until it is merged for saving
+# (on the model itself: a registry keyed by id() could hand a new model an old one's wrapper)
+WRAPPER_ATTRIBUTE = "_textgen_lora"
 
 
 def target_modules(model, section: LoraSection, source: str) -> list[str]:
@@ -111,7 +112,7 @@ def attach_lora(
     inner = wrapper.base_model.model
     if input_grads:
         inner.enable_input_require_grads()
-    _WRAPPERS[id(inner)] = (wrapper, section.keep_adapter)
+    object.__setattr__(inner, WRAPPER_ATTRIBUTE, (wrapper, section.keep_adapter))  # not a submodule
     trainable = sum(p.numel() for p in inner.parameters() if p.requires_grad)
     total = sum(p.numel() for p in inner.parameters())
     notes = {
@@ -130,9 +131,10 @@ def attach_lora(
 def merged_for_saving(model, final_dir: Path, save: bool = True):
     """The model to save: with LoRA, the adapters merged into the weights (and, with keep_adapter,
     the adapter saved alone in final_dir/adapter first); any other model as it is."""
-    entry = _WRAPPERS.pop(id(model), None)
+    entry = getattr(model, WRAPPER_ATTRIBUTE, None)
     if entry is None:
         return model
+    object.__delattr__(model, WRAPPER_ATTRIBUTE)
     wrapper, keep_adapter = entry
     if keep_adapter and save:
         with warnings.catch_warnings():  # it says it saves the resized embeddings too: what "auto" is for
