@@ -741,21 +741,47 @@ def test_prose_auto_scores_textgen_models_only(tokenizer):
     assert prose_skipped("off", tokenizer) == "eval.prose is off"
 
 
-def test_input_use_by_row_equals_the_likelihood_pass_and_one_reference_at_a_time(space, tmp_path, monkeypatch):
-    """Input use scores references in batches and sums the loss by row: over every example its
-    own-sources bits per byte are the likelihood pass's, and each row's sum is what that reference
-    scored alone gives."""
+def test_references_scored_from_decodings_cache_equal_separate_passes(space, tmp_path, monkeypatch):
+    """A decoder-only model's references are scored from the cache its decoding batches read the
+    prompts into. Scored instead in separate passes over whole sequences (what an encoder-decoder
+    gets), every number is the same: the predictions, each reference's NLL after its own and after
+    its partner's prompt, the likelihood row and the input-use gap. In a separate pass, each row's
+    sum is what that reference scored alone gives."""
     import pytest
 
     from textgen_cli.evaluation import evaluate
     from textgen_cli.generation.generate import load_generator
+    from textgen_cli.models.decoder_only import DecoderOnly
     from textgen_cli.recipe import load_recipe
 
     ok(trained_run(space, "chatgpt").finetune)
     monkeypatch.chdir(space)
-    loaded = load_recipe("recipe/evaltest-chatgpt.yaml", ["eval.bootstrap=20", "eval.input_check=1000"])
-    report = evaluate.run_evaluate(loaded, None, None, "test", [], output=str(tmp_path / "all"), progress=False)
-    assert report.input_use["bits_per_byte_true"] == pytest.approx(report.likelihood["bits_per_byte"], rel=1e-6)
+    # prompts cut to 24 tokens (the 64-token context less 40 new ones): about half of the references
+    # fit after them, so both ways of scoring are used, and the rest are scored in separate passes
+    overrides = ["eval.bootstrap=20", "eval.input_check=1000", "generate.max_new_tokens=40"]
+    loaded = load_recipe("recipe/evaltest-chatgpt.yaml", overrides)
+    from textgen_cli.generation.continuations import CachedPrompts
+
+    scored_from_cache = []
+    nll = CachedPrompts.nll
+    monkeypatch.setattr(CachedPrompts, "nll", lambda self, *a: scored_from_cache.append(len(a[0])) or nll(self, *a))
+    cached = evaluate.run_evaluate(loaded, None, None, "test", [], output=str(tmp_path / "cached"), progress=False)
+    assert 0 < sum(scored_from_cache) < 2 * cached.n_examples
+    with monkeypatch.context() as patched:
+        patched.setattr(DecoderOnly, "prompt_cache", lambda self, model, input_ids, attention_mask: None)
+        passes = evaluate.run_evaluate(loaded, None, None, "test", [], output=str(tmp_path / "passes"), progress=False)
+    rows = {
+        name: [json.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
+        for name in ("cached", "passes")
+    }
+    assert [r["prediction"] for r in rows["cached"]] == [r["prediction"] for r in rows["passes"]]
+    for key in ("reference_nll", "reference_nll_shuffled"):
+        assert all(key in r for r in rows["cached"]), key
+        assert [r[key] for r in rows["cached"]] == pytest.approx([r[key] for r in rows["passes"]], rel=1e-4)
+    assert cached.likelihood["bits_per_byte"] == pytest.approx(passes.likelihood["bits_per_byte"], rel=1e-5)
+    assert cached.likelihood["tokens"] == passes.likelihood["tokens"]
+    assert cached.input_use["gap"] == pytest.approx(passes.input_use["gap"], rel=1e-4, abs=1e-6)
+    assert cached.input_use["bits_per_byte_true"] == pytest.approx(cached.likelihood["bits_per_byte"], rel=1e-6)
     from textgen_cli.data.readers import examples_from, read_finetune_examples
     from textgen_cli.evaluation.likelihood import per_example_nll
 

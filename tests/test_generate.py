@@ -37,7 +37,7 @@ PROMPTS = [
 GREEDY = GenerateSection(max_new_tokens=24)
 
 
-def _tiny_model(family: str, tokenizer):
+def _tiny_model(family: str, tokenizer, arch: str = "auto"):
     """A 1-layer model with large random weights: varied, position-dependent outputs (a padding or
     position bug changes them), and an eos bias so that some prompts stop early and others do not."""
     import torch
@@ -49,7 +49,8 @@ def _tiny_model(family: str, tokenizer):
     # on what the prefix attended to, and reading it causally would go unnoticed
     layers = 2 if family == "prefix-lm" else 1
     model = role_for(family).build(
-        ModelSection(family=family, layers=layers, hidden=32, heads=2, ffn=64, context=CONTEXT, dropout=0.0), tokenizer
+        ModelSection(family=family, arch=arch, layers=layers, hidden=32, heads=2, ffn=64, context=CONTEXT, dropout=0.0),
+        tokenizer,
     )
     with torch.no_grad():
         for param in model.parameters():
@@ -255,6 +256,66 @@ def test_batched_equals_one_by_one(tiny, tokenizer, family):
         assert [r.output_ids for r in batched] == [r.output_ids for r in one_by_one]
         assert [r.output for r in batched] == [r.output for r in one_by_one]
         assert [r.finish_reason for r in batched] == [r.finish_reason for r in one_by_one]
+
+
+def _whole_sequence_nll(model, prompt_ids: list[int], target: list[int]) -> float:
+    """The target's summed NLL the obvious way: prompt and target through the model as one unpadded
+    sequence (a prefix LM with its prefix mask), cross-entropy on the target's positions."""
+    import torch
+    import torch.nn.functional as F
+
+    ids = prompt_ids + target
+    with torch.no_grad():
+        if getattr(model.config, "textgen_family", None) == "prefix-lm":
+            logits = model(
+                input_ids=torch.tensor([ids]), attention_mask=_prefix_mask(len(ids), len(prompt_ids) - 1)
+            ).logits
+        else:
+            logits = model(input_ids=torch.tensor([ids])).logits
+    predicted = logits[0, len(prompt_ids) - 1 : len(ids) - 1]
+    return float(F.cross_entropy(predicted.float(), torch.tensor(target), reduction="sum"))
+
+
+@pytest.mark.parametrize(
+    "family, arch",
+    [(f, "auto") for f in FAMILIES] + [("chatgpt", "gemma2"), ("chatgpt", "gpt2"), ("prefix-lm", "gpt2")],
+)
+def test_decoding_from_the_handed_prompt_cache_scores_references_and_changes_nothing(tiny, tokenizer, family, arch):
+    """`on_prompts` gets each batch's prompts read into the cache that decoding goes on from: the
+    replies stay exactly what decoding without it gives, and a reference scored after any row's
+    cached prompt has the NLL of the prompt and reference read whole. An encoder-decoder decodes
+    from no such cache, so it is never called."""
+    model = tiny[family][1] if arch == "auto" else _tiny_model(family, tokenizer, arch)
+    fmt = "chat" if family != "sora" else "text"
+    targets = [
+        [*tokenizer.encode(text, add_special_tokens=False), tokenizer.eos_token_id] for text in reversed(PROMPTS)
+    ]
+    plain = generate_batch(model, tokenizer, PROMPTS, GREEDY, family, batch_size=3, system="Be brief.", fmt=fmt)
+    seen: list[list[int]] = []
+    scored: dict[tuple[int, int], float] = {}
+
+    def on_prompts(rows, cached):
+        seen.append(list(rows))
+        partners = [rows[(k + 1) % len(rows)] for k in range(len(rows))]  # own prompts, then the next row's
+        own = cached.nll([targets[i] for i in rows], list(range(len(rows))))
+        other = cached.nll([targets[i] for i in rows], [rows.index(j) for j in partners])
+        scored.update({(i, i): v for i, v in zip(rows, own)})
+        scored.update({(i, j): v for i, j, v in zip(rows, partners, other)})
+
+    handed = generate_batch(
+        model, tokenizer, PROMPTS, GREEDY, family, batch_size=3, system="Be brief.", fmt=fmt, on_prompts=on_prompts
+    )
+    assert [r.output_ids for r in handed] == [r.output_ids for r in plain]
+    if family == "sora":
+        assert seen == []
+        return
+    assert sorted(i for rows in seen for i in rows) == list(range(len(PROMPTS)))
+    assert all(len(rows) > 1 for rows in seen[:-1])
+    budget = prompt_budget(model, GREEDY)
+    prompt_ids = [build_prompt(tokenizer, p, family, fmt, budget, system="Be brief.").ids for p in PROMPTS]
+    assert len({(i, j) for i, j in scored if i != j}) >= len(PROMPTS) - 1
+    for (i, j), value in scored.items():
+        assert value == pytest.approx(_whole_sequence_nll(model, prompt_ids[j], targets[i]), rel=1e-4, abs=1e-4)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -324,7 +324,7 @@ def compare(
         str,
         typer.Option(
             "--primary",
-            help="The primary metric, named before the run: bleu, chrf, rougeL, exact_match, or bits_per_byte (the test references', lower is better; needs eval.input_check to cover every test example). The other tested rows are Holm-corrected.",
+            help="The primary metric, named before the run: bleu, chrf, rougeL, exact_match, or bits_per_byte (the test references', lower is better). The other tested rows are Holm-corrected.",
         ),
     ] = "bleu",
     factors: Annotated[

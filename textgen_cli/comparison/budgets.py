@@ -241,7 +241,9 @@ def curve(
             if result is None:
                 raise UserError(
                     f"--primary {primary}: an arm's evaluation has no per-example statistic for it "
-                    "(bits_per_byte needs eval.input_check to cover every test example)"
+                    "(bits_per_byte needs every test reference's NLL in predictions.jsonl: a reference longer than "
+                    "the model's context has none; evaluations written before textgen kept them only for the "
+                    "examples of eval.input_check: evaluate again)"
                 )
             diffs[other] = result["diff"]
         points.append(BudgetPoint(budget, values, flops, diffs))

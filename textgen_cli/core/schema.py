@@ -418,7 +418,7 @@ class EvalSection:
     )
     input_check: int = _key(
         128,
-        "Input-use check: score the reference bits per byte of the first N examples with their own sources and with sources rotated by one example (0: off).",
+        "Input-use check: score the reference bits per byte of the first N examples with their own sources and with another example's source (0: off).",
         range=ZERO_OR_MORE,
     )
     prose: str = _key(

@@ -26,6 +26,7 @@ from textgen_cli.evaluation.eval_files import (
     write_outputs,
 )
 from textgen_cli.evaluation.likelihood import (
+    ReferenceScores,
     input_use,
     likelihood,
     prose_likelihood,
@@ -85,25 +86,30 @@ def run_evaluate(
     sources = [e.source for e in examples]
     labels = [f"example {e.id}" for e in examples]
 
-    def decode(prompts, what: str) -> tuple[list[str], GenerationStats]:
+    def decode(prompts, what: str, on_prompts=None) -> tuple[list[str], GenerationStats]:
         stats = GenerationStats()
         on_batch = (lambda done, total, _: log(f"evaluate: {what}: {done}/{total} examples")) if progress else None
-        results = generator.batch(prompts, stats=stats, on_batch=on_batch, labels=labels)
+        results = generator.batch(prompts, stats=stats, on_batch=on_batch, labels=labels, on_prompts=on_prompts)
         return [r.output for r in results], stats
 
+    # the references are scored from the prompts decoding reads (where the family allows), so that
+    # the likelihood and the input-use check do not read every prompt again
+    reference_nlls = ReferenceScores.of(generator, examples, section.input_check)
     with timed(timings, "generation"):
-        predictions, stats = decode([e.prompt for e in examples], "generating")
+        predictions, stats = decode([e.prompt for e in examples], "generating", reference_nlls.on_prompts)
+    timings["generation"] -= reference_nlls.seconds_own + reference_nlls.seconds_shuffled  # scored in its batches
+    reference_nlls.finish(generator, generator.settings.batch_size)
+    timings["likelihood"] = reference_nlls.seconds_own
+    timings["input_use"] = reference_nlls.seconds_shuffled
     with timed(timings, "metrics"):
         metrics, signatures = score(section.metrics, predictions, references, sources)
         bounds = intervals(predictions, references, section.bootstrap, section.seed)
     with timed(timings, "baselines"):
         baselines = score_baselines(loaded, examples, predictions, section.metrics, section.bootstrap, section.seed)
     with timed(timings, "likelihood"):
-        scored = likelihood(generator, examples, generator.settings.batch_size)
+        scored = likelihood(reference_nlls)
     with timed(timings, "input_use"):
-        uses_input, reference_scores = input_use(
-            generator, examples, section.input_check, generator.settings.batch_size, section.bootstrap, section.seed
-        )
+        uses_input, reference_scores = input_use(reference_nlls, section.input_check, section.bootstrap, section.seed)
     with timed(timings, "prose"):
         prose = prose_row(generator, recipe)
     robustness = [perturbed_scores(decode, examples, kind, rate, metrics, section, timings) for kind, rate in specs]

@@ -1,9 +1,10 @@
 """Likelihood rows: the reference's NLL, perplexity and bits per byte (context masked), the same
-with the sources rotated across examples (does the model read its input?), and prose bits per byte."""
+after another example's prompt (does the model read its input?), and prose bits per byte."""
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
 
 from textgen_cli.data.readers import EvalExample
@@ -11,54 +12,119 @@ from textgen_cli.objectives import IGNORE_INDEX, encode_texts
 from textgen_cli.training.validation import summed_nll
 
 
-def rotated(examples: list[EvalExample]) -> list[EvalExample]:
-    """Every example with the next example's prompt (the last gets the first's): the references stay."""
-    return [
-        dataclasses.replace(
-            example, prompt=examples[(i + 1) % len(examples)].prompt, source=examples[(i + 1) % len(examples)].source
-        )
-        for i, example in enumerate(examples)
-    ]
+@dataclass
+class ReferenceScores:
+    """Each reference's summed NLL (+ eos, nats) after its own prompt, and, for the input-use check,
+    after its partner's prompt (does the model read its input?).
+
+    The check covers the first `check` examples; each one's partner is the next of them in the
+    order decoding batches them (the longest prompts first; the last one's partner is the first).
+    A decoder-only model scores both from the cache its decoding batch reads the prompts into
+    (`on_prompts`): a reference then costs only its own tokens. What that leaves unscored (an
+    encoder-decoder, a partner in another batch, a prompt and reference longer than the context
+    together) `finish` scores in separate passes, with the prompt cut from the left to fit."""
+
+    examples: list[EvalExample]
+    prompts: list[list[int]]  # each example's prompt, as decoding builds it
+    targets: list[list[int] | None]  # each reference's ids and eos; None: longer than the context
+    partners: dict[int, int]  # example -> the example whose prompt it is also scored after
+    context: int
+    own: dict[int, float] = field(default_factory=dict)
+    shuffled: dict[int, float] = field(default_factory=dict)
+    seconds_own: float = 0.0
+    seconds_shuffled: float = 0.0
+
+    @classmethod
+    def of(cls, generator, examples: list[EvalExample], check: int) -> ReferenceScores:
+        from textgen_cli.generation.decoding import decoding_batches
+        from textgen_cli.generation.prompts import model_context
+
+        context = model_context(generator.model)
+        eos = generator.tokenizer.eos_token_id
+        prompts = [generator.prompt(e.prompt, where=f"example {e.id}").ids for e in examples]
+        references = encode_texts(generator.tokenizer, [e.reference for e in examples])
+        targets = [[*ids, eos] if len(ids) + 1 <= context - 1 else None for ids in references]
+        batches = decoding_batches([len(p) for p in prompts], generator.settings.batch_size)
+        checked = [i for _, rows in batches for i in rows if i < check and targets[i] is not None]
+        partners = {i: checked[(k + 1) % len(checked)] for k, i in enumerate(checked)} if len(checked) > 1 else {}
+        return cls(examples, prompts, targets, partners, context)
+
+    def on_prompts(self, rows: list[int], cached) -> None:
+        """Score what this decoding batch's cache can: each reference after its own prompt, and
+        after its partner's when the partner is in the batch."""
+        import time
+
+        lengths = cached.lengths
+        row_of = {example: row for row, example in enumerate(rows)}
+        began = time.perf_counter()
+        own = [i for i in rows if self.fits(lengths[row_of[i]], i)]
+        if own:
+            self.own.update(zip(own, cached.nll([self.targets[i] for i in own], [row_of[i] for i in own])))
+        middle = time.perf_counter()
+        other = [i for i in rows if self.partners.get(i) in row_of and self.fits(lengths[row_of[self.partners[i]]], i)]
+        if other:
+            scored = cached.nll([self.targets[i] for i in other], [row_of[self.partners[i]] for i in other])
+            self.shuffled.update(zip(other, scored))
+        self.seconds_own += middle - began
+        self.seconds_shuffled += time.perf_counter() - middle
+
+    def fits(self, prompt_length: int, example: int) -> bool:
+        target = self.targets[example]
+        return target is not None and prompt_length + len(target) <= self.context
+
+    def finish(self, generator, batch_size: int) -> None:
+        """Score in separate passes what the decoding batches did not."""
+        import time
+
+        began = time.perf_counter()
+        missing = [i for i, t in enumerate(self.targets) if t is not None and i not in self.own]
+        self.own.update(zip(missing, per_example_nll(generator, [self.examples[i] for i in missing], batch_size)))
+        middle = time.perf_counter()
+        missing = [i for i in self.partners if i not in self.shuffled]
+        swapped = [with_prompt_of(self.examples[i], self.examples[self.partners[i]]) for i in missing]
+        self.shuffled.update(zip(missing, per_example_nll(generator, swapped, batch_size)))
+        self.seconds_own += middle - began
+        self.seconds_shuffled += time.perf_counter() - middle
+
+
+def with_prompt_of(example: EvalExample, other: EvalExample) -> EvalExample:
+    """The example with the other example's prompt (and source): its reference stays."""
+    return dataclasses.replace(example, prompt=other.prompt, source=other.source)
 
 
 def input_use(
-    generator, examples: list[EvalExample], n: int, batch_size: int, n_resamples: int = 1000, seed: int = 1234
+    scores: ReferenceScores, check: int, n_resamples: int = 1000, seed: int = 1234
 ) -> tuple[dict[str, Any], dict[int, dict[str, float]]]:
-    """Does the model read its input? The reference bits per byte of the first `n` examples with their
-    own sources and with the sources rotated by one example (source[i] <- source[i+1]). A model that
-    ignores its input scores both the same: the gap is ~0. Each reference is scored on its own under
-    both sources, so the gap gets a bootstrap interval over the examples (the test-set noise).
+    """Does the model read its input? The reference bits per byte of the first `check` examples
+    after their own prompts and after their partners' (`ReferenceScores`). A model that ignores its
+    input scores both the same: the gap is ~0. Each reference is scored on its own under both
+    prompts, so the gap gets a bootstrap interval over the examples (the test-set noise).
     Returns the summary and, by example index, each scored reference's NLLs (nats) and bytes: they
     go to predictions.jsonl, so that runs can be compared on them later (seeds, budgets)."""
-    subset = examples[:n]
+    from textgen_cli.metrics import bits_per_byte, bits_per_byte_gap_interval, utf8_bytes
+
+    examples = scores.examples
+    per_example = {
+        i: {"reference_nll": nll, "reference_bytes": utf8_bytes(examples[i].reference)} for i, nll in scores.own.items()
+    }
+    subset = examples[:check]
     skipped = None
-    if n <= 0 or len(subset) < 2:
-        skipped = "eval.input_check is 0" if n <= 0 else "fewer than 2 examples"
+    if check <= 0 or len(subset) < 2:
+        skipped = "eval.input_check is 0" if check <= 0 else "fewer than 2 examples"
     elif len({e.source for e in subset}) < 2:
         skipped = "every source is the same"
-    own = per_example_nll(generator, subset, batch_size) if skipped is None else []
-    other = per_example_nll(generator, rotated(subset), batch_size) if skipped is None else []
-    kept = [i for i, (a, b) in enumerate(zip(own, other)) if a is not None and b is not None]
+    kept = sorted(i for i in scores.partners if i in scores.own and i in scores.shuffled)
     if skipped is None and not kept:
         skipped = "no reference fits the context"
     if skipped is not None:
-        return {
-            "examples": len(subset),
-            "skipped": skipped,
-            "bits_per_byte_true": None,
-            "bits_per_byte_shuffled": None,
-            "gap": None,
-        }, {}
-    from textgen_cli.metrics import bits_per_byte, bits_per_byte_gap_interval, utf8_bytes
-
-    nll_own, nll_other = [own[i] for i in kept], [other[i] for i in kept]
-    n_bytes = [utf8_bytes(subset[i].reference) for i in kept]
+        summary = {"examples": len(subset), "skipped": skipped}
+        return {**summary, "bits_per_byte_true": None, "bits_per_byte_shuffled": None, "gap": None}, per_example
+    nll_own, nll_other = [scores.own[i] for i in kept], [scores.shuffled[i] for i in kept]
+    n_bytes = [per_example[i]["reference_bytes"] for i in kept]
+    for i, other in zip(kept, nll_other):
+        per_example[i]["reference_nll_shuffled"] = other
     true, shuffled = bits_per_byte(sum(nll_own), sum(n_bytes)), bits_per_byte(sum(nll_other), sum(n_bytes))
     low, high = bits_per_byte_gap_interval(nll_own, nll_other, n_bytes, n_resamples, seed)
-    per_example = {
-        i: {"reference_nll": a, "reference_nll_shuffled": b, "reference_bytes": size}
-        for i, a, b, size in zip(kept, nll_own, nll_other, n_bytes)
-    }
     summary = {
         "examples": len(kept),
         "bits_per_byte_true": true,
@@ -66,20 +132,23 @@ def input_use(
         "gap": shuffled - true,
         "gap_low": low,
         "gap_high": high,
-        "method": "sources rotated by one example (source[i] <- source[i+1]), same references; "
-        "95% percentile bootstrap over examples",
+        "method": "each reference also scored after the prompt of the next checked example in decoding order "
+        "(prompts longest first; same references); 95% percentile bootstrap over examples",
     }
     return summary, per_example
 
 
 def per_example_nll(generator, examples: list[EvalExample], batch_size: int) -> list[float | None]:
-    """Each reference's summed NLL (+ eos, nats) given its prompt, scored in batches as `likelihood`
-    scores the set, and summed by row; None for a reference longer than the context."""
+    """Each reference's summed NLL (+ eos, nats) given its prompt, scored in batches of whole
+    sequences (the prompt cut from the left to fit) and summed by row; None for a reference longer
+    than the context."""
     import torch
 
     from textgen_cli.models import role_for
     from textgen_cli.objectives import row_loss_sums
 
+    if not examples:
+        return []
     model = generator.model
     role = role_for(generator.family)
     scored, pairs = scoring_pairs(generator, examples)
@@ -117,21 +186,18 @@ def scoring_pairs(generator, examples: list[EvalExample]) -> tuple[list[EvalExam
     return scored, pairs
 
 
-def likelihood(generator, examples: list[EvalExample], batch_size: int) -> dict[str, float]:
+def likelihood(scores: ReferenceScores) -> dict[str, Any]:
     """NLL of each reference (+ eos) given its prompt, summed over tokens; bits per byte over the
     UTF-8 bytes of exactly the scored reference texts. Context tokens are masked, for both families.
     Every scored reference is scored whole: a reference longer than the context is left out
     (counted in `skipped_too_long`), and a decoder-only prompt loses its oldest tokens to make room."""
-    from textgen_cli.metrics import bits_per_byte, perplexity
-    from textgen_cli.models import role_for
+    from textgen_cli.metrics import bits_per_byte, perplexity, utf8_bytes
 
-    role = role_for(generator.family)
-    tokenizer, model = generator.tokenizer, generator.model
-    scored, pairs = scoring_pairs(generator, examples)
+    scored = sorted(i for i, nll in scores.own.items() if nll is not None)
     if not scored:
         return {
             "examples": 0,
-            "skipped_too_long": len(examples),
+            "skipped_too_long": len(scores.examples),
             "nll_sum": None,
             "tokens": 0,
             "bytes": 0,
@@ -139,12 +205,12 @@ def likelihood(generator, examples: list[EvalExample], batch_size: int) -> dict[
             "perplexity": None,
             "bits_per_byte": None,
         }
-    dataset = role.scoring_set(pairs, tokenizer, model)
-    total, tokens = summed_nll(model, dataset, batch_size, model.device, shifted=role.shifted_labels)
-    n_bytes = sum(len(example.reference.encode("utf-8")) for example in scored)
+    total = sum(scores.own[i] for i in scored)
+    tokens = sum(len(scores.targets[i]) for i in scored)  # type: ignore[arg-type]
+    n_bytes = sum(utf8_bytes(scores.examples[i].reference) for i in scored)
     return {
         "examples": len(scored),
-        "skipped_too_long": len(examples) - len(scored),
+        "skipped_too_long": len(scores.examples) - len(scored),
         "nll_sum": total,
         "tokens": tokens,
         "bytes": n_bytes,

@@ -11,11 +11,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textgen_cli.core.schema import GenerateSection
 from textgen_cli.generation.prompts import Prompt, PromptInput, build_prompt, prompt_budget, prompt_format
 from textgen_cli.models import Role, role_of_model
+
+if TYPE_CHECKING:
+    from textgen_cli.generation.continuations import CachedPrompts
 
 
 @dataclass
@@ -152,9 +155,16 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> int | None:
 
 
 def _decode_batch(
-    model, tokenizer, prompts: Sequence[list[int]], settings: GenerateSection, streamer=None
+    model,
+    tokenizer,
+    prompts: Sequence[list[int]],
+    settings: GenerateSection,
+    streamer=None,
+    on_prompts: Callable[[CachedPrompts], None] | None = None,
 ) -> list[tuple[list[int], str, str]]:
-    """One `model.generate` call over a batch: (new ids, text, finish reason) per prompt."""
+    """One `model.generate` call over a batch: (new ids, text, finish reason) per prompt.
+    `on_prompts` gets the batch's prompts read into a cache before decoding goes on from it (greedy
+    or sampled decoding of a role that decodes from such a cache; otherwise it is not called)."""
     import torch
 
     device = next(model.parameters()).device
@@ -178,7 +188,17 @@ def _decode_batch(
         kwargs["tokenizer"] = tokenizer
     if streamer is not None:
         kwargs["streamer"] = streamer
-    kwargs.update(role.decoding_inputs(model, kwargs["input_ids"], kwargs["attention_mask"], config.num_beams))
+    cache = None
+    if on_prompts is not None and config.num_beams == 1:
+        cache = role.prompt_cache(model, kwargs["input_ids"], kwargs["attention_mask"])
+    if cache is not None:
+        from textgen_cli.generation.continuations import CachedPrompts
+        from textgen_cli.models.decoder_only import cache_argument
+
+        on_prompts(CachedPrompts(model, cache, kwargs["input_ids"], kwargs["attention_mask"]))
+        kwargs[cache_argument(model)] = cache
+    else:
+        kwargs.update(role.decoding_inputs(model, kwargs["input_ids"], kwargs["attention_mask"], config.num_beams))
     saved = model.generation_config
     from transformers import GenerationConfig
 
@@ -221,6 +241,7 @@ def generate_batch(
     stats: GenerationStats | None = None,
     on_batch: Callable[[int, int, GenerationStats], None] | None = None,
     labels: Sequence[str] | None = None,
+    on_prompts: Callable[[list[int], CachedPrompts], None] | None = None,
 ) -> list[GenerationResult]:
     """Batched decoding: one result per input, in input order; prints nothing.
 
@@ -228,7 +249,9 @@ def generate_batch(
     `fmt` defaults to what a finetuned model of `family` on `task` was trained with. Prompts are sorted
     by length into batches of `batch_size` (default `settings.batch_size`) to waste little on padding.
     Greedy results do not depend on the batch size. `on_batch(done, total, batch_stats)` reports progress;
-    `labels` name the inputs in error messages (default: "input N").
+    `labels` name the inputs in error messages (default: "input N"). `on_prompts(inputs, cached)`
+    gets each batch's input indices and their prompts read into the cache that decoding goes on
+    from (see `_decode_batch`); its time is not counted as decoding time.
     """
     import torch
 
@@ -248,16 +271,28 @@ def generate_batch(
         for index, item in enumerate(inputs)
     ]
     size = batch_size or settings.batch_size
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].ids))
     results: list[GenerationResult | None] = [None] * len(prompts)
     torch.manual_seed(settings.seed)
     total = stats if stats is not None else GenerationStats()
-    for start in range(0, len(order), size):
-        chosen = order[start : start + size]
+    for start, chosen in decoding_batches([len(p.ids) for p in prompts], size):
         timer = _FirstToken() if settings.num_beams == 1 else None
+        aside = [0.0]  # seconds spent in on_prompts
+
+        def handed(cached: CachedPrompts, chosen: list[int] = chosen, aside: list[float] = aside) -> None:
+            began = time.perf_counter()
+            on_prompts(chosen, cached)  # type: ignore[misc]
+            aside[0] += time.perf_counter() - began
+
         began = time.perf_counter()
-        decoded = _decode_batch(model, tokenizer, [prompts[i].ids for i in chosen], settings, streamer=timer)
-        elapsed = time.perf_counter() - began
+        decoded = _decode_batch(
+            model,
+            tokenizer,
+            [prompts[i].ids for i in chosen],
+            settings,
+            streamer=timer,
+            on_prompts=handed if on_prompts is not None else None,
+        )
+        elapsed = time.perf_counter() - began - aside[0]
         batch = GenerationStats(prompts=len(chosen), seconds=elapsed)
         if timer is not None and timer.first_at is not None:
             batch.first_token_s = timer.first_at - began
@@ -269,8 +304,15 @@ def generate_batch(
             batch.new_tokens += len(ids)
         total.add(batch)
         if on_batch is not None:
-            on_batch(min(start + size, len(order)), len(order), batch)
+            on_batch(start + len(chosen), len(prompts), batch)
     return results  # type: ignore[return-value]
+
+
+def decoding_batches(prompt_lengths: Sequence[int], size: int) -> list[tuple[int, list[int]]]:
+    """The batches `generate_batch` decodes, as (inputs before it, input indices): the longest
+    prompts first, so that a batch wastes little on padding."""
+    order = sorted(range(len(prompt_lengths)), key=lambda i: -prompt_lengths[i])
+    return [(start, order[start : start + size]) for start in range(0, len(order), size)]
 
 
 def generate_stream(

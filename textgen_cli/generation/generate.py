@@ -110,6 +110,7 @@ class Generator:
         stats: GenerationStats | None = None,
         on_batch=None,
         labels: Sequence[str] | None = None,
+        on_prompts=None,
     ) -> list[GenerationResult]:
         return generate_batch(
             self.model,
@@ -124,6 +125,7 @@ class Generator:
             stats=stats,
             on_batch=on_batch,
             labels=labels,
+            on_prompts=on_prompts,
         )
 
     def stream(

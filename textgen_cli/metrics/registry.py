@@ -68,7 +68,7 @@ TABLE_ROWS: tuple[Row, ...] = tuple(row for row in ROWS if row.table)
 INTERVAL_ROWS: tuple[str, ...] = tuple(row.name for row in ROWS if row.interval)
 # rows `compare --primary` can name: the two-level bootstrap tests a lead in them, over the generated
 # texts (INTERVAL_ROWS) or, for bits per byte, over each test reference's NLL and bytes (stored in
-# predictions.jsonl when eval.input_check covers every test example): what dialogue is judged by
+# predictions.jsonl for every reference that fits the context): what dialogue is judged by
 PRIMARY_ROWS: tuple[str, ...] = (*INTERVAL_ROWS, "bits_per_byte")
 
 

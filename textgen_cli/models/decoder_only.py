@@ -101,6 +101,34 @@ class DecoderOnly(Role):
     def source_budget(self, context: int) -> str:
         return f"shares {context} with the reply"
 
+    def prompt_cache(self, model, input_ids, attention_mask):
+        """Each left-padded prompt but its last token, read causally at the positions `generate`
+        gives left-padded rows (their real tokens count from 0)."""
+        import inspect
+
+        import torch
+
+        if input_ids.size(1) < 2:
+            return None  # nothing before the last token to cache
+        prefix = attention_mask[:, :-1]
+        positions = (prefix.long().cumsum(-1) - 1).clamp(min=0)
+        # only the cache is wanted: the output layer over every prompt position would cost, with
+        # SmolLM2's 49,152 tokens, about a fifth of the prompt's whole forward pass
+        skip_logits = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+        with torch.inference_mode():
+            out = model(
+                input_ids=input_ids[:, :-1],
+                attention_mask=self.prompt_mask(model, prefix),
+                position_ids=positions,
+                use_cache=True,
+                **skip_logits,
+            )
+        return out.cache if "cache" in out else out.past_key_values  # renamed in transformers 5
+
+    def prompt_mask(self, model, prefix):
+        """The attention mask the prompt is read with: causal over the real tokens."""
+        return prefix
+
     def batch_lengths(self, batch):
         """The one stack reads every non-pad position (the attention mask), per row."""
         import torch
@@ -173,29 +201,28 @@ class PrefixLM(DecoderOnly):
         """Read each (left-padded) prompt but its last token, the reply's start token, with the
         prefix mask and return that cache: `model.generate` then goes on from the start token
         causally, and every new token sees the prefix as training showed it."""
-        import inspect
-
-        import torch
-
-        from textgen_cli.objectives import prefix_lm_mask
-
-        if input_ids.size(1) < 2:
+        cache = self.prompt_cache(model, input_ids, attention_mask)
+        if cache is None:
             return {}  # no prefix: the start token alone
-        prefix = attention_mask[:, :-1]
-        dtype = next(model.parameters()).dtype
-        mask = prefix_lm_mask(prefix, prefix.sum(-1), dtype)
-        # the positions `generate` gives left-padded rows (their real tokens count from 0)
-        positions = (prefix.long().cumsum(-1) - 1).clamp(min=0)
-        with torch.inference_mode():
-            out = model(input_ids=input_ids[:, :-1], attention_mask=mask, position_ids=positions, use_cache=True)
-        cache = out.cache if "cache" in out else out.past_key_values  # renamed in transformers 5
         if num_beams > 1:
             cache.batch_repeat_interleave(num_beams)  # generate expands each prompt into its beams
-        key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        return {key: cache}
+        return {cache_argument(model): cache}
+
+    def prompt_mask(self, model, prefix):
+        """The prompt but its start token, read both ways (the prefix mask)."""
+        from textgen_cli.objectives import prefix_lm_mask
+
+        return prefix_lm_mask(prefix, prefix.sum(-1), next(model.parameters()).dtype)
 
     def stack(self, layers: int) -> str:
         return f"prefix LM {layers}"
 
     def source_budget(self, context: int) -> str:
         return f"shares {context} with the reply, read both ways"
+
+
+def cache_argument(model) -> str:
+    """The name `model.generate` takes a key/value cache under (`cache` in newer transformers)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

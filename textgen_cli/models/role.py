@@ -99,6 +99,12 @@ class Role(ABC):
         """Extra `model.generate` inputs this role needs (a prefix LM: its prompt read first)."""
         return {}
 
+    def prompt_cache(self, model, input_ids, attention_mask):
+        """The key/value cache of each left-padded prompt but its last token, read as decoding reads
+        it, for `model.generate` to go on from (and references to be scored after it); None where
+        the role's decoding does not start from such a cache (an encoder-decoder)."""
+        return None
+
     def build(
         self, section: ModelSection, tokenizer: PreTrainedTokenizerFast, source: str = "recipe"
     ) -> PreTrainedModel:
