@@ -25,7 +25,6 @@ class ReferenceScores:
     together) `finish` scores in separate passes, with the prompt cut from the left to fit."""
 
     examples: list[EvalExample]
-    prompts: list[list[int]]  # each example's prompt, as decoding builds it
     targets: list[list[int] | None]  # each reference's ids and eos; None: longer than the context
     partners: dict[int, int]  # example -> the example whose prompt it is also scored after
     context: int
@@ -41,13 +40,13 @@ class ReferenceScores:
 
         context = model_context(generator.model)
         eos = generator.tokenizer.eos_token_id
-        prompts = [generator.prompt(e.prompt, where=f"example {e.id}").ids for e in examples]
+        prompt_lengths = [len(generator.prompt(e.prompt, where=f"example {e.id}").ids) for e in examples]
         references = encode_texts(generator.tokenizer, [e.reference for e in examples])
         targets = [[*ids, eos] if len(ids) + 1 <= context - 1 else None for ids in references]
-        batches = decoding_batches([len(p) for p in prompts], generator.settings.batch_size)
+        batches = decoding_batches(prompt_lengths, generator.settings.batch_size)
         checked = [i for _, rows in batches for i in rows if i < check and targets[i] is not None]
         partners = {i: checked[(k + 1) % len(checked)] for k, i in enumerate(checked)} if len(checked) > 1 else {}
-        return cls(examples, prompts, targets, partners, context)
+        return cls(examples, targets, partners, context)
 
     def on_prompts(self, rows: list[int], cached) -> None:
         """Score what this decoding batch's cache can: each reference after its own prompt, and
