@@ -39,10 +39,8 @@ class ReferenceScores:
         from textgen_cli.generation.prompts import model_context
 
         context = model_context(generator.model)
-        eos = generator.tokenizer.eos_token_id
         prompt_lengths = [len(generator.prompt(e.prompt, where=f"example {e.id}").ids) for e in examples]
-        references = encode_texts(generator.tokenizer, [e.reference for e in examples])
-        targets = [[*ids, eos] if len(ids) + 1 <= context - 1 else None for ids in references]
+        targets = reference_targets(generator.tokenizer, examples, context)
         batches = decoding_batches(prompt_lengths, generator.settings.batch_size)
         checked = [i for _, rows in batches for i in rows if i < check and targets[i] is not None]
         partners = {i: checked[(k + 1) % len(checked)] for k, i in enumerate(checked)} if len(checked) > 1 else {}
@@ -173,16 +171,22 @@ def scoring_pairs(generator, examples: list[EvalExample]) -> tuple[list[EvalExam
 
     role = role_for(generator.family)
     context = model_context(generator.model)
-    eos = generator.tokenizer.eos_token_id
     scored, pairs = [], []
-    for example in examples:
+    for example, target in zip(examples, reference_targets(generator.tokenizer, examples, context)):
+        if target is None:
+            continue
         prompt = generator.prompt(example.prompt, where=f"example {example.id}").ids
-        target = [*encode_texts(generator.tokenizer, [example.reference])[0], eos]
-        if len(target) > context - 1:
-            continue  # the reference alone does not fit: it cannot be scored whole, so it is left out
         scored.append(example)
         pairs.append(role.scoring_pair(prompt, target, context))
     return scored, pairs
+
+
+def reference_targets(tokenizer, examples: list[EvalExample], context: int) -> list[list[int] | None]:
+    """Each reference's ids and eos, as they are scored; None for one longer than the context less
+    one token: it cannot be scored whole, so it is left out (both ways of scoring agree on this)."""
+    eos = tokenizer.eos_token_id
+    references = encode_texts(tokenizer, [e.reference for e in examples])
+    return [[*ids, eos] if len(ids) + 1 <= context - 1 else None for ids in references]
 
 
 def likelihood(scores: ReferenceScores) -> dict[str, Any]:
