@@ -71,7 +71,7 @@ CHITCHAT_WINDOW_TURNS = 4
 CHITCHAT_MAX_TURN_CHARS = 200
 CHITCHAT_MAX_WINDOW_CHARS = 480  # about 130 tokens of the recipes' 4k tokenizer
 CHITCHAT_EVAL_CONVERSATIONS = 300  # each for validation and test; one window from each
-CHITCHAT_TRAIN_BYTES = 3_000_000  # train takes whole conversations' windows up to this size
+CHITCHAT_TRAIN_BYTES = 12_000_000  # train takes whole conversations' windows up to this size: all of them
 
 # bible-modern selection.
 BIBLE_EVAL_PAIRS = 300  # each for validation and test
