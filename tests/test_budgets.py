@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from harness import SHIPPED, end_to_end_recipe, merged, ok, save_recipe, textgen, usage_error
+from harness import SHIPPED, cli_env, end_to_end_recipe, merged, ok, save_recipe, textgen, textgen_exe, usage_error
 
 pytestmark = pytest.mark.slow
 
@@ -154,6 +155,38 @@ def test_the_flag_order_changes_nothing(root, swept):
     assert "compare: training" not in result.stderr and "compare: evaluating" not in result.stderr
 
 
+def test_arms_trained_in_parallel_processes_are_reused_by_the_report(root, swept):
+    """`--arm NAME` in one process per arm: each trains and evaluates its own seeds at every budget
+    and writes no report; the same command without --arm then trains and evaluates nothing."""
+    study = ["--budget", BUDGETS, "--seeds", "2", "train.seed=21"]
+    reports_before = set((root / "reports").iterdir())
+    args = ["compare", "--recipe", f"recipes/{ED}.yaml", "--recipe", f"recipes/{DO}.yaml", *study]
+    jobs = [
+        subprocess.Popen(
+            [textgen_exe(), *args, "--arm", arm],
+            cwd=root,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for arm in (ED, DO)
+    ]
+    results = [subprocess.CompletedProcess(job.args, 0, *job.communicate(timeout=600)) for job in jobs]
+    for job, result in zip(jobs, results):
+        result.returncode = job.returncode
+        ok(result)
+    for arm, result in zip((ED, DO), results):
+        trained = steps_logged(result.stderr)
+        assert {key[:2] for key in trained} == {(arm, "21"), (arm, "22")}  # its own seeds only
+        assert f"arm {arm}: 2 run(s) trained and evaluated at flops 6e+09, flops 1.2e+10" in result.stdout
+    assert set((root / "reports").iterdir()) == reports_before  # no report from an --arm call
+    full = compare(root, ED, DO, *study)
+    assert "compare: training" not in full.stderr and "compare: evaluating" not in full.stderr
+    assert steps_logged(full.stderr) == {**steps_logged(results[0].stderr), **steps_logged(results[1].stderr)}
+    assert "report: " in full.stdout
+
+
 def test_the_lr_grid_picks_on_validation(root, swept):
     result = compare(root, ED, DO, "--budget", "flops=6e9", "--seeds", "1", "--lr-grid", "1e-3,3e-3")
     folder = root / re.search(r"report: (\S+)/report\.html", result.stdout).group(1)
@@ -190,10 +223,11 @@ def test_bits_per_byte_as_the_primary_metric(root, swept):
     assert record["primary_metric"] == "bits_per_byte"
     for point in record["budgets"]:
         where = f"budgets/{point['budget']['unit']}-{point['budget']['value']:.3g}/eval.json"
+        seeds = sorted({seed for _, seed, _ in steps_logged(swept["result"].stderr)})  # the study's, no other's
         evals = {
             arm: [
-                json.loads(path.read_text())["likelihood"]["bits_per_byte"]
-                for path in sorted((root / "runs").glob(f"{arm}-seed*/{where}"))
+                json.loads((root / "runs" / f"{arm}-seed{seed}" / where).read_text())["likelihood"]["bits_per_byte"]
+                for seed in seeds
             ]
             for arm in (ED, DO)
         }
@@ -239,6 +273,8 @@ def test_the_lr_grid_can_pick_by_bits_per_byte(root, swept):
         (["--budget", "flops=1e12", "--match", "flops"], "without --match"),
         (["--budget", "flops=1e12", "--primary", "val_loss"], "--primary val_loss"),
         (["--lr-grid", "fast"], "--lr-grid fast"),
+        (["--budget", "flops=1e12", "--arm", "nope"], "--arm nope: expected one of the recipes' names"),
+        (["--arm", ED], "give --budget too"),
     ],
 )
 def test_bad_budget_flags_are_usage_errors(root, args, expected):

@@ -249,6 +249,7 @@ def compare(
     factors: list[str],
     budget: str | None,
     lr_grid: str | None,
+    arm: str | None,
     json_output: bool,
 ) -> None:
     """`textgen compare`: train what is missing, evaluate, and print the table (or its JSON)."""
@@ -260,7 +261,10 @@ def compare(
     quiet_libraries()
     overrides = [item for item in items if "=" in item]
     runs = [item for item in items if "=" not in item]
-    result = run_compare(recipes, runs, overrides, seeds, match, name, reports, primary, factors, budget, lr_grid)
+    result = run_compare(recipes, runs, overrides, seeds, match, name, reports, primary, factors, budget, lr_grid, arm)
+    if "arm" in result:
+        print_arm_done(result, json_output)
+        return
     if json_output:
         print(
             json.dumps(
@@ -293,6 +297,23 @@ def compare(
         )
     print(
         f"report: {result['report']}/report.html (also report.md, metrics.csv, metrics.json) in {result['elapsed_s']:.0f} s"
+    )
+
+
+def print_arm_done(result: dict, json_output: bool) -> None:
+    """`compare --arm`: which runs are trained and evaluated at which budgets; no report."""
+    from textgen_cli.comparison.tuning import grid_lines
+
+    runs = [str(loaded.run_dir(list(loaded.recipe.stages)[-1]).parent) for _, loaded, _ in result["trained"]]
+    budgets = [budget.label for budget in result["budgets"]]
+    if json_output:
+        print(json.dumps({"arm": result["arm"], "runs": runs, "budgets": budgets}, indent=2))
+        return
+    if result.get("lr_grid"):
+        print("\n".join(grid_lines(result["lr_grid"], result["primary"])))
+    print(
+        f"arm {result['arm']}: {len(runs)} run(s) trained and evaluated at {', '.join(budgets)} in "
+        f"{result['elapsed_s']:.0f} s: {', '.join(runs)}; the same command without --arm writes the report"
     )
 
 

@@ -310,6 +310,14 @@ def compare(
             show_default=False,
         ),
     ] = None,
+    arm: Annotated[
+        str | None,
+        typer.Option(
+            "--arm",
+            help="With --budget: train and evaluate only this arm (a recipe's name), every seed, and write no report. One process per arm runs the arms in parallel; the same command without --arm then reuses their runs and writes the report.",
+            show_default=False,
+        ),
+    ] = None,
     match: Annotated[
         str | None,
         typer.Option(
@@ -353,6 +361,7 @@ def compare(
             factors=list(factors or []),
             budget=budget,
             lr_grid=lr_grid,
+            arm=arm,
             json_output=json_output,
         ),
         verbose,

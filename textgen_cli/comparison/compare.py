@@ -119,8 +119,10 @@ def run_compare(
     factors: Sequence[str] = (),
     budget: str | None = None,
     lr_grid: str | None = None,
+    arm: str | None = None,
 ) -> dict[str, Any]:
-    """`seeds` None: 3 with --budget (the controlled mode), else 1."""
+    """`seeds` None: 3 with --budget (the controlled mode), else 1. `arm`: train and evaluate that
+    arm only, no report (run_budgets)."""
     started = time.perf_counter()
     if recipes and runs:
         raise UserError(
@@ -143,8 +145,12 @@ def run_compare(
         raise UserError("--lr-grid trains each recipe at each learning rate: give the recipes with --recipe")
     if lr_grid:  # each arm's pick from the same grid on validation is fair tuning, not a confound
         factors = (*factors, "learning rate")
+    if arm and not budget:
+        raise UserError("--arm trains one arm of a --budget study; give --budget too")
     if budget:
-        return run_budgets(recipes, overrides, seeds, budget, name, reports_root, primary, factors, started, lr_grid)
+        return run_budgets(
+            recipes, overrides, seeds, budget, name, reports_root, primary, factors, started, lr_grid, arm
+        )
     reused: dict[tuple[str, str], bool] = {}
     grid: list = []
     if recipes:
@@ -270,16 +276,28 @@ def run_budgets(
     factors: Sequence[str],
     started: float,
     lr_grid: str | None = None,
+    arm: str | None = None,
 ) -> dict[str, Any]:
     """--budget: every arm and seed trained to every budget (budgets.py), one judged table per
     budget, the primary metric's curve across budgets and its crossover; the report folder holds
-    the largest budget's full report and budgets.md / budgets.json / primary_vs_flops.png."""
+    the largest budget's full report and budgets.md / budgets.json / primary_vs_flops.png.
+
+    With `arm`, only that arm's seeds are trained and evaluated (its grid too) and no report is
+    written: one process per arm uses one core or GPU each, and the call without `arm` reuses
+    every run and evaluation they made."""
     from textgen_cli.comparison.budgets import crossover, curve, parse_budgets, train_at_budgets, write_curve
 
     budgets = parse_budgets(budget_text)
     if len(recipes) < 2:
         raise UserError("--budget compares two or more recipes (the arms)")
     entries = plan(recipes, overrides, seeds)
+    # every model is evaluated with the first recipe's eval and generate sections, --arm or not
+    reference = entries[0][1]
+    if arm:
+        arms = list(dict.fromkeys(base for base, _, _ in entries))
+        if arm not in arms:
+            raise UserError(f"--arm {arm}: expected one of the recipes' names: {', '.join(arms)}")
+        entries = [entry for entry in entries if entry[0] == arm]
     grid: list = []
     if lr_grid:
         from textgen_cli.comparison.budgets import budget_steps, step_cost
@@ -291,11 +309,19 @@ def run_budgets(
             return [f"{section_of(stages[-1])}.steps={budget_steps(loaded, budgets[-1], costs)}"]
 
         entries, grid = tuned(entries, lr_grid, primary, largest_budget)
-    reference = entries[0][1]
     by_budget: dict[Any, list[Model]] = {b: [] for b in budgets}
     for base, loaded, seed in entries:
         for budget, model in train_at_budgets(base, loaded, seed, budgets, reference):
             by_budget[budget].append(model)
+    if arm:
+        return {
+            "arm": arm,
+            "trained": entries,
+            "budgets": budgets,
+            "lr_grid": grid,
+            "primary": primary,
+            "elapsed_s": time.perf_counter() - started,
+        }
     tables = [(budget, judged_table(models, primary, factors)) for budget, models in by_budget.items()]
     section = reference.recipe.eval
     arms, points = curve(by_budget, primary, section.bootstrap, section.seed)
