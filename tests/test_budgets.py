@@ -172,10 +172,8 @@ def test_arms_trained_in_parallel_processes_are_reused_by_the_report(root, swept
         )
         for arm in (ED, DO)
     ]
-    results = [subprocess.CompletedProcess(job.args, 0, *job.communicate(timeout=600)) for job in jobs]
-    for job, result in zip(jobs, results):
-        result.returncode = job.returncode
-        ok(result)
+    outputs = [job.communicate(timeout=600) for job in jobs]  # sets each job's returncode
+    results = [ok(subprocess.CompletedProcess(job.args, job.returncode, *out)) for job, out in zip(jobs, outputs)]
     for arm, result in zip((ED, DO), results):
         trained = steps_logged(result.stderr)
         assert {key[:2] for key in trained} == {(arm, "21"), (arm, "22")}  # its own seeds only
